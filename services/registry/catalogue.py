@@ -1,0 +1,374 @@
+"""The registry's metadata in SQL (SQLite by default, any SQLAlchemy URL): users, models, shares, versions.
+
+Every method is one short transaction. Blobs live elsewhere (libsgde.storage); this module only records them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from libsgde.proto.sgde.v1 import common_pb2 as pb
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("username", sa.String(32), nullable=False, unique=True),
+    sa.Column("email", sa.String(254), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("signing_public_key", sa.LargeBinary(32), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("failed_logins", sa.Integer, nullable=False, default=0),
+    sa.Column("locked_until", sa.Float, nullable=False, default=0.0),
+)
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("model_id", sa.String(64), nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("visibility", sa.Integer, nullable=False),
+    sa.Column("data_kind", sa.Integer, nullable=False, default=0),
+    sa.Column("data_schema", sa.LargeBinary, nullable=True),
+    sa.Column("latest_version", sa.Integer, nullable=False, default=0),
+    sa.Column("metrics", sa.Text, nullable=False, default="{}"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("owner_id", "model_id"),
+)
+
+model_tags = sa.Table(
+    "model_tags", metadata,
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("tag", sa.String(32), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+)
+
+model_shares = sa.Table(
+    "model_shares", metadata,
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), primary_key=True),
+)
+
+versions = sa.Table(
+    "versions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("signature", sa.LargeBinary(64), nullable=False),
+    sa.Column("architecture", sa.String(64), nullable=False),
+    sa.Column("data_kind", sa.Integer, nullable=False),
+    sa.Column("privacy", sa.LargeBinary, nullable=False),
+    sa.Column("manifest_json", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("model_id", "number"),
+)
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    username: str
+    email: str
+    password_hash: str
+    signing_public_key: bytes
+    created_at: float
+    failed_logins: int
+    locked_until: float
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: int
+    owner: str
+    owner_id: int
+    model_id: str
+    description: str
+    tags: list[str]
+    visibility: int
+    data_kind: int
+    data_schema: pb.DataSchema | None
+    latest_version: int
+    shared_with: list[str]
+    metrics: dict[str, float]
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    model: ModelRow
+    number: int
+    sha256: str
+    size_bytes: int
+    signature: bytes
+    architecture: str
+    data_kind: int
+    privacy: pb.PrivacyReport
+    manifest_json: str
+    created_at: float
+
+
+class Conflict(Exception):
+    """A uniqueness rule was broken (the name is taken)."""
+
+
+class Gone(Exception):
+    """The row a write depends on disappeared meanwhile."""
+
+
+def _sqlite_setup(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # IMMEDIATE takes the write lock up front: concurrent writers wait (busy_timeout) instead of
+        # failing with "database is locked" when a read transaction tries to upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Catalogue:
+    def __init__(self, url: str):
+        is_sqlite = url.startswith("sqlite")
+        self.engine = sa.create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
+            pool_pre_ping=not is_sqlite)
+        if is_sqlite:
+            _sqlite_setup(self.engine)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # -- users -------------------------------------------------------------------------------------------------
+
+    def create_user(self, username: str, email: str, password_hash: str, public_key: bytes) -> UserRow:
+        now = time.time()
+        try:
+            with self._tx() as conn:
+                conn.execute(users.insert().values(
+                    username=username, email=email, password_hash=password_hash, signing_public_key=public_key,
+                    created_at=now, failed_logins=0, locked_until=0.0))
+        except sa.exc.IntegrityError as e:
+            raise Conflict(f"username {username!r} is taken") from e
+        user = self.get_user(username)
+        assert user is not None
+        return user
+
+    def get_user(self, username: str) -> UserRow | None:
+        with self._tx() as conn:
+            row = conn.execute(users.select().where(users.c.username == username)).mappings().first()
+        return UserRow(**row) if row else None
+
+    def record_login(self, user_id: int, success: bool, lock_for: float = 0.0) -> int:
+        """Resets the failure count on success; otherwise counts one more failure and locks for `lock_for` s."""
+        with self._tx() as conn:
+            if success:
+                conn.execute(users.update().where(users.c.id == user_id).values(failed_logins=0, locked_until=0.0))
+                return 0
+            conn.execute(users.update().where(users.c.id == user_id).values(
+                failed_logins=users.c.failed_logins + 1, locked_until=time.time() + lock_for))
+            return conn.execute(sa.select(users.c.failed_logins).where(users.c.id == user_id)).scalar_one()
+
+    def usernames_to_ids(self, conn: sa.Connection, names: list[str]) -> dict[str, int]:
+        rows = conn.execute(sa.select(users.c.username, users.c.id).where(users.c.username.in_(names))).all()
+        return {r.username: r.id for r in rows}
+
+    # -- models ------------------------------------------------------------------------------------------------
+
+    def _model_rows(self, conn: sa.Connection, where, limit: int | None = None) -> list[ModelRow]:
+        q = (sa.select(models, users.c.username.label("owner"))
+             .join(users, users.c.id == models.c.owner_id).where(where).order_by(models.c.id))
+        if limit is not None:
+            q = q.limit(limit)
+        rows = conn.execute(q).mappings().all()
+        if not rows:
+            return []
+        ids = [r["id"] for r in rows]
+        tags: dict[int, list[str]] = {i: [] for i in ids}
+        for r in conn.execute(sa.select(model_tags).where(model_tags.c.model_id.in_(ids))
+                              .order_by(model_tags.c.position)):
+            tags[r.model_id].append(r.tag)
+        shares: dict[int, list[str]] = {i: [] for i in ids}
+        for r in conn.execute(sa.select(model_shares.c.model_id, users.c.username)
+                              .join(users, users.c.id == model_shares.c.user_id)
+                              .where(model_shares.c.model_id.in_(ids)).order_by(users.c.username)):
+            shares[r.model_id].append(r.username)
+        out = []
+        for r in rows:
+            schema = pb.DataSchema.FromString(r["data_schema"]) if r["data_schema"] else None
+            out.append(ModelRow(
+                id=r["id"], owner=r["owner"], owner_id=r["owner_id"], model_id=r["model_id"],
+                description=r["description"], tags=tags[r["id"]], visibility=r["visibility"],
+                data_kind=r["data_kind"], data_schema=schema, latest_version=r["latest_version"],
+                shared_with=shares[r["id"]], metrics=json.loads(r["metrics"]),
+                created_at=r["created_at"], updated_at=r["updated_at"]))
+        return out
+
+    def create_model(self, owner: UserRow, model_id: str, description: str, tags: list[str], visibility: int,
+                     shared_with: list[str], schema: pb.DataSchema | None, data_kind: int) -> ModelRow:
+        now = time.time()
+        try:
+            with self._tx() as conn:
+                share_ids = self._share_ids(conn, shared_with)
+                new_id = conn.execute(models.insert().values(
+                    owner_id=owner.id, model_id=model_id, description=description, visibility=visibility,
+                    data_kind=data_kind, data_schema=schema.SerializeToString(deterministic=True) if schema else None,
+                    latest_version=0, metrics="{}", created_at=now, updated_at=now)).inserted_primary_key[0]
+                self._set_tags(conn, new_id, tags)
+                self._set_shares(conn, new_id, share_ids)
+        except sa.exc.IntegrityError as e:
+            raise Conflict(f"models/{owner.username}/{model_id} already exists") from e
+        model = self.get_model(owner.username, model_id)
+        assert model is not None
+        return model
+
+    def _share_ids(self, conn: sa.Connection, names: list[str]) -> list[int]:
+        found = self.usernames_to_ids(conn, names)
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise KeyError(missing[0])
+        return [found[n] for n in names]
+
+    def _set_tags(self, conn: sa.Connection, model_pk: int, tags: list[str]) -> None:
+        conn.execute(model_tags.delete().where(model_tags.c.model_id == model_pk))
+        if tags:
+            conn.execute(model_tags.insert(), [{"model_id": model_pk, "tag": t, "position": i}
+                                               for i, t in enumerate(tags)])
+
+    def _set_shares(self, conn: sa.Connection, model_pk: int, user_ids: list[int]) -> None:
+        conn.execute(model_shares.delete().where(model_shares.c.model_id == model_pk))
+        if user_ids:
+            conn.execute(model_shares.insert(), [{"model_id": model_pk, "user_id": u} for u in user_ids])
+
+    def get_model(self, owner: str, model_id: str) -> ModelRow | None:
+        with self._tx() as conn:
+            rows = self._model_rows(conn, sa.and_(users.c.username == owner, models.c.model_id == model_id))
+        return rows[0] if rows else None
+
+    @staticmethod
+    def visible_to(user_id: int):
+        """SQL condition: the model is visible to this user."""
+        shared = sa.select(model_shares.c.model_id).where(model_shares.c.user_id == user_id)
+        return sa.or_(models.c.owner_id == user_id,
+                      models.c.visibility == pb.VISIBILITY_PUBLIC,
+                      sa.and_(models.c.visibility == pb.VISIBILITY_SHARED, models.c.id.in_(shared)))
+
+    def list_models(self, viewer_id: int, after_id: int, limit: int, owner: str = "", tag: str = "",
+                    data_kind: int = 0) -> list[ModelRow]:
+        cond = [self.visible_to(viewer_id), models.c.id > after_id]
+        if owner:
+            cond.append(users.c.username == owner)
+        if tag:
+            cond.append(models.c.id.in_(sa.select(model_tags.c.model_id).where(model_tags.c.tag == tag)))
+        if data_kind:
+            cond.append(models.c.data_kind == data_kind)
+        with self._tx() as conn:
+            return self._model_rows(conn, sa.and_(*cond), limit)
+
+    def update_model(self, model: ModelRow, *, description: str | None = None, tags: list[str] | None = None,
+                     visibility: int | None = None, shared_with: list[str] | None = None) -> ModelRow:
+        values: dict = {"updated_at": time.time()}
+        if description is not None:
+            values["description"] = description
+        if visibility is not None:
+            values["visibility"] = visibility
+        with self._tx() as conn:
+            if conn.execute(models.update().where(models.c.id == model.id).values(**values)).rowcount != 1:
+                raise Gone(model.model_id)
+            if tags is not None:
+                self._set_tags(conn, model.id, tags)
+            if shared_with is not None:
+                self._set_shares(conn, model.id, self._share_ids(conn, shared_with))
+        updated = self.get_model(model.owner, model.model_id)
+        if updated is None:
+            raise Gone(model.model_id)
+        return updated
+
+    def delete_model(self, model: ModelRow) -> list[str]:
+        """Deletes the model and its versions; returns the sha256 of blobs no version references any more."""
+        with self._tx() as conn:
+            shas = set(conn.execute(sa.select(versions.c.sha256).where(versions.c.model_id == model.id)).scalars())
+            conn.execute(versions.delete().where(versions.c.model_id == model.id))
+            conn.execute(model_tags.delete().where(model_tags.c.model_id == model.id))
+            conn.execute(model_shares.delete().where(model_shares.c.model_id == model.id))
+            conn.execute(models.delete().where(models.c.id == model.id))
+            still = set(conn.execute(sa.select(versions.c.sha256).where(versions.c.sha256.in_(shas))).scalars())
+        return sorted(shas - still)
+
+    # -- versions ----------------------------------------------------------------------------------------------
+
+    def add_version(self, model: ModelRow, *, sha256: str, size_bytes: int, signature: bytes, architecture: str,
+                    data_kind: int, privacy: pb.PrivacyReport, manifest_json: str,
+                    schema: pb.DataSchema) -> int:
+        """Allocates the next number and records the version in one transaction; sets the model's schema if it
+        had none. Raises Gone if the model was deleted meanwhile."""
+        now = time.time()
+        with self._tx() as conn:
+            bumped = conn.execute(models.update().where(models.c.id == model.id).values(
+                latest_version=models.c.latest_version + 1, updated_at=now,
+                data_kind=data_kind,
+                data_schema=sa.func.coalesce(models.c.data_schema, schema.SerializeToString(deterministic=True))))
+            if bumped.rowcount != 1:
+                raise Gone(model.model_id)
+            number = conn.execute(sa.select(models.c.latest_version).where(models.c.id == model.id)).scalar_one()
+            conn.execute(versions.insert().values(
+                model_id=model.id, number=number, sha256=sha256, size_bytes=size_bytes, signature=signature,
+                architecture=architecture, data_kind=data_kind,
+                privacy=privacy.SerializeToString(deterministic=True), manifest_json=manifest_json, created_at=now))
+        return number
+
+    def _version_rows(self, conn: sa.Connection, model: ModelRow, where, limit: int | None = None
+                      ) -> list[VersionRow]:
+        q = sa.select(versions).where(versions.c.model_id == model.id, where).order_by(versions.c.number)
+        if limit is not None:
+            q = q.limit(limit)
+        return [VersionRow(model=model, number=r["number"], sha256=r["sha256"], size_bytes=r["size_bytes"],
+                           signature=r["signature"], architecture=r["architecture"], data_kind=r["data_kind"],
+                           privacy=pb.PrivacyReport.FromString(r["privacy"]), manifest_json=r["manifest_json"],
+                           created_at=r["created_at"])
+                for r in conn.execute(q).mappings()]
+
+    def get_version(self, model: ModelRow, number: int | None) -> VersionRow | None:
+        """Version `number` of the model, or its newest when number is None."""
+        with self._tx() as conn:
+            if number is None:
+                number = conn.execute(sa.select(sa.func.max(versions.c.number))
+                                      .where(versions.c.model_id == model.id)).scalar()
+                if number is None:
+                    return None
+            rows = self._version_rows(conn, model, versions.c.number == number)
+        return rows[0] if rows else None
+
+    def list_versions(self, model: ModelRow, after: int, limit: int) -> list[VersionRow]:
+        with self._tx() as conn:
+            return self._version_rows(conn, model, versions.c.number > after, limit)
+
+    def sha256_in_use(self, sha256: str) -> bool:
+        with self._tx() as conn:
+            return conn.execute(sa.select(versions.c.id).where(versions.c.sha256 == sha256).limit(1)).first() \
+                is not None

@@ -1,0 +1,105 @@
+"""Runs the registry: `sgde serve registry` or `python -m services.registry`.
+
+Configuration comes from arguments or environment variables (so Kubernetes manifests need no files):
+  SGDE_REGISTRY_LISTEN        address to bind (default 127.0.0.1:50051)
+  SGDE_REGISTRY_DATABASE_URL  SQLAlchemy URL (default sqlite under $SGDE_HOME/registry/)
+  SGDE_REGISTRY_BLOB_URL      file:///path or s3://bucket?endpoint=host:port (default file under $SGDE_HOME)
+  SGDE_REGISTRY_TOKEN_KEY     PEM file of the Ed25519 key that signs login tokens (made if missing)
+  SGDE_REGISTRY_MAX_VERSION_BYTES  largest artifact accepted (default 512 MiB)
+  SGDE_REGISTRY_METRICS_PORT  Prometheus port (0 disables)
+  SGDE_PKI_DIR                CA and certificates (default $SGDE_HOME/pki)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from libsgde import config, serving
+from libsgde.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
+from libsgde.security import auth, tls
+from libsgde.storage import StorageError, open_blob_store
+from services.registry.catalogue import Catalogue
+from services.registry.servicer import RegistrySettings, RegistryServicer
+
+log = logging.getLogger("sgde.registry")
+SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+
+@dataclass
+class RegistryConfig:
+    listen: str
+    database_url: str
+    blob_url: str
+    token_key: Path
+    pki: tls.PkiPaths
+    metrics_port: int = 0
+    max_version_bytes: int = 512 << 20
+
+    @classmethod
+    def from_env(cls) -> RegistryConfig:
+        data = config.sgde_home() / "registry"
+        env = os.environ.get
+        return cls(
+            listen=config.listen_address("registry"),
+            database_url=env("SGDE_REGISTRY_DATABASE_URL") or f"sqlite:///{data / 'registry.db'}",
+            blob_url=env("SGDE_REGISTRY_BLOB_URL") or (data / "blobs").as_uri(),
+            token_key=Path(env("SGDE_REGISTRY_TOKEN_KEY") or data / "token-signing.pem"),
+            pki=tls.PkiPaths(config.pki_dir()),
+            metrics_port=config.metrics_port("registry"),
+            max_version_bytes=int(env("SGDE_REGISTRY_MAX_VERSION_BYTES") or 512 << 20),
+        )
+
+
+def _watch_health(handle: serving.ServerHandle, catalogue: Catalogue, store, stop: threading.Event,
+                  every: float = 5.0) -> None:
+    """NOT_SERVING while the database or the blob store is unreachable, so probes and balancers see reality."""
+    while not stop.wait(every):
+        try:
+            catalogue.ping()
+            store.check()
+            ok = True
+        except Exception as e:  # any failure to reach a dependency means we cannot serve
+            ok = False
+            log.warning("dependency unreachable", extra={"error": str(e)})
+        handle.set_serving(ok)
+
+
+def start(cfg: RegistryConfig) -> serving.ServerHandle:
+    if cfg.database_url.startswith("sqlite:///"):
+        Path(cfg.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    catalogue = Catalogue(cfg.database_url)
+    store = open_blob_store(cfg.blob_url)
+    try:
+        store.check()
+    except StorageError as e:
+        log.warning("blob store not reachable at start", extra={"error": str(e)})
+    key = auth.load_or_create_token_key(cfg.token_key)
+    servicer = RegistryServicer(
+        catalogue, store, auth.TokenIssuer(key), auth.TokenVerifier(key.public_key()),
+        RegistrySettings(max_version_bytes=cfg.max_version_bytes))
+
+    def add(server) -> list[str]:
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    handle = serving.start_server(service="registry", address=cfg.listen,
+                                  credentials=tls.server_credentials(cfg.pki, "registry"), add_servicers=add,
+                                  metrics_port=cfg.metrics_port)
+    stop = threading.Event()
+    threading.Thread(target=_watch_health, args=(handle, catalogue, store, stop), daemon=True,
+                     name="registry-health").start()
+    handle.on_stop.append(stop.set)
+    return handle
+
+
+def main() -> None:
+    serving.setup_logging(os.environ.get("SGDE_LOG_LEVEL", "INFO"))
+    handle = start(RegistryConfig.from_env())
+    serving.run_until_signalled([handle])
+
+
+if __name__ == "__main__":
+    main()

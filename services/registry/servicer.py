@@ -1,0 +1,474 @@
+"""RegistryService: validates requests, authorises the caller, and calls the catalogue and the blob store."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from libsgde import errors
+from libsgde.artifact import ArtifactError, ArtifactHeader, HeaderSniffer
+from libsgde.errors import ApiError
+from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.schema import SchemaError, data_kind, schemas_equal, validate_schema
+from libsgde.security import auth, signing
+from libsgde.storage import CHUNK_SIZE, BlobIntegrityError, BlobNotFound, BlobStore, StorageUnavailable
+from services.registry.catalogue import Catalogue, Conflict, Gone, ModelRow, UserRow, VersionRow
+
+log = logging.getLogger("sgde.registry")
+
+USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{2,31}$")
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,188}\.[^@\s]{1,63}$")
+MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MODEL_NAME_RE = re.compile(r"^models/([^/]+)/([^/]+)$")
+VERSION_NAME_RE = re.compile(r"^models/([^/]+)/([^/]+)/versions/([^/]+)$")
+MAX_DESCRIPTION = 4000
+MAX_TAGS = 20
+MAX_SHARES = 256
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+UPDATABLE = {"description", "tags", "visibility", "shared_with"}
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    max_version_bytes: int = 512 << 20
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
+    m = MODEL_NAME_RE.match(name)
+    if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
+        raise errors.invalid(field, f"expected models/{{owner}}/{{model}}, got {name[:200]!r}")
+    return m[1], m[2]
+
+
+def _parse_version_name(name: str) -> tuple[str, str, int | None]:
+    m = VERSION_NAME_RE.match(name)
+    if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
+        raise errors.invalid("name", f"expected models/{{owner}}/{{model}}/versions/{{n|latest}}, got {name[:200]!r}")
+    if m[3] == "latest":
+        return m[1], m[2], None
+    if not m[3].isdigit() or not 0 < int(m[3]) < 2**31:
+        raise errors.invalid("name", f"version must be a positive number or 'latest', got {m[3][:20]!r}")
+    return m[1], m[2], int(m[3])
+
+
+class _PageToken:
+    """Opaque page tokens: the last id seen, bound to the query's filters so they cannot be mixed up."""
+
+    @staticmethod
+    def encode(after: int, query: str) -> str:
+        raw = json.dumps({"a": after, "q": hashlib.sha256(query.encode()).hexdigest()[:16]}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def decode(token: str, query: str) -> int:
+        if not token:
+            return 0
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            after = data["a"]
+            same = data["q"] == hashlib.sha256(query.encode()).hexdigest()[:16]
+        except (ValueError, KeyError, TypeError):
+            raise errors.invalid("page_token", "not a token from a previous page of this listing") from None
+        if not same or not isinstance(after, int) or after < 0:
+            raise errors.invalid("page_token", "the token belongs to a listing with other filters")
+        return after
+
+
+def _page_size(size: int) -> int:
+    if size < 0:
+        raise errors.invalid("page_size", "must be >= 0")
+    return min(size or DEFAULT_PAGE, MAX_PAGE)
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, catalogue: Catalogue, store: BlobStore, issuer: auth.TokenIssuer,
+                 verifier: auth.TokenVerifier, settings: RegistrySettings = RegistrySettings()):
+        self.catalogue = catalogue
+        self.store = store
+        self.issuer = issuer
+        self.verifier = verifier
+        self.settings = settings
+        # One lock per blob: a publish (store, then commit) and a delete (uncommit, then drop the blob) of the same
+        # content never interleave, so a committed version never points at a deleted blob.
+        self._blob_locks: dict[str, threading.Lock] = {}
+        self._blob_locks_guard = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _blob_lock(self, sha256: str) -> threading.Lock:
+        with self._blob_locks_guard:
+            return self._blob_locks.setdefault(sha256, threading.Lock())
+
+    def _caller(self, context: grpc.ServicerContext) -> UserRow:
+        token = auth.bearer_token_from_metadata(context.invocation_metadata())
+        if not token:
+            raise errors.unauthenticated("no bearer token: run `sgde login` (metadata `authorization: Bearer ...`)")
+        try:
+            claims = self.verifier.verify(token)
+        except auth.InvalidToken as e:
+            raise errors.unauthenticated(str(e)) from None
+        user = self.catalogue.get_user(claims.username)
+        if user is None:
+            raise errors.unauthenticated("the token's user no longer exists")
+        return user
+
+    @staticmethod
+    def _can_see(user: UserRow, model: ModelRow) -> bool:
+        return (model.owner_id == user.id or model.visibility == pb.VISIBILITY_PUBLIC
+                or (model.visibility == pb.VISIBILITY_SHARED and user.username in model.shared_with))
+
+    def _visible_model(self, user: UserRow, name: str, field: str = "name") -> ModelRow:
+        owner, model_id = _parse_model_name(name, field)
+        model = self.catalogue.get_model(owner, model_id)
+        if model is None or not self._can_see(user, model):
+            raise errors.not_found(name)
+        return model
+
+    def _owned_model(self, user: UserRow, name: str, field: str = "name") -> ModelRow:
+        model = self._visible_model(user, name, field)
+        if model.owner_id != user.id:
+            raise errors.permission_denied(f"only {model.owner} may change {name}")
+        return model
+
+    def _visible_version(self, user: UserRow, name: str) -> VersionRow:
+        owner, model_id, number = _parse_version_name(name)
+        model = self._visible_model(user, f"models/{owner}/{model_id}")
+        version = self.catalogue.get_version(model, number)
+        if version is None:
+            raise errors.not_found(name)
+        return version
+
+    @staticmethod
+    def _user_message(user: UserRow, viewer: UserRow | None) -> rpb.User:
+        return rpb.User(name=f"users/{user.username}", username=user.username,
+                        email=user.email if viewer is not None and viewer.id == user.id else "",
+                        signing_public_key=user.signing_public_key, create_time=_ts(user.created_at))
+
+    @staticmethod
+    def _model_message(model: ModelRow, viewer: UserRow) -> pb.Model:
+        return pb.Model(
+            name=f"models/{model.owner}/{model.model_id}", owner=model.owner, description=model.description,
+            tags=model.tags, data_schema=model.data_schema, data_kind=model.data_kind, visibility=model.visibility,
+            shared_with=model.shared_with if model.owner_id == viewer.id else [],
+            latest_version=model.latest_version, create_time=_ts(model.created_at),
+            update_time=_ts(model.updated_at), metrics=model.metrics)
+
+    @staticmethod
+    def _version_message(version: VersionRow) -> pb.ModelVersion:
+        m = version.model
+        return pb.ModelVersion(
+            name=f"models/{m.owner}/{m.model_id}/versions/{version.number}", number=version.number,
+            sha256=version.sha256, size_bytes=version.size_bytes, signature=version.signature,
+            architecture=version.architecture, data_kind=version.data_kind, privacy=version.privacy,
+            create_time=_ts(version.created_at), manifest_json=version.manifest_json)
+
+    # -- users -------------------------------------------------------------------------------------------------
+
+    def Register(self, request: rpb.RegisterRequest, context) -> rpb.User:
+        violations = []
+        if not USERNAME_RE.match(request.username):
+            violations.append(("username", "3-32 characters: lowercase letters, digits, '-' and '_', starting "
+                                           "with a letter"))
+        if not EMAIL_RE.match(request.email):
+            violations.append(("email", "not an email address"))
+        try:
+            auth.check_password_policy(request.password, request.username)
+        except auth.PasswordPolicyError as e:
+            violations.append(("password", str(e)))
+        try:
+            signing.parse_public_key(request.signing_public_key)
+        except ValueError:
+            violations.append(("signing_public_key", "must be a raw 32-byte Ed25519 public key"))
+        if violations:
+            raise errors.invalid_many(violations)
+        try:
+            user = self.catalogue.create_user(request.username, request.email,
+                                              auth.hash_password(request.password), request.signing_public_key)
+        except Conflict:
+            raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"username {request.username!r} is taken") from None
+        return self._user_message(user, user)
+
+    def Login(self, request: rpb.LoginRequest, context) -> rpb.LoginResponse:
+        user = self.catalogue.get_user(request.username) if USERNAME_RE.match(request.username) else None
+        if user is None:
+            auth.burn_password_check(request.password)  # same time as a real check: do not reveal who exists
+            raise errors.unauthenticated("wrong username or password")
+        wait = user.locked_until - time.time()
+        if wait > 0:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"too many failed logins for {user.username}: try again in {int(wait) + 1} s")
+        if not auth.verify_password(request.password, user.password_hash):
+            self.catalogue.record_login(user.id, False, auth.lockout_seconds(user.failed_logins + 1))
+            raise errors.unauthenticated("wrong username or password")
+        self.catalogue.record_login(user.id, True)
+        token, expires = self.issuer.issue(user.username)
+        expire_time = timestamp_pb2.Timestamp()
+        expire_time.FromDatetime(expires)
+        return rpb.LoginResponse(access_token=token, expire_time=expire_time, user=self._user_message(user, user))
+
+    def WhoAmI(self, request, context) -> rpb.User:
+        user = self._caller(context)
+        return self._user_message(user, user)
+
+    def GetUser(self, request: rpb.GetUserRequest, context) -> rpb.User:
+        viewer = self._caller(context)
+        m = re.match(r"^users/([^/]+)$", request.name)
+        if not m or not USERNAME_RE.match(m[1]):
+            raise errors.invalid("name", f"expected users/{{username}}, got {request.name[:200]!r}")
+        user = self.catalogue.get_user(m[1])
+        if user is None:
+            raise errors.not_found(request.name)
+        return self._user_message(user, viewer)
+
+    # -- models ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_model_fields(model: pb.Model, paths: set[str], prefix: str = "model.") -> list[tuple[str, str]]:
+        violations = []
+        if "description" in paths and len(model.description) > MAX_DESCRIPTION:
+            violations.append((prefix + "description", f"at most {MAX_DESCRIPTION} characters"))
+        if "tags" in paths:
+            bad = [t for t in model.tags if not TAG_RE.match(t)]
+            if bad:
+                violations.append((prefix + "tags", f"tag {bad[0][:40]!r}: 1-32 lowercase letters, digits or '-'"))
+            elif len(model.tags) > MAX_TAGS or len(set(model.tags)) != len(model.tags):
+                violations.append((prefix + "tags", f"at most {MAX_TAGS} distinct tags"))
+        if "visibility" in paths and model.visibility not in (pb.VISIBILITY_PRIVATE, pb.VISIBILITY_SHARED,
+                                                              pb.VISIBILITY_PUBLIC):
+            violations.append((prefix + "visibility", "PRIVATE, SHARED or PUBLIC"))
+        if "shared_with" in paths:
+            bad = [u for u in model.shared_with if not USERNAME_RE.match(u)]
+            if bad:
+                violations.append((prefix + "shared_with", f"{bad[0][:40]!r} is not a username"))
+            elif len(model.shared_with) > MAX_SHARES or len(set(model.shared_with)) != len(model.shared_with):
+                violations.append((prefix + "shared_with", f"at most {MAX_SHARES} distinct usernames"))
+        return violations
+
+    def CreateModel(self, request: rpb.CreateModelRequest, context) -> pb.Model:
+        user = self._caller(context)
+        violations = []
+        if not MODEL_ID_RE.match(request.model_id):
+            violations.append(("model_id", "1-64 characters: lowercase letters, digits, '.', '-', '_'"))
+        model = request.model
+        visibility = model.visibility or pb.VISIBILITY_PRIVATE
+        violations += self._check_model_fields(model, {"description", "tags", "visibility", "shared_with"})
+        schema = None
+        if model.HasField("data_schema"):
+            try:
+                validate_schema(model.data_schema)
+                schema = model.data_schema
+            except SchemaError as e:
+                violations.append((f"model.data_schema.{e.field}", str(e)))
+        if violations:
+            raise errors.invalid_many(violations)
+        try:
+            row = self.catalogue.create_model(user, request.model_id, model.description, list(model.tags),
+                                              visibility, list(model.shared_with), schema,
+                                              data_kind(schema) if schema else 0)
+        except Conflict as e:
+            raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(e)) from None
+        except KeyError as e:
+            raise errors.invalid("model.shared_with", f"no user named {e.args[0]!r}") from None
+        return self._model_message(row, user)
+
+    def GetModel(self, request: rpb.GetModelRequest, context) -> pb.Model:
+        user = self._caller(context)
+        return self._model_message(self._visible_model(user, request.name), user)
+
+    def ListModels(self, request: rpb.ListModelsRequest, context) -> rpb.ListModelsResponse:
+        user = self._caller(context)
+        size = _page_size(request.page_size)
+        if request.owner and not USERNAME_RE.match(request.owner):
+            raise errors.invalid("owner", "not a username")
+        if request.tag and not TAG_RE.match(request.tag):
+            raise errors.invalid("tag", "not a tag")
+        if request.data_kind not in pb.DataKind.values():
+            raise errors.invalid("data_kind", "unknown data kind")
+        query = f"{user.id}|{request.owner}|{request.tag}|{request.data_kind}"
+        after = _PageToken.decode(request.page_token, query)
+        rows = self.catalogue.list_models(user.id, after, size + 1, request.owner, request.tag, request.data_kind)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = _PageToken.encode(rows[-1].id, query) if more else ""
+        return rpb.ListModelsResponse(models=[self._model_message(r, user) for r in rows], next_page_token=token)
+
+    def UpdateModel(self, request: rpb.UpdateModelRequest, context) -> pb.Model:
+        user = self._caller(context)
+        paths = set(request.update_mask.paths)
+        if not paths:
+            raise errors.invalid("update_mask", f"name the fields to change: {', '.join(sorted(UPDATABLE))}")
+        unknown = paths - UPDATABLE
+        if unknown:
+            raise errors.invalid("update_mask", f"cannot change {sorted(unknown)[0]!r}; "
+                                                f"changeable: {', '.join(sorted(UPDATABLE))}")
+        violations = self._check_model_fields(request.model, paths)
+        if violations:
+            raise errors.invalid_many(violations)
+        model = self._owned_model(user, request.model.name, "model.name")
+        m = request.model
+        try:
+            row = self.catalogue.update_model(
+                model,
+                description=m.description if "description" in paths else None,
+                tags=list(m.tags) if "tags" in paths else None,
+                visibility=m.visibility if "visibility" in paths else None,
+                shared_with=list(m.shared_with) if "shared_with" in paths else None)
+        except KeyError as e:
+            raise errors.invalid("model.shared_with", f"no user named {e.args[0]!r}") from None
+        except Gone:
+            raise errors.not_found(request.model.name) from None
+        return self._model_message(row, user)
+
+    def DeleteModel(self, request: rpb.DeleteModelRequest, context) -> empty_pb2.Empty:
+        user = self._caller(context)
+        model = self._owned_model(user, request.name)
+        for sha in self.catalogue.delete_model(model):
+            self._drop_blob_if_unused(sha)
+        return empty_pb2.Empty()
+
+    def _drop_blob_if_unused(self, sha256: str) -> None:
+        with self._blob_lock(sha256):
+            if self.catalogue.sha256_in_use(sha256):
+                return
+            try:
+                self.store.delete(sha256)
+            except StorageUnavailable:
+                # The catalogue no longer points at it; an unreachable store leaves an unreferenced blob that a
+                # later publish of the same bytes reuses. Log it for the operator.
+                log.warning("could not delete unreferenced blob", extra={"sha256": sha256})
+
+    # -- versions ----------------------------------------------------------------------------------------------
+
+    def PublishVersion(self, request_iterator: Iterator[rpb.PublishVersionRequest], context) -> pb.ModelVersion:
+        user = self._caller(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise errors.invalid("header", "the first message must be the header")
+        header = first.header
+        violations = []
+        if not SHA256_RE.match(header.sha256):
+            violations.append(("header.sha256", "64 lowercase hex characters"))
+        if not 0 < header.size_bytes <= self.settings.max_version_bytes:
+            if header.size_bytes > self.settings.max_version_bytes:
+                raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"artifact of {header.size_bytes} bytes is over this registry's limit of "
+                               f"{self.settings.max_version_bytes} bytes")
+            violations.append(("header.size_bytes", "must be > 0"))
+        if len(header.signature) != 64:
+            violations.append(("header.signature", "an Ed25519 signature of 64 bytes over the sha256"))
+        if violations:
+            raise errors.invalid_many(violations)
+        model = self._owned_model(user, header.model, "header.model")
+        if not signing.verify_artifact(user.signing_public_key, header.sha256, header.signature):
+            raise errors.invalid("header.signature", "does not verify with your registered signing key "
+                                                     "over this sha256; sign with the key you registered")
+        sniffer = HeaderSniffer(header.size_bytes)
+        parsed: list[ArtifactHeader] = []
+
+        def chunks() -> Iterator[bytes]:
+            for message in request_iterator:
+                if message.WhichOneof("payload") != "chunk":
+                    raise errors.invalid("chunk", "only chunks may follow the header")
+                data = message.chunk
+                if len(data) > CHUNK_SIZE:
+                    raise errors.invalid("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
+                if not sniffer.done:
+                    result = sniffer.feed(data)  # ArtifactError stops the upload before anything is stored
+                    if result is not None:
+                        self._check_manifest(model, result)
+                        parsed.append(result)
+                yield data
+
+        with self._blob_lock(header.sha256):
+            try:
+                self.store.put(header.sha256, chunks(), header.size_bytes)
+            except ArtifactError as e:
+                raise errors.invalid("chunk", f"not a valid SGDE artifact: {e}") from None
+            except BlobIntegrityError as e:
+                raise errors.invalid("header", f"the uploaded bytes do not match the header: {e}") from None
+            except StorageUnavailable as e:
+                raise errors.unavailable(f"blob storage is unavailable, nothing was published: {e}") from None
+            if not parsed:
+                raise errors.invalid("chunk", "not a valid SGDE artifact: the stream ended inside its header")
+            manifest = parsed[0].manifest
+            try:
+                number = self.catalogue.add_version(
+                    model, sha256=header.sha256, size_bytes=header.size_bytes, signature=header.signature,
+                    architecture=manifest.architecture, data_kind=manifest.data_kind, privacy=manifest.privacy,
+                    manifest_json=manifest.to_json(), schema=manifest.data_schema)
+            except Exception:
+                if not self.catalogue.sha256_in_use(header.sha256):
+                    self.store.delete(header.sha256)
+                raise
+        version = self.catalogue.get_version(model, number)
+        if version is None:  # deleted by its owner in the meantime
+            raise errors.not_found(header.model)
+        log.info("published", extra={"version": f"{header.model}/versions/{number}", "sha256": header.sha256,
+                                     "bytes": header.size_bytes})
+        return self._version_message(version)
+
+    @staticmethod
+    def _check_manifest(model: ModelRow, header: ArtifactHeader) -> None:
+        schema = header.manifest.data_schema
+        if model.data_schema is not None and not schemas_equal(model.data_schema, schema):
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"the artifact's data schema differs from the schema of models/{model.owner}/"
+                           f"{model.model_id}; publish it as a new model")
+
+    def GetVersion(self, request: rpb.GetVersionRequest, context) -> pb.ModelVersion:
+        user = self._caller(context)
+        return self._version_message(self._visible_version(user, request.name))
+
+    def ListVersions(self, request: rpb.ListVersionsRequest, context) -> rpb.ListVersionsResponse:
+        user = self._caller(context)
+        size = _page_size(request.page_size)
+        model = self._visible_model(user, request.parent, "parent")
+        after = _PageToken.decode(request.page_token, request.parent)
+        rows = self.catalogue.list_versions(model, after, size + 1)
+        more = len(rows) > size
+        rows = rows[:size]
+        token = _PageToken.encode(rows[-1].number, request.parent) if more else ""
+        return rpb.ListVersionsResponse(versions=[self._version_message(v) for v in rows], next_page_token=token)
+
+    def DownloadVersion(self, request: rpb.DownloadVersionRequest, context) -> Iterator[rpb.DownloadVersionResponse]:
+        user = self._caller(context)
+        version = self._visible_version(user, request.name)
+        if not 0 <= request.offset <= version.size_bytes:
+            raise errors.invalid("offset", f"must be between 0 and {version.size_bytes}")
+        try:
+            chunks = self.store.get(version.sha256, request.offset)
+        except StorageUnavailable as e:
+            raise errors.unavailable(f"blob storage is unavailable: {e}; try again later") from None
+        except BlobNotFound:
+            log.error("catalogued blob is missing", extra={"sha256": version.sha256})
+            raise ApiError(grpc.StatusCode.DATA_LOSS, f"the blob of {request.name} is missing from storage; "
+                                                      "tell the registry's operator") from None
+        yield rpb.DownloadVersionResponse(version=self._version_message(version))
+        try:
+            for chunk in chunks:
+                if not context.is_active():
+                    return
+                yield rpb.DownloadVersionResponse(chunk=chunk)
+        except StorageUnavailable as e:
+            raise errors.unavailable(f"blob storage failed during the download: {e}; resume from the offset "
+                                     "you reached") from None

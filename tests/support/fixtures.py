@@ -1,0 +1,57 @@
+"""Shared pytest fixtures: a development PKI, an in-process registry on loopback, and fresh users."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from libsgde.client import Client
+from libsgde.security import tls
+from services.registry.server import RegistryConfig, start
+from tests.support.services import free_port, user_client
+
+
+@dataclass
+class RunningRegistry:
+    address: str
+    config: RegistryConfig
+    blob_root: Path
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> tls.PkiPaths:
+    return tls.init_pki(tmp_path_factory.mktemp("pki"))
+
+
+def start_registry(root: Path, pki: tls.PkiPaths, **overrides) -> tuple[RunningRegistry, object]:
+    cfg = RegistryConfig(listen=f"127.0.0.1:{free_port()}", database_url=f"sqlite:///{root / 'registry.db'}",
+                         blob_url=(root / "blobs").as_uri(), token_key=root / "token.pem", pki=pki,
+                         metrics_port=0)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    handle = start(cfg)
+    return RunningRegistry(cfg.listen, cfg, root / "blobs"), handle
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory, pki) -> RunningRegistry:
+    running, handle = start_registry(tmp_path_factory.mktemp("registry"), pki)
+    yield running
+    handle.stop(grace=1)
+
+
+@pytest.fixture
+def new_user(registry, pki, tmp_path) -> Callable[..., Client]:
+    """Call it to get a logged-in client of a fresh user (own $SGDE_HOME: token and signing key)."""
+    made: list[Client] = []
+
+    def make(name: str | None = None) -> Client:
+        client = user_client(registry.address, pki, tmp_path, name)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()

