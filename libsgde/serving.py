@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -89,42 +90,34 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
                                      "ms": round(seconds * 1000, 2), "peer": _peer_cn(context),
                                      "detail": str(error) if error is not None else None})
 
+    @contextmanager
+    def _observed(self, method: str, full: str, context) -> Iterator[None]:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            yield
+        except ApiError as e:
+            error = e
+            context.abort_with_status(e.to_status())
+        except Exception as e:  # an abort() raises a plain Exception too; keep its status
+            error = e
+            if context.code() is None:
+                log.exception("unhandled error", extra={"method": full})
+                context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+            raise
+        finally:
+            self._finish(method, full, context, started, error)
+
     def _wrap_unary(self, behaviour: Callable, method: str, full: str) -> Callable:
         def call(request, context):
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
+            with self._observed(method, full, context):
                 return behaviour(request, context)
-            except ApiError as e:
-                error = e
-                context.abort_with_status(e.to_status())
-            except Exception as e:  # an abort() raises a plain Exception too; keep its status
-                error = e
-                if context.code() is None:
-                    log.exception("unhandled error", extra={"method": full})
-                    context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
-                raise
-            finally:
-                self._finish(method, full, context, started, error)
         return call
 
     def _wrap_stream(self, behaviour: Callable, method: str, full: str) -> Callable:
         def call(request, context) -> Iterator:
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
+            with self._observed(method, full, context):
                 yield from behaviour(request, context)
-            except ApiError as e:
-                error = e
-                context.abort_with_status(e.to_status())
-            except Exception as e:
-                error = e
-                if context.code() is None:
-                    log.exception("unhandled error", extra={"method": full})
-                    context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
-                raise
-            finally:
-                self._finish(method, full, context, started, error)
         return call
 
 

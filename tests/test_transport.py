@@ -95,3 +95,23 @@ def test_grpcurl_without_client_certificate_fails(registry, pki):
     result = subprocess.run([grpcurl_binary(), "-cacert", str(pki.ca_cert), registry.address, "list"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
+
+
+def test_metrics_endpoint_counts_calls(tmp_path, pki):
+    import urllib.request
+
+    from tests.support.fixtures import start_registry
+    from tests.support.services import free_port
+    port = free_port()
+    running, handle = start_registry(tmp_path / "reg", pki, metrics_port=port)
+    try:
+        with grpc.secure_channel(running.address, tls.channel_credentials(pki)) as channel:
+            from google.protobuf import empty_pb2
+
+            from libsgde.proto.sgde.v1 import registry_pb2_grpc
+            with pytest.raises(grpc.RpcError):
+                registry_pb2_grpc.RegistryServiceStub(channel).WhoAmI(empty_pb2.Empty(), timeout=5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'sgde_rpc_total{code="UNAUTHENTICATED",method="WhoAmI",service="registry"}' in text
+    finally:
+        handle.stop(grace=1)
