@@ -66,7 +66,7 @@ def _parse_version_name(name: str) -> tuple[str, str, int | None]:
         raise errors.invalid("name", f"expected models/{{owner}}/{{model}}/versions/{{n|latest}}, got {name[:200]!r}")
     if m[3] == "latest":
         return m[1], m[2], None
-    if not m[3].isdigit() or not 0 < int(m[3]) < 2**31:
+    if not re.fullmatch(r"[0-9]{1,10}", m[3]) or not 0 < int(m[3]) < 2**31:
         raise errors.invalid("name", f"version must be a positive number or 'latest', got {m[3][:20]!r}")
     return m[1], m[2], int(m[3])
 
