@@ -72,12 +72,13 @@ def version_name(ref: str, me: str | None = None) -> str:
     return f"{model_name(ref, me)}/versions/latest"
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path):
+    """The running sha256 of a file's bytes (call .hexdigest(), or .update() to continue it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(CHUNK_SIZE):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 class Client:
@@ -238,7 +239,7 @@ class Client:
                 self.create_model(name.rsplit("/", 1)[1], **create_args)
         key = signing.load_signing_key(self.signing_key_path(me))
         size = path.stat().st_size
-        sha = _sha256_file(path)
+        sha = _sha256_file(path).hexdigest()
         header = rpb.PublishVersionRequest.Header(model=name, sha256=sha, size_bytes=size,
                                                   signature=signing.sign_artifact(key, sha))
 
@@ -284,6 +285,7 @@ class Client:
         if offset > version.size_bytes:
             partial.unlink()
             offset = 0
+        digest = _sha256_file(partial) if offset else hashlib.sha256()  # hashed as it arrives: no second read
         try:
             stream = self.registry.DownloadVersion(
                 rpb.DownloadVersionRequest(name=version.name, offset=offset), metadata=self._metadata(),
@@ -295,6 +297,7 @@ class Client:
                             raise SgdeError("the version changed during the download; try again")
                         continue
                     f.write(message.chunk)
+                    digest.update(message.chunk)
                     offset += len(message.chunk)
                     if progress:
                         progress(offset, version.size_bytes)
@@ -302,13 +305,14 @@ class Client:
                 os.fsync(f.fileno())
         except grpc.RpcError as e:
             raise SgdeError.from_rpc(e) from None
-        self.verify(partial, version, owner)
+        self.verify(partial, version, owner, digest.hexdigest())
         os.replace(partial, dest)
         return dest, version
 
-    def verify(self, path: Path, version: pb.ModelVersion, owner: str) -> None:
-        """Checks a downloaded file against the version's sha256 and the owner's registered signing key."""
-        sha = _sha256_file(path)
+    def verify(self, path: Path, version: pb.ModelVersion, owner: str, sha: str | None = None) -> None:
+        """Checks a downloaded file (whose sha256 is `sha`, if already known) against the version's sha256 and the
+        owner's registered signing key."""
+        sha = sha or _sha256_file(path).hexdigest()
         if sha != version.sha256:
             path.unlink(missing_ok=True)
             raise VerificationError(f"downloaded bytes hash to {sha}, expected {version.sha256}; the partial file "

@@ -20,6 +20,7 @@ from libsgde.errors import ApiError
 from libsgde.proto.sgde.v1 import common_pb2 as pb
 from libsgde.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.streams import read_ahead
 from libsgde.schema import SchemaError, data_kind, schemas_equal, validate_schema
 from libsgde.security import auth, signing
 from libsgde.storage import CHUNK_SIZE, BlobIntegrityError, BlobNotFound, BlobStore, StorageUnavailable
@@ -465,7 +466,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                                                       "tell the registry's operator") from None
         yield rpb.DownloadVersionResponse(version=self._version_message(version))
         try:
-            for chunk in chunks:
+            for chunk in read_ahead(chunks):
                 if not context.is_active():
                     return
                 yield rpb.DownloadVersionResponse(chunk=chunk)

@@ -1,0 +1,43 @@
+"""Stream helpers."""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+
+_DONE = object()
+
+
+def read_ahead(source: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
+    """Yields what `source` yields, fetched by a background thread up to `depth` items ahead, so that reading
+    (from S3) and sending (over gRPC) overlap. Errors of the source are raised where they occur in the sequence.
+    Closing the returned generator early stops the thread at its next item."""
+    items: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as e:  # handed to the consumer, raised there
+            items.put(e)
+
+    threading.Thread(target=produce, daemon=True, name="read-ahead").start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
