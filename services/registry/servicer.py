@@ -402,7 +402,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
         with self._blob_lock(header.sha256):
             try:
-                self.store.put(header.sha256, chunks(), header.size_bytes)
+                # Receiving goes on while storage writes a part: up to 16 chunks (16 MiB) wait in between.
+                self.store.put(header.sha256, read_ahead(chunks(), depth=16), header.size_bytes)
             except ArtifactError as e:
                 raise errors.invalid("chunk", f"not a valid SGDE artifact: {e}") from None
             except BlobIntegrityError as e:
