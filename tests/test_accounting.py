@@ -1,0 +1,51 @@
+"""The accountant: PLD beside RDP, calibration to a target, delta rules."""
+import pytest
+
+from libsgde.privacy import (PrivacyError, calibrate_noise_multiplier, check_delta, pld_epsilon, rdp_epsilon)
+
+# MNIST-sized DP-SGD: N = 60,000, expected batch 256, 20 epochs.
+Q = 256 / 60_000
+STEPS = 20 * 60_000 // 256
+
+
+@pytest.mark.parametrize("sigma", [0.8, 1.3, 3.0])
+def test_pld_is_tighter_than_rdp_within_the_known_gap(sigma):
+    pld = pld_epsilon(sigma, Q, STEPS, 1e-5)
+    rdp = rdp_epsilon(sigma, Q, STEPS, 1e-5)
+    assert pld <= rdp  # RDP's conversion to (epsilon, delta) is loose; PLD is near-exact
+    assert rdp < 1.35 * pld  # but not wildly so for these settings
+
+
+def test_more_noise_fewer_steps_less_epsilon():
+    assert pld_epsilon(2.0, Q, STEPS, 1e-5) < pld_epsilon(1.0, Q, STEPS, 1e-5)
+    assert pld_epsilon(1.0, Q, STEPS // 4, 1e-5) < pld_epsilon(1.0, Q, STEPS, 1e-5)
+
+
+def test_finer_discretisation_is_not_more_pessimistic():
+    assert pld_epsilon(1.0, Q, STEPS, 1e-5, 1e-4) <= pld_epsilon(1.0, Q, STEPS, 1e-5, 1e-2)
+
+
+@pytest.mark.parametrize("target", [1.0, 10.0])
+def test_calibration_meets_the_target_without_wasting_it(target):
+    sigma = calibrate_noise_multiplier(target, 1e-5, Q, STEPS)
+    spent = pld_epsilon(sigma, Q, STEPS, 1e-5)
+    assert spent <= target
+    assert pld_epsilon(sigma * 0.98, Q, STEPS, 1e-5) > spent  # less noise would spend more
+    assert spent > 0.9 * target
+
+
+def test_delta_must_be_below_one_over_n():
+    check_delta(1e-5, 60_000)
+    for delta in (1 / 60_000, 0.5, 0.0, -1e-5, float("nan")):
+        with pytest.raises(PrivacyError) as info:
+            check_delta(delta, 60_000)
+        assert info.value.field == "delta"
+
+
+def test_bad_settings_name_their_field():
+    with pytest.raises(PrivacyError, match="target_epsilon"):
+        calibrate_noise_multiplier(0.0, 1e-5, Q, STEPS)
+    with pytest.raises(PrivacyError, match="sampling_rate"):
+        pld_epsilon(1.0, 1.5, STEPS, 1e-5)
+    with pytest.raises(PrivacyError, match="noise_multiplier"):
+        rdp_epsilon(0.0, Q, STEPS, 1e-5)
