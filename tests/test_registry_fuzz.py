@@ -1,6 +1,8 @@
 """Malformed requests of every shape get a clean status from the registry, never an internal error."""
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
@@ -10,8 +12,8 @@ from hypothesis import strategies as st
 from libsgde.proto.sgde.v1 import common_pb2 as pb
 from libsgde.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.proto.sgde.v1 import registry_pb2_grpc
-from libsgde.security import tls
-from tests.support.services import user_client
+from libsgde.security import signing, tls
+from tests.support.services import make_artifact, user_client
 
 CLEAN = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
          grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -98,4 +100,58 @@ messages = st.one_of(st.builds(lambda h: rpb.PublishVersionRequest(header=h), he
 def test_publish_streams(caller, stream, own_model):
     if own_model and stream and stream[0].WhichOneof("payload") == "header":
         stream[0].header.model = f"models/{caller.username}/fuzz-target"
+    clean(lambda: caller.registry.PublishVersion(iter(stream), metadata=caller._metadata(), timeout=10))
+
+
+# -- publish streams that get past the header checks: a real sha256 and a valid signature by the caller ------------
+
+def signed_header(caller, data: bytes, size: int | None = None, model: str = "fuzz-target"):
+    sha = hashlib.sha256(data).hexdigest()
+    key = signing.load_signing_key(caller.signing_key_path(caller.username))
+    return rpb.PublishVersionRequest(header=rpb.PublishVersionRequest.Header(
+        model=f"models/{caller.username}/{model}", sha256=sha, size_bytes=len(data) if size is None else size,
+        signature=signing.sign_artifact(key, sha)))
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[rpb.PublishVersionRequest]:
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [rpb.PublishVersionRequest(chunk=data[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+@pytest.fixture(scope="module")
+def artifact_bytes(tmp_path_factory) -> bytes:
+    return make_artifact(tmp_path_factory.mktemp("fuzz-art") / "a.safetensors", n_floats=256).read_bytes()
+
+
+sizes = st.one_of(st.integers(min_value=-(2**40), max_value=2**40), st.integers(min_value=-2, max_value=16),
+                  st.sampled_from([(512 << 20), (512 << 20) + 1, 2**62]))
+
+
+@FUZZ
+@given(data=st.binary(max_size=4000), size=st.one_of(st.none(), sizes), cuts=st.lists(st.integers(0, 5000),
+       max_size=4), shape=st.sampled_from(["normal", "no-header", "two-headers", "header-last", "empty-chunk"]))
+def test_signed_publish_of_random_bytes(caller, data, size, cuts, shape):
+    header, chunks = signed_header(caller, data, size), chunked(data, cuts)
+    stream = {"normal": [header, *chunks], "no-header": chunks, "two-headers": [header, *chunks[:1], header,
+              *chunks[1:]], "header-last": [*chunks, header],
+              "empty-chunk": [header, rpb.PublishVersionRequest(chunk=b""), *chunks]}[shape]
+    clean(lambda: caller.registry.PublishVersion(iter(stream), metadata=caller._metadata(), timeout=10))
+
+
+@FUZZ
+@given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)), lie_size=st.integers(-3, 3),
+       cuts=st.lists(st.integers(0, 5000), max_size=3))
+def test_signed_publish_of_damaged_artifacts(caller, artifact_bytes, flips, cut, lie_size, cuts):
+    """A valid artifact with bytes changed (mostly in its header) or cut short, honestly hashed and signed: the
+    registry must reject it cleanly (or accept it, if the damage left a valid artifact)."""
+    data = bytearray(artifact_bytes)
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    for where, value in flips:
+        data[where % header_end] = value
+    if cut is not None:
+        data = data[:cut % (len(data) + 1)]
+    data = bytes(data)
+    size = len(data) + lie_size if lie_size and len(data) + lie_size > 0 else None
+    stream = [signed_header(caller, data, size), *chunked(data, cuts)]
     clean(lambda: caller.registry.PublishVersion(iter(stream), metadata=caller._metadata(), timeout=10))

@@ -383,7 +383,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if not signing.verify_artifact(user.signing_public_key, header.sha256, header.signature):
             raise errors.invalid("header.signature", "does not verify with your registered signing key "
                                                      "over this sha256; sign with the key you registered")
-        sniffer = HeaderSniffer(header.size_bytes)
+        try:
+            sniffer = HeaderSniffer(header.size_bytes)
+        except ArtifactError as e:  # a declared size too small to hold an artifact (1-7 bytes)
+            raise errors.invalid("header.size_bytes", str(e)) from None
         parsed: list[ArtifactHeader] = []
 
         def chunks() -> Iterator[bytes]:
