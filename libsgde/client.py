@@ -5,12 +5,18 @@
     c.login("alice", password)
     c.push("model.safetensors", "alice/digits")
     for m in c.list_models(): print(m.name)
+
+    ds = c.upload_dataset("adult.csv")                      # training runs in the silo's trainer
+    job = c.create_job(TrainSpec("cvae", target_epsilon=1.0), schema, ds.name, "adult-cvae")
+    for event in c.watch_job(job.name): print(event.step, event.epsilon_spent)
+    c.publish_job(job.name)                                 # signed here: the key never leaves this machine
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +29,8 @@ from libsgde.errors import describe_rpc_error, field_violations
 from libsgde.proto.sgde.v1 import common_pb2 as pb
 from libsgde.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.proto.sgde.v1 import trainer_pb2_grpc
 from libsgde.security import signing, tls
 from libsgde.security.tls import write_private
 from libsgde.storage import CHUNK_SIZE
@@ -81,19 +89,33 @@ def _sha256_file(path: Path):
     return digest
 
 
-class Client:
-    """A connection to the registry over mutual TLS, acting for the user whose token is under $SGDE_HOME."""
+def secure_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.Channel:
+    """A mutual-TLS channel with SGDE's message size limits."""
+    return grpc.secure_channel(address, credentials, options=[
+        ("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)])
 
-    def __init__(self, registry: str | None = None, *, home: Path | None = None, pki: Path | None = None,
-                 identity: str = tls.CLIENT, token: str | None = None, timeout: float = 30.0):
+
+class Client:
+    """A connection to the registry (and, when used, the trainer) over mutual TLS, acting for the user whose token is
+    under $SGDE_HOME.
+
+    A service acting for a user (the trainer publishing a job's result) builds one with `Client.forwarding`: over
+    its own channel, with the token the user sent, reading no files."""
+
+    def __init__(self, registry: str | None = None, *, trainer: str | None = None, home: Path | None = None,
+                 pki: Path | None = None, identity: str = tls.CLIENT, token: str | None = None,
+                 timeout: float = 30.0, channel: grpc.Channel | None = None):
         self.home = Path(home) if home else config.sgde_home()
         self.pki = tls.PkiPaths(Path(pki) if pki else (self.home / "pki" if home else config.pki_dir()))
         self.address = registry or config.service_address("registry")
+        self.trainer_address = trainer or config.service_address("trainer")
+        self.identity = identity
         self.timeout = timeout
-        self._channel = grpc.secure_channel(
-            self.address, tls.channel_credentials(self.pki, identity),
-            options=[("grpc.max_receive_message_length", 4 << 20), ("grpc.max_send_message_length", 4 << 20)])
+        self._owns_channel = channel is None
+        self._channel = channel or secure_channel(self.address, tls.channel_credentials(self.pki, identity))
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._trainer_channel: grpc.Channel | None = None
+        self._trainer: trainer_pb2_grpc.TrainerServiceStub | None = None
         self._token = token
         self._username: str | None = None
         if token is None:
@@ -101,8 +123,29 @@ class Client:
             if saved:
                 self._token, self._username = saved["access_token"], saved["username"]
 
+    @classmethod
+    def forwarding(cls, channel: grpc.Channel, token: str, username: str | None = None,
+                   timeout: float = 30.0) -> Client:
+        """A registry client that acts with a forwarded user token over an existing channel (not closed by
+        `close`); it reads no token or key files."""
+        client = cls(channel=channel, token=token, timeout=timeout)
+        client._username = username
+        return client
+
+    @property
+    def trainer(self) -> trainer_pb2_grpc.TrainerServiceStub:
+        """The trainer's stub; its channel opens on first use."""
+        if self._trainer is None:
+            self._trainer_channel = secure_channel(self.trainer_address,
+                                                   tls.channel_credentials(self.pki, self.identity))
+            self._trainer = trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel)
+        return self._trainer
+
     def close(self) -> None:
-        self._channel.close()
+        if self._owns_channel:
+            self._channel.close()
+        if self._trainer_channel is not None:
+            self._trainer_channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -229,32 +272,38 @@ class Client:
         The file's sha256 is signed with the caller's signing key."""
         path = Path(path)
         me = self._me()
-        name = model_name(ref, me)
-        if create:
-            try:
-                self.get_model(name)
-            except SgdeError as e:
-                if e.code != grpc.StatusCode.NOT_FOUND:
-                    raise
-                self.create_model(name.rsplit("/", 1)[1], **create_args)
         key = signing.load_signing_key(self.signing_key_path(me))
-        size = path.stat().st_size
         sha = _sha256_file(path).hexdigest()
-        header = rpb.PublishVersionRequest.Header(model=name, sha256=sha, size_bytes=size,
-                                                  signature=signing.sign_artifact(key, sha))
+        return self.publish_signed(path, model_name(ref, me), sha, signing.sign_artifact(key, sha), create=create,
+                                   progress=progress, timeout=timeout, **create_args)
 
-        def requests() -> Iterator[rpb.PublishVersionRequest]:
-            yield rpb.PublishVersionRequest(header=header)
-            done = 0
-            with open(path, "rb") as f:
-                while block := f.read(CHUNK_SIZE):
-                    done += len(block)
-                    yield rpb.PublishVersionRequest(chunk=block)
-                    if progress:
-                        progress(done, size)
-
+    def ensure_model(self, name: str, **create_args) -> None:
+        """Creates the model `models/{owner}/{model}` unless it exists (a concurrent creation is fine too)."""
         try:
-            return self.registry.PublishVersion(requests(), metadata=self._metadata(), timeout=timeout)
+            self.get_model(name)
+        except SgdeError as e:
+            if e.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            try:
+                self.create_model(name.rsplit("/", 1)[1], **create_args)
+            except SgdeError as e2:
+                if e2.code != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+
+    def publish_signed(self, path: str | Path, name: str, sha256: str, signature: bytes, *, create: bool = True,
+                       progress: Progress | None = None, timeout: float | None = None,
+                       **create_args) -> pb.ModelVersion:
+        """Streams an artifact whose sha256 is already signed to PublishVersion of model `name` (made first when
+        `create` and missing). `push` signs and calls this; the trainer calls it with a forwarded token and the
+        signature its user made on their own machine."""
+        path = Path(path)
+        if create:
+            self.ensure_model(name, **create_args)
+        header = rpb.PublishVersionRequest.Header(model=name, sha256=sha256, size_bytes=path.stat().st_size,
+                                                  signature=signature)
+        try:
+            return self.registry.PublishVersion(publish_requests(header, path, progress), metadata=self._metadata(),
+                                                timeout=timeout)
         except grpc.RpcError as e:
             raise SgdeError.from_rpc(e) from None
 
@@ -321,6 +370,111 @@ class Client:
         if not signing.verify_artifact(user.signing_public_key, sha, version.signature):
             raise VerificationError(f"the signature of {version.name} does not verify with {owner}'s key "
                                     f"({signing.fingerprint(user.signing_public_key)}); do not use this file")
+
+    # -- training (the trainer service) ------------------------------------------------------------------------
+
+    def upload_dataset(self, path: str | Path, progress: Progress | None = None,
+                       timeout: float | None = None) -> tpb.Dataset:
+        """Uploads a data file (.csv, .npz, MNIST-style .gz) into the trainer's own storage, checked against its
+        sha256 there; returns the Dataset, whose name ("datasets/...") a job can train on. The file stays in the
+        silo: the trainer never passes it on."""
+        path = Path(path)
+        size = path.stat().st_size
+        header = tpb.UploadDatasetRequest.Header(filename=path.name, size_bytes=size,
+                                                 sha256=_sha256_file(path).hexdigest())
+
+        def requests() -> Iterator[tpb.UploadDatasetRequest]:
+            yield tpb.UploadDatasetRequest(header=header)
+            for block in _file_chunks(path, progress, size):
+                yield tpb.UploadDatasetRequest(chunk=block)
+
+        try:
+            return self.trainer.UploadDataset(requests(), metadata=self._metadata(), timeout=timeout)
+        except grpc.RpcError as e:
+            raise SgdeError.from_rpc(e) from None
+
+    def create_job(self, spec, schema: pb.DataSchema, dataset: str | tpb.Dataset, publish_model: str,
+                   request_id: str | None = None, timeout: float | None = 600.0) -> tpb.Job:
+        """Submits a training job. `spec` is a libsgde.train.TrainSpec or a TrainingSpec message (0 / empty fields
+        mean the default); `dataset` an uploaded Dataset (or its name), a path under the trainer's data root or
+        "s3://bucket/key" in the silo's store; `publish_model` the model the result goes to ("name",
+        "you/name" or "models/you/name"). The trainer checks spec, schema and data before it answers.
+        `request_id` makes a retry return the same job instead of a second one (a fresh one by default)."""
+        if not isinstance(spec, tpb.TrainingSpec):
+            spec = spec.to_proto()
+        if isinstance(dataset, tpb.Dataset):
+            dataset = dataset.name
+        me = self._username if "/" in publish_model else self._me()
+        request = tpb.CreateJobRequest(spec=spec, data_schema=schema, dataset=str(dataset),
+                                       publish_model=model_name(publish_model, me),
+                                       request_id=request_id or uuid.uuid4().hex)
+        return self._call(self.trainer.CreateJob, request, timeout=timeout)
+
+    def get_job(self, name: str) -> tpb.Job:
+        return self._call(self.trainer.GetJob, tpb.GetJobRequest(name=job_name(name)))
+
+    def list_jobs(self, state: int = 0, page_size: int = 100) -> Iterator[tpb.Job]:
+        """Your jobs, newest first (only those in `state`, if given)."""
+        token = ""
+        while True:
+            page = self._call(self.trainer.ListJobs, tpb.ListJobsRequest(page_size=page_size, page_token=token,
+                                                                          state=state))
+            yield from page.jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch_job(self, name: str, timeout: float | None = None) -> Iterator[tpb.ProgressEvent]:
+        """The job's progress until it ends: first the notable events so far (and the latest progress), then live
+        events; the last one carries the final state. Stop iterating to stop watching (the job goes on)."""
+        stream = self.trainer.WatchJob(tpb.WatchJobRequest(name=job_name(name)), metadata=self._metadata(),
+                                       timeout=timeout)
+        try:
+            yield from stream
+        except grpc.RpcError as e:
+            raise SgdeError.from_rpc(e) from None
+        finally:
+            stream.cancel()
+
+    def cancel_job(self, name: str) -> tpb.Job:
+        """Cancels a queued job at once, or asks a running one to stop (it stops within a training step)."""
+        return self._call(self.trainer.CancelJob, tpb.CancelJobRequest(name=job_name(name)))
+
+    def publish_job(self, name: str, timeout: float | None = 600.0) -> tpb.Job:
+        """Signs a SUCCEEDED job's artifact sha256 here, with your signing key, and has the trainer publish the
+        artifact to the registry with that signature. Returns the job (PUBLISHED, with `published_version`)."""
+        job = self.get_job(name)
+        if job.state != tpb.JOB_STATE_SUCCEEDED or not job.artifact_sha256:
+            state = tpb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+            where = f" as {job.published_version}" if job.published_version else ""
+            raise SgdeError(f"{job.name} is {state}{where}; only a succeeded job can be published",
+                            grpc.StatusCode.FAILED_PRECONDITION)
+        key = signing.load_signing_key(self.signing_key_path(self._me()))
+        return self._call(self.trainer.PublishJobResult, tpb.PublishJobResultRequest(
+            name=job.name, signature=signing.sign_artifact(key, job.artifact_sha256)), timeout=timeout)
+
+
+def job_name(ref: str) -> str:
+    """'jobs/ID' or 'ID' -> 'jobs/ID'."""
+    return ref if ref.startswith("jobs/") else f"jobs/{ref}"
+
+
+def _file_chunks(path: Path, progress: Progress | None, size: int) -> Iterator[bytes]:
+    done = 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_SIZE):
+            done += len(block)
+            yield block
+            if progress:
+                progress(done, size)
+
+
+def publish_requests(header: rpb.PublishVersionRequest.Header, path: Path,
+                     progress: Progress | None = None) -> Iterator[rpb.PublishVersionRequest]:
+    """The PublishVersion request stream: the header, then the file in chunks of at most 1 MiB."""
+    yield rpb.PublishVersionRequest(header=header)
+    for block in _file_chunks(path, progress, header.size_bytes):
+        yield rpb.PublishVersionRequest(chunk=block)
 
 
 def token_expiry(home: Path | None = None) -> datetime | None:

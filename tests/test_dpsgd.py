@@ -53,13 +53,13 @@ def test_dp_gradient_equals_the_per_example_loop(problem):
 def test_clipped_norms_never_exceed_c_and_padding_contributes_nothing(problem):
     params, batch = problem
     mask = jnp.asarray(np.r_[np.ones(16), np.zeros(16)], jnp.float32)
-    summed, norms = clipped_sum(loss, params, batch, mask, C)
+    summed, norms, _ = clipped_sum(loss, params, batch, mask, C)
     assert float(jnp.max(norms)) > C  # some examples really were clipped
     # Each real example adds at most C: the sum's norm is at most 16 C.
     total = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(summed))))
     assert total <= 16 * C + 1e-5
     garbage = (batch[0].at[16:].set(1e3), batch[1].at[16:].set(1.0))
-    summed2, _ = clipped_sum(loss, params, garbage, mask, C)
+    summed2, _, _ = clipped_sum(loss, params, garbage, mask, C)
     for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(summed2)):
         np.testing.assert_array_equal(a, b)
 

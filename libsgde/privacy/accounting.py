@@ -7,6 +7,8 @@ accountant, never from a formula of our own.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 
 import dp_accounting as dpa
@@ -51,38 +53,77 @@ def dpsgd_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp
     return dpa.SelfComposedDpEvent(step, steps)
 
 
+def gaussian_event(noise_multiplier: float) -> dpa.DpEvent:
+    """One release of a sum of vectors of norm <= 1 plus N(0, sigma^2 I) noise (DP-MERF's mean embedding)."""
+    _check_mechanism(noise_multiplier, 1.0, 1)
+    return dpa.GaussianDpEvent(noise_multiplier)
+
+
+def event_pld_epsilon(event: dpa.DpEvent, delta: float, discretization: float = DEFAULT_DISCRETIZATION) -> float:
+    """Epsilon of any mechanism at `delta` from the privacy-loss-distribution accountant (the figure we report)."""
+    accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization)
+    accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
+
+
+def event_rdp_epsilon(event: dpa.DpEvent, delta: float) -> float:
+    """Epsilon of any mechanism at `delta` from the RDP accountant: an upper bound, used as a cross-check."""
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(event)
+    with _quiet_absl():
+        return float(accountant.get_epsilon(delta))
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """The RDP accountant logs a warning for every order whose series fails to converge (it then drops that
+    order, which can only make its bound looser); those lines drown the user's logs."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def pld_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float,
                 discretization: float = DEFAULT_DISCRETIZATION) -> float:
-    """Epsilon of DP-SGD at `delta` from the privacy-loss-distribution accountant (the figure we report)."""
-    accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization)
-    accountant.compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
-    return float(accountant.get_epsilon(delta))
+    """Epsilon of DP-SGD at `delta` from the PLD accountant."""
+    return event_pld_epsilon(dpsgd_event(noise_multiplier, sampling_rate, steps), delta, discretization)
 
 
 def rdp_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float) -> float:
-    """Epsilon of DP-SGD at `delta` from the RDP accountant: an upper bound, used as a cross-check."""
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    accountant.compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
-    return float(accountant.get_epsilon(delta))
+    """Epsilon of DP-SGD at `delta` from the RDP accountant."""
+    return event_rdp_epsilon(dpsgd_event(noise_multiplier, sampling_rate, steps), delta)
 
 
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
                                discretization: float = DEFAULT_DISCRETIZATION, tolerance: float = 1e-3) -> float:
-    """The smallest noise multiplier (to within `tolerance`) whose PLD epsilon is at most `target_epsilon`."""
+    """The smallest DP-SGD noise multiplier (to within `tolerance`) whose PLD epsilon is at most `target_epsilon`."""
+    _check_mechanism(1.0, sampling_rate, steps)
+    return calibrate_event(lambda s: dpsgd_event(s, sampling_rate, steps), target_epsilon, delta, discretization,
+                           tolerance)
+
+
+def calibrate_event(make_event, target_epsilon: float, delta: float,
+                    discretization: float = DEFAULT_DISCRETIZATION, tolerance: float = 1e-3) -> float:
+    """The smallest noise multiplier s (to within `tolerance`) for which make_event(s) has PLD epsilon at most
+    `target_epsilon` at `delta`."""
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise PrivacyError("target_epsilon", "must be finite and > 0")
     if not 0 < delta < 1:
         raise PrivacyError("delta", "must be in (0, 1)")
-    _check_mechanism(1.0, sampling_rate, steps)
     # RDP is cheap and never below PLD, so its calibrated sigma bounds the answer from above; PLD then searches
     # a narrow bracket below it (each PLD evaluation is the expensive part).
-    upper = dpa.calibrate_dp_mechanism(
-        rdp_privacy_accountant.RdpAccountant, lambda s: dpsgd_event(s, sampling_rate, steps), target_epsilon,
-        delta, bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0), tol=tolerance)
+    with _quiet_absl():
+        upper = dpa.calibrate_dp_mechanism(
+            rdp_privacy_accountant.RdpAccountant, make_event, target_epsilon,
+            delta, bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0), tol=tolerance)
     def pld_search(lower: float) -> float:
         return dpa.calibrate_dp_mechanism(
             lambda: pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization),
-            lambda s: dpsgd_event(s, sampling_rate, steps), target_epsilon, delta,
+            make_event, target_epsilon, delta,
             bracket_interval=dpa.ExplicitBracketInterval(lower, upper), tol=tolerance)
 
     try:

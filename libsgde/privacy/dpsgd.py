@@ -8,8 +8,8 @@ One DP-SGD step on a Poisson batch B (each example in with probability q) comput
 with clip_C(v) = v * min(1, C / ||v||). Dividing by the EXPECTED batch size q N (not |B|) keeps the sensitivity
 at C, as the accountant assumes. Batches are padded to a fixed size with a mask so jit compiles once.
 
-The per-example gradients here come from vmap(grad): correct for every layer. (Norms without materialising
-per-example gradients, "ghost clipping", is the faster path the trainer issue adds for dense layers.)
+The per-example gradients here come from vmap(grad): correct for every layer. Models made only of ghost-aware
+Dense layers take the faster path in libsgde.privacy.ghost, which never materialises per-example gradients.
 """
 from __future__ import annotations
 
@@ -51,13 +51,14 @@ def per_example_grads(loss: PerExampleLoss, params, batch):
 
 
 def clipped_sum(loss: PerExampleLoss, params, batch, mask: jax.Array, clip_norm: float):
-    """Sum over real examples of their gradients clipped to norm `clip_norm`; returns (sum, per-example norms)."""
-    grads = per_example_grads(loss, params, batch)
+    """Sum over real examples of their gradients clipped to norm `clip_norm`; returns (sum, per-example norms,
+    per-example losses)."""
+    losses, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0))(params, batch)
     squares = sum(jnp.sum(jnp.reshape(g, (g.shape[0], -1)) ** 2, axis=1) for g in jax.tree.leaves(grads))
     norms = jnp.sqrt(squares)
     scale = mask * jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
     summed = jax.tree.map(lambda g: jnp.tensordot(scale, g, axes=1), grads)
-    return summed, norms
+    return summed, norms, losses
 
 
 def add_noise(key: jax.Array, summed, clip_norm: float, noise_multiplier: float, expected_batch_size: float):
@@ -72,5 +73,5 @@ def add_noise(key: jax.Array, summed, clip_norm: float, noise_multiplier: float,
 def dp_gradient(loss: PerExampleLoss, params, batch, mask, key, *, clip_norm: float, noise_multiplier: float,
                 expected_batch_size: float):
     """The privatised gradient of one DP-SGD step (see the module docstring)."""
-    summed, _ = clipped_sum(loss, params, batch, mask, clip_norm)
+    summed, _, _ = clipped_sum(loss, params, batch, mask, clip_norm)
     return add_noise(key, summed, clip_norm, noise_multiplier, expected_batch_size)

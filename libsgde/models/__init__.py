@@ -1,0 +1,96 @@
+"""Generators behind one interface, looked up by architecture name (an allow-list), and the artifact side:
+which tensors an architecture's artifact must hold, and a loaded generator that samples."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from libsgde.artifact import ArtifactError, ArtifactHeader, Manifest, TensorInfo, load_artifact
+from libsgde.encoding import ModelSpace, encoder_for, model_space
+from libsgde.models.base import Architecture, ConfigError, flatten, unflatten
+from libsgde.models.cvae import CVAE
+from libsgde.models.dpmerf import DPMERF
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (CVAE(), DPMERF())}
+CLASS_PRIOR = "class_prior"  # float32 [max(K, 1)]: label proportions used when a caller asks for no labels
+
+__all__ = ["ARCHITECTURES", "CLASS_PRIOR", "Architecture", "ConfigError", "Generator", "artifact_tensor_shapes",
+           "check_tensors", "get_architecture", "load_generator"]
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ConfigError("architecture", f"unknown architecture {name!r}; choose one of "
+                                          f"{', '.join(sorted(ARCHITECTURES))}") from None
+
+
+def artifact_tensor_shapes(arch: Architecture, space: ModelSpace, config: dict) -> dict[str, tuple[int, ...]]:
+    return {**arch.tensor_shapes(space, config), CLASS_PRIOR: (max(space.num_classes, 1),)}
+
+
+def check_tensors(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
+    """The strict reader's architecture check: the tensors are exactly those the manifest's architecture and config
+    imply, each float32 of the implied shape. Raises ArtifactError."""
+    try:
+        arch = get_architecture(manifest.architecture)
+        space = model_space(manifest.data_schema)
+        config = arch.configure(manifest.config, space)
+    except ConfigError as e:
+        field = "architecture" if e.key == "architecture" else f"config.{e.key}"
+        raise ArtifactError(f"manifest {field}: {e.description}", field) from None
+    if config != manifest.config:
+        raise ArtifactError("manifest config: incomplete (every setting must be written out)", "config")
+    expected = artifact_tensor_shapes(arch, space, config)
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ArtifactError(f"tensors do not match architecture {arch.name!r} with this config: "
+                            f"missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, shape in expected.items():
+        t = tensors[name]
+        if t.dtype != "F32" or t.shape != shape:
+            raise ArtifactError(f"tensor {name!r} is {t.dtype}{list(t.shape)}; architecture {arch.name!r} with "
+                                f"this config implies F32{list(shape)}")
+
+
+class Generator:
+    """A generator loaded from an artifact: samples in model space, or decoded into the schema's own values."""
+
+    def __init__(self, header: ArtifactHeader, tensors: dict[str, np.ndarray]):
+        self.manifest = header.manifest
+        self.architecture = get_architecture(self.manifest.architecture)
+        self.space = model_space(self.manifest.data_schema)
+        self.config = self.manifest.config
+        self.encoder = encoder_for(self.manifest.data_schema)
+        self.class_prior = np.asarray(tensors[CLASS_PRIOR], np.float64)
+        self.params = jax.tree.map(jnp.asarray, unflatten({k: v for k, v in tensors.items() if k != CLASS_PRIOR}))
+        self._generate = jax.jit(lambda p, key, labels: self.architecture.generate(p, key, labels, self.space,
+                                                                                   self.config))
+
+    def labels(self, n: int, seed: int) -> np.ndarray:
+        """n labels drawn from the class prior (all zeros for an unconditional model)."""
+        prior = self.class_prior / self.class_prior.sum() if self.class_prior.sum() > 0 else None
+        return np.random.default_rng(seed).choice(len(self.class_prior), size=n, p=prior).astype(np.int32)
+
+    def sample_model_space(self, labels: np.ndarray, seed: int) -> np.ndarray:
+        """Samples for these labels [n] in model space [n, *shape]."""
+        out = self._generate(self.params, jax.random.key(seed), jnp.asarray(labels, jnp.int32))
+        return np.asarray(out)
+
+    def sample(self, n: int, seed: int = 0, labels: np.ndarray | None = None):
+        """n decoded samples: a dict column -> values (tabular) or images [n, H, W, C]; and their labels."""
+        labels = self.labels(n, seed) if labels is None else np.asarray(labels, np.int32)
+        x = self.sample_model_space(labels, seed)
+        labels = labels if self.space.num_classes else None
+        values = self.encoder.decode(x) if self.space.kind == "image" else self.encoder.decode(x, labels)
+        return values, labels
+
+
+def load_generator(path: Path) -> Generator:
+    """Load an artifact through the strict reader with the architecture check."""
+    header, tensors = load_artifact(Path(path), check_tensors=check_tensors)
+    return Generator(header, tensors)
