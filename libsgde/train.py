@@ -266,9 +266,9 @@ def _train_dpsgd(run: _Run):
         return module.apply({"params": p}, x[None], y[None], key[None])[0]
 
     @jax.jit
-    def step_fn(state, indices, mask, key):
+    def step_fn(state, indices, mask, step):
         params, opt_state = state
-        loss_key, noise_key = jax.random.split(key)
+        loss_key, noise_key = jax.random.split(jax.random.fold_in(run.mechanism_key, step))
         args = (x_all[indices], y_all[indices], jax.random.split(loss_key, padded))
         if use_ghost:
             summed, _, losses = ghost.clipped_sum(module, params, args, mask, spec.clip_norm)
@@ -289,7 +289,7 @@ def _train_dpsgd(run: _Run):
     for step in range(run.start_step, total):
         rng = np.random.default_rng([run.batch_seed, step])
         indices, mask = dpsgd.poisson_batch(rng, n, q, padded)
-        state, loss = step_fn(state, indices, mask, jax.random.fold_in(run.mechanism_key, step))
+        state, loss = step_fn(state, indices, mask, step)
         done = step + 1
         if time.monotonic() - epsilon_at >= EPSILON_EVERY_S or done == total:
             epsilon, epsilon_at = accounting.pld_epsilon(sigma, q, done, spec.delta), time.monotonic()
@@ -309,7 +309,7 @@ def _train_dpmerf(run: _Run):
     """DP-MERF: one noisy release of the random-feature mean embedding (sigma calibrated to the target epsilon),
     then the generator trains against it with Adam, at no further privacy cost."""
     spec, space, n, config = run.spec, run.space, len(run.data), run.spec.config
-    sigma = accounting.calibrate_event(accounting.gaussian_event, spec.target_epsilon, spec.delta)
+    sigma = accounting.calibrate_gaussian(spec.target_epsilon, spec.delta)
     dim = math.prod(space.shape)
     classes = max(space.num_classes, 1)
     freq_key, gen_key = jax.random.split(run.init_key)
@@ -329,11 +329,12 @@ def _train_dpmerf(run: _Run):
     if run.resumed:
         state = ckpt.restore(run.resumed, state)
     batch, total = config["generator_batch"], config["generator_steps"]
+    train_key = jax.random.fold_in(run.init_key, 1)
 
     @jax.jit
-    def step_fn(state, key):
+    def step_fn(state, step):
         params, opt_state = state
-        label_key, gen_key = jax.random.split(key)
+        label_key, gen_key = jax.random.split(jax.random.fold_in(train_key, step))
         labels = jax.random.choice(label_key, classes, (batch,), p=prior)
 
         def loss_fn(p):
@@ -350,10 +351,9 @@ def _train_dpmerf(run: _Run):
                (f"resumed from step {run.start_step}; " if run.resumed else "")
                + f"released the mean embedding once with noise multiplier {sigma:.4g} (epsilon {epsilon:.4g} at "
                f"delta {spec.delta:.3g}); the generator now trains at no further privacy cost", force=True)
-    train_key = jax.random.key(spec.seed + 1)
     extra = {"embedding": np.asarray(emb), "counts": np.asarray(counts)}
     for step in range(run.start_step, total):
-        state, loss = step_fn(state, jax.random.fold_in(train_key, step))
+        state, loss = step_fn(state, step)
         done = step + 1
         run.report(done, total, 0, float(loss), epsilon, batch, force=done == total)
         if done < total:

@@ -1,9 +1,17 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 
 import pytest
+
+# One persistent XLA compilation cache for the run (this process and the services it starts): tests build the same
+# tiny models again and again, and compiling them is most of their cost on 2 cores.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="sgde-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from libsgde.storage import S3BlobStore, open_blob_store
 from tests.support.seaweed import SeaweedS3

@@ -86,17 +86,20 @@ class Architecture:
         raise NotImplementedError
 
     def init(self, key: jax.Array, space: ModelSpace, config: dict):
-        """Fresh trainable parameters."""
+        """Fresh trainable parameters (jitted: flax's init run op by op takes seconds)."""
+        return jax.jit(lambda k: self._init(k, self.module(space, config), space))(key)
+
+    def _init(self, key: jax.Array, module: nn.Module, space: ModelSpace):
         x = jnp.zeros((1, *space.shape), jnp.float32)
-        labels = jnp.zeros((1,), jnp.int32)
-        return self.module(space, config).init(key, x, labels, jax.random.split(key, 1))["params"]
+        return module.init(key, x, jnp.zeros((1,), jnp.int32), jax.random.split(key, 1))["params"]
 
     def sampling_params(self, params) -> dict:
         return {scope: params[scope] for scope in self.sampling_scopes}
 
     def tensor_shapes(self, space: ModelSpace, config: dict) -> dict[str, tuple[int, ...]]:
         """Name -> shape of every tensor an artifact of this architecture and config holds (all float32)."""
-        shapes = jax.eval_shape(lambda: self.sampling_params(self.init(jax.random.key(0), space, config)))
+        module = self.module(space, config)
+        shapes = jax.eval_shape(lambda: self.sampling_params(self._init(jax.random.key(0), module, space)))
         return {name: tuple(s.shape) for name, s in flatten(shapes).items()}
 
     def generate(self, params, key: jax.Array, labels: jax.Array, space: ModelSpace, config: dict) -> jax.Array:

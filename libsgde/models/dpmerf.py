@@ -72,5 +72,5 @@ class DPMERF(Architecture):
     def module(self, space: ModelSpace, config: dict) -> nn.Module:
         return MerfGenerator(space, tuple(config["hidden"]), config["latent_dim"])
 
-    def init(self, key, space, config):
-        return self.module(space, config).init(key, jnp.zeros((1,), jnp.int32), key, method="generate")["params"]
+    def _init(self, key, module, space):
+        return module.init(key, jnp.zeros((1,), jnp.int32), key, method="generate")["params"]

@@ -8,6 +8,7 @@ accountant, never from a formula of our own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 
@@ -68,9 +69,9 @@ def event_pld_epsilon(event: dpa.DpEvent, delta: float, discretization: float = 
 
 def event_rdp_epsilon(event: dpa.DpEvent, delta: float) -> float:
     """Epsilon of any mechanism at `delta` from the RDP accountant: an upper bound, used as a cross-check."""
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    accountant.compose(event)
     with _quiet_absl():
+        accountant = rdp_privacy_accountant.RdpAccountant()
+        accountant.compose(event)
         return float(accountant.get_epsilon(delta))
 
 
@@ -87,6 +88,7 @@ def _quiet_absl():
         logger.setLevel(level)
 
 
+@functools.lru_cache(maxsize=1024)
 def pld_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float,
                 discretization: float = DEFAULT_DISCRETIZATION) -> float:
     """Epsilon of DP-SGD at `delta` from the PLD accountant."""
@@ -98,12 +100,19 @@ def rdp_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta
     return event_rdp_epsilon(dpsgd_event(noise_multiplier, sampling_rate, steps), delta)
 
 
+@functools.lru_cache(maxsize=256)  # pure and slow (seconds): a repeated setting costs nothing the second time
 def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
                                discretization: float = DEFAULT_DISCRETIZATION, tolerance: float = 1e-3) -> float:
     """The smallest DP-SGD noise multiplier (to within `tolerance`) whose PLD epsilon is at most `target_epsilon`."""
     _check_mechanism(1.0, sampling_rate, steps)
     return calibrate_event(lambda s: dpsgd_event(s, sampling_rate, steps), target_epsilon, delta, discretization,
                            tolerance)
+
+
+@functools.lru_cache(maxsize=256)
+def calibrate_gaussian(target_epsilon: float, delta: float) -> float:
+    """The noise multiplier of one Gaussian mechanism (sensitivity 1) at `target_epsilon`, `delta`."""
+    return calibrate_event(gaussian_event, target_epsilon, delta)
 
 
 def calibrate_event(make_event, target_epsilon: float, delta: float,
