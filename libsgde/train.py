@@ -152,16 +152,17 @@ def _plain(config) -> dict | None:
 
 def train(data: EncodedData, schema: pb.DataSchema, spec: TrainSpec, out_path: Path, *,
           on_progress: Callable[[Progress], None] | None = None, checkpoint_dir: Path | None = None,
-          should_stop: Callable[[], bool] | None = None, secret: bytes | None = None) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None, secret: bytes | None = None,
+          checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> TrainResult:
     """Train a DP generator and write its artifact to `out_path` (see the module docstring for randomness).
 
     Deterministic for (secret, spec.seed). With `checkpoint_dir`, resumes from a checkpoint of the same spec and
-    data, saves one every CHECKPOINT_EVERY_S seconds and before raising TrainingCancelled, and removes it at the
+    data, saves one every `checkpoint_every_s` seconds and before raising TrainingCancelled, and removes it at the
     end. Blocking: run it in a worker thread to serve other calls meanwhile."""
     spec = check_spec(spec, schema, len(data))
     arch = get_architecture(spec.architecture)
     run = _Run(data, schema, spec, arch, on_progress or (lambda p: None), should_stop or (lambda: False),
-               Path(checkpoint_dir) if checkpoint_dir else None, secret)
+               Path(checkpoint_dir) if checkpoint_dir else None, secret, checkpoint_every_s)
     params, prior, privacy, training = (_train_dpsgd if arch.mechanism == "dp-sgd" else _train_dpmerf)(run)
     tensors = {k: np.asarray(v, np.float32) for k, v in flatten(arch.sampling_params(params)).items()}
     tensors[CLASS_PRIOR] = np.asarray(prior, np.float32)
@@ -174,10 +175,12 @@ def train(data: EncodedData, schema: pb.DataSchema, spec: TrainSpec, out_path: P
 class _Run:
     """What one training run carries around: inputs, callbacks, checkpoint place and the secret key."""
 
-    def __init__(self, data, schema, spec, arch: Architecture, on_progress, should_stop, checkpoint_dir, secret):
+    def __init__(self, data, schema, spec, arch: Architecture, on_progress, should_stop, checkpoint_dir, secret,
+                 checkpoint_every_s):
         self.data, self.schema, self.spec, self.arch = data, schema, spec, arch
         self.space = data.space
         self.on_progress, self.should_stop, self.checkpoint_dir = on_progress, should_stop, checkpoint_dir
+        self.checkpoint_every_s = checkpoint_every_s
         self.fingerprint = _fingerprint(data, schema, spec)
         self.resumed = ckpt.load_checkpoint(checkpoint_dir, self.fingerprint) if checkpoint_dir else None
         secret = self.resumed.secret if self.resumed else (secret if secret is not None else os.urandom(32))
@@ -201,9 +204,9 @@ class _Run:
         self.on_progress(Progress(step, total, epoch, float(loss), epsilon, examples * done / elapsed, eta, message))
 
     def maybe_checkpoint(self, step: int, state, extra: dict | None = None) -> None:
-        """Checkpoint every CHECKPOINT_EVERY_S; on a stop request, checkpoint and raise TrainingCancelled."""
+        """Checkpoint every checkpoint_every_s; on a stop request, checkpoint and raise TrainingCancelled."""
         stop = self.should_stop()
-        if self.checkpoint_dir and (stop or time.monotonic() - self.last_checkpoint >= CHECKPOINT_EVERY_S):
+        if self.checkpoint_dir and (stop or time.monotonic() - self.last_checkpoint >= self.checkpoint_every_s):
             ckpt.save_checkpoint(self.checkpoint_dir, self.fingerprint, step, self.secret, state, extra or {})
             self.last_checkpoint = time.monotonic()
         if stop:

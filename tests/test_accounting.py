@@ -49,3 +49,18 @@ def test_bad_settings_name_their_field():
         pld_epsilon(1.0, 1.5, STEPS, 1e-5)
     with pytest.raises(PrivacyError, match="noise_multiplier"):
         rdp_epsilon(0.0, Q, STEPS, 1e-5)
+
+
+def test_a_published_setting_reproduces_its_published_epsilon():
+    """Opacus's documentation of compute_dp_sgd_privacy: sampling rate 1%, noise multiplier 1.0, 300 steps, RDP
+    orders (2, 5, 10, 20, 100) "satisfies differential privacy with epsilon = 2.39, delta = 1e-05" (optimal order
+    5). The same event under dp-accounting's RDP accountant restricted to those orders gives the same figure, and
+    our reported accountants (RDP over all orders, and PLD) are tighter still."""
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from libsgde.privacy.accounting import dpsgd_event
+    accountant = rdp_privacy_accountant.RdpAccountant(orders=[2, 5, 10, 20, 100])
+    accountant.compose(dpsgd_event(1.0, 0.01, 300))
+    epsilon, order = accountant.get_epsilon_and_optimal_order(1e-5)
+    assert round(epsilon, 2) == 2.39 and order == 5
+    assert pld_epsilon(1.0, 0.01, 300, 1e-5) < rdp_epsilon(1.0, 0.01, 300, 1e-5) < epsilon

@@ -1,0 +1,3 @@
+from services.trainer.server import main
+
+main()

@@ -1,0 +1,359 @@
+"""TrainerService: validates requests, authorises the caller (with the registry), and hands work to the job queue and
+libsgde. No modelling logic lives here.
+
+Users see and act on their own jobs and datasets only: anyone else's are NOT_FOUND, exactly like ones that do not
+exist. The data stays in the silo: no response and no log line carries a value of it.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from libsgde import errors
+from libsgde.client import SgdeError
+from libsgde.encoding import DataError
+from libsgde.errors import ApiError
+from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.proto.sgde.v1 import trainer_pb2_grpc
+from libsgde.schema import SchemaError, validate_schema
+from libsgde.storage import CHUNK_SIZE
+from services.trainer.identity import RegistryGate
+from services.trainer.jobs import (CANCELLED, ENDED, PUBLISHED, SUCCEEDED, Conflict, DatasetRow, JobRow,
+                                   JobStore, new_id)
+from services.trainer.sources import SourceError, Sources, describe_data_error
+from services.trainer.worker import Worker, spec_field, state_name
+
+log = logging.getLogger("sgde.trainer")
+
+USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{2,31}$")
+MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MODEL_NAME_RE = re.compile(r"^models/([^/]+)/([^/]+)$")
+JOB_NAME_RE = re.compile(r"^jobs/([0-9a-f]{16})$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    max_dataset_bytes: int = 1 << 30
+    # How long CancelJob waits for a running job to stop before it answers (the job stops anyway).
+    cancel_wait_s: float = 10.0
+    publish_timeout_s: float = 600.0
+
+
+def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def job_message(job: JobRow) -> tpb.Job:
+    return tpb.Job(
+        name=job.name, owner=job.owner, state=job.state, spec=job.spec, data_schema=job.data_schema,
+        dataset=job.dataset, publish_model=job.publish_model, published_version=job.published_version,
+        artifact_sha256=job.artifact_sha256, privacy=job.privacy, latest_progress=job.latest_progress,
+        error=job.error, create_time=_ts(job.created_at), start_time=_ts(job.started_at),
+        end_time=_ts(job.ended_at))
+
+
+def dataset_message(row: DatasetRow) -> tpb.Dataset:
+    return tpb.Dataset(name=f"datasets/{row.id}", filename=row.filename, size_bytes=row.size_bytes,
+                       sha256=row.sha256, create_time=_ts(row.created_at))
+
+
+def _page_token(before: int, query: str) -> str:
+    raw = json.dumps({"b": before, "q": hashlib.sha256(query.encode()).hexdigest()[:16]}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_page_token(token: str, query: str) -> int:
+    if not token:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        before, same = data["b"], data["q"] == hashlib.sha256(query.encode()).hexdigest()[:16]
+    except (ValueError, KeyError, TypeError):
+        raise errors.invalid("page_token", "not a token from a previous page of this listing") from None
+    if not same or not isinstance(before, int) or before < 1:
+        raise errors.invalid("page_token", "the token belongs to a listing with other filters")
+    return before
+
+
+def _event_key(event: tpb.ProgressEvent) -> tuple:
+    return event.time.seconds, event.time.nanos, event.state, event.message, event.step
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, store: JobStore, worker: Worker, sources: Sources, gate: RegistryGate, state_dir: Path,
+                 settings: TrainerSettings = TrainerSettings()):
+        self.store, self.worker, self.sources, self.gate = store, worker, sources, gate
+        self.state_dir, self.settings = state_dir, settings
+        self._publish_locks: dict[str, threading.Lock] = {}
+        self._publish_locks_guard = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _own_job(self, user: str, name: str) -> JobRow:
+        m = JOB_NAME_RE.match(name)
+        if not m:
+            raise errors.invalid("name", f"expected jobs/{{id}}, got {name[:200]!r}")
+        job = self.store.get_job(m[1])
+        if job is None or job.owner != user:
+            raise errors.not_found(name)
+        return job
+
+    def _publish_lock(self, job_id: str) -> threading.Lock:
+        with self._publish_locks_guard:
+            return self._publish_locks.setdefault(job_id, threading.Lock())
+
+    # -- datasets ----------------------------------------------------------------------------------------------
+
+    def UploadDataset(self, request_iterator: Iterator[tpb.UploadDatasetRequest], context) -> tpb.Dataset:
+        user, _ = self.gate.caller(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "header":
+            raise errors.invalid("header", "the first message must be the header")
+        header = first.header
+        violations = []
+        if not FILENAME_RE.match(header.filename):
+            violations.append(("header.filename", "the file's own name (no folders): 1-200 letters, digits, '.', "
+                                                  "'-' or '_'; its extension selects the loader"))
+        if not SHA256_RE.match(header.sha256):
+            violations.append(("header.sha256", "64 lowercase hex characters"))
+        if header.size_bytes > self.settings.max_dataset_bytes:
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"a dataset of {header.size_bytes} bytes is over this trainer's limit of "
+                           f"{self.settings.max_dataset_bytes} bytes")
+        if header.size_bytes <= 0:
+            violations.append(("header.size_bytes", "must be > 0"))
+        if violations:
+            raise errors.invalid_many(violations)
+        dataset_id = new_id()
+        root = self.state_dir / "datasets"
+        partial = root / f".upload-{dataset_id}"
+        partial.mkdir(parents=True, mode=0o700)
+        try:
+            digest, seen = hashlib.sha256(), 0
+            with open(partial / header.filename, "wb") as f:
+                for message in request_iterator:
+                    if message.WhichOneof("payload") != "chunk":
+                        raise errors.invalid("chunk", "only chunks may follow the header")
+                    data = message.chunk
+                    if len(data) > CHUNK_SIZE:
+                        raise errors.invalid("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
+                    seen += len(data)
+                    if seen > header.size_bytes:
+                        raise errors.invalid("header.size_bytes", f"more than the announced {header.size_bytes} "
+                                                                  "bytes arrived")
+                    digest.update(data)
+                    f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if seen != header.size_bytes:
+                raise errors.invalid("header.size_bytes", f"{seen} bytes arrived, {header.size_bytes} were announced")
+            if digest.hexdigest() != header.sha256:
+                raise errors.invalid("header.sha256", "the uploaded bytes hash to another sha256; nothing was kept")
+            os.replace(partial, root / dataset_id)  # visible only once complete and verified
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        try:
+            row = self.store.add_dataset(dataset_id, user, header.filename, header.size_bytes, header.sha256,
+                                         f"datasets/{dataset_id}/{header.filename}")
+        except BaseException:
+            shutil.rmtree(root / dataset_id, ignore_errors=True)
+            raise
+        log.info("dataset uploaded", extra={"dataset": f"datasets/{dataset_id}", "owner": user,
+                                            "bytes": header.size_bytes})
+        return dataset_message(row)
+
+    # -- jobs --------------------------------------------------------------------------------------------------
+
+    def _check_publish_model(self, user: str, name: str) -> None:
+        m = MODEL_NAME_RE.match(name)
+        if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
+            raise errors.invalid("publish_model", f"expected models/{{you}}/{{model}}, got {name[:200]!r}")
+        if m[1] != user:
+            raise errors.permission_denied(f"publish_model: you may only publish to your own models "
+                                           f"(models/{user}/...), not {name[:200]}")
+
+    def CreateJob(self, request: tpb.CreateJobRequest, context) -> tpb.Job:
+        from libsgde.privacy.accounting import PrivacyError
+        from libsgde.train import SpecError, TrainSpec, check_spec
+
+        user, _ = self.gate.caller(context)
+        request_id = request.request_id or None
+        if request_id is not None:
+            if not REQUEST_ID_RE.match(request_id):
+                raise errors.invalid("request_id", "1-64 letters, digits, '.', '_', ':' or '-'")
+            earlier = self.store.find_request(user, request_id)
+            if earlier is not None:
+                return job_message(earlier)  # a retry: the job it made the first time
+        violations: list[tuple[str, str]] = []
+        schema = request.data_schema
+        try:
+            validate_schema(schema)
+            schema_ok = True
+        except SchemaError as e:
+            schema_ok = False
+            violations.append((f"data_schema.{e.field}" if e.field else "data_schema", e.description))
+        spec = TrainSpec.from_proto(request.spec)
+        if schema_ok:
+            try:
+                check_spec(spec, schema)
+            except (SpecError, PrivacyError) as e:
+                violations.append((spec_field(e.field), e.description))
+        try:
+            self._check_publish_model(user, request.publish_model)
+        except ApiError as e:
+            if e.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            violations.extend(e.violations)
+        try:
+            self.sources.check(request.dataset, user)
+        except SourceError as e:
+            violations.append(("dataset", str(e)))
+        if violations:
+            raise errors.invalid_many(violations)
+        # Load the data once now: its size N fixes delta's bound and the batch size's, and data and schema must agree.
+        try:
+            data = self.sources.load(request.dataset, user, schema)
+        except SourceError as e:
+            raise errors.invalid("dataset", str(e)) from None
+        except DataError as e:
+            raise errors.invalid(*describe_data_error(e, schema)) from None
+        try:
+            filled = check_spec(spec, schema, len(data))
+        except (SpecError, PrivacyError) as e:
+            raise errors.invalid(spec_field(e.field), e.description) from None
+        finally:
+            del data
+        try:
+            job = self.store.create_job(user, filled.to_proto(), schema, request.dataset, request.publish_model,
+                                        request_id)
+        except Conflict:  # the same request raced itself
+            job = self.store.find_request(user, request_id or "")
+            if job is None:
+                raise
+            return job_message(job)
+        self.worker.submit(job.id)
+        log.info("job created", extra={"job": job.name, "owner": user, "architecture": filled.architecture})
+        return job_message(job)
+
+    def GetJob(self, request: tpb.GetJobRequest, context) -> tpb.Job:
+        user, _ = self.gate.caller(context)
+        return job_message(self._own_job(user, request.name))
+
+    def ListJobs(self, request: tpb.ListJobsRequest, context) -> tpb.ListJobsResponse:
+        user, _ = self.gate.caller(context)
+        if request.page_size < 0:
+            raise errors.invalid("page_size", "must be >= 0")
+        if request.state not in tpb.JobState.values():
+            raise errors.invalid("state", "unknown job state")
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        query = f"{user}|{request.state}"
+        before = _parse_page_token(request.page_token, query)
+        rows = self.store.list_jobs(user, before, size + 1, request.state)
+        more = len(rows) > size
+        rows = rows[:size]
+        return tpb.ListJobsResponse(jobs=[job_message(r) for r in rows],
+                                    next_page_token=_page_token(rows[-1].seq, query) if more else "")
+
+    def WatchJob(self, request: tpb.WatchJobRequest, context) -> Iterator[tpb.ProgressEvent]:
+        user, _ = self.gate.caller(context)
+        job = self._own_job(user, request.name)
+        sub = self.worker.hub.subscribe(job.id)  # before reading the state: no event falls in between
+        try:
+            job = self.store.get_job(job.id) or job
+            seen: set[tuple] = set()
+            for event in self.store.events(job.id):
+                seen.add(_event_key(event))
+                yield event
+            latest = job.latest_progress
+            if latest is not None and _event_key(latest) not in seen:
+                seen.add(_event_key(latest))
+                yield latest
+            elif not seen:
+                yield tpb.ProgressEvent(job=job.name, state=job.state, time=timestamp_pb2.Timestamp(
+                    seconds=int(time.time())))
+            if job.state in ENDED:
+                return
+            while context.is_active():
+                event = sub.get(timeout=1.0)
+                if event is None:
+                    if self.worker.hub.closed:
+                        raise errors.unavailable("the trainer is stopping; watch again once it is back (the job "
+                                                 "resumes)")
+                    continue
+                if _event_key(event) in seen:
+                    continue
+                yield event
+                if event.state in ENDED:
+                    return
+        finally:
+            sub.close()
+
+    def CancelJob(self, request: tpb.CancelJobRequest, context) -> tpb.Job:
+        user, _ = self.gate.caller(context)
+        job = self._own_job(user, request.name)
+        if job.state == CANCELLED:
+            return job_message(job)
+        if job.state in ENDED:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"{job.name} already {state_name(job.state)}; there is nothing to cancel")
+        self.worker.cancel(job.id)
+        deadline = time.monotonic() + self.settings.cancel_wait_s
+        while True:
+            job = self.store.get_job(job.id) or job
+            if job.state in ENDED or time.monotonic() >= deadline or not context.is_active():
+                return job_message(job)
+            time.sleep(0.05)
+
+    def PublishJobResult(self, request: tpb.PublishJobResultRequest, context) -> tpb.Job:
+        user, token = self.gate.caller(context)
+        job = self._own_job(user, request.name)
+        if len(request.signature) != 64:
+            raise errors.invalid("signature", "your Ed25519 signature (64 bytes) over the job's artifact_sha256")
+        with self._publish_lock(job.id):
+            job = self.store.get_job(job.id) or job
+            if job.state == PUBLISHED:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{job.name} was published already, as {job.published_version}")
+            if job.state != SUCCEEDED:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{job.name} is {state_name(job.state)}; only a succeeded job can be published")
+            path = self.worker.artifact_path(job.id)
+            if not path.is_file():
+                raise ApiError(grpc.StatusCode.DATA_LOSS, f"the artifact of {job.name} is missing from the trainer's "
+                                                          "storage; tell the trainer's operator")
+            client = self.gate.client_for(token, user)
+            try:
+                version = client.publish_signed(path, job.publish_model, job.artifact_sha256, request.signature,
+                                                create=True, data_schema=job.data_schema,
+                                                timeout=self.settings.publish_timeout_s)
+            except SgdeError as e:
+                code = e.code or grpc.StatusCode.UNKNOWN
+                message = str(e).removeprefix(f"{code.name}: ")
+                violations = [("signature" if f == "header.signature" else f, d) for f, d in e.violations]
+                raise ApiError(code, f"the registry refused to publish {job.name}: {message}", violations) from None
+            self.store.transition(job.id, [SUCCEEDED], PUBLISHED, published_version=version.name)
+        log.info("job published", extra={"job": job.name, "version": version.name})
+        return job_message(self.store.get_job(job.id) or job)

@@ -1,0 +1,231 @@
+"""Where a job's data comes from, and loading it: an uploaded dataset ("datasets/{id}", the uploader's own), a path
+under the trainer's data root (never outside it, symlinks included), or "s3://bucket/key" in the silo's own S3 store.
+
+Nothing here logs or returns the data's values; errors name the dataset, a column or a row, never a value.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import parse_qs, urlsplit
+
+from libsgde.encoding import DataError, EncodedData
+from libsgde.proto.sgde.v1 import common_pb2 as pb
+from services.trainer.jobs import JobStore
+
+DATASET_NAME_RE = re.compile(r"^datasets/([0-9a-f]{16})$")
+S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_REFERENCE = 2048
+
+
+class SourceError(Exception):
+    """The dataset reference cannot be used; the message says why (it is about the `dataset` field)."""
+
+
+@dataclass(frozen=True)
+class S3Source:
+    """The silo's S3 store: `s3://[BUCKET]?endpoint=HOST:PORT&secure=false&region=...&prefix=...` (the blob store
+    URL form). With a BUCKET, datasets may only come from that bucket; with a prefix, only from keys under it.
+    Credentials: SGDE_S3_ACCESS_KEY / SGDE_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY),
+    SGDE_S3_CA_FILE."""
+
+    endpoint: str
+    secure: bool
+    region: str | None
+    bucket: str
+    prefix: str
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Source:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or parts.path not in ("", "/"):
+            raise ValueError(f"expected s3://[BUCKET]?endpoint=HOST:PORT&..., not {url!r}")
+        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = set(params) - {"endpoint", "secure", "region", "prefix"}
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} in S3 URL {url!r}")
+        secure = params.get("secure", "true").lower()
+        if secure not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"secure must be true or false, not {secure!r}")
+        return cls(endpoint=params.get("endpoint") or "s3.amazonaws.com", secure=secure in ("true", "1", "yes"),
+                   region=params.get("region") or None, bucket=parts.netloc, prefix=params.get("prefix", ""))
+
+    def client(self):
+        import certifi
+        import urllib3
+        from minio import Minio
+        env = os.environ.get
+        http = urllib3.PoolManager(
+            maxsize=8, timeout=urllib3.Timeout(connect=3, read=60),
+            retries=urllib3.Retry(total=2, connect=1, read=1, backoff_factor=0.2,
+                                  status_forcelist=(500, 502, 503, 504)),
+            cert_reqs="CERT_REQUIRED", ca_certs=env("SGDE_S3_CA_FILE") or env("SSL_CERT_FILE") or certifi.where())
+        return Minio(self.endpoint, access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
+                     secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"), secure=self.secure,
+                     region=self.region, http_client=http)
+
+
+def _load(path: Path, schema: pb.DataSchema) -> EncodedData:
+    from libsgde.datasets import load_dataset  # pandas and friends: loaded only when a dataset is
+    return load_dataset(path, schema)
+
+
+class Sources:
+    def __init__(self, store: JobStore, state_dir: Path, data_root: Path | None = None, s3_url: str | None = None,
+                 data_users: frozenset[str] | None = None, max_bytes: int = 1 << 30):
+        self.store = store
+        self.state_dir = state_dir.resolve()
+        self.data_root = data_root.resolve() if data_root else None
+        self.s3 = S3Source.from_url(s3_url) if s3_url else None
+        self._s3_client = None
+        # Who may train on the data root and the S3 store (None: every user); uploads are always the uploader's.
+        self.data_users = data_users
+        self.max_bytes = max_bytes
+        (state_dir / "tmp").mkdir(parents=True, exist_ok=True)
+
+    # -- references --------------------------------------------------------------------------------------------
+
+    def check(self, reference: str, owner: str) -> None:
+        """Raises SourceError unless `owner` may train on `reference` and it exists."""
+        with self.local_file(reference, owner, fetch=False):
+            pass
+
+    def _shared_allowed(self, owner: str, what: str) -> None:
+        if self.data_users is not None and owner not in self.data_users:
+            raise SourceError(f"you may not train on this trainer's {what}; upload your data instead")
+
+    def _uploaded(self, reference: str, owner: str) -> Path:
+        m = DATASET_NAME_RE.match(reference)
+        row = self.store.get_dataset(m[1]) if m else None
+        if row is None or row.owner != owner:
+            raise SourceError(f"{reference[:100]} not found (or you may not see it); upload with `sgde train --data`"
+                              " or Client.upload_dataset")
+        return self.state_dir / row.path
+
+    def _under_root(self, reference: str, owner: str) -> Path:
+        if self.data_root is None:
+            raise SourceError("this trainer has no data root (SGDE_TRAINER_DATA_ROOT): upload the file, or name "
+                              "\"datasets/{id}\" or \"s3://bucket/key\"")
+        self._shared_allowed(owner, "data root")
+        raw = Path(reference)
+        candidate = raw if raw.is_absolute() else self.data_root / raw
+        # resolve() follows every symlink: a link (or "..") that leads out of the root is refused here, before
+        # anything about the target (whether it exists) is revealed.
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(self.data_root):
+            raise SourceError(f"{reference[:200]!r} is outside the trainer's data root; name a file under it")
+        if resolved.is_relative_to(self.state_dir):  # others' uploads, checkpoints: never by path
+            raise SourceError(f"{reference[:200]!r} is in the trainer's own state; name your upload as datasets/ID")
+        if not resolved.is_file():
+            raise SourceError(f"no file {reference[:200]!r} under the trainer's data root")
+        return resolved
+
+    def _s3_object(self, reference: str, owner: str) -> tuple[str, str]:
+        if self.s3 is None:
+            raise SourceError("this trainer has no S3 store (SGDE_TRAINER_S3_URL)")
+        self._shared_allowed(owner, "S3 store")
+        parts = urlsplit(reference)
+        bucket, key = parts.netloc, parts.path.lstrip("/")
+        if parts.query or parts.fragment or not S3_BUCKET_RE.match(bucket) or not key:
+            raise SourceError("expected s3://BUCKET/KEY")
+        if self.s3.bucket and bucket != self.s3.bucket:
+            raise SourceError(f"this trainer reads datasets from bucket {self.s3.bucket!r} only")
+        if self.s3.prefix and not key.startswith(self.s3.prefix):
+            raise SourceError(f"this trainer reads datasets under {self.s3.prefix!r} only")
+        return bucket, key
+
+    def _s3(self):
+        if self._s3_client is None:
+            self._s3_client = self.s3.client()
+        return self._s3_client
+
+    @contextmanager
+    def local_file(self, reference: str, owner: str, fetch: bool = True) -> Iterator[Path]:
+        """A local path to the dataset's file for as long as the context lasts (an S3 object is downloaded to a
+        private temporary file, removed afterwards). Raises SourceError."""
+        if not reference or len(reference) > MAX_REFERENCE or "\x00" in reference:
+            raise SourceError(f"name an uploaded dataset (datasets/ID), a path under the data root or s3://BUCKET/KEY"
+                              f" of at most {MAX_REFERENCE} characters")
+        if reference.startswith("datasets/"):
+            yield self._uploaded(reference, owner)
+        elif reference.startswith("s3://"):
+            bucket, key = self._s3_object(reference, owner)
+            yield from self._s3_file(bucket, key, fetch)
+        else:
+            yield self._under_root(reference, owner)
+
+    def _s3_file(self, bucket: str, key: str, fetch: bool) -> Iterator[Path]:
+        from minio.error import MinioException, S3Error
+        client = self._s3()
+        try:
+            size = client.stat_object(bucket, key).size
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                raise SourceError(f"no object s3://{bucket}/{key} in the silo's S3 store") from None
+            raise SourceError(f"the silo's S3 store refused s3://{bucket}/{key}: {e.code}") from None
+        except (MinioException, OSError) as e:
+            raise SourceError(f"cannot reach the silo's S3 store at {self.s3.endpoint}: {type(e).__name__}") from None
+        if size > self.max_bytes:
+            raise SourceError(f"s3://{bucket}/{key} has {size} bytes, over this trainer's limit of {self.max_bytes}")
+        if not fetch:
+            yield Path(key)
+            return
+        folder = Path(tempfile.mkdtemp(dir=self.state_dir / "tmp", prefix="s3-"))  # mode 0700
+        try:
+            path = folder / (PurePosixPath(key).name or "data")
+            try:
+                response = client.get_object(bucket, key)
+                try:
+                    with open(path, "wb") as f:
+                        for block in response.stream(1 << 20):
+                            f.write(block)
+                finally:
+                    response.close()
+                    response.release_conn()
+            except (MinioException, OSError) as e:
+                raise SourceError(f"reading s3://{bucket}/{key} failed: {type(e).__name__}") from None
+            yield path
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def load(self, reference: str, owner: str, schema: pb.DataSchema) -> EncodedData:
+        """The dataset encoded against `schema`; raises SourceError or DataError."""
+        with self.local_file(reference, owner) as path:
+            return _load(path, schema)
+
+
+# A DataError detail that starts with a value of the data ("'abc' is not a number", "label 7 is outside ...").
+_VALUE_FIRST = re.compile(r"^(['\"]|b['\"]|label |-?[0-9])")
+
+
+def describe_data_error(e: DataError, schema: pb.DataSchema) -> tuple[str, str]:
+    """(field, description) for a dataset that does not fit its schema: where (file, line, column) and what to
+    change, without echoing a value of the data. The field is the schema column concerned
+    ("data_schema.tabular.columns[2]") or "dataset"."""
+    field, declared = "dataset", ""
+    if e.column is not None and schema.WhichOneof("kind") == "tabular":
+        for i, col in enumerate(schema.tabular.columns):
+            if col.name == e.column:
+                field, declared = f"data_schema.tabular.columns[{i}]", _declared(col)
+                break
+    message = str(e)
+    if not _VALUE_FIRST.match(e.detail):
+        return field, message
+    location = message[:-len(e.detail)].rstrip(": ") if message.endswith(e.detail) else ""
+    what = f"a value does not fit the declared column ({declared})" if declared else "a value does not fit the schema"
+    return field, (f"{location}: " if location else "") + what + \
+        "; the value is not repeated here, so that the data stays in the silo"
+
+
+def _declared(col: pb.Column) -> str:
+    if col.type == pb.COLUMN_TYPE_CATEGORICAL:
+        shown = ", ".join(repr(c) for c in col.categories[:10]) + (", ..." if len(col.categories) > 10 else "")
+        return f"one of {shown}"
+    kind = "an integer" if col.type == pb.COLUMN_TYPE_INTEGER else "a finite number"
+    return f"{kind} in [{col.lower:g}, {col.upper:g}], no missing values"
