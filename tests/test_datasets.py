@@ -18,7 +18,6 @@ from libsgde.encoding import DataError
 from libsgde.proto.sgde.v1 import common_pb2 as pb
 from libsgde.schema import schema_from_dict, schema_to_dict
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 PEOPLE_CSV = "age,city,smoker\n30,Oslo,no\n41,Lima,yes\n\n200,Lima,no\n"
 
 
@@ -202,15 +201,6 @@ def test_infer_schema_from_idx(tmp_path):
     assert warnings[0] == PRIVACY_WARNING and any("no labels found" in w for w in warnings)
     write_idx(tmp_path / "t-labels-idx1-ubyte", np.array([0, 2, 1]))
     assert infer_schema(path)[0].image.class_names == ["0", "1", "2"]
-
-
-@pytest.mark.skipif(not FASHION_MNIST.exists(), reason=f"{FASHION_MNIST} is absent (optional Debian package "
-                                                       "fashion-mnist)")
-def test_fashion_mnist_loads():
-    schema = pb.DataSchema(image=pb.ImageSchema(height=28, width=28, channels=1, pixel_max=255,
-                                                class_names=[str(i) for i in range(10)]))
-    data = load_dataset(FASHION_MNIST, schema)
-    assert data.x.shape == (60_000, 28, 28, 1) and data.labels.max() == 9 and data.clipped == {}
 
 
 def run_cli(*args: str, code: int = 0):
