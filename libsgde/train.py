@@ -258,29 +258,10 @@ def _train_dpsgd(run: _Run):
         state = ckpt.restore(run.resumed, state)
     padded = dpsgd.padded_batch_size(n, q)
     x_all, y_all = jnp.asarray(run.data.x), jnp.asarray(_labels(run.data))
-    try:
-        ghost.ghost_layers(params)
-        use_ghost = True
-    except ghost.NotGhostable:
-        use_ghost = False
+    use_ghost = ghost.is_ghostable(params)
 
-    def example_loss(p, example):
-        x, y, key = example
-        return module.apply({"params": p}, x[None], y[None], key[None])[0]
-
-    @jax.jit
-    def step_fn(state, indices, mask, step):
-        params, opt_state = state
-        loss_key, noise_key = jax.random.split(jax.random.fold_in(run.mechanism_key, step))
-        args = (x_all[indices], y_all[indices], jax.random.split(loss_key, padded))
-        if use_ghost:
-            summed, _, losses = ghost.clipped_sum(module, params, args, mask, spec.clip_norm)
-        else:
-            summed, _, losses = dpsgd.clipped_sum(example_loss, params, args, mask, spec.clip_norm)
-        grads = dpsgd.add_noise(noise_key, summed, spec.clip_norm, sigma, q * n)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        mean_loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        return (optax.apply_updates(params, updates), opt_state), mean_loss
+    step_fn = dpsgd_step(module, optimizer, x_all, y_all, padded, spec.clip_norm, sigma, q * n, use_ghost,
+                         run.mechanism_key)
 
     steps_per_epoch = n / spec.batch_size
     epsilon, epsilon_at = 0.0, -math.inf
@@ -334,19 +315,7 @@ def _train_dpmerf(run: _Run):
     batch, total = config["generator_batch"], config["generator_steps"]
     train_key = jax.random.fold_in(run.init_key, 1)
 
-    @jax.jit
-    def step_fn(state, step):
-        params, opt_state = state
-        label_key, gen_key = jax.random.split(jax.random.fold_in(train_key, step))
-        labels = jax.random.choice(label_key, classes, (batch,), p=prior)
-
-        def loss_fn(p):
-            x = module.apply({"params": p}, labels, gen_key, method="relaxed").reshape(batch, dim)
-            return merf.mmd_loss(target, merf.feature_map(x, freqs), jax.nn.one_hot(labels, classes))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+    step_fn = dpmerf_step(module, optimizer, target, prior, freqs, batch, train_key)
 
     event = accounting.gaussian_event(sigma)
     epsilon = accounting.event_pld_epsilon(event, spec.delta)
@@ -365,3 +334,54 @@ def _train_dpmerf(run: _Run):
     training = {"generator_steps": total, "learning_rate": spec.learning_rate, "seed": spec.seed,
                 "optimizer": "adam"}
     return state[0], np.asarray(prior), privacy, training
+
+
+def dpsgd_step(module, optimizer, x_all, y_all, padded: int, clip_norm: float, noise_multiplier: float,
+               expected_batch_size: float, use_ghost: bool, mechanism_key: jax.Array):
+    """The jitted DP-SGD step: (state, indices, mask, step) -> (state, mean loss of the real examples).
+
+    Gathers the padded Poisson batch from the data on the device, clips per example (ghost clipping or vmap),
+    adds N(0, (sigma C)^2) noise, divides by the expected batch size and applies the optimizer. All its randomness
+    derives from `mechanism_key` and the step number."""
+
+    def example_loss(p, example):
+        x, y, key = example
+        return module.apply({"params": p}, x[None], y[None], key[None])[0]
+
+    @jax.jit
+    def step_fn(state, indices, mask, step):
+        params, opt_state = state
+        loss_key, noise_key = jax.random.split(jax.random.fold_in(mechanism_key, step))
+        args = (x_all[indices], y_all[indices], jax.random.split(loss_key, padded))
+        if use_ghost:
+            summed, _, losses = ghost.clipped_sum(module, params, args, mask, clip_norm)
+        else:
+            summed, _, losses = dpsgd.clipped_sum(example_loss, params, args, mask, clip_norm)
+        grads = dpsgd.add_noise(noise_key, summed, clip_norm, noise_multiplier, expected_batch_size)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        mean_loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return (optax.apply_updates(params, updates), opt_state), mean_loss
+
+    return step_fn
+
+
+def dpmerf_step(module, optimizer, target, prior, freqs, batch: int, train_key: jax.Array):
+    """The jitted DP-MERF generator step: (state, step) -> (state, loss). Post-processing of the released
+    embedding `target` [F, K]: it never touches the private data."""
+    classes = target.shape[1]
+
+    @jax.jit
+    def step_fn(state, step):
+        params, opt_state = state
+        label_key, gen_key = jax.random.split(jax.random.fold_in(train_key, step))
+        labels = jax.random.choice(label_key, classes, (batch,), p=prior)
+
+        def loss_fn(p):
+            x = module.apply({"params": p}, labels, gen_key, method="relaxed").reshape(batch, -1)
+            return merf.mmd_loss(target, merf.feature_map(x, freqs), jax.nn.one_hot(labels, classes))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return step_fn

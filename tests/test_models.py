@@ -61,7 +61,7 @@ def test_ghost_clipping_equals_the_per_example_loop(space, config):
 
 def test_convolutions_are_not_ghostable_so_training_falls_back_to_vmap():
     arch = get_architecture("cvae")
-    config = arch.configure({"channels": [4], "hidden": [8], "latent_dim": 2}, IMAGE)
+    config = arch.configure({"network": "conv", "channels": [4], "hidden": [8], "latent_dim": 2}, IMAGE)
     with pytest.raises(ghost.NotGhostable):
         ghost.ghost_layers(jax.eval_shape(lambda: arch.init(jax.random.key(0), IMAGE, config)))
 

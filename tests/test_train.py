@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from libsgde.encoding import encoder_for
+from libsgde.encoding import EncodedData, encoder_for
 from libsgde.models import load_generator
 from libsgde.privacy import accounting
 from libsgde.proto.sgde.v1 import common_pb2 as pb
@@ -78,8 +78,10 @@ def test_each_architecture_learns_and_samples_inside_the_schema(arch, dataset, r
 
 
 def test_conv_cvae_trains_through_the_vmap_fallback(digits, tmp_path):
-    result, events = run(digits, "cvae", tmp_path, epochs=1, config={"channels": [4], "hidden": [16],
-                                                                     "latent_dim": 2})
+    schema, data = digits
+    few = EncodedData(data.x[:300], data.labels[:300], data.space)  # vmap(grad) is the slow path: a few steps
+    conv = {"network": "conv", "channels": [4], "hidden": [16], "latent_dim": 2}
+    result, events = run((schema, few), "cvae", tmp_path, epochs=1, config=conv)
     assert result.manifest.training["clipping"] == "vmap"
     assert "vmap clipping" in events[0].message
 

@@ -36,6 +36,14 @@ def ghost_layers(params) -> list[tuple[str, ...]]:
     return layers
 
 
+def is_ghostable(params) -> bool:
+    try:
+        ghost_layers(params)
+        return True
+    except NotGhostable:
+        return False
+
+
 def clipped_sum(module, params, args: tuple, mask: jax.Array, clip_norm: float):
     """Sum over the real examples of their gradients clipped to `clip_norm`; returns (sum, per-example norms,
     per-example losses).

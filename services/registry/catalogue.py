@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.sql import open_engine
 
 metadata = sa.MetaData()
 
@@ -127,33 +127,9 @@ class Gone(Exception):
     """The row a write depends on disappeared meanwhile."""
 
 
-def _sqlite_setup(engine: sa.Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        # IMMEDIATE takes the write lock up front: concurrent writers wait (busy_timeout) instead of
-        # failing with "database is locked" when a read transaction tries to upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 class Catalogue:
     def __init__(self, url: str):
-        is_sqlite = url.startswith("sqlite")
-        self.engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
-            pool_pre_ping=not is_sqlite)
-        if is_sqlite:
-            _sqlite_setup(self.engine)
-        metadata.create_all(self.engine)
+        self.engine = open_engine(url, metadata)
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from libsgde.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE, VERSION_NAME_RE
 from libsgde import errors
 from libsgde.artifact import ArtifactError, ArtifactHeader, HeaderSniffer
 from libsgde.errors import ApiError
@@ -28,13 +29,8 @@ from services.registry.catalogue import Catalogue, Conflict, Gone, ModelRow, Use
 
 log = logging.getLogger("sgde.registry")
 
-USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{2,31}$")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,188}\.[^@\s]{1,63}$")
-MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-MODEL_NAME_RE = re.compile(r"^models/([^/]+)/([^/]+)$")
-VERSION_NAME_RE = re.compile(r"^models/([^/]+)/([^/]+)/versions/([^/]+)$")
 MAX_DESCRIPTION = 4000
 MAX_TAGS = 20
 MAX_SHARES = 256

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.sql import open_engine
 from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
 
 metadata = sa.MetaData()
@@ -131,34 +131,13 @@ def _row(r) -> JobRow:
         ended_at=r["ended_at"])
 
 
-def _sqlite_setup(engine: sa.Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: writers wait, never deadlock
-
-
 def _blob(message) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
 class JobStore:
     def __init__(self, url: str):
-        is_sqlite = url.startswith("sqlite")
-        self.engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
-            pool_pre_ping=not is_sqlite)
-        if is_sqlite:
-            _sqlite_setup(self.engine)
-        metadata.create_all(self.engine)
+        self.engine = open_engine(url, metadata)
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import timestamp_pb2
 
+from libsgde.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE
 from libsgde import errors
 from libsgde.client import SgdeError
 from libsgde.encoding import DataError
@@ -38,11 +39,7 @@ from services.trainer.worker import Worker, spec_field, state_name
 
 log = logging.getLogger("sgde.trainer")
 
-USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{2,31}$")
-MODEL_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-MODEL_NAME_RE = re.compile(r"^models/([^/]+)/([^/]+)$")
 JOB_NAME_RE = re.compile(r"^jobs/([0-9a-f]{16})$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 DEFAULT_PAGE = 50
