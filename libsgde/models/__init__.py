@@ -68,18 +68,21 @@ class Generator:
         self.encoder = encoder_for(self.manifest.data_schema)
         self.class_prior = np.asarray(tensors[CLASS_PRIOR], np.float64)
         self.params = jax.tree.map(jnp.asarray, unflatten({k: v for k, v in tensors.items() if k != CLASS_PRIOR}))
-        self._generate = jax.jit(lambda p, key, labels: self.architecture.generate(p, key, labels, self.space,
-                                                                                   self.config))
+        self._generate = jax.jit(lambda p, keys, labels: self.architecture.generate(p, keys, labels, self.space,
+                                                                                    self.config))
 
     def labels(self, n: int, seed: int) -> np.ndarray:
         """n labels drawn from the class prior (all zeros for an unconditional model)."""
         prior = self.class_prior / self.class_prior.sum() if self.class_prior.sum() > 0 else None
         return np.random.default_rng(seed).choice(len(self.class_prior), size=n, p=prior).astype(np.int32)
 
-    def sample_model_space(self, labels: np.ndarray, seed: int) -> np.ndarray:
-        """Samples for these labels [n] in model space [n, *shape]."""
-        out = self._generate(self.params, jax.random.key(seed), jnp.asarray(labels, jnp.int32))
-        return np.asarray(out)
+    def sample_model_space(self, labels: np.ndarray, seed: int, first_row: int = 0) -> np.ndarray:
+        """Samples for these labels [n] in model space [n, *shape]. Row r of a request (r = first_row + i) comes from
+        the key fold_in(key(seed), r) alone, so any split of a request into chunks gives the same rows (up to float
+        rounding of matrix products of other shapes; the same split gives the same bytes)."""
+        rows = jnp.arange(first_row, first_row + len(labels), dtype=jnp.uint32)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), rows)
+        return np.asarray(self._generate(self.params, keys, jnp.asarray(labels, jnp.int32)))
 
     def sample(self, n: int, seed: int = 0, labels: np.ndarray | None = None):
         """n decoded samples: a dict column -> values (tabular) or images [n, H, W, C]; and their labels."""

@@ -3,7 +3,8 @@
 The module has two methods:
 - ``__call__(x, labels, keys) -> losses [B]``: per-example training losses (DP-SGD architectures); x is a batch in
   model space, labels int32 [B] (zeros when unconditional), keys one PRNG key per example.
-- ``generate(labels, key) -> x``: samples in model space for int32 labels [n].
+- ``generate(labels, keys) -> x``: samples in model space for int32 labels [n], one PRNG key per row. Row i depends
+  on keys[i] and labels[i] alone, so a sample does not change with the batch it is generated in.
 Only the parameters under `sampling_scopes` are exported to an artifact: what `generate` needs.
 """
 from __future__ import annotations
@@ -102,9 +103,9 @@ class Architecture:
         shapes = jax.eval_shape(lambda: self.sampling_params(self._init(jax.random.key(0), module, space)))
         return {name: tuple(s.shape) for name, s in flatten(shapes).items()}
 
-    def generate(self, params, key: jax.Array, labels: jax.Array, space: ModelSpace, config: dict) -> jax.Array:
-        """Samples in model space, [n, *space.shape], from the sampling parameters."""
-        return self.module(space, config).apply({"params": params}, labels, key, method="generate")
+    def generate(self, params, keys: jax.Array, labels: jax.Array, space: ModelSpace, config: dict) -> jax.Array:
+        """Samples in model space, [n, *space.shape], from the sampling parameters; one key per row."""
+        return self.module(space, config).apply({"params": params}, labels, keys, method="generate")
 
 
 def flatten(params) -> dict[str, Any]:
@@ -121,15 +122,20 @@ def one_hot(labels: jax.Array, num_classes: int) -> jax.Array:
     return jax.nn.one_hot(labels, num_classes) if num_classes else jnp.zeros((labels.shape[0], 0))
 
 
-def decode_tabular_sample(out: jax.Array, space: ModelSpace, key: jax.Array) -> jax.Array:
+def row_normals(keys: jax.Array, dim: int) -> jax.Array:
+    """[n, dim] standard normals, row i from keys[i] alone."""
+    return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (dim,)))(keys)
+
+
+def decode_tabular_sample(out: jax.Array, space: ModelSpace, keys: jax.Array) -> jax.Array:
     """Raw generator outputs [n, D] -> model space: numeric blocks squashed to [0, 1], each categorical block a
-    one-hot category drawn from its softmax."""
+    one-hot category drawn from its softmax (row i's draws from keys[i] alone)."""
     parts = []
-    for block in space.blocks:
+    for j, block in enumerate(space.blocks):
         h = out[:, block.start:block.start + block.width]
         if block.kind == "numeric":
             parts.append(jax.nn.sigmoid(h))
         else:
-            key, sub = jax.random.split(key)
-            parts.append(jax.nn.one_hot(jax.random.categorical(sub, h), block.width))
+            draw = jax.vmap(lambda k, logits, j=j: jax.random.categorical(jax.random.fold_in(k, 1 + j), logits))
+            parts.append(jax.nn.one_hot(draw(keys, h), block.width))
     return jnp.concatenate(parts, axis=1)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from libsgde.encoding import ModelSpace
-from libsgde.models.base import Architecture, Option, decode_tabular_sample, one_hot
+from libsgde.models.base import Architecture, Option, decode_tabular_sample, one_hot, row_normals
 from libsgde.models.layers import MLP
 
 
@@ -48,11 +48,10 @@ class TabularCVAE(nn.Module):
                 recon = recon - jnp.sum(t * jax.nn.log_softmax(h), 1)
         return recon + self.beta * kl_standard_normal(mu, logvar)
 
-    def generate(self, labels, key):
-        z_key, cat_key = jax.random.split(key)
-        z = jax.random.normal(z_key, (labels.shape[0], self.latent_dim))
+    def generate(self, labels, keys):
+        z = row_normals(keys, self.latent_dim)
         out = self.decoder(jnp.concatenate([z, one_hot(labels, self.space.num_classes)], 1))
-        return decode_tabular_sample(out, self.space, cat_key)
+        return decode_tabular_sample(out, self.space, keys)
 
 
 class ConvEncoder(nn.Module):
@@ -116,8 +115,8 @@ class ImageCVAE(nn.Module):
         bce = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x).reshape(x.shape[0], -1), 1)
         return bce + self.beta * kl_standard_normal(mu, logvar)
 
-    def generate(self, labels, key):
-        z = jax.random.normal(key, (labels.shape[0], self.latent_dim))
+    def generate(self, labels, keys):
+        z = row_normals(keys, self.latent_dim)
         return jax.nn.sigmoid(self._decode(z, one_hot(labels, self.space.num_classes)))
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from libsgde.encoding import ModelSpace
-from libsgde.models.base import Architecture, Option, decode_tabular_sample, one_hot
+from libsgde.models.base import Architecture, Option, decode_tabular_sample, one_hot, row_normals
 
 
 class MerfGenerator(nn.Module):
@@ -26,22 +26,20 @@ class MerfGenerator(nn.Module):
 
     def relaxed(self, labels, key):
         """Differentiable samples: numeric and pixels in [0, 1], categorical blocks as softmax probabilities."""
-        out = self._raw(labels, key)
+        out = self._raw(labels, jax.random.normal(key, (labels.shape[0], self.latent_dim)))
         if self.space.kind == "image":
             return jax.nn.sigmoid(out).reshape(labels.shape[0], *self.space.shape)
         parts = [jax.nn.sigmoid(out[:, b.start:b.start + b.width]) if b.kind == "numeric"
                  else jax.nn.softmax(out[:, b.start:b.start + b.width]) for b in self.space.blocks]
         return jnp.concatenate(parts, 1)
 
-    def generate(self, labels, key):
-        z_key, cat_key = jax.random.split(key)
-        out = self._raw(labels, z_key)
+    def generate(self, labels, keys):
+        out = self._raw(labels, row_normals(keys, self.latent_dim))
         if self.space.kind == "image":
             return jax.nn.sigmoid(out).reshape(labels.shape[0], *self.space.shape)
-        return decode_tabular_sample(out, self.space, cat_key)
+        return decode_tabular_sample(out, self.space, keys)
 
-    def _raw(self, labels, key):
-        z = jax.random.normal(key, (labels.shape[0], self.latent_dim))
+    def _raw(self, labels, z):
         return self.generator(jnp.concatenate([z, one_hot(labels, self.space.num_classes)], 1))
 
 
@@ -73,4 +71,4 @@ class DPMERF(Architecture):
         return MerfGenerator(space, tuple(config["hidden"]), config["latent_dim"])
 
     def _init(self, key, module, space):
-        return module.init(key, jnp.zeros((1,), jnp.int32), key, method="generate")["params"]
+        return module.init(key, jnp.zeros((1,), jnp.int32), jax.random.split(key, 1), method="generate")["params"]

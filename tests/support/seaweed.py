@@ -118,8 +118,8 @@ class SeaweedS3:
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {' '.join(args)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.workdir, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(_dying_with_parent(args), stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.workdir)
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -186,11 +186,10 @@ class SeaweedS3:
         self.stop()
 
 
-def _die_with_parent() -> None:
-    # Linux: SIGKILL the server if the test process dies without stopping it, so no orphan keeps its ports.
-    try:
-        import ctypes
+def _dying_with_parent(args: list[str]) -> list[str]:
+    """SIGKILL the server if the test process dies without stopping it, so no orphan keeps its ports.
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    util-linux's setpriv sets the parent-death signal after the fork, in C. (Doing it in a preexec_fn runs Python
+    between fork and exec, which aborted the child when gRPC's and JAX's threads were running.)"""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *args] if setpriv else args
