@@ -43,7 +43,7 @@ def handles_errors(fn):
 
 def _client(ctx: click.Context):
     from libsgde.client import Client
-    return Client(ctx.obj.get("registry"), trainer=ctx.obj.get("trainer"))
+    return Client(ctx.obj.get("registry"), trainer=ctx.obj.get("trainer"), sampler=ctx.obj.get("sampler"))
 
 
 def _read_password(stdin: bool, confirm: bool = False) -> str:
@@ -66,9 +66,10 @@ def _transfer_bar(description: str) -> Progress:
 @click.group()
 @click.option("--registry", envvar="SGDE_REGISTRY_ADDRESS", help="Registry address (default 127.0.0.1:50051).")
 @click.option("--trainer", envvar="SGDE_TRAINER_ADDRESS", help="Trainer address (default 127.0.0.1:50052).")
+@click.option("--sampler", envvar="SGDE_SAMPLER_ADDRESS", help="Sampler address (default 127.0.0.1:50053).")
 @click.version_option(package_name="sgde")
 @click.pass_context
-def main(ctx: click.Context, registry: str | None, trainer: str | None) -> None:
+def main(ctx: click.Context, registry: str | None, trainer: str | None, sampler: str | None) -> None:
     """SGDE: share differentially private generative models over mutual TLS.
 
     Files live under $SGDE_HOME (default ~/.sgde): pki/, token.json, keys/, and the embedded services' data.
@@ -76,6 +77,7 @@ def main(ctx: click.Context, registry: str | None, trainer: str | None) -> None:
     ctx.ensure_object(dict)
     ctx.obj["registry"] = registry
     ctx.obj["trainer"] = trainer
+    ctx.obj["sampler"] = sampler
 
 
 # -- certificates and servers --------------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def schema_check(file: Path, schema_file: Path, labels_file: Path | None) -> Non
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["registry", "trainer"]))
+@click.argument("service", type=click.Choice(["registry", "trainer", "sampler"]))
 @click.option("--listen", help="Address to bind (default from $SGDE_<SERVICE>_LISTEN or the default port).")
 def serve(service: str, listen: str | None) -> None:
     """Run one service in the foreground (configured by environment variables; see README)."""
@@ -179,32 +181,45 @@ def serve(service: str, listen: str | None) -> None:
         from services.trainer.server import main as trainer_main
         trainer_main()
         return
+    if service == "sampler":
+        from services.sampler.server import main as sampler_main
+        sampler_main()
+        return
     from services.registry.server import main as registry_main
     registry_main()
 
 
 @main.command()
 def up() -> None:
-    """Start the services on loopback with the embedded default (PKI made on first start); Ctrl-C stops them."""
+    """Start registry, trainer and sampler on loopback with the embedded default (PKI made on first start); Ctrl-C
+    stops them."""
     from libsgde import serving
     from libsgde.security.tls import init_pki
     from services.registry.server import RegistryConfig, start
+    from services.sampler.server import SamplerConfig
+    from services.sampler.server import start as start_sampler
     from services.trainer.server import TrainerConfig
     from services.trainer.server import start as start_trainer
     serving.setup_logging(os.environ.get("SGDE_LOG_LEVEL", "WARNING"))
     init_pki(config.pki_dir())
     handle = start(RegistryConfig.from_env())
-    trainer_config = TrainerConfig.from_env()
+    trainer_config, sampler_config = TrainerConfig.from_env(), SamplerConfig.from_env()
     if not os.environ.get("SGDE_REGISTRY_ADDRESS"):
-        trainer_config.registry = f"127.0.0.1:{handle.port}"  # the registry just started, wherever it listens
+        # the registry just started, wherever it listens
+        trainer_config.registry = sampler_config.registry = f"127.0.0.1:{handle.port}"
+    started = [handle]
     try:
-        trainer = start_trainer(trainer_config)
+        started.insert(0, start_trainer(trainer_config))
+        started.insert(0, start_sampler(sampler_config))
     except BaseException:
-        handle.stop(1)
+        for running in started:
+            running.stop(1)
         raise
-    console.print(f"registry on {config.listen_address('registry')}, trainer on {trainer_config.listen} (mTLS; PKI "
-                  f"in {config.pki_dir()}; trainer state in {trainer_config.state_dir}). Ctrl-C stops them.")
-    serving.run_until_signalled([trainer, handle])  # the trainer first: its jobs checkpoint while the registry lives
+    console.print(f"registry on {config.listen_address('registry')}, trainer on {trainer_config.listen}, sampler on "
+                  f"{sampler_config.listen} (mTLS; PKI in {config.pki_dir()}; trainer state in "
+                  f"{trainer_config.state_dir}, sampler cache in {sampler_config.state_dir}). Ctrl-C stops them.")
+    # Sampler and trainer first (streams end, jobs checkpoint) while the registry they call still lives.
+    serving.run_until_signalled(started)
     console.print("stopped")
 
 
@@ -582,10 +597,90 @@ def jobs_publish(ctx, job: str) -> None:
     out.print(_published(j), highlight=False)
 
 
+# -- sampling ------------------------------------------------------------------------------------------------------
+
+def _class_counts(specs: tuple[str, ...]) -> dict[str, int]:
+    from rich.markup import escape
+    counts: dict[str, int] = {}
+    for spec in specs:
+        name, sep, count = spec.rpartition("=")
+        if not sep or not name or not count.strip().isdigit():
+            _fail(escape(f"--class takes NAME=COUNT (e.g. --class yes=500), not {spec!r}"))
+        if name in counts:
+            _fail(escape(f"--class {name} is given twice"))
+        counts[name] = int(count)
+    return counts
+
+
+@main.command("sample")
+@click.argument("model")
+@click.option("-n", "--num-samples", "num_samples", type=click.IntRange(min=1), default=None,
+              help="How many samples (classes drawn from the model's class prior).")
+@click.option("--seed", type=int, default=0, help="The same seed and request give the same bytes (default 0).")
+@click.option("--class", "classes", multiple=True, metavar="NAME=COUNT",
+              help="Exactly COUNT samples of class NAME (repeatable; instead of -n). Output is grouped by class in "
+                   "the schema's class order.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "npy", "parquet"]), default=None,
+              help="Default: from the --out suffix (.csv, .npy, .parquet), else npy.")
+@click.option("--out", "dest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (appears only once the whole stream arrived and its sha256 checked).")
+@click.pass_context
+@handles_errors
+def sample_command(ctx, model: str, num_samples: int | None, seed: int, classes: tuple[str, ...], fmt: str | None,
+                   dest: Path) -> None:
+    """Stream synthetic data from a model (MODEL, MODEL@N or .../versions/N) through the sampler into a file."""
+    from rich.markup import escape
+    from rich.progress import MofNCompleteColumn, TextColumn
+    counts = _class_counts(classes)
+    if counts and num_samples is not None:
+        _fail("give -n N or --class NAME=COUNT ..., not both")
+    if not counts and num_samples is None:
+        _fail("say how many samples: -n N, or --class NAME=COUNT ...")
+    fmt = fmt or {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(dest.suffix.lower(), "npy")
+    bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+    with _client(ctx) as client, bar:
+        task = bar.add_task(f"sample {model}", total=None)
+        try:
+            samples = client.sample(model, num_samples or 0, seed=seed, class_counts=counts, format=fmt, out=dest,
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except KeyboardInterrupt:
+            console.print("stopped; nothing was written (the sampler stopped too)")
+            sys.exit(130)
+    m = samples.metadata
+    privacy = f"epsilon {m.privacy.epsilon:.3g} at delta {m.privacy.delta:.1e}" if m.privacy.mechanism not in (
+        "", "none") else "not private"
+    out.print(f"wrote {escape(str(dest))}: {m.num_samples:,} samples of {m.version} ({fmt}; {privacy}; sha256 "
+              f"{samples.sha256})", highlight=False)
+
+
 @main.command()
-@click.option("--out", "report", type=click.Path(path_type=Path), default=Path("sgde-demo"),
-              help="Folder for the demo's files.")
-def demo(report: Path) -> None:
-    """Run the whole flow on one machine: services, an account, publish, browse, pull, verify."""
-    from libsgde.demo import run_demo
-    run_demo(report, log=out.print)
+@click.option("--out", "report", type=click.Path(file_okay=False, path_type=Path), default=Path("sgde-demo"),
+              help="Folder for the report (and the demo's own $SGDE_HOME under home/).")
+@click.option("--epsilon", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Target epsilon of each generator.")
+@click.option("--delta", type=click.FloatRange(min=0, max=1e-3, min_open=True), default=1e-5, show_default=True)
+@click.option("--arch", type=click.Choice(["dp-merf", "cvae"]), default="dp-merf", show_default=True,
+              help="Generator architecture for both data sets.")
+@click.option("--samples", type=click.IntRange(min=20, max=100_000), default=2000, show_default=True,
+              help="Synthetic rows / images per data set.")
+@click.option("--sample-via", type=click.Choice(["auto", "service", "local"]), default="auto", show_default=True,
+              help="auto: the sampler service when there is one, else pull and sample here.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Public seed: data splits, initialisation, sampling (the DP noise stays secret).")
+@click.option("--tiny", is_flag=True, help="Tiny models and 100 samples: a smoke test in well under a minute.")
+def demo(report: Path, epsilon: float, delta: float, arch: str, samples: int, sample_via: str, seed: int,
+         tiny: bool) -> None:
+    """Train DP generators on scikit-learn's digits and breast_cancer through the services, publish, sample, and
+    judge them (train on synthetic, test on real); writes a report folder."""
+    from libsgde.client import SgdeError
+    from libsgde.demo import DemoError, run_demo
+    try:
+        run_demo(report, log=lambda line: out.print(line, highlight=False, markup=False, soft_wrap=True),
+                 epsilon=epsilon, delta=delta, arch=arch, samples=samples, sample_via=sample_via, seed=seed,
+                 tiny=tiny)
+    except (DemoError, SgdeError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        console.print("interrupted; the services were stopped")
+        sys.exit(130)

@@ -10,15 +10,25 @@
     job = c.create_job(TrainSpec("cvae", target_epsilon=1.0), schema, ds.name, "adult-cvae")
     for event in c.watch_job(job.name): print(event.step, event.epsilon_spent)
     c.publish_job(job.name)                                 # signed here: the key never leaves this machine
+
+    s = c.sample("alice/adult-dp", 10_000, seed=1)          # the sampler streams synthetic data, checked by sha256
+    s.values["age"], s.labels, s.metadata.privacy.epsilon
+    c.sample("alice/adult-dp", class_counts={"yes": 500, "no": 500}, format="csv", out="synthetic.csv")
+    sample_local("alice-adult-dp-v1.safetensors", 10_000, seed=1)  # a pulled artifact, no server: the same values
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import tempfile
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 
 import grpc
@@ -29,13 +39,15 @@ from libsgde.errors import describe_rpc_error, field_violations
 from libsgde.proto.sgde.v1 import common_pb2 as pb
 from libsgde.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.proto.sgde.v1 import sampler_pb2 as spb
+from libsgde.proto.sgde.v1 import sampler_pb2_grpc
 from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.proto.sgde.v1 import trainer_pb2_grpc
 from libsgde.security import signing, tls
 from libsgde.security.tls import write_private
 from libsgde.storage import CHUNK_SIZE
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes in all)
+Progress = Callable[[int, int], None]  # (bytes done, bytes in all); for sampling (samples done, samples in all)
 
 VISIBILITIES = {"private": pb.VISIBILITY_PRIVATE, "shared": pb.VISIBILITY_SHARED, "public": pb.VISIBILITY_PUBLIC}
 
@@ -96,19 +108,20 @@ def secure_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.C
 
 
 class Client:
-    """A connection to the registry (and, when used, the trainer) over mutual TLS, acting for the user whose token is
-    under $SGDE_HOME.
+    """A connection to the registry (and, when used, the trainer and the sampler) over mutual TLS, acting for the
+    user whose token is under $SGDE_HOME.
 
     A service acting for a user (the trainer publishing a job's result) builds one with `Client.forwarding`: over
     its own channel, with the token the user sent, reading no files."""
 
-    def __init__(self, registry: str | None = None, *, trainer: str | None = None, home: Path | None = None,
-                 pki: Path | None = None, identity: str = tls.CLIENT, token: str | None = None,
-                 timeout: float = 30.0, channel: grpc.Channel | None = None):
+    def __init__(self, registry: str | None = None, *, trainer: str | None = None, sampler: str | None = None,
+                 home: Path | None = None, pki: Path | None = None, identity: str = tls.CLIENT,
+                 token: str | None = None, timeout: float = 30.0, channel: grpc.Channel | None = None):
         self.home = Path(home) if home else config.sgde_home()
         self.pki = tls.PkiPaths(Path(pki) if pki else (self.home / "pki" if home else config.pki_dir()))
         self.address = registry or config.service_address("registry")
         self.trainer_address = trainer or config.service_address("trainer")
+        self.sampler_address = sampler or config.service_address("sampler")
         self.identity = identity
         self.timeout = timeout
         self._owns_channel = channel is None
@@ -116,6 +129,8 @@ class Client:
         self.registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._trainer_channel: grpc.Channel | None = None
         self._trainer: trainer_pb2_grpc.TrainerServiceStub | None = None
+        self._sampler_channel: grpc.Channel | None = None
+        self._sampler: sampler_pb2_grpc.SamplerServiceStub | None = None
         self._token = token
         self._username: str | None = None
         if token is None:
@@ -141,11 +156,22 @@ class Client:
             self._trainer = trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel)
         return self._trainer
 
+    @property
+    def sampler(self) -> sampler_pb2_grpc.SamplerServiceStub:
+        """The sampler's stub; its channel opens on first use."""
+        if self._sampler is None:
+            self._sampler_channel = secure_channel(self.sampler_address,
+                                                   tls.channel_credentials(self.pki, self.identity))
+            self._sampler = sampler_pb2_grpc.SamplerServiceStub(self._sampler_channel)
+        return self._sampler
+
     def close(self) -> None:
         if self._owns_channel:
             self._channel.close()
         if self._trainer_channel is not None:
             self._trainer_channel.close()
+        if self._sampler_channel is not None:
+            self._sampler_channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -452,6 +478,215 @@ class Client:
         key = signing.load_signing_key(self.signing_key_path(self._me()))
         return self._call(self.trainer.PublishJobResult, tpb.PublishJobResultRequest(
             name=job.name, signature=signing.sign_artifact(key, job.artifact_sha256)), timeout=timeout)
+
+    # -- sampling (the sampler service) ------------------------------------------------------------------------
+
+    def sample(self, model: str, num_samples: int = 0, *, seed: int = 0,
+               class_counts: Mapping[str, int] | None = None, format: str = "npy", out: str | Path | None = None,
+               progress: Progress | None = None, chunk_samples: int = 0, timeout: float | None = None) -> Samples:
+        """Synthetic samples streamed by the sampler from a model version (MODEL, MODEL@N or .../versions/N; the
+        latest by default): `num_samples` of them (classes drawn from the model's class prior), or exactly
+        `class_counts` ({class name: count}; the output is grouped by class in the schema's class order).
+        `format` is "npy", "csv" (tables) or "parquet" (tables; where the sampler has pyarrow). The same request and
+        seed give the same bytes. The stream is checked against its sha256; with `out` its bytes are written to that
+        file atomically (nothing appears there unless the whole stream arrived and verified). `progress(done, total)`
+        is called as samples arrive. Stopping early (Ctrl-C) cancels the call, and the sampler stops generating."""
+        from libsgde.formats import format_name
+        from libsgde.sampling import SamplingError
+        try:
+            fmt = format_name(format)
+        except SamplingError as e:
+            raise SgdeError(str(e), grpc.StatusCode.INVALID_ARGUMENT, [(e.field, e.description)]) from None
+        me = self._username if "/" in model else self._me()
+        request = spb.SampleRequest(model=version_name(model, me), num_samples=num_samples, seed=seed,
+                                    class_counts=dict(class_counts or {}), format=FORMAT_VALUES[fmt],
+                                    chunk_samples=chunk_samples)
+        stream = self.sampler.Sample(request, metadata=self._metadata(), timeout=timeout)
+        state: dict = {}
+
+        def pieces() -> Iterator[bytes]:
+            for message in stream:
+                which = message.WhichOneof("payload")
+                if which == "metadata":
+                    state["metadata"] = message.metadata
+                    if progress:
+                        progress(0, message.metadata.num_samples)
+                elif which == "chunk":
+                    if "metadata" not in state:
+                        raise SgdeError("the sampler sent data before its metadata", grpc.StatusCode.INTERNAL)
+                    yield message.chunk
+                    if progress:
+                        progress(message.samples_done, state["metadata"].num_samples)
+                elif message.sha256:
+                    state["sha256"] = message.sha256
+
+        try:
+            digest, data, path = _collect(pieces(), out)
+        except grpc.RpcError as e:
+            raise SgdeError.from_rpc(e) from None
+        finally:
+            stream.cancel()  # a no-op once the stream ended; otherwise the sampler stops generating
+        if "sha256" not in state:
+            _discard(path)
+            raise SgdeError("the sample stream ended before its last message; nothing was kept, try again",
+                            grpc.StatusCode.UNAVAILABLE)
+        if state["sha256"] != digest:
+            _discard(path)
+            raise VerificationError(f"the sampled bytes hash to {digest}, the sampler announced {state['sha256']}; "
+                                    "nothing was kept, try again")
+        metadata = state["metadata"]
+        if path is not None:
+            os.replace(path, out)
+            path = Path(out)
+        return Samples(metadata, digest, FORMAT_NAMES[metadata.format], data, path)
+
+
+FORMAT_VALUES = {"csv": spb.OUTPUT_FORMAT_CSV, "npy": spb.OUTPUT_FORMAT_NPY, "parquet": spb.OUTPUT_FORMAT_PARQUET}
+FORMAT_NAMES = {value: name for name, value in FORMAT_VALUES.items()}
+
+
+@dataclass
+class Samples:
+    """Sampled data: the stream's metadata (resolved version, artifact sha256, schema, privacy report, per-class
+    counts), the sha256 of its bytes, and the bytes themselves (`data`), or the file they were written to (`path`).
+
+    `values` and `labels` are decoded on first use, in the types the schema's encoder decodes to: tabular values are
+    {column: array} (the label column as class names), images an [N, H, W, C] array; labels are int32 class indices
+    in the schema's order (None for an unconditional model)."""
+
+    metadata: spb.SampleMetadata
+    sha256: str
+    format: str
+    data: bytes | None = None
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return int(self.metadata.num_samples)
+
+    def raw(self) -> bytes:
+        """The output's bytes (read from `path` when written to a file)."""
+        return self.data if self.data is not None else Path(self.path).read_bytes()
+
+    @cached_property
+    def _decoded(self):
+        from libsgde.formats import read_samples
+        return read_samples(self.data if self.data is not None else self.path, self.format,
+                            self.metadata.data_schema, list(self.metadata.class_counts))
+
+    @property
+    def values(self):
+        return self._decoded[0]
+
+    @property
+    def labels(self):
+        return self._decoded[1]
+
+    @property
+    def class_names(self) -> list[str]:
+        from libsgde.sampling import class_names
+        return class_names(self.metadata.data_schema)
+
+    def to_dataframe(self):
+        """A pandas DataFrame (pandas is imported only here): tabular samples one column per schema column; images
+        an `image` column of [H, W, C] arrays and a `label` column of class names (when conditional)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise SgdeError("to_dataframe needs pandas: pip install pandas") from None
+        if isinstance(self.values, dict):
+            return pd.DataFrame(self.values)
+        frame = pd.DataFrame({"image": list(self.values)})
+        if self.labels is not None:
+            frame["label"] = [self.class_names[i] for i in self.labels]
+        return frame
+
+
+def _collect(pieces: Iterable[bytes], out: str | Path | None) -> tuple[str, bytes | None, Path | None]:
+    """Hashes the pieces and keeps them: in memory, or (with `out`) in a temporary file beside `out`, fsynced (its
+    caller renames it into place). Returns (sha256, bytes or None, temporary path or None)."""
+    digest = hashlib.sha256()
+    if out is None:
+        parts = []
+        for piece in pieces:
+            digest.update(piece)
+            parts.append(piece)
+        return digest.hexdigest(), b"".join(parts), None
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent if str(out.parent) else ".", prefix=f".{out.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for piece in pieces:
+                digest.update(piece)
+                f.write(piece)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest.hexdigest(), None, Path(tmp)
+
+
+def _discard(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+_LOCAL_SAMPLERS: OrderedDict[str, object] = OrderedDict()  # artifact sha256 -> CompiledSampler
+_LOCAL_LOCK = threading.Lock()
+
+
+def sample_local(path: str | Path, num_samples: int = 0, seed: int = 0,
+                 class_counts: Mapping[str, int] | None = None, *, format: str = "npy",
+                 out: str | Path | None = None, chunk_samples: int = 0,
+                 progress: Progress | None = None) -> Samples:
+    """Samples from an artifact file (one `Client.pull` verified) with no server: the same bytes, and so the same
+    values, as the sampler streams for the same request (num_samples or class_counts, seed, format,
+    chunk_samples). Loads through the strict reader; the last few compiled generators are kept, by sha256."""
+    from libsgde.artifact import ArtifactError, sha256_file
+    from libsgde.formats import FormatUnavailable, check_format, encode_stream
+    from libsgde.models import load_generator
+    from libsgde.sampling import CompiledSampler, SamplingError, label_counts, plan_labels
+
+    path = Path(path)
+    sha = sha256_file(path)
+    with _LOCAL_LOCK:
+        sampler = _LOCAL_SAMPLERS.get(sha)
+        if sampler is not None:
+            _LOCAL_SAMPLERS.move_to_end(sha)
+    if sampler is None:
+        try:
+            sampler = CompiledSampler(load_generator(path))
+        except ArtifactError as e:
+            raise SgdeError(f"{path}: not a generator this SDK can load: {e}",
+                            grpc.StatusCode.FAILED_PRECONDITION) from None
+        with _LOCAL_LOCK:
+            _LOCAL_SAMPLERS[sha] = sampler
+            while len(_LOCAL_SAMPLERS) > 4:
+                _LOCAL_SAMPLERS.popitem(last=False)
+    generator = sampler.generator
+    try:
+        fmt = check_format(format, sampler.schema)
+        labels = plan_labels(generator, num_samples, class_counts, seed)
+        total = len(labels) if labels is not None else int(num_samples)
+        stream = encode_stream(sampler, labels if labels is not None else total, seed, fmt, chunk_samples)
+
+        def pieces() -> Iterator[bytes]:
+            for data, done in stream:
+                yield data
+                if progress:
+                    progress(done, total)
+
+        digest, data, tmp = _collect(pieces(), out)
+    except FormatUnavailable as e:
+        raise SgdeError(str(e), grpc.StatusCode.FAILED_PRECONDITION, [(e.field, e.description)]) from None
+    except SamplingError as e:
+        raise SgdeError(str(e), grpc.StatusCode.INVALID_ARGUMENT, [(e.field, e.description)]) from None
+    if tmp is not None:
+        os.replace(tmp, out)
+    metadata = spb.SampleMetadata(artifact_sha256=sha, format=FORMAT_VALUES[fmt], num_samples=total,
+                                  data_schema=sampler.schema, privacy=generator.manifest.privacy,
+                                  class_counts=label_counts(labels, generator.space.num_classes))
+    return Samples(metadata, digest, fmt, data, Path(out) if out is not None else None)
 
 
 def job_name(ref: str) -> str:

@@ -9,7 +9,6 @@ import pytest
 from click.testing import CliRunner
 
 from libsgde.cli import main
-from libsgde.demo import run_demo
 from tests.support.services import PASSWORD, make_artifact
 
 
@@ -50,10 +49,3 @@ def test_account_and_model_commands(sgde, tmp_path):
     sgde("models", "delete", "cli-model", "--yes")
     sgde("logout")
     assert "not logged in" in sgde("whoami", ok=False)
-
-
-def test_demo_writes_its_report(tmp_path):
-    summary = run_demo(tmp_path / "demo", log=lambda _: None)
-    assert (tmp_path / "demo" / "summary.md").exists()
-    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["sha256"] == summary["sha256"]
-    assert any("cannot see it" in s for s in summary["steps"])

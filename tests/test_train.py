@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 
+from libsgde.demo import breast_cancer_schema
 from libsgde.encoding import EncodedData, encoder_for
 from libsgde.models import load_generator
 from libsgde.privacy import accounting
@@ -18,19 +19,12 @@ TINY_IMAGE = {"cvae": {**TINY["cvae"], "network": "mlp"}, "dp-merf": TINY["dp-me
 
 @pytest.fixture(scope="module")
 def cancer():
+    """breast_cancer with the demo's public, data-free bounds (domain limits, not the data's maxima)."""
     d = load_breast_cancer(as_frame=True)
-    columns = [pb.Column(name=c, type=pb.COLUMN_TYPE_CONTINUOUS, lower=0.0, upper=upper)
-               for c, upper in zip(d.feature_names, PUBLIC_UPPER)]
-    columns.append(pb.Column(name="diagnosis", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["malignant", "benign"]))
-    schema = pb.DataSchema(tabular=pb.TabularSchema(columns=columns, label_column="diagnosis"))
+    schema = breast_cancer_schema(list(d.feature_names))
     values = {c: d.frame[c].tolist() for c in d.feature_names}
     values["diagnosis"] = [d.target_names[t] for t in d.target]
     return schema, encoder_for(schema).encode(values)
-
-
-# Public, data-free upper bounds (round physiological limits well above any measurement), not the data's maxima.
-PUBLIC_UPPER = [40, 50, 250, 3000, 0.25, 0.5, 0.5, 0.25, 0.4, 0.1, 3, 5, 25, 600, 0.05, 0.15, 0.4, 0.06, 0.08, 0.03,
-                50, 60, 300, 5000, 0.25, 1.2, 1.3, 0.3, 0.7, 0.25]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +63,8 @@ def test_each_architecture_learns_and_samples_inside_the_schema(arch, dataset, r
     values, labels = generator.sample(200, seed=5)
     if dataset == "cancer":
         columns = data[0].tabular.columns
-        for col, upper in zip(columns[:-1], PUBLIC_UPPER):
-            assert values[col.name].min() >= 0 and values[col.name].max() <= upper
+        for col in columns[:-1]:
+            assert values[col.name].min() >= col.lower and values[col.name].max() <= col.upper
         assert set(values["diagnosis"]) <= {"malignant", "benign"}
     else:
         assert values.shape == (200, 8, 8, 1) and values.max() <= 16

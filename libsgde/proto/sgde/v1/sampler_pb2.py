@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from libsgde.proto.sgde.v1 import common_pb2 as sgde_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sgde/v1/sampler.proto\x12\x07sgde.v1\x1a\x14sgde/v1/common.proto\"\xf2\x01\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12=\n\x0c\x63lass_counts\x18\x04 \x03(\x0b\x32\'.sgde.v1.SampleRequest.ClassCountsEntry\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x15\n\rchunk_samples\x18\x06 \x01(\x05\x1a\x32\n\x10\x43lassCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xc9\x01\n\x0eSampleMetadata\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12%\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\'\n\x07privacy\x18\x06 \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\"\x7f\n\x0eSampleResponse\x12+\n\x08metadata\x18\x01 \x01(\x0b\x32\x17.sgde.v1.SampleMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0csamples_done\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\tB\t\n\x07payload*v\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x02\x12\x19\n\x15OUTPUT_FORMAT_PARQUET\x10\x03\x32M\n\x0eSamplerService\x12;\n\x06Sample\x12\x16.sgde.v1.SampleRequest\x1a\x17.sgde.v1.SampleResponse0\x01\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sgde/v1/sampler.proto\x12\x07sgde.v1\x1a\x14sgde/v1/common.proto\"\xf2\x01\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12=\n\x0c\x63lass_counts\x18\x04 \x03(\x0b\x32\'.sgde.v1.SampleRequest.ClassCountsEntry\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x15\n\rchunk_samples\x18\x06 \x01(\x05\x1a\x32\n\x10\x43lassCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xdf\x01\n\x0eSampleMetadata\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12%\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\'\n\x07privacy\x18\x06 \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\x12\x14\n\x0c\x63lass_counts\x18\x07 \x03(\x03\"\x7f\n\x0eSampleResponse\x12+\n\x08metadata\x18\x01 \x01(\x0b\x32\x17.sgde.v1.SampleMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0csamples_done\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\tB\t\n\x07payload*v\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x02\x12\x19\n\x15OUTPUT_FORMAT_PARQUET\x10\x03\x32M\n\x0eSamplerService\x12;\n\x06Sample\x12\x16.sgde.v1.SampleRequest\x1a\x17.sgde.v1.SampleResponse0\x01\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z\027sgde.dev/sgde/v1;sgdev1'
   _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._loaded_options = None
   _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTPUTFORMAT']._serialized_start=634
-  _globals['_OUTPUTFORMAT']._serialized_end=752
+  _globals['_OUTPUTFORMAT']._serialized_start=656
+  _globals['_OUTPUTFORMAT']._serialized_end=774
   _globals['_SAMPLEREQUEST']._serialized_start=57
   _globals['_SAMPLEREQUEST']._serialized_end=299
   _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_start=249
   _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_end=299
   _globals['_SAMPLEMETADATA']._serialized_start=302
-  _globals['_SAMPLEMETADATA']._serialized_end=503
-  _globals['_SAMPLERESPONSE']._serialized_start=505
-  _globals['_SAMPLERESPONSE']._serialized_end=632
-  _globals['_SAMPLERSERVICE']._serialized_start=754
-  _globals['_SAMPLERSERVICE']._serialized_end=831
+  _globals['_SAMPLEMETADATA']._serialized_end=525
+  _globals['_SAMPLERESPONSE']._serialized_start=527
+  _globals['_SAMPLERESPONSE']._serialized_end=654
+  _globals['_SAMPLERSERVICE']._serialized_start=776
+  _globals['_SAMPLERSERVICE']._serialized_end=853
 # @@protoc_insertion_point(module_scope)

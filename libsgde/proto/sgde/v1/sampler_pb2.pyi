@@ -3,7 +3,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -43,20 +43,22 @@ class SampleRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., class_counts: _Optional[_Mapping[str, int]] = ..., format: _Optional[_Union[OutputFormat, str]] = ..., chunk_samples: _Optional[int] = ...) -> None: ...
 
 class SampleMetadata(_message.Message):
-    __slots__ = ("version", "artifact_sha256", "format", "num_samples", "data_schema", "privacy")
+    __slots__ = ("version", "artifact_sha256", "format", "num_samples", "data_schema", "privacy", "class_counts")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DATA_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
     version: str
     artifact_sha256: str
     format: OutputFormat
     num_samples: int
     data_schema: _common_pb2.DataSchema
     privacy: _common_pb2.PrivacyReport
-    def __init__(self, version: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., format: _Optional[_Union[OutputFormat, str]] = ..., num_samples: _Optional[int] = ..., data_schema: _Optional[_Union[_common_pb2.DataSchema, _Mapping]] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyReport, _Mapping]] = ...) -> None: ...
+    class_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, version: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., format: _Optional[_Union[OutputFormat, str]] = ..., num_samples: _Optional[int] = ..., data_schema: _Optional[_Union[_common_pb2.DataSchema, _Mapping]] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyReport, _Mapping]] = ..., class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SampleResponse(_message.Message):
     __slots__ = ("metadata", "chunk", "samples_done", "sha256")

@@ -47,8 +47,11 @@ class SamplerServiceServicer:
     """
 
     def Sample(self, request, context):
-        """Server-streaming: the first message carries metadata, then data chunks; the last one carries the sha256.
-        The bytes are reproducible for the same model version, request and seed.
+        """Server-streaming: the first message carries metadata, then data chunks (at most 1 MiB each) whose bytes,
+        concatenated, are one file of the requested format; the last message carries no chunk, only the sha256 of all
+        chunk bytes. The bytes are reproducible for the same model version, request (chunk_samples included) and seed,
+        however many requests the sampler serves at once. Cancelling the call, or its deadline passing, stops the
+        generation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,3 @@
+from services.sampler.server import main
+
+main()

@@ -1,0 +1,162 @@
+"""The sampler's caches: artifacts on disk, keyed by sha256, and compiled generators in memory (an LRU).
+
+An artifact is downloaded once, with the CALLER's forwarded token (so the registry decides who may have it), through
+the SDK's `Client.pull`, which verifies the sha256 and the owner's signature before the file appears in the cache.
+A file already in the cache is verified again (`Client.verify`: its sha256 re-hashed, the signature checked with the
+owner's registered key) before it is loaded; one whose bytes no longer match is deleted and downloaded again, so a
+tampered cache never serves. Artifacts load only through the strict reader with the architecture check
+(`load_generator`).
+
+A generator compiled in memory came from verified bytes; it serves a version once that version's (sha256, owner,
+signature) was checked, without reading the disk again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import grpc
+from prometheus_client import Counter
+
+from libsgde.artifact import ArtifactError
+from libsgde.client import Client, SgdeError, VerificationError
+from libsgde.errors import ApiError
+from libsgde.names import SHA256_RE
+from libsgde.proto.sgde.v1 import common_pb2 as pb
+
+log = logging.getLogger("sgde.sampler")
+
+CACHE_EVENTS = Counter("sgde_sampler_cache_events_total", "Artifact cache events: memory (a compiled generator "
+                       "reused), disk (a cached file verified and loaded), download, corrupt (a cached file that "
+                       "failed verification, deleted), evicted (a file removed to stay under the size limit)",
+                       ["event"])
+SUFFIX = ".safetensors"
+
+
+class ArtifactCache:
+    """Verified artifacts under `root` and up to `max_loaded` compiled generators in memory; the files are trimmed
+    (least recently used first) to `max_bytes`."""
+
+    def __init__(self, root: Path, max_loaded: int = 4, max_bytes: int = 10 << 30, pull_timeout: float = 600.0):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.max_loaded = max(1, int(max_loaded))
+        self.max_bytes = int(max_bytes)
+        self.pull_timeout = pull_timeout
+        self._loaded: OrderedDict[str, object] = OrderedDict()  # sha256 -> CompiledSampler
+        self._verified: set[tuple[str, str, bytes]] = set()  # (sha256, owner, signature) checked with the key
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def path(self, sha256: str) -> Path:
+        return self.root / f"{sha256}{SUFFIX}"
+
+    def _lock(self, sha256: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(sha256, threading.Lock())
+
+    def loaded(self) -> list[str]:
+        """The sha256 of the generators compiled in memory, least recently used first."""
+        with self._guard:
+            return list(self._loaded)
+
+    def sampler(self, version: pb.ModelVersion, client: Client):
+        """The compiled generator of `version` (resolved by the caller's GetVersion), fetching and verifying its
+        artifact with `client` (acting with the caller's token) as needed. Raises ApiError."""
+        from libsgde.models import load_generator
+        from libsgde.sampling import CompiledSampler
+
+        sha = version.sha256
+        if not SHA256_RE.match(sha):
+            raise ApiError(grpc.StatusCode.DATA_LOSS, f"the registry gave {version.name} no valid sha256")
+        owner = version.name.split("/")[1]
+        proof = (sha, owner, bytes(version.signature))
+        with self._lock(sha):
+            with self._guard:
+                sampler = self._loaded.get(sha)
+                if sampler is not None:
+                    self._loaded.move_to_end(sha)
+                if sampler is not None and proof in self._verified:
+                    CACHE_EVENTS.labels("memory").inc()
+                    return sampler
+            path = self.path(sha)
+            if path.exists() and self._verify_cached(path, version, owner, client):
+                CACHE_EVENTS.labels("disk").inc()
+            else:
+                self._download(path, version, client)
+            with self._guard:
+                if len(self._verified) >= 100_000:
+                    self._verified.clear()
+                self._verified.add(proof)
+            if sampler is None:
+                try:
+                    sampler = CompiledSampler(load_generator(path))
+                except ArtifactError as e:
+                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"{version.name} cannot be sampled: its artifact is not a generator this sampler "
+                                   f"can load ({e})") from None
+                with self._guard:
+                    self._loaded[sha] = sampler
+                    while len(self._loaded) > self.max_loaded:
+                        self._loaded.popitem(last=False)
+            try:
+                os.utime(path)  # recently used: trimmed last
+            except OSError:
+                pass
+            return sampler
+
+    def _verify_cached(self, path: Path, version: pb.ModelVersion, owner: str, client: Client) -> bool:
+        """Whether the cached file still is the version's verified artifact; a file that is not is deleted."""
+        try:
+            client.verify(path, version, owner)  # re-hashes the file; deletes it when the sha256 differs
+            return True
+        except VerificationError as e:
+            CACHE_EVENTS.labels("corrupt").inc()
+            log.warning("cached artifact failed verification: deleted, downloading it again",
+                        extra={"version": version.name, "sha256": version.sha256, "error": str(e)})
+            path.unlink(missing_ok=True)
+            with self._guard:
+                self._loaded.pop(version.sha256, None)
+            return False
+        except SgdeError as e:
+            raise _registry_error(version, e) from None
+
+    def _download(self, path: Path, version: pb.ModelVersion, client: Client) -> None:
+        try:
+            client.pull(version.name, path, timeout=self.pull_timeout)  # sha256 and signature verified first
+        except VerificationError as e:
+            raise ApiError(grpc.StatusCode.DATA_LOSS, f"the artifact of {version.name} does not verify: {e}") from None
+        except SgdeError as e:
+            raise _registry_error(version, e) from None
+        CACHE_EVENTS.labels("download").inc()
+        log.info("artifact cached", extra={"version": version.name, "sha256": version.sha256,
+                                           "bytes": version.size_bytes})
+        self._trim(keep=path)
+
+    def _trim(self, keep: Path) -> None:
+        """Deletes the least recently used files (not `keep`) while the cache is over max_bytes."""
+        files = []
+        for entry in self.root.glob(f"*{SUFFIX}"):
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, entry))
+        total = sum(size for _, size, _ in files)
+        for _, size, entry in sorted(files, key=lambda f: f[0]):
+            if total <= self.max_bytes:
+                return
+            if entry == keep:
+                continue
+            entry.unlink(missing_ok=True)
+            total -= size
+            CACHE_EVENTS.labels("evicted").inc()
+
+
+def _registry_error(version: pb.ModelVersion, e: SgdeError) -> ApiError:
+    code = e.code or grpc.StatusCode.UNAVAILABLE
+    message = str(e).removeprefix(f"{code.name}: ")
+    return ApiError(code, f"fetching {version.name} from the registry failed: {message}")

@@ -1,0 +1,123 @@
+"""Runs the sampler: `sgde serve sampler` or `python -m services.sampler`.
+
+Configuration comes from environment variables (so Kubernetes manifests need no files):
+  SGDE_SAMPLER_LISTEN             address to bind (default 127.0.0.1:50053)
+  SGDE_SAMPLER_STATE_DIR          the artifact cache (default $SGDE_HOME/sampler)
+  SGDE_SAMPLER_MAX_SAMPLES        most samples one request may ask for (default 1000000)
+  SGDE_SAMPLER_LOADED_MODELS      compiled generators kept in memory, least recently used dropped first (default 4)
+  SGDE_SAMPLER_CACHE_BYTES        disk the cached artifacts may take (default 10 GiB; least recently used removed)
+  SGDE_SAMPLER_AUTH_CACHE_SECONDS how long a token checked with the registry stays trusted (default 30)
+  SGDE_SAMPLER_METRICS_PORT       Prometheus port (0 disables)
+  SGDE_REGISTRY_ADDRESS           the registry that checks tokens and serves the artifacts (default 127.0.0.1:50051)
+  SGDE_PKI_DIR                    CA and certificates (default $SGDE_HOME/pki); the sampler presents `sampler.crt`
+                                  both as a server and to the registry
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from libsgde import config, serving
+from libsgde.proto.sgde.v1 import sampler_pb2, sampler_pb2_grpc
+from libsgde.security import tls
+from services.sampler.cache import ArtifactCache
+from services.sampler.servicer import SamplerServicer, SamplerSettings
+from services.trainer.identity import RegistryGate
+
+log = logging.getLogger("sgde.sampler")
+SERVICE_NAME = sampler_pb2.DESCRIPTOR.services_by_name["SamplerService"].full_name
+
+
+@dataclass
+class SamplerConfig:
+    listen: str
+    state_dir: Path
+    registry: str
+    pki: tls.PkiPaths
+    max_samples: int = 1_000_000
+    loaded_models: int = 4
+    cache_bytes: int = 10 << 30
+    auth_cache_seconds: float = 30.0
+    metrics_port: int = 0
+
+    @classmethod
+    def from_env(cls) -> SamplerConfig:
+        env = os.environ.get
+        return cls(
+            listen=config.listen_address("sampler"),
+            state_dir=Path(env("SGDE_SAMPLER_STATE_DIR") or config.sgde_home() / "sampler"),
+            registry=config.service_address("registry"),
+            pki=tls.PkiPaths(config.pki_dir()),
+            max_samples=int(env("SGDE_SAMPLER_MAX_SAMPLES") or 1_000_000),
+            loaded_models=int(env("SGDE_SAMPLER_LOADED_MODELS") or 4),
+            cache_bytes=int(env("SGDE_SAMPLER_CACHE_BYTES") or 10 << 30),
+            auth_cache_seconds=float(env("SGDE_SAMPLER_AUTH_CACHE_SECONDS") or 30),
+            metrics_port=config.metrics_port("sampler"),
+        )
+
+
+class SamplerHandle(serving.ServerHandle):
+    """A running sampler; `cache` is its artifact cache (for operators and tests)."""
+
+    cache: ArtifactCache | None = None
+
+
+def _watch_health(handle: serving.ServerHandle, gate: RegistryGate, stop: threading.Event,
+                  every: float = 5.0) -> None:
+    """NOT_SERVING while the registry (which checks every token and holds every artifact) is unreachable."""
+    while not stop.wait(every):
+        try:
+            gate.check()
+            ok = True
+        except Exception as e:  # any failure to reach the registry means we cannot serve
+            ok = False
+            log.warning("registry unreachable", extra={"error": str(e)})
+        handle.set_serving(ok)
+
+
+def _warm_up() -> None:
+    """Imports the sampling stack (JAX: seconds) in the background, so that the first Sample does not wait."""
+    try:
+        import libsgde.formats  # noqa: F401
+        import libsgde.models  # noqa: F401
+    except Exception:  # the first request reports any real problem
+        log.exception("could not import the sampling library")
+
+
+def start(cfg: SamplerConfig) -> SamplerHandle:
+    if cfg.max_samples <= 0:
+        raise ValueError("SGDE_SAMPLER_MAX_SAMPLES must be > 0")
+    cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache = ArtifactCache(cfg.state_dir / "artifacts", cfg.loaded_models, cfg.cache_bytes)
+    gate = RegistryGate(cfg.registry, tls.channel_credentials(cfg.pki, "sampler"), cfg.auth_cache_seconds)
+    servicer = SamplerServicer(gate, cache, SamplerSettings(max_samples=cfg.max_samples))
+
+    def add(server) -> list[str]:
+        sampler_pb2_grpc.add_SamplerServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    base = serving.start_server(service="sampler", address=cfg.listen,
+                                credentials=tls.server_credentials(cfg.pki, "sampler"), add_servicers=add,
+                                metrics_port=cfg.metrics_port)
+    handle = SamplerHandle(base.server, base.port, base.health, base.service_names, base.on_stop)
+    handle.cache = cache
+    threading.Thread(target=_warm_up, daemon=True, name="sampler-warm-up").start()
+    stop = threading.Event()
+    threading.Thread(target=_watch_health, args=(handle, gate, stop), daemon=True, name="sampler-health").start()
+    handle.on_stop.extend([stop.set, gate.close])
+    log.info("sampler ready", extra={"state_dir": str(cfg.state_dir), "registry": cfg.registry,
+                                     "max_samples": cfg.max_samples, "loaded_models": cfg.loaded_models})
+    return handle
+
+
+def main() -> None:
+    serving.setup_logging(os.environ.get("SGDE_LOG_LEVEL", "INFO"))
+    handle = start(SamplerConfig.from_env())
+    serving.run_until_signalled([handle])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""SamplerService: validates requests, resolves the version with the CALLER's token (a refusal by the registry is the
+answer here), and streams what libsgde.sampling and libsgde.formats make. No modelling logic lives here.
+
+The stream: metadata, then chunks of at most 1 MiB, then a last message with the sha256 of all chunk bytes. Between
+chunks the servicer asks whether the call is still active: a cancelled call, or one past its deadline, generates
+nothing more.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from libsgde import errors
+from libsgde.client import SgdeError
+from libsgde.errors import ApiError
+from libsgde.names import MODEL_ID_RE, USERNAME_RE
+from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.proto.sgde.v1 import sampler_pb2 as spb
+from libsgde.proto.sgde.v1 import sampler_pb2_grpc
+from libsgde.storage import CHUNK_SIZE
+from services.sampler.cache import ArtifactCache
+from services.trainer.identity import RegistryGate
+
+log = logging.getLogger("sgde.sampler")
+
+MODEL_RE = re.compile(r"^models/([^/]+)/([^/]+)(?:/versions/([^/]+))?$")
+KIND_NAMES = {pb.DATA_KIND_TABULAR: "tabular", pb.DATA_KIND_IMAGE: "image"}
+
+SAMPLES = Counter("sgde_sampler_samples_total", "Samples generated")
+BYTES = Counter("sgde_sampler_bytes_total", "Bytes of sampled output streamed")
+REQUESTS = Counter("sgde_sampler_requests_total", "Sample calls that streamed, by how they ended: done, cancelled "
+                   "(by the client), deadline (ended within a second of it), or error", ["outcome"])
+ACTIVE = Gauge("sgde_sampler_active_streams", "Sample streams in progress")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    max_samples: int = 1_000_000
+
+
+def _parse_model(name: str) -> str:
+    """The version name to resolve: ".../versions/N" as given, a model name as its latest version."""
+    m = MODEL_RE.match(name)
+    if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]) or (
+            m[3] is not None and m[3] != "latest" and not re.fullmatch(r"[1-9][0-9]{0,9}", m[3])):
+        raise errors.invalid("model", "expected models/{owner}/{model} (its latest version) or "
+                                      f"models/{{owner}}/{{model}}/versions/{{n}}, got {name[:200]!r}")
+    return name if m[3] is not None else f"{name}/versions/latest"
+
+
+def _manifest_schema(version: pb.ModelVersion) -> pb.DataSchema | None:
+    """The data schema the registry's copy of the manifest declares (for checks before any download)."""
+    from libsgde.schema import SchemaError, schema_from_dict
+    try:
+        return schema_from_dict(json.loads(version.manifest_json)["data_schema"])
+    except (ValueError, KeyError, TypeError, SchemaError):
+        return None
+
+
+def _why_stopped(context) -> str:
+    """"deadline" for a call that ended at (or within a second of) its deadline: the client's deadline fires a little
+    before the server's copy of it, and reaches the server as a cancellation; else "cancelled"."""
+    remaining = context.time_remaining()
+    return "deadline" if remaining is not None and remaining < 1.0 else "cancelled"
+
+
+class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
+    def __init__(self, gate: RegistryGate, cache: ArtifactCache, settings: SamplerSettings = SamplerSettings()):
+        self.gate, self.cache, self.settings = gate, cache, settings
+
+    def _check_request(self, request: spb.SampleRequest, schema: pb.DataSchema | None, kind: str | None
+                       ) -> list[tuple[str, str]]:
+        """Field violations of the request (those the schema and data kind decide, when known)."""
+        from libsgde import formats, sampling
+        violations: list[tuple[str, str]] = []
+        limit = self.settings.max_samples
+        if request.class_counts:
+            total = sum(request.class_counts.values())
+            if schema is not None:
+                try:
+                    sampling.check_class_counts(schema, dict(request.class_counts))
+                except sampling.SamplingError as e:
+                    violations.append((e.field, e.description))
+            if total > limit:
+                violations.append(("class_counts", f"asks for {total} samples in all, over this sampler's limit of "
+                                                   f"{limit}; ask in several requests (other seeds)"))
+        elif request.num_samples <= 0:
+            violations.append(("num_samples", "must be > 0 (or give class_counts)"))
+        elif request.num_samples > limit:
+            violations.append(("num_samples", f"{request.num_samples} is over this sampler's limit of {limit}; "
+                                              "ask in several requests (other seeds)"))
+        try:
+            sampling.check_chunk_samples(request.chunk_samples)
+        except sampling.SamplingError as e:
+            violations.append((e.field, e.description))
+        try:
+            formats.check_format(request.format, kind) if kind else formats.format_name(request.format)
+        except formats.FormatUnavailable:
+            pass  # FAILED_PRECONDITION, raised once the request is otherwise valid
+        except sampling.SamplingError as e:
+            violations.append((e.field, e.description))
+        return violations
+
+    def Sample(self, request: spb.SampleRequest, context) -> Iterator[spb.SampleResponse]:
+        from libsgde import formats, sampling
+
+        user, token = self.gate.caller(context)
+        name = _parse_model(request.model)
+        violations = self._check_request(request, None, None)
+        if violations:
+            raise errors.invalid_many(violations)
+        client = self.gate.client_for(token, user)
+        try:
+            version = client.get_version(name)
+        except SgdeError as e:  # NOT_FOUND, PERMISSION_DENIED...: the registry's answer is ours
+            code = e.code or grpc.StatusCode.UNAVAILABLE
+            raise ApiError(code, str(e).removeprefix(f"{code.name}: "), e.violations) from None
+        kind = KIND_NAMES.get(version.data_kind)
+        violations = self._check_request(request, _manifest_schema(version), kind)
+        if violations:
+            raise errors.invalid_many(violations)
+        try:
+            fmt = formats.check_format(request.format, kind or "tabular")
+        except formats.FormatUnavailable as e:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(e), [(e.field, e.description)]) from None
+
+        sampler = self.cache.sampler(version, client)
+        generator = sampler.generator
+        schema = generator.manifest.data_schema
+        try:
+            formats.check_format(fmt, schema)
+            labels = sampling.plan_labels(generator, request.num_samples, dict(request.class_counts), request.seed)
+        except formats.FormatUnavailable as e:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(e), [(e.field, e.description)]) from None
+        except sampling.SamplingError as e:
+            raise errors.invalid(e.field, e.description) from None
+        total = len(labels) if labels is not None else int(request.num_samples)
+        yield spb.SampleResponse(metadata=spb.SampleMetadata(
+            version=version.name, artifact_sha256=version.sha256, format=formats.FORMATS[fmt], num_samples=total,
+            data_schema=schema, privacy=version.privacy,
+            class_counts=sampling.label_counts(labels, generator.space.num_classes)))
+
+        started = time.perf_counter()
+        digest, sent, done = hashlib.sha256(), 0, 0
+        ACTIVE.inc()
+        outcome = "error"
+        try:
+            pieces = formats.encode_stream(sampler, labels if labels is not None else total, request.seed, fmt,
+                                           request.chunk_samples, should_stop=lambda: not context.is_active())
+            for data, now in pieces:
+                SAMPLES.inc(now - done)
+                done = now
+                for offset in range(0, len(data), CHUNK_SIZE):
+                    piece = data[offset:offset + CHUNK_SIZE]
+                    digest.update(piece)
+                    sent += len(piece)
+                    BYTES.inc(len(piece))
+                    yield spb.SampleResponse(chunk=piece, samples_done=done)
+            if done < total or not context.is_active():
+                outcome = _why_stopped(context)
+                log.info("sample stopped", extra={"version": version.name, "user": user, "reason": outcome,
+                                                  "samples_done": done, "num_samples": total})
+                return
+            yield spb.SampleResponse(samples_done=done, sha256=digest.hexdigest())
+            outcome = "done"
+            log.info("sampled", extra={"version": version.name, "user": user, "samples": total, "bytes": sent,
+                                       "format": fmt, "seconds": round(time.perf_counter() - started, 3)})
+        except GeneratorExit:  # the call ended while a chunk was on its way
+            outcome = _why_stopped(context)
+            log.info("sample stopped", extra={"version": version.name, "user": user, "reason": outcome,
+                                              "samples_done": done, "num_samples": total})
+            raise
+        finally:
+            ACTIVE.dec()
+            REQUESTS.labels(outcome).inc()
