@@ -1,0 +1,33 @@
+"""SGDE's Python SDK and library.
+
+The public API a user scripts against::
+
+    from libsgde import Client, TrainSpec, sample_local, load_generator
+
+    with Client() as sgde:                      # certificates and token under $SGDE_HOME
+        job = sgde.create_job(TrainSpec("dp-merf", target_epsilon=1.0), schema, dataset, "models/me/digits")
+        for event in sgde.watch_job(job.name): ...
+        sgde.publish_job(job.name)
+        samples = sgde.sample("me/digits", 1000, seed=7)     # .values, .labels, .to_dataframe()
+
+Names load lazily, so that importing one module of the library (the schema, the accountant) does not pull in
+gRPC, JAX and the rest.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Client": "libsgde.client", "Samples": "libsgde.client", "SgdeError": "libsgde.client",
+    "VerificationError": "libsgde.client", "sample_local": "libsgde.client",
+    "TrainSpec": "libsgde.train", "train": "libsgde.train", "SpecError": "libsgde.train",
+    "load_generator": "libsgde.models", "load_dataset": "libsgde.datasets", "infer_schema": "libsgde.datasets",
+    "schema_from_dict": "libsgde.schema", "schema_to_dict": "libsgde.schema",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'libsgde' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
