@@ -10,7 +10,7 @@ import numpy as np
 
 from libsgde.artifact import ArtifactError, ArtifactHeader, Manifest, TensorInfo, load_artifact
 from libsgde.encoding import ModelSpace, encoder_for, model_space
-from libsgde.models.base import Architecture, ConfigError, flatten, unflatten
+from libsgde.models.base import Architecture, ConfigError, unflatten
 from libsgde.models.cvae import CVAE
 from libsgde.models.dpmerf import DPMERF
 

@@ -2,19 +2,17 @@
 only); and small generator artifacts made without training."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from libsgde.proto.sgde.v1 import common_pb2 as pb
 from libsgde.security import tls
 from services.sampler.server import SamplerConfig, SamplerHandle, start
-from tests.support.services import REPO, free_port, wait_healthy
+from tests.support.services import ServiceProcess, free_port
 
 
 def start_sampler(root: Path, pki: tls.PkiPaths, registry: str, **overrides) -> tuple[SamplerConfig, SamplerHandle]:
@@ -49,9 +47,8 @@ def make_generator_artifact(path: Path, schema: pb.DataSchema, config: dict | No
 
 
 @dataclass
-class SamplerProcess:
-    """`python -m services.sampler` configured only through environment variables."""
-
+class SamplerProcess(ServiceProcess):
+    service: ClassVar[str] = "sampler"
     home: Path
     pki: tls.PkiPaths
     registry: str
@@ -60,22 +57,5 @@ class SamplerProcess:
     port: int = 0
     proc: subprocess.Popen | None = None
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.port = self.port or free_port()
-        env = {**os.environ, **self.extra_env, "SGDE_HOME": str(self.home), "SGDE_PKI_DIR": str(self.pki.root),
-               "SGDE_SAMPLER_LISTEN": self.address, "SGDE_SAMPLER_STATE_DIR": str(self.state_dir),
-               "SGDE_REGISTRY_ADDRESS": self.registry, "SGDE_SAMPLER_METRICS_PORT": "0",
-               "PYTHONPATH": str(REPO)}
-        log = open(self.home / f"sampler-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.sampler"], env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=REPO)
-        wait_healthy(self.address, self.pki, timeout=60)
-
-    def stop(self) -> int:
-        assert self.proc
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+    def service_env(self) -> dict[str, str]:
+        return {"SGDE_SAMPLER_STATE_DIR": str(self.state_dir), "SGDE_REGISTRY_ADDRESS": self.registry}

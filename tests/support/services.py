@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 import numpy as np
@@ -46,30 +47,34 @@ def wait_healthy(address: str, pki: tls.PkiPaths, timeout: float = 30.0) -> None
     raise TimeoutError(f"{address} did not become healthy: {last}")
 
 
-@dataclass
-class RegistryProcess:
-    """`python -m services.registry` configured only through environment variables."""
+class ServiceProcess:
+    """`python -m services.<service>` configured only through environment variables, as a container runs it.
+    Subclasses are dataclasses with `home`, `pki`, `extra_env`, `port` and `proc`, and name their own settings."""
 
+    service: ClassVar[str]
     home: Path
     pki: tls.PkiPaths
-    blob_url: str
     extra_env: dict[str, str]
-    port: int = 0
-    proc: subprocess.Popen | None = None
+    port: int
+    proc: subprocess.Popen | None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def service_env(self) -> dict[str, str]:
+        return {}
+
+    def start(self, timeout: float = 60) -> None:
         self.port = self.port or free_port()
+        prefix = f"SGDE_{self.service.upper()}"
         env = {**os.environ, **self.extra_env, "SGDE_HOME": str(self.home), "SGDE_PKI_DIR": str(self.pki.root),
-               "SGDE_REGISTRY_LISTEN": self.address, "SGDE_REGISTRY_BLOB_URL": self.blob_url,
-               "SGDE_REGISTRY_METRICS_PORT": "0", "PYTHONPATH": str(REPO)}
-        log = open(self.home / f"registry-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.registry"], env=env, stdout=log,
+               f"{prefix}_LISTEN": self.address, f"{prefix}_METRICS_PORT": "0", "PYTHONPATH": str(REPO),
+               **self.service_env()}
+        log = open(self.home / f"{self.service}-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.service}"], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, cwd=REPO)
-        wait_healthy(self.address, self.pki)
+        wait_healthy(self.address, self.pki, timeout=timeout)
 
     def kill(self) -> None:
         assert self.proc
@@ -80,6 +85,20 @@ class RegistryProcess:
         assert self.proc
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
+
+
+@dataclass
+class RegistryProcess(ServiceProcess):
+    service: ClassVar[str] = "registry"
+    home: Path
+    pki: tls.PkiPaths
+    blob_url: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    def service_env(self) -> dict[str, str]:
+        return {"SGDE_REGISTRY_BLOB_URL": self.blob_url}
 
 
 def user_client(registry_address: str, pki: tls.PkiPaths, home_root: Path, name: str | None = None) -> Client:

@@ -1,14 +1,12 @@
 """Real trainers for tests: in-process (fast, shares the test's JAX) or as a subprocess (for SIGKILL / restart)."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -16,7 +14,7 @@ from libsgde.client import Client
 from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.security import tls
 from services.trainer.server import TrainerConfig, TrainerHandle, start
-from tests.support.services import REPO, free_port, wait_healthy
+from tests.support.services import ServiceProcess, free_port
 
 # Settings small enough that a job trains in seconds on two cores.
 TINY_CVAE = {"hidden": [8], "latent_dim": 2}
@@ -62,9 +60,8 @@ def wait_state(client: Client, job: str, states: set[int], timeout: float = 60.0
 
 
 @dataclass
-class TrainerProcess:
-    """`python -m services.trainer` configured only through environment variables."""
-
+class TrainerProcess(ServiceProcess):
+    service: ClassVar[str] = "trainer"
     home: Path
     pki: tls.PkiPaths
     registry: str
@@ -73,27 +70,5 @@ class TrainerProcess:
     port: int = 0
     proc: subprocess.Popen | None = None
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.port = self.port or free_port()
-        env = {**os.environ, **self.extra_env, "SGDE_HOME": str(self.home), "SGDE_PKI_DIR": str(self.pki.root),
-               "SGDE_TRAINER_LISTEN": self.address, "SGDE_TRAINER_STATE_DIR": str(self.state_dir),
-               "SGDE_REGISTRY_ADDRESS": self.registry, "SGDE_TRAINER_METRICS_PORT": "0",
-               "PYTHONPATH": str(REPO)}
-        log = open(self.home / f"trainer-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.trainer"], env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=REPO)
-        wait_healthy(self.address, self.pki, timeout=60)
-
-    def kill(self) -> None:
-        assert self.proc
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+    def service_env(self) -> dict[str, str]:
+        return {"SGDE_TRAINER_STATE_DIR": str(self.state_dir), "SGDE_REGISTRY_ADDRESS": self.registry}
