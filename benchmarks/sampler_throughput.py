@@ -108,7 +108,8 @@ def main() -> int:
             cold = timed(lambda: clients[0].sample(ref, 1, timeout=600))  # download, verify, load, compile
             warm = statistics.median(timed(lambda: clients[0].sample(ref, 1, seed=s)) for s in range(5))
             local_cold = timed(lambda: sample_local(path, 1))
-            clients[0].sample(ref, rows, timeout=600)  # compile the buckets this size uses
+            for size in (rows, rows // CLIENTS):  # compile the buckets these request sizes use
+                clients[0].sample(ref, size, timeout=600)
             sample_local(path, rows)
             print(f"{kind}: throughput ...", file=sys.stderr)
             local = median_rate(rows, lambda: sample_local(path, rows), args.repeats)
