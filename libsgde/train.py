@@ -195,7 +195,8 @@ class _Run:
     def report(self, step: int, total: int, epoch: int, loss: float, epsilon: float, examples: float,
                message: str = "", force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last_report < PROGRESS_EVERY_S:
+        first_step = step == self.start_step + 1  # always shown: the first loss, and a first rate
+        if not (force or first_step) and now - self.last_report < PROGRESS_EVERY_S:
             return
         self.last_report = now
         done = max(step - self.start_step, 0)
