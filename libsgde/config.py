@@ -32,3 +32,16 @@ def metrics_port(service: str) -> int:
     """Prometheus port: $SGDE_<SERVICE>_METRICS_PORT; 0 disables the metrics endpoint."""
     env = os.environ.get(f"SGDE_{service.upper()}_METRICS_PORT")
     return int(env) if env is not None else DEFAULT_METRICS_PORTS[service]
+
+
+def health_port(service: str) -> int:
+    """Plaintext health-only port for the kubelet's probes: $SGDE_<SERVICE>_HEALTH_PORT; 0 (the default) opens none."""
+    return int(os.environ.get(f"SGDE_{service.upper()}_HEALTH_PORT") or 0)
+
+
+def health_check_seconds(service: str) -> float:
+    """How often a service checks its dependencies for its health status: $SGDE_<SERVICE>_HEALTH_CHECK_SECONDS."""
+    seconds = float(os.environ.get(f"SGDE_{service.upper()}_HEALTH_CHECK_SECONDS") or 5.0)
+    if seconds <= 0:
+        raise ValueError(f"SGDE_{service.upper()}_HEALTH_CHECK_SECONDS must be > 0")
+    return seconds

@@ -1,5 +1,12 @@
 """What every SGDE server shares: mutual TLS, health, reflection, message limits, structured logs, Prometheus
-metrics, ApiError -> rich status, and a graceful stop on SIGTERM."""
+metrics, ApiError -> rich status, and a graceful stop on SIGTERM.
+
+Health has two faces. The API port (mutual TLS) serves `grpc.health.v1` beside the API, for clients and balancers.
+Kubernetes' gRPC probes cannot speak TLS, so a server may also open a plaintext health port that serves the same
+health servicer and nothing else (no API, no reflection). Its overall status ("") and the API's names say whether
+the server can serve (its dependencies are checked every few seconds: readiness); the `liveness` name says only that
+the process answers, so that a dead dependency takes pods out of the Service without restarting them all.
+"""
 from __future__ import annotations
 
 import json
@@ -121,6 +128,12 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
         return call
 
 
+# The health service name a liveness probe asks for: SERVING from start to stop, whatever the dependencies say.
+LIVENESS = "liveness"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
 @dataclass
 class ServerHandle:
     """A running server: stop it, wait for it, or flip its health status."""
@@ -131,15 +144,20 @@ class ServerHandle:
     service_names: list[str]
     # Called when the server stops (background watchers end here).
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    # The plaintext health-only port, 0 when there is none.
+    health_port: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = _SERVING if serving and not self.stopping.is_set() else _NOT_SERVING
         for name in ["", *self.service_names]:
             self.health.set(name, status)
 
     def stop(self, grace: float = 10.0) -> None:
+        self.stopping.set()  # from here on no dependency check may report SERVING again
         self.set_serving(False)
         self.server.stop(grace).wait()
+        self.health.set(LIVENESS, _NOT_SERVING)
         for callback in self.on_stop:
             callback()
 
@@ -147,13 +165,64 @@ class ServerHandle:
         self.server.wait_for_termination()
 
 
+def _host(address: str) -> str:
+    """The host part of HOST:PORT ("0.0.0.0", "127.0.0.1", "[::]")."""
+    return address.rsplit(":", 1)[0]
+
+
+def _start_health_server(servicer: health.HealthServicer, address: str) -> tuple[grpc.Server, int]:
+    """A plaintext server for the kubelet's probes that registers only `servicer`: the API is not there."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
+                         options=[("grpc.max_receive_message_length", 4096), ("grpc.so_reuseport", 0)],
+                         maximum_concurrent_rpcs=16)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address} for health probes: is another server using it?")
+    server.start()
+    return server, port
+
+
+def watch_health(handle: ServerHandle, check: Callable[[], object], every: float, service: str) -> None:
+    """Sets the status from `check()` (raises when a dependency is unreachable) now, then every `every` seconds
+    in a thread until the server stops. Logs only the changes."""
+    stop = threading.Event()
+    state = {"ok": None}
+
+    def probe() -> None:
+        try:
+            check()
+            ok, error = True, None
+        except Exception as e:  # any failure to reach a dependency means we cannot serve
+            ok, error = False, str(e)
+        if ok != state["ok"]:
+            if ok:
+                log.info("dependencies reachable", extra={"service": service})
+            else:
+                log.warning("dependency unreachable", extra={"service": service, "error": error})
+        state["ok"] = ok
+        handle.set_serving(ok)
+
+    def loop() -> None:
+        while not stop.wait(every):
+            probe()
+
+    probe()
+    threading.Thread(target=loop, daemon=True, name=f"{service}-health").start()
+    handle.on_stop.append(stop.set)
+
+
 def start_server(*, service: str, address: str, credentials: grpc.ServerCredentials,
-                 add_servicers: Callable[[grpc.Server], list[str]], metrics_port: int = 0,
-                 max_workers: int = 64) -> ServerHandle:
+                 add_servicers: Callable[[grpc.Server], list[str]], metrics_port: int = 0, health_port: int = 0,
+                 health_check: Callable[[], object] | None = None, health_every: float = 5.0,
+                 handle_type: type[ServerHandle] = ServerHandle, max_workers: int = 64) -> ServerHandle:
     """Starts a gRPC server on `address` that only speaks mutual TLS.
 
     `add_servicers(server)` registers the service implementations and returns their full names (for health
-    and reflection).
+    and reflection). `health_port` opens the plaintext health-only port on the same host (0: none).
+    `health_check()` raises while a dependency is unreachable: the status is NOT_SERVING until its first success,
+    and follows it every `health_every` seconds; without it the server is SERVING once started.
+    `handle_type` is the ServerHandle subclass to return.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
@@ -171,12 +240,27 @@ def start_server(*, service: str, address: str, credentials: grpc.ServerCredenti
     port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}: is another server using it?")
+    handle = handle_type(server, port, health_servicer, names)
+    # The servicer answers SERVING for "" until told otherwise: say NOT_SERVING before any port opens.
+    handle.set_serving(False)
+    health_servicer.set(LIVENESS, _SERVING)
     server.start()
+    if health_port:
+        try:
+            probe_server, handle.health_port = _start_health_server(health_servicer,
+                                                                    f"{_host(address)}:{health_port}")
+        except BaseException:
+            server.stop(0)
+            raise
+        handle.on_stop.append(lambda: probe_server.stop(0))
     if metrics_port:
         start_http_server(metrics_port, addr="127.0.0.1" if address.startswith("127.") else "0.0.0.0")
-    handle = ServerHandle(server, port, health_servicer, names)
-    handle.set_serving(True)
-    log.info("serving", extra={"service": service, "address": address, "port": port, "metrics_port": metrics_port})
+    if health_check is None:
+        handle.set_serving(True)
+    else:
+        watch_health(handle, health_check, health_every, service)
+    log.info("serving", extra={"service": service, "address": address, "port": port, "metrics_port": metrics_port,
+                               "health_port": handle.health_port})
     return handle
 
 

@@ -7,20 +7,21 @@ Configuration comes from arguments or environment variables (so Kubernetes manif
   SGDE_REGISTRY_TOKEN_KEY     PEM file of the Ed25519 key that signs login tokens (made if missing)
   SGDE_REGISTRY_MAX_VERSION_BYTES  largest artifact accepted (default 512 MiB)
   SGDE_REGISTRY_METRICS_PORT  Prometheus port (0 disables)
+  SGDE_REGISTRY_HEALTH_PORT   plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
+  SGDE_REGISTRY_HEALTH_CHECK_SECONDS  how often the database and the blob store are checked (default 5)
   SGDE_PKI_DIR                CA and certificates (default $SGDE_HOME/pki)
 """
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from libsgde import config, serving
 from libsgde.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
 from libsgde.security import auth, tls
-from libsgde.storage import StorageError, open_blob_store
+from libsgde.storage import open_blob_store
 from services.registry.catalogue import Catalogue
 from services.registry.servicer import RegistrySettings, RegistryServicer
 
@@ -37,6 +38,8 @@ class RegistryConfig:
     pki: tls.PkiPaths
     metrics_port: int = 0
     max_version_bytes: int = 512 << 20
+    health_port: int = 0
+    health_check_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> RegistryConfig:
@@ -50,21 +53,15 @@ class RegistryConfig:
             pki=tls.PkiPaths(config.pki_dir()),
             metrics_port=config.metrics_port("registry"),
             max_version_bytes=int(env("SGDE_REGISTRY_MAX_VERSION_BYTES") or 512 << 20),
+            health_port=config.health_port("registry"),
+            health_check_seconds=config.health_check_seconds("registry"),
         )
 
 
-def _watch_health(handle: serving.ServerHandle, catalogue: Catalogue, store, stop: threading.Event,
-                  every: float = 5.0) -> None:
-    """NOT_SERVING while the database or the blob store is unreachable, so probes and balancers see reality."""
-    while not stop.wait(every):
-        try:
-            catalogue.ping()
-            store.check()
-            ok = True
-        except Exception as e:  # any failure to reach a dependency means we cannot serve
-            ok = False
-            log.warning("dependency unreachable", extra={"error": str(e)})
-        handle.set_serving(ok)
+def _dependencies(catalogue: Catalogue, store) -> None:
+    """Raises while the database or the blob store is unreachable: the registry is NOT_SERVING then."""
+    catalogue.ping()
+    store.check()
 
 
 def start(cfg: RegistryConfig) -> serving.ServerHandle:
@@ -72,10 +69,6 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
         Path(cfg.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     catalogue = Catalogue(cfg.database_url)
     store = open_blob_store(cfg.blob_url)
-    try:
-        store.check()
-    except StorageError as e:
-        log.warning("blob store not reachable at start", extra={"error": str(e)})
     key = auth.load_or_create_token_key(cfg.token_key)
     servicer = RegistryServicer(
         catalogue, store, auth.TokenIssuer(key), auth.TokenVerifier(key.public_key()),
@@ -85,14 +78,12 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    handle = serving.start_server(service="registry", address=cfg.listen,
-                                  credentials=tls.server_credentials(cfg.pki, "registry"), add_servicers=add,
-                                  metrics_port=cfg.metrics_port)
-    stop = threading.Event()
-    threading.Thread(target=_watch_health, args=(handle, catalogue, store, stop), daemon=True,
-                     name="registry-health").start()
-    handle.on_stop.append(stop.set)
-    return handle
+    # The first status comes from a real check of the database and the store, before any port answers SERVING.
+    return serving.start_server(service="registry", address=cfg.listen,
+                                credentials=tls.server_credentials(cfg.pki, "registry"), add_servicers=add,
+                                metrics_port=cfg.metrics_port, health_port=cfg.health_port,
+                                health_check=lambda: _dependencies(catalogue, store),
+                                health_every=cfg.health_check_seconds)
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_SAMPLER_CACHE_BYTES        disk the cached artifacts may take (default 10 GiB; least recently used removed)
   SGDE_SAMPLER_AUTH_CACHE_SECONDS how long a token checked with the registry stays trusted (default 30)
   SGDE_SAMPLER_METRICS_PORT       Prometheus port (0 disables)
+  SGDE_SAMPLER_HEALTH_PORT        plaintext port serving only grpc.health.v1, for Kubernetes probes (0: none)
+  SGDE_SAMPLER_HEALTH_CHECK_SECONDS  how often the registry is checked (default 5)
   SGDE_REGISTRY_ADDRESS           the registry that checks tokens and serves the artifacts (default 127.0.0.1:50051)
   SGDE_PKI_DIR                    CA and certificates (default $SGDE_HOME/pki); the sampler presents `sampler.crt`
                                   both as a server and to the registry
@@ -42,6 +44,8 @@ class SamplerConfig:
     cache_bytes: int = 10 << 30
     auth_cache_seconds: float = 30.0
     metrics_port: int = 0
+    health_port: int = 0
+    health_check_seconds: float = 5.0
 
     @classmethod
     def from_env(cls) -> SamplerConfig:
@@ -56,6 +60,8 @@ class SamplerConfig:
             cache_bytes=int(env("SGDE_SAMPLER_CACHE_BYTES") or 10 << 30),
             auth_cache_seconds=float(env("SGDE_SAMPLER_AUTH_CACHE_SECONDS") or 30),
             metrics_port=config.metrics_port("sampler"),
+            health_port=config.health_port("sampler"),
+            health_check_seconds=config.health_check_seconds("sampler"),
         )
 
 
@@ -63,19 +69,6 @@ class SamplerHandle(serving.ServerHandle):
     """A running sampler; `cache` is its artifact cache (for operators and tests)."""
 
     cache: ArtifactCache | None = None
-
-
-def _watch_health(handle: serving.ServerHandle, gate: RegistryGate, stop: threading.Event,
-                  every: float = 5.0) -> None:
-    """NOT_SERVING while the registry (which checks every token and holds every artifact) is unreachable."""
-    while not stop.wait(every):
-        try:
-            gate.check()
-            ok = True
-        except Exception as e:  # any failure to reach the registry means we cannot serve
-            ok = False
-            log.warning("registry unreachable", extra={"error": str(e)})
-        handle.set_serving(ok)
 
 
 def _warm_up() -> None:
@@ -99,15 +92,15 @@ def start(cfg: SamplerConfig) -> SamplerHandle:
         sampler_pb2_grpc.add_SamplerServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    base = serving.start_server(service="sampler", address=cfg.listen,
-                                credentials=tls.server_credentials(cfg.pki, "sampler"), add_servicers=add,
-                                metrics_port=cfg.metrics_port)
-    handle = SamplerHandle(base.server, base.port, base.health, base.service_names, base.on_stop)
+    # NOT_SERVING while the registry (which checks every token and holds every artifact) is unreachable.
+    handle = serving.start_server(service="sampler", address=cfg.listen,
+                                  credentials=tls.server_credentials(cfg.pki, "sampler"), add_servicers=add,
+                                  metrics_port=cfg.metrics_port, health_port=cfg.health_port,
+                                  health_check=gate.check, health_every=cfg.health_check_seconds,
+                                  handle_type=SamplerHandle)
     handle.cache = cache
     threading.Thread(target=_warm_up, daemon=True, name="sampler-warm-up").start()
-    stop = threading.Event()
-    threading.Thread(target=_watch_health, args=(handle, gate, stop), daemon=True, name="sampler-health").start()
-    handle.on_stop.extend([stop.set, gate.close])
+    handle.on_stop.append(gate.close)
     log.info("sampler ready", extra={"state_dir": str(cfg.state_dir), "registry": cfg.registry,
                                      "max_samples": cfg.max_samples, "loaded_models": cfg.loaded_models})
     return handle

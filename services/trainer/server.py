@@ -13,6 +13,8 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_TRAINER_CHECKPOINT_SECONDS  how often a running job saves a checkpoint (default: the library's, 30 s)
   SGDE_TRAINER_AUTH_CACHE_SECONDS  how long a token checked with the registry stays trusted (default 30)
   SGDE_TRAINER_METRICS_PORT     Prometheus port (0 disables)
+  SGDE_TRAINER_HEALTH_PORT      plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
+  SGDE_TRAINER_HEALTH_CHECK_SECONDS  how often the jobs database and the registry are checked (default 5)
   SGDE_REGISTRY_ADDRESS         the registry that checks tokens and receives published models (default 127.0.0.1:50051)
   SGDE_PKI_DIR                  CA and certificates (default $SGDE_HOME/pki); the trainer presents `trainer.crt`
                                 both as a server and to the registry
@@ -53,6 +55,8 @@ class TrainerConfig:
     checkpoint_seconds: float | None = None
     auth_cache_seconds: float = 30.0
     metrics_port: int = 0
+    health_port: int = 0
+    health_check_seconds: float = 5.0
     settings: TrainerSettings = field(default_factory=TrainerSettings)
 
     @classmethod
@@ -73,6 +77,8 @@ class TrainerConfig:
                 "SGDE_TRAINER_CHECKPOINT_SECONDS") else None,
             auth_cache_seconds=float(env("SGDE_TRAINER_AUTH_CACHE_SECONDS") or 30),
             metrics_port=config.metrics_port("trainer"),
+            health_port=config.health_port("trainer"),
+            health_check_seconds=config.health_check_seconds("trainer"),
         )
 
 
@@ -100,18 +106,10 @@ def _tidy(state_dir: Path, store: JobStore) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _watch_health(handle: serving.ServerHandle, store: JobStore, gate: RegistryGate, stop: threading.Event,
-                  every: float = 5.0) -> None:
-    """NOT_SERVING while the jobs database or the registry (which checks every token) is unreachable."""
-    while not stop.wait(every):
-        try:
-            store.ping()
-            gate.check()
-            ok = True
-        except Exception as e:  # any failure to reach a dependency means we cannot serve
-            ok = False
-            log.warning("dependency unreachable", extra={"error": str(e)})
-        handle.set_serving(ok)
+def _dependencies(store: JobStore, gate: RegistryGate) -> None:
+    """Raises while the jobs database or the registry (which checks every token) is unreachable."""
+    store.ping()
+    gate.check()
 
 
 def _warm_up() -> None:
@@ -140,17 +138,15 @@ def start(cfg: TrainerConfig) -> TrainerHandle:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    base = serving.start_server(service="trainer", address=cfg.listen,
-                                credentials=tls.server_credentials(cfg.pki, "trainer"), add_servicers=add,
-                                metrics_port=cfg.metrics_port)
-    handle = TrainerHandle(base.server, base.port, base.health, base.service_names, base.on_stop)
+    handle = serving.start_server(service="trainer", address=cfg.listen,
+                                  credentials=tls.server_credentials(cfg.pki, "trainer"), add_servicers=add,
+                                  metrics_port=cfg.metrics_port, health_port=cfg.health_port,
+                                  health_check=lambda: _dependencies(store, gate),
+                                  health_every=cfg.health_check_seconds, handle_type=TrainerHandle)
     handle.worker = worker
     threading.Thread(target=_warm_up, daemon=True, name="trainer-warm-up").start()
     worker.start()
-    stop = threading.Event()
-    threading.Thread(target=_watch_health, args=(handle, store, gate, stop), daemon=True,
-                     name="trainer-health").start()
-    handle.on_stop.extend([stop.set, gate.close])
+    handle.on_stop.append(gate.close)
     log.info("trainer ready", extra={"state_dir": str(cfg.state_dir), "registry": cfg.registry,
                                      "data_root": str(cfg.data_root) if cfg.data_root else None,
                                      "max_jobs": cfg.max_jobs})
