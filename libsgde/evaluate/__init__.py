@@ -1,0 +1,1 @@
+"""Evaluation of a generator: utility (train on synthetic, test on real), fidelity, and privacy audits."""
