@@ -271,12 +271,20 @@ class Client:
         return self._call(self.registry.CreateModel, rpb.CreateModelRequest(model_id=model_id, model=model))
 
     def update_model(self, ref: str, **changes) -> pb.Model:
-        """Changes description, tags, visibility ('private' | 'shared' | 'public') or shared_with."""
+        """Changes description, tags, visibility ('private' | 'shared' | 'public'), shared_with or metrics (the whole
+        map; see `set_metrics`)."""
         if "visibility" in changes:
             changes["visibility"] = VISIBILITIES[changes["visibility"]]
         model = pb.Model(name=model_name(ref, self._username), **changes)
         return self._call(self.registry.UpdateModel, rpb.UpdateModelRequest(
             model=model, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes))))
+
+    def set_metrics(self, ref: str, metrics: Mapping[str, float], *, merge: bool = True) -> pb.Model:
+        """Stores evaluation results on a model (owner only): keys of 1-64 characters in a-z 0-9 _ . : / -, finite
+        values, at most 200. With `merge` the model's other metrics stay (read, merge, write: a concurrent writer's
+        change between the two can be lost); without it they are replaced."""
+        merged = {**(self.get_model(ref).metrics if merge else {}), **{k: float(v) for k, v in metrics.items()}}
+        return self.update_model(ref, metrics=merged)
 
     def share(self, ref: str, users: list[str]) -> pb.Model:
         """Adds users to the model's share list and makes it SHARED (unless it is PUBLIC)."""

@@ -263,3 +263,24 @@ def test_list_filters_and_pagination(new_user, tmp_path):
         bob.registry.ListModels(rpb.ListModelsRequest(tag="odd", page_token=first.next_page_token),
                                 metadata=bob._metadata())
     assert info.value.code() == CODE.INVALID_ARGUMENT
+
+
+def test_metrics_are_set_by_the_owner_and_validated(new_user, tmp_path):
+    alice, bob = new_user(), new_user()
+    alice.push(make_artifact(tmp_path / "a.safetensors"), "judged", visibility="public")
+    name = f"{alice.username}/judged"
+    model = alice.set_metrics("judged", {"tstr.logreg": 0.9, "audit.mia_auc": 0.51})
+    assert dict(model.metrics) == {"tstr.logreg": 0.9, "audit.mia_auc": 0.51}
+    model = alice.set_metrics("judged", {"tstr.logreg": 0.8, "audit.flagged": 0})  # merged, not replaced
+    assert dict(model.metrics) == {"tstr.logreg": 0.8, "audit.mia_auc": 0.51, "audit.flagged": 0.0}
+    assert dict(bob.get_model(name).metrics) == dict(model.metrics)  # visible to whoever sees the model
+    assert dict(alice.set_metrics("judged", {"x": 1}, merge=False).metrics) == {"x": 1.0}
+
+    for bad, field in (({"Upper.Case": 1.0}, "model.metrics"), ({"nan": float("nan")}, "model.metrics"),
+                       ({"inf": float("inf")}, "model.metrics"), ({"k" * 65: 1.0}, "model.metrics"),
+                       ({f"m{i}": 1.0 for i in range(201)}, "model.metrics")):
+        with pytest.raises(SgdeError) as info:
+            alice.set_metrics("judged", bad, merge=False)
+        assert info.value.code == CODE.INVALID_ARGUMENT and [f for f, _ in info.value.violations] == [field]
+    assert code_of(lambda: bob.set_metrics(name, {"tstr.logreg": 1.0})) == CODE.PERMISSION_DENIED
+    assert dict(alice.get_model("judged").metrics) == {"x": 1.0}  # nothing bad was stored

@@ -267,8 +267,11 @@ class Catalogue:
             return self._model_rows(conn, sa.and_(*cond), limit)
 
     def update_model(self, model: ModelRow, *, description: str | None = None, tags: list[str] | None = None,
-                     visibility: int | None = None, shared_with: list[str] | None = None) -> ModelRow:
+                     visibility: int | None = None, shared_with: list[str] | None = None,
+                     metrics: dict[str, float] | None = None) -> ModelRow:
         values: dict = {"updated_at": time.time()}
+        if metrics is not None:  # the whole map is replaced, as a field mask naming a map field means
+            values["metrics"] = json.dumps(metrics, sort_keys=True)
         if description is not None:
             values["description"] = description
         if visibility is not None:

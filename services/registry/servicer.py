@@ -5,6 +5,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -36,7 +37,9 @@ MAX_TAGS = 20
 MAX_SHARES = 256
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
-UPDATABLE = {"description", "tags", "visibility", "shared_with"}
+UPDATABLE = {"description", "tags", "visibility", "shared_with", "metrics"}
+METRIC_KEY_RE = re.compile(r"^[a-z0-9_.:/-]{1,64}$")
+MAX_METRICS = 200
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 violations.append((prefix + "shared_with", f"{bad[0][:40]!r} is not a username"))
             elif len(model.shared_with) > MAX_SHARES or len(set(model.shared_with)) != len(model.shared_with):
                 violations.append((prefix + "shared_with", f"at most {MAX_SHARES} distinct usernames"))
+        if "metrics" in paths:
+            bad = [k for k in model.metrics if not METRIC_KEY_RE.match(k)]
+            if bad:
+                violations.append((prefix + "metrics", f"key {bad[0][:40]!r}: 1-64 of a-z 0-9 _ . : / -"))
+            elif len(model.metrics) > MAX_METRICS:
+                violations.append((prefix + "metrics", f"at most {MAX_METRICS} metrics (got {len(model.metrics)})"))
+            else:
+                infinite = sorted(k for k, v in model.metrics.items() if not math.isfinite(v))
+                if infinite:
+                    violations.append((prefix + "metrics", f"{infinite[0]!r}: values must be finite numbers"))
         return violations
 
     def CreateModel(self, request: rpb.CreateModelRequest, context) -> pb.Model:
@@ -329,7 +342,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 description=m.description if "description" in paths else None,
                 tags=list(m.tags) if "tags" in paths else None,
                 visibility=m.visibility if "visibility" in paths else None,
-                shared_with=list(m.shared_with) if "shared_with" in paths else None)
+                shared_with=list(m.shared_with) if "shared_with" in paths else None,
+                metrics=dict(m.metrics) if "metrics" in paths else None)
         except KeyError as e:
             raise errors.invalid("model.shared_with", f"no user named {e.args[0]!r}") from None
         except Gone:

@@ -152,7 +152,7 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateModel(self, request, context):
-        """Changes description, tags, visibility or shared_with (as named by update_mask). Owner only.
+        """Changes description, tags, visibility, shared_with or metrics (as named by update_mask). Owner only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
