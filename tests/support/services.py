@@ -31,20 +31,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(address: str, pki: tls.PkiPaths, timeout: float = 30.0) -> None:
+def health_status(address: str, pki: tls.PkiPaths | None, service: str = "", timeout: float = 5.0) -> int:
+    """The health status of `service` at `address`: over mutual TLS with `pki`, or plaintext (the health-only
+    port the kubelet probes) when `pki` is None."""
+    channel = grpc.secure_channel(address, tls.channel_credentials(pki)) if pki else grpc.insecure_channel(address)
+    with channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
+                                                         timeout=timeout).status
+
+
+def wait_healthy(address: str, pki: tls.PkiPaths | None, timeout: float = 30.0, *, serving: bool = True,
+                 service: str = "") -> None:
+    """Waits until `address` reports SERVING (or, with serving=False, NOT_SERVING); `pki` None: plaintext."""
+    wanted = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    with grpc.secure_channel(address, tls.channel_credentials(pki)) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError as e:
-                last = e
-            time.sleep(0.1)
-    raise TimeoutError(f"{address} did not become healthy: {last}")
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = health_status(address, pki, service, timeout=2)
+            if last == wanted:
+                return
+        except grpc.RpcError as e:
+            last = e
+        time.sleep(0.1)
+    raise TimeoutError(f"{address} did not become {health_pb2.HealthCheckResponse.ServingStatus.Name(wanted)}: "
+                       f"{last}")
 
 
 class ServiceProcess:
@@ -65,16 +76,32 @@ class ServiceProcess:
     def service_env(self) -> dict[str, str]:
         return {}
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", f"services.{self.service}"]
+
+    def environment(self) -> dict[str, str]:
+        prefix = f"SGDE_{self.service.upper()}"
+        return {**os.environ, **self.extra_env, "SGDE_HOME": str(self.home), "SGDE_PKI_DIR": str(self.pki.root),
+                f"{prefix}_LISTEN": self.address, f"{prefix}_METRICS_PORT": "0", "PYTHONPATH": str(REPO),
+                **self.service_env()}
+
+    def cwd(self) -> Path:
+        return REPO
+
+    def wait_ready(self, timeout: float) -> None:
+        wait_healthy(self.address, self.pki, timeout=timeout)
+
     def start(self, timeout: float = 60) -> None:
         self.port = self.port or free_port()
-        prefix = f"SGDE_{self.service.upper()}"
-        env = {**os.environ, **self.extra_env, "SGDE_HOME": str(self.home), "SGDE_PKI_DIR": str(self.pki.root),
-               f"{prefix}_LISTEN": self.address, f"{prefix}_METRICS_PORT": "0", "PYTHONPATH": str(REPO),
-               **self.service_env()}
         log = open(self.home / f"{self.service}-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", f"services.{self.service}"], env=env, stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=REPO)
-        wait_healthy(self.address, self.pki, timeout=timeout)
+        self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.cwd())
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
 
     def kill(self) -> None:
         assert self.proc
