@@ -12,8 +12,8 @@ same distribution that it never saw; both are cut to the same size n (at random,
 - DCR: for each synthetic sample, the distance to its closest member and to its closest non-member. With members and
   non-members of the same size and distribution, a generator that does not memorise is as likely to be closer to
   either: the share closer to members is ~0.5 (ties dropped), tested by a one-sided binomial test.
-- Exact copies: the share of synthetic samples within EXACT_COPY_RMS (per feature) of a member, beside the same for
-  non-members (data sets hold duplicates; only the excess counts).
+- Exact copies: the share of synthetic samples within EXACT_COPY_RMS (per feature) of any training record, beside
+  the same for any held-out record (data sets hold duplicates; only the excess counts).
 
 Verdict (`flagged`), any of:
   the AUC's lower bound > 0.5 + AUC_MARGIN;
@@ -147,9 +147,12 @@ def audit(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray, *, seed
     decided = closer + farther
     share = closer / decided if decided else 0.5
     p_value = float(binomtest(closer, decided, 0.5, alternative="greater").pvalue) if decided else 1.0
+    # Copies of any training record count, not only of the members drawn above.
     copy_distance = EXACT_COPY_RMS * math.sqrt(train.shape[1])
-    copies_train = float(np.mean(dcr_train <= copy_distance))
-    copies_holdout = float(np.mean(dcr_holdout <= copy_distance))
+    _, to_train = nearest_neighbours(synthetic, train) if len(train) > n else (None, dcr_train)
+    _, to_holdout = nearest_neighbours(synthetic, holdout) if len(holdout) > n else (None, dcr_holdout)
+    copies_train = float(np.mean(to_train <= copy_distance))
+    copies_holdout = float(np.mean(to_holdout <= copy_distance))
 
     reasons = []
     if lower > 0.5 + AUC_MARGIN:
