@@ -89,6 +89,7 @@ class TrainerHandle(serving.ServerHandle):
     worker: Worker | None = None
 
     def stop(self, grace: float = 10.0) -> None:
+        self.stopping.set()  # the health watcher may not say SERVING again while the jobs pause
         self.set_serving(False)
         if self.worker is not None:
             self.worker.shutdown(timeout=grace)
