@@ -316,6 +316,8 @@ def test_overlay_shapes(overlay):
         assert minio["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
         assert trainer["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert trainer["image"].startswith("ghcr.io/sgde-project/sgde-cuda:")
+        release = sgde_pods(docs)["registry"][1]["image"].rsplit(":", 1)[1]
+        assert trainer["image"].rsplit(":", 1)[1] == release  # the component names its tag: bump it with the base
         assert sampler_pod.spec["affinity"]["podAntiAffinity"]
         assert named(docs, "HorizontalPodAutoscaler", "sgde-sampler")["spec"]["minReplicas"] >= 3
         assert named(docs, "PodDisruptionBudget", "sgde-minio")["spec"]["maxUnavailable"] == 1
