@@ -287,6 +287,20 @@ def _epsilon(privacy: pb.PrivacyReport) -> str:
     return f"{privacy.epsilon:.3g}, {privacy.delta:.1e}"
 
 
+def _evaluation_summary(metrics) -> str:
+    """The best TSTR and the audit's verdict from a model's metrics (what `sgde evaluate` stored), in a few words."""
+    parts = []
+    tstr = {k.removeprefix("tstr."): v for k, v in metrics.items() if k.startswith("tstr.")}
+    if tstr:
+        best = max(tstr, key=tstr.get)
+        trtr = metrics.get(f"trtr.{best}")
+        parts.append(f"TSTR {tstr[best]:.2f}" + (f"/{trtr:.2f}" if trtr is not None else "") + f" {best}")
+    if "audit.flagged" in metrics:
+        parts.append("audit FLAGGED" if metrics["audit.flagged"] else "audit ok")
+    version = metrics.get("evaluate.version")
+    return ", ".join(parts) + (f" (v{version:.0f})" if parts and version is not None else "")
+
+
 @models.command("list")
 @click.option("--owner", default="")
 @click.option("--tag", default="")
@@ -295,12 +309,15 @@ def _epsilon(privacy: pb.PrivacyReport) -> str:
 @handles_errors
 def models_list(ctx, owner: str, tag: str, kind: str | None) -> None:
     """Models you may see."""
-    table = Table("name", "kind", "versions", "visibility", "tags", "description")
     with _client(ctx) as client:
-        for m in client.list_models(owner=owner, tag=tag, data_kind=KINDS.get(kind, 0)):
+        listed = list(client.list_models(owner=owner, tag=tag, data_kind=KINDS.get(kind, 0)))
+        # The whole name (it is what commands take); the other columns wrap.
+        table = Table(Column("name", no_wrap=True, min_width=max((len(m.name) for m in listed), default=4)),
+                      "kind", "versions", "visibility", "tags", "evaluation", "description")
+        for m in listed:
             table.add_row(m.name, pb.DataKind.Name(m.data_kind).removeprefix("DATA_KIND_").lower(),
                           str(m.latest_version), pb.Visibility.Name(m.visibility).removeprefix("VISIBILITY_").lower(),
-                          ",".join(m.tags), m.description[:60])
+                          ",".join(m.tags), _evaluation_summary(m.metrics), m.description[:60])
     out.print(table)
 
 
@@ -318,8 +335,11 @@ def models_show(ctx, model: str) -> None:
             out.print(m.description)
         if m.tags:
             out.print("tags: " + ", ".join(m.tags))
-        for name, value in sorted(m.metrics.items()):
-            out.print(f"{name}: {value:.4g}")
+        if m.metrics:
+            metrics = Table("metric", "value", title="metrics (sgde evaluate)")
+            for name, value in sorted(m.metrics.items()):
+                metrics.add_row(name, f"{value:.4g}")
+            out.print(metrics)
         table = Table("version", "architecture", "epsilon, delta", "size", "sha256", "created")
         for v in client.list_versions(m.name):
             table.add_row(str(v.number), v.architecture, _epsilon(v.privacy), f"{v.size_bytes:,}",
@@ -652,6 +672,67 @@ def sample_command(ctx, model: str, num_samples: int | None, seed: int, classes:
         "", "none") else "not private"
     out.print(f"wrote {escape(str(dest))}: {m.num_samples:,} samples of {m.version} ({fmt}; {privacy}; sha256 "
               f"{samples.sha256})", highlight=False)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------------
+
+@main.command("evaluate")
+@click.argument("model")
+@click.option("--real", "holdout_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Real records the generator never saw (.csv, .npz, idx): the test set of TSTR and TRTR, the "
+                   "reference of fidelity, the non-members of the audit.")
+@click.option("--train", "train_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The generator's training data: TRTR and the privacy audit (members) need it.")
+@click.option("--samples", "num_samples", type=click.IntRange(min=2, max=1_000_000), default=None,
+              help="Synthetic samples to draw (default: as many as training records, else held-out ones).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sampling, classifiers and the audit's subsets.")
+@click.option("--out", "report", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder (default evaluation-OWNER-MODEL-vN).")
+@click.option("--classifier", "classifiers", multiple=True, type=click.Choice(["logreg", "mlp", "cnn"]),
+              help="Classifiers for TSTR (repeatable; default logreg and mlp, and cnn for images).")
+@click.option("--no-publish", is_flag=True, help="Do not store the metrics on the model in the registry.")
+@click.pass_context
+@handles_errors
+@_data_errors_fail
+def evaluate_command(ctx, model: str, holdout_file: Path, train_file: Path | None, num_samples: int | None,
+                     seed: int, report: Path | None, classifiers: tuple[str, ...], no_publish: bool) -> None:
+    """Judge a generator (MODEL, MODEL@N, or a local artifact file): samples from the sampler, then utility
+    (train on synthetic, test on real), fidelity and a membership-inference audit; writes a report folder and stores
+    the metrics on the model (owner only)."""
+    from rich.markup import escape
+
+    from libsgde.evaluate.published import evaluate_model
+    if classifiers and "cnn" in classifiers:
+        console.print("the CNN trains for a while on CPU (a few minutes for 60,000 images)")
+    with _client(ctx) as client:
+        result = evaluate_model(client, model, holdout_file, train_path=train_file, num_samples=num_samples,
+                                seed=seed, out=report, classifiers=list(classifiers) or None,
+                                publish=not no_publish)
+    ev = result.evaluation
+    s = ev.sizes
+    out.print(f"{escape(result.source)}: {s['synthetic']} synthetic samples, {s['holdout']} held-out and "
+              f"{s['train']} training records", highlight=False)
+    if ev.utility:
+        table = Table("classifier", "TSTR", "TRTR", "seconds")
+        for r in ev.utility:
+            table.add_row(r.classifier, f"{r.tstr_accuracy:.3f}",
+                          "-" if r.trtr_accuracy is None else f"{r.trtr_accuracy:.3f}", f"{r.seconds:.1f}")
+        out.print(table)
+    for name in ("fidelity.marginal_mean", "fidelity.correlation_mean_abs_diff", "fidelity.mean_image_rms",
+                 "audit.mia_auc", "audit.mia_tpr_at_fpr_1pct", "audit.dcr_share_closer_to_train",
+                 "audit.exact_copies_train", "audit.exact_copies_holdout"):
+        if name in result.metrics:
+            out.print(f"{name}: {result.metrics[name]:.4g}", highlight=False)
+    if ev.audit is not None:
+        verdict = "[bold red]FLAGGED[/]: " + escape("; ".join(ev.audit.reasons)) if ev.audit.flagged else \
+            "not flagged (no evidence of memorisation)"
+        out.print(f"privacy audit: {verdict}", highlight=False)
+    else:
+        out.print("privacy audit: skipped (give --train, the generator's training data)", highlight=False)
+    where = escape(str(result.folder / "report.md"))
+    stored = f"; metrics stored on {escape(result.source.split('/versions/')[0])}" if result.published else ""
+    out.print(f"report: {where}{stored}", highlight=False)
 
 
 @main.command()

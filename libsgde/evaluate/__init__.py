@@ -67,7 +67,8 @@ class Evaluation:
                       "audit.dcr_share_closer_to_train": a.dcr_share_closer_to_train,
                       "audit.dcr_p_value": a.dcr_p_value, "audit.dcr_train_median": a.dcr_train_median,
                       "audit.dcr_holdout_median": a.dcr_holdout_median,
-                      "audit.exact_copies_train": a.exact_copies_train, "audit.flagged": float(a.flagged)})
+                      "audit.exact_copies_train": a.exact_copies_train,
+                      "audit.exact_copies_holdout": a.exact_copies_holdout, "audit.flagged": float(a.flagged)})
         return {k: float(v) for k, v in m.items() if math.isfinite(float(v))}
 
     def to_dict(self) -> dict[str, Any]:
