@@ -29,7 +29,6 @@ import shutil
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from libsgde.client import Client
+from libsgde.evaluate.report import figure
+from libsgde.evaluate.utility import utility
 from libsgde.proto.sgde.v1 import common_pb2 as pb
 from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.schema import schema_to_dict
@@ -289,72 +290,44 @@ def sample_service(client: Client, version: str, n: int, seed: int, class_names:
 
 # -- evaluation -----------------------------------------------------------------------------------------------------
 
-def _fit_score(make, x_fit, y_fit, x_test, y_test) -> tuple[float, np.ndarray]:
-    """Accuracy on the test set, and the predictions; a training set of one class predicts that class."""
-    classes = np.unique(y_fit)
-    if len(classes) < 2:
-        predicted = np.full(len(y_test), classes[0] if len(classes) else -1)
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # convergence warnings: the score says how good it is
-            predicted = make().fit(x_fit, y_fit).predict(x_test)
-    return float(np.mean(predicted == y_test)), predicted
+# The demo's summary names the classifiers in full; libsgde.evaluate calls them logreg and mlp.
+CLASSIFIER_NAMES = {"logreg": "logistic_regression", "mlp": "mlp"}
 
 
-def _per_class(y_test: np.ndarray, predicted: np.ndarray, k: int) -> list[float]:
-    return [float(np.mean(predicted[y_test == c] == c)) if np.any(y_test == c) else float("nan") for c in range(k)]
+def _as_images(x: np.ndarray) -> np.ndarray:
+    """Digits (pixel counts 0..16, [N, 8, 8] or [N, 8, 8, 1]) in model space: [N, 8, 8, 1] in [0, 1]."""
+    return np.asarray(x, np.float32).reshape(len(x), 8, 8, 1) / DIGITS_PIXEL_MAX
 
 
 def evaluate_digits(split: Split, images: np.ndarray, labels: np.ndarray) -> dict:
-    from sklearn.linear_model import LogisticRegression
-
-    def flat(x):
-        return np.asarray(x, np.float64).reshape(len(x), -1) / DIGITS_PIXEL_MAX
-
-    make = lambda: LogisticRegression(max_iter=2000)  # noqa: E731
-    tstr, p_s = _fit_score(make, flat(images), labels, flat(split.x_test), split.y_test)
-    trtr, p_r = _fit_score(make, flat(split.x_train), split.y_train, flat(split.x_test), split.y_test)
-    k = len(DIGITS_CLASSES)
-    return {"classifier": "logistic_regression", "test_size": len(split.y_test),
-            "tstr": {"logistic_regression": tstr}, "trtr": {"logistic_regression": trtr},
-            "per_class": {"classes": DIGITS_CLASSES, "tstr": _per_class(split.y_test, p_s, k),
-                          "trtr": _per_class(split.y_test, p_r, k)}}
+    """TSTR vs TRTR with logistic regression, per class too (libsgde.evaluate.utility)."""
+    [r] = utility(_as_images(images), labels, _as_images(split.x_test), split.y_test, len(DIGITS_CLASSES),
+                  x_real=_as_images(split.x_train), y_real=split.y_train, classifiers=["logreg"],
+                  image_shape=(8, 8, 1))
+    name = CLASSIFIER_NAMES[r.classifier]
+    return {"classifier": name, "test_size": len(split.y_test), "tstr": {name: r.tstr_accuracy},
+            "trtr": {name: r.trtr_accuracy},
+            "per_class": {"classes": DIGITS_CLASSES, "tstr": r.tstr_per_class, "trtr": r.trtr_per_class}}
 
 
 def evaluate_breast_cancer(split: Split, values: dict, labels: np.ndarray, tiny: bool) -> dict:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
+    """TSTR vs TRTR with logistic regression and an MLP (libsgde.evaluate.utility)."""
     x_syn = np.stack([np.asarray(values[name], np.float64) for name in split.feature_names], axis=1)
-    makers = {"logistic_regression": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
-              "mlp": lambda: make_pipeline(StandardScaler(), MLPClassifier(
-                  (32,), max_iter=50 if tiny else 500, random_state=0))}
-    result = {"classifiers": sorted(makers), "test_size": len(split.y_test), "tstr": {}, "trtr": {},
-              "synthetic_class_counts": dict(zip(BREAST_CANCER_CLASSES,
-                                                 np.bincount(labels, minlength=2).tolist()))}
-    for name, make in makers.items():
-        result["tstr"][name], _ = _fit_score(make, x_syn, labels, split.x_test, split.y_test)
-        result["trtr"][name], _ = _fit_score(make, split.x_train, split.y_train, split.x_test, split.y_test)
-    return result
+    results = utility(x_syn, labels, split.x_test, split.y_test, len(BREAST_CANCER_CLASSES),
+                      x_real=split.x_train, y_real=split.y_train,
+                      classifiers={"logreg": {}, "mlp": {"max_iter": 50 if tiny else 500}})
+    return {"classifiers": sorted(CLASSIFIER_NAMES[r.classifier] for r in results), "test_size": len(split.y_test),
+            "tstr": {CLASSIFIER_NAMES[r.classifier]: r.tstr_accuracy for r in results},
+            "trtr": {CLASSIFIER_NAMES[r.classifier]: r.trtr_accuracy for r in results},
+            "synthetic_class_counts": dict(zip(BREAST_CANCER_CLASSES, np.bincount(labels, minlength=2).tolist()))}
 
 
 # -- figures --------------------------------------------------------------------------------------------------------
 
-def _figure(width: float, height: float):
-    """A matplotlib Figure on the Agg canvas, without pyplot (no global backend, no display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_digits(path: Path, images: np.ndarray, labels: np.ndarray, title: str, per_class: int = 10) -> None:
     """One row per class, up to `per_class` synthetic images each."""
     k = len(DIGITS_CLASSES)
-    fig = _figure(max(per_class * 0.6 + 0.6, 6.5), k * 0.6 + 1.0)
+    fig = figure(max(per_class * 0.6 + 0.6, 6.5), k * 0.6 + 1.0)
     axes = fig.subplots(k, per_class, squeeze=False)
     for c in range(k):
         chosen = np.flatnonzero(labels == c)[:per_class]
@@ -375,7 +348,7 @@ def plot_digits(path: Path, images: np.ndarray, labels: np.ndarray, title: str, 
 
 def plot_marginals(path: Path, split: Split, values: dict, title: str) -> None:
     """Real (training split) against synthetic histograms of a few columns, within the schema's public range."""
-    fig = _figure(12, 7)
+    fig = figure(12, 7)
     axes = fig.subplots(2, 3).ravel()
     columns = [c for c in MARGINAL_COLUMNS if c in split.feature_names][:6]
     for ax, name in zip(axes, columns):

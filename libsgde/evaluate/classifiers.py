@@ -177,10 +177,11 @@ def _logreg(seed: int, image: bool, max_iter: int | None = None, C: float = 1.0)
 
 
 def _mlp(seed: int, image: bool, hidden: tuple[int, ...] | None = None, max_iter: int | None = None,
-         batch_size: int = 256, learning_rate: float = 1e-3, alpha: float = 1e-4):
+         batch_size: int | None = None, learning_rate: float = 1e-3, alpha: float = 1e-4):
     from sklearn.neural_network import MLPClassifier
     # Images: one hidden layer of 256 and early stopping on a 10% split keep 60k x 784 to about a minute.
     hidden = tuple(hidden) if hidden else ((256,) if image else (32,))
+    batch_size = batch_size or (256 if image else "auto")  # auto: min(200, N)
     return lambda: MLPClassifier(hidden, max_iter=max_iter or (30 if image else 500), batch_size=batch_size,
                                  learning_rate_init=learning_rate, alpha=alpha, early_stopping=image,
                                  random_state=seed)
