@@ -23,6 +23,7 @@ _EXPORTS = {
     "TrainSpec": "libsgde.train", "train": "libsgde.train", "SpecError": "libsgde.train",
     "load_generator": "libsgde.models", "load_dataset": "libsgde.datasets", "infer_schema": "libsgde.datasets",
     "schema_from_dict": "libsgde.schema", "schema_to_dict": "libsgde.schema",
+    "evaluate_model": "libsgde.evaluate.published",  # (libsgde.evaluate is the package of the parts)
 }
 __all__ = sorted(_EXPORTS)
 
