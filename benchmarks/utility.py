@@ -350,6 +350,9 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
               f"({'epochs %d' % plan_info['epochs'] if 'epochs' in plan_info else 'generator'}), about "
               f"{plan_info['estimated_s'] / 60:.1f} min of the {args.minutes_per_model:g} min budget", flush=True)
     record["plan"] = plan_info
+    if args.plan_only:
+        print(f"    plan only: {json.dumps({k: v for k, v in plan_info.items()}, default=str)}", flush=True)
+        return None
     artifact = out / "artifacts" / f"{ds.name}_{arch_label}_eps{epsilon:g}_{started.strftime('%Y%m%dT%H%M%S')}.safetensors"
     artifact.parent.mkdir(parents=True, exist_ok=True)
     last = [0.0]
@@ -415,50 +418,54 @@ def print_tables(records: list[dict]) -> None:
     if not records:
         print("no runs recorded")
         return
-    print("\n| dataset | arch | settings | epsilon (report) | delta | steps | noise mult. | train s | samples | "
-          "classifier | TSTR | TRTR | TSTR/TRTR | sample s | classifier s | machine |")
-    print("|" + "---|" * 16)
-    for r in records:
-        s = r["spec"]
-        settings = _settings(r)
-        for res in r["results"] or [{"classifier": "-", "tstr": float("nan"), "trtr": float("nan"),
-                                     "seconds": float("nan")}]:
-            print(f"| {r['dataset']} | {r['arch']} | {settings} | {r['privacy']['epsilon']:.3f} | "
-                  f"{r['privacy']['delta']:.0e} | {r['privacy']['steps'] if r['privacy']['mechanism'] == 'dp-sgd' else s['training'].get('generator_steps')} | "
-                  f"{r['privacy']['noise_multiplier']:.3f} | {r['train_s']:.0f} | {r['samples']:,} | "
-                  f"{res['classifier']} | {100 * res['tstr']:.1f} | {100 * res['trtr']:.1f} | "
-                  f"{res['tstr'] / res['trtr']:.2f} | {r['sample_s']:.0f} | {res['seconds']:.0f} | "
-                  f"{r['machine']['cores']} cores {r['machine']['backend']} |")
-    for dataset, by_eps in PUBLISHED.items():
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
         mine = [r for r in records if r["dataset"] == dataset]
-        for eps, figures in by_eps.items():
+        names = list(dict.fromkeys(res["classifier"] for r in mine for res in r["results"]))
+        print(f"\n{dataset}: TSTR accuracy % (TRTR %: the same classifier trained on the real data)")
+        print("| date | arch | settings | epsilon (report) | delta | steps | noise mult. | train min | samples | "
+              + " | ".join(f"{c} TSTR (TRTR)" for c in names) + " | sample s | classifier s | machine | note |")
+        print("|" + "---|" * (13 + len(names)))
+        for r in mine:
+            p = r["privacy"]
+            by = {res["classifier"]: res for res in r["results"]}
+            cells = [f"{100 * by[c]['tstr']:.1f} ({100 * by[c]['trtr']:.1f})" if c in by else "-" for c in names]
+            steps = p["steps"] if p["mechanism"] == "dp-sgd" else f"1 release + {r['spec']['training']['generator_steps']} gen."
+            print(f"| {r['date']} | {r['arch']} | {_settings(r)} | {p['epsilon']:.3f} | {p['delta']:.0e} | {steps} | "
+                  f"{p['noise_multiplier']:.3f} | {r['train_s'] / 60:.1f} | {r['samples']:,} | " + " | ".join(cells)
+                  + f" | {r['sample_s']:.0f} | {sum(res['seconds'] for res in r['results']):.0f} | "
+                  f"{_machine_short(r['machine'])} | {r.get('note', '')} |")
+        for eps, figures in PUBLISHED.get(dataset, {}).items():
             rows = [(r, res) for r in mine if abs(r["target_epsilon"] - eps) < 1e-9 for res in r["results"]
                     if res["classifier"] == "cnn"]
             if not rows:
                 continue
-            print(f"\n{dataset}, epsilon {eps:g}, CNN accuracy (%): ours beside the published record "
-                  "(ours/published > 1: ours is better)")
-            names = list(figures)
-            print("| ours | TSTR | TRTR (ceiling) | " + " | ".join(f"{n} {figures[n]:g}" for n in names) + " |")
-            print("|" + "---|" * (3 + len(names)))
+            print(f"\n{dataset}, epsilon {eps:g}, CNN accuracy %: ours beside the published record "
+                  "(ours/published; > 1: ours is better)")
+            pub = list(figures)
+            print("| ours | epsilon (report) | train min | TSTR | TRTR (ceiling) | "
+                  + " | ".join(f"{n} {figures[n]:g}" for n in pub) + " |")
+            print("|" + "---|" * (5 + len(pub)))
             for r, res in rows:
                 acc = 100 * res["tstr"]
-                print(f"| {r['arch']} ({_settings(r)}; eps {r['privacy']['epsilon']:.3f}, {r['train_s'] / 60:.1f} "
-                      f"min) | {acc:.1f} | {100 * res['trtr']:.1f} | "
-                      + " | ".join(f"{acc / figures[n]:.2f}" for n in names) + " |")
-    seen = set()
-    for r in records:
-        line = machine_line(r["machine"])
-        if line not in seen:
-            seen.add(line)
-            print(f"\nmachine: {line}")
+                print(f"| {r['arch']}: {_settings(r)} | {r['privacy']['epsilon']:.3f} | {r['train_s'] / 60:.1f} | "
+                      f"{acc:.1f} | {100 * res['trtr']:.1f} | "
+                      + " | ".join(f"{acc / figures[n]:.2f}" for n in pub) + " |")
+    print()
+    for line in dict.fromkeys(machine_line({**r["machine"], "load_average": [math.nan]}).rsplit(", load", 1)[0]
+                              for r in records):
+        print(f"machine: {line}")
+
+
+def _machine_short(m: dict) -> str:
+    return f"{m['cores']} cores {m['backend']}, load {m['load_average'][0]:.1f}"
 
 
 def _settings(r: dict) -> str:
     c, t = r["spec"]["config"], r["spec"]["training"]
     if r["privacy"]["mechanism"] == "dp-sgd":
-        net = f"{c.get('network', 'mlp')} " if "network" in c else ""
-        return (f"{net}hidden {c['hidden']} latent {c['latent_dim']}, batch {t['batch_size']}, {t['epochs']} ep, "
+        net = (f"conv channels {c['channels']}" if c.get("network") == "conv"
+               else f"{'mlp ' if 'network' in c else ''}hidden {c['hidden']}")
+        return (f"{net} latent {c['latent_dim']} beta {c['beta']:g}, batch {t['batch_size']}, {t['epochs']} ep, "
                 f"lr {t['learning_rate']:g}, clip {r['privacy']['clip_norm']:g}")
     return (f"hidden {c['hidden']} features {c['features']} ls {c['lengthscale']:g}, batch {c['generator_batch']}, "
             f"lr {t['learning_rate']:g}")
@@ -492,6 +499,8 @@ def main(argv=None) -> None:
     ap.add_argument("--note", default="", help="free text recorded with each run")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "utility")
     ap.add_argument("--fashion-dir", type=Path, default=FASHION_DIR)
+    ap.add_argument("--plan-only", action="store_true",
+                    help="time the step and print the planned steps for the budget, train nothing")
     ap.add_argument("--report", action="store_true", help="print the tables of DIR/results.json and stop")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -518,6 +527,8 @@ def main(argv=None) -> None:
         for arch in archs:
             for eps in args.epsilon:
                 record = run_one(ds, arch, eps, args, args.out, classifiers)
+                if record is None:  # --plan-only
+                    continue
                 append_record(results_path, record)
                 records.append(record)
     print_tables(records)
