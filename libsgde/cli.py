@@ -703,8 +703,7 @@ def evaluate_command(ctx, model: str, holdout_file: Path, train_file: Path | Non
     from rich.markup import escape
 
     from libsgde.evaluate.published import evaluate_model
-    if classifiers and "cnn" in classifiers:
-        console.print("the CNN trains for a while on CPU (a few minutes for 60,000 images)")
+    console.print("sampling, then training the classifiers (on images the CNN takes minutes on a CPU)")
     with _client(ctx) as client:
         result = evaluate_model(client, model, holdout_file, train_path=train_file, num_samples=num_samples,
                                 seed=seed, out=report, classifiers=list(classifiers) or None,

@@ -22,6 +22,7 @@ from libsgde.evaluate.classifiers import CLASSIFIERS, Classifier, make_classifie
 from libsgde.evaluate.fidelity import ImageFidelity, TabularFidelity, image_fidelity, tabular_fidelity
 from libsgde.evaluate.utility import UtilityResult
 from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.sampling import class_names
 
 # The functions audit.audit and utility.utility are not re-exported here: the names are their modules'.
 __all__ = ["CLASSIFIERS", "AuditResult", "Classifier", "Evaluation", "ImageFidelity", "TabularFidelity",
@@ -80,7 +81,7 @@ class Evaluation:
                         "correlation_mean_abs_diff": f.correlation_mean_abs_diff,
                         "correlation_max_abs_diff": f.correlation_max_abs_diff}
         else:
-            fidelity = {"classes": [self._class(c) for c in f.classes], "mean_image_rms": f.mean_image_rms,
+            fidelity = {"classes": [self.class_name(c) for c in f.classes], "mean_image_rms": f.mean_image_rms,
                         "mean_image_rms_mean": f.mean_image_rms_mean,
                         "nearest_neighbours": [{"synthetic": s, "real": r, "rms": d} for s, r, d in
                                                zip(f.neighbour_synthetic, f.neighbour_real, f.neighbour_rms)]}
@@ -92,7 +93,8 @@ class Evaluation:
             "utility": None if self.utility is None else [asdict(r) for r in self.utility],
             "fidelity": fidelity, "audit": audited, "metrics": self.metrics(), "seconds": self.seconds})
 
-    def _class(self, c: int) -> str:
+    def class_name(self, c: int) -> str:
+        """Class index -> name; -1 (all images as one class) -> \"all\"."""
         return self.class_names[c] if 0 <= c < len(self.class_names) else "all"
 
 
@@ -106,14 +108,6 @@ def _json_safe(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def class_names(schema: pb.DataSchema) -> list[str]:
-    """The schema's class names in index order (empty for unconditional data)."""
-    if schema.WhichOneof("kind") == "image":
-        return list(schema.image.class_names)
-    t = schema.tabular
-    return next((list(c.categories) for c in t.columns if c.name == t.label_column), [])
 
 
 def category_names(schema: pb.DataSchema) -> dict[str, list[str]]:

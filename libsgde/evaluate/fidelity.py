@@ -77,15 +77,21 @@ def total_variation(a: np.ndarray, b: np.ndarray, k: int) -> float:
 
 
 def correlation_features(x: np.ndarray, labels: np.ndarray | None, space: ModelSpace,
-                         class_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Model-space rows, with the label's one-hot indicators appended, and a name for each feature
-    ("column" for a numeric column, "column=category" for an indicator)."""
+                         category_names: dict[str, list[str]] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Model-space rows, with the label's one-hot indicators appended, and a name for each feature ("column" for a
+    numeric column, "column=category" for an indicator; categories by index unless `category_names` has them, the
+    label's under "label")."""
+    given = category_names or {}
+
+    def named(column: str, width: int) -> list[str]:
+        return [f"{column}={c}" for c in (given.get(column) or range(width))]
+
     names: list[str] = []
     for block in space.blocks:
-        names += [block.name] if block.kind == "numeric" else [f"{block.name}={j}" for j in range(block.width)]
+        names += [block.name] if block.kind == "numeric" else named(block.name, block.width)
     features = np.asarray(x, np.float64)
     if labels is not None and space.num_classes:
-        names += [f"label={c}" for c in (class_names or range(space.num_classes))]
+        names += named("label", space.num_classes)
         features = np.concatenate([features, np.eye(space.num_classes)[np.asarray(labels, np.int64)]], axis=1)
     return features, names
 
@@ -112,7 +118,6 @@ def tabular_fidelity(real_x: np.ndarray, real_labels: np.ndarray | None, syn_x: 
     real_x, syn_x = np.asarray(real_x, np.float64), np.asarray(syn_x, np.float64)
     if real_x.shape[1:] != space.shape or syn_x.shape[1:] != space.shape:
         raise ValueError(f"expected model-space rows of shape (N, {space.shape[0]})")
-    names = category_names or {}
     columns = []
     for block in space.blocks:
         cut = slice(block.start, block.start + block.width)
@@ -125,12 +130,7 @@ def tabular_fidelity(real_x: np.ndarray, real_labels: np.ndarray | None, syn_x: 
     if labelled:
         columns.append(ColumnDistance("label", "label", total_variation(real_labels, syn_labels, space.num_classes)))
     distances = [c.distance for c in columns]
-    real_f, feature_names = correlation_features(real_x, real_labels if labelled else None, space,
-                                                 names.get("label"))
-    for block in space.blocks:  # indicator names from the schema's categories when given
-        if block.kind == "categorical" and block.name in names:
-            at = next(i for i, n in enumerate(feature_names) if n == f"{block.name}=0")
-            feature_names[at:at + block.width] = [f"{block.name}={c}" for c in names[block.name]]
+    real_f, feature_names = correlation_features(real_x, real_labels if labelled else None, space, category_names)
     real_corr = syn_corr = mean_diff = max_diff = None
     if len(feature_names) <= MAX_CORRELATION_FEATURES and len(feature_names) >= 2:
         syn_f, _ = correlation_features(syn_x, syn_labels if labelled else None, space)

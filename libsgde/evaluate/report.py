@@ -113,7 +113,7 @@ def plot_mean_images(path: Path, ev: Evaluation) -> None:
     for j, c in enumerate(f.classes):
         _show(axes[0, j], f.real_means[j])
         _show(axes[1, j], f.synthetic_means[j])
-        axes[0, j].set_title(f"{ev._class(c)[:10]}\nRMS {f.mean_image_rms[j]:.3f}", fontsize=7)
+        axes[0, j].set_title(f"{ev.class_name(c)[:10]}\nRMS {f.mean_image_rms[j]:.3f}", fontsize=7)
     axes[0, 0].set_ylabel("real", fontsize=8)
     axes[1, 0].set_ylabel("synthetic", fontsize=8)
     fig.suptitle("per-class mean images: held-out real (top) vs synthetic", fontsize=9)
