@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 import flax.linen as nn
@@ -117,9 +118,7 @@ class CNNClassifier(_ConstantWhenOneClass):
         steps = max(self.epochs * per_epoch, self.min_steps)
         key = jax.random.PRNGKey(self.seed)
         params = self._module.init(key, x[:1])
-        optimiser = optax.adam(self.learning_rate)
-        state = optimiser.init(params)
-        step = _train_step(self._module, optimiser)
+        state = optax.adam(self.learning_rate).init(params)
         rng = np.random.default_rng(self.seed)
         order, position = rng.permutation(len(x)), 0
         for _ in range(steps):
@@ -127,19 +126,18 @@ class CNNClassifier(_ConstantWhenOneClass):
                 order, position = rng.permutation(len(x)), 0
             chosen = order[position:position + batch]
             position += batch
-            params, state = step(params, state, x[chosen], y[chosen])
+            params, state = _train_step(self._module, self.learning_rate, params, state, x[chosen], y[chosen])
         self._params = params
 
     def _predict(self, x):
         x = self._images(x)
         chunk = 512
-        logits_fn = jax.jit(self._module.apply)
         out = []
         for start in range(0, len(x), chunk):
             part = x[start:start + chunk]
             padded = np.zeros((chunk,) + self.image_shape, np.float32)  # one compiled shape for every chunk
             padded[:len(part)] = part
-            out.append(np.asarray(logits_fn(self._params, padded))[:len(part)].argmax(axis=1))
+            out.append(np.asarray(_logits(self._module, self._params, padded))[:len(part)].argmax(axis=1))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -159,16 +157,20 @@ class _ConvNet(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def _train_step(module: nn.Module, optimiser: optax.GradientTransformation):
-    @jax.jit
-    def step(params, state, x, y):
-        def loss(p):
-            return optax.softmax_cross_entropy_with_integer_labels(module.apply(p, x), y).mean()
-        grads = jax.grad(loss)(params)
-        updates, state = optimiser.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+# Module-level jitted functions, keyed by the (hashable) module and learning rate: every fit of the same network
+# shape reuses one compilation instead of compiling afresh.
+@partial(jax.jit, static_argnums=(0, 1))
+def _train_step(module: _ConvNet, learning_rate: float, params, state, x, y):
+    def loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(module.apply(p, x), y).mean()
+    grads = jax.grad(loss)(params)
+    updates, state = optax.adam(learning_rate).update(grads, state, params)
+    return optax.apply_updates(params, updates), state
 
-    return step
+
+@partial(jax.jit, static_argnums=0)
+def _logits(module: _ConvNet, params, x):
+    return module.apply(params, x)
 
 
 def _logreg(seed: int, image: bool, max_iter: int | None = None, C: float = 1.0):  # noqa: N803 - sklearn's name
