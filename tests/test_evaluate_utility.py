@@ -52,7 +52,7 @@ def test_a_generator_of_noise_gives_chance_accuracy():
     y_noise = rng.integers(0, k, len(x_noise))
     # Fewer iterations than the defaults: a fit to noise never converges, and the tolerance below does not need it.
     results = utility(x_noise, y_noise, x_test, y_test, k, x_real=x_train, y_real=y_train,
-                      classifiers={"logreg": {"max_iter": 100}, "mlp": {"max_iter": 100}})
+                      classifiers={"logreg": {"max_iter": 100}, "mlp": {"max_iter": 100, "hidden": (16,)}})
     # A classifier fitted on noise is independent of the real labels: over the noise its accuracy is 1/K in
     # expectation, spread by the test set's binomial error (sd sqrt(p(1-p)/n) = 0.014) and by how far a random
     # direction in 256 dimensions happens to align with the real ones (about as much again); 5 binomial sd = 0.068.
