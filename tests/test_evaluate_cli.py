@@ -61,6 +61,16 @@ def test_sgde_evaluate_publishes_metrics_and_writes_a_report(world, tmp_path):
     assert json.loads((tmp_path / "local" / "report.json").read_text())["sizes"]["train"] == 0
     assert dict(alice.get_model("judged").metrics) == before
 
+    # Someone else may evaluate a model they can see, but not store metrics on it.
+    bob = user_client(alice.address, alice.pki, tmp_path / "homes")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SGDE_HOME", str(bob.home))
+        refused = run("evaluate", f"{alice.username}/judged", "--real", str(holdout), ok=False)
+        assert f"only its owner {alice.username}" in refused and "--no-publish" in refused
+        assert "metrics stored" not in run("evaluate", f"{alice.username}/judged", "--real", str(holdout),
+                                           "--classifier", "logreg", "--out", str(tmp_path / "bob"), "--no-publish")
+    bob.close()
+
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("height,label\n1,no\n")
     assert "height" in run("evaluate", "judged", "--real", str(wrong), ok=False)

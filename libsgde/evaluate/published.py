@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
 from libsgde.datasets import load_dataset
 from libsgde.encoding import EncodedData, TabularEncoder, encoder_for
 from libsgde.evaluate import Evaluation, evaluate
@@ -66,9 +68,13 @@ def evaluate_model(client, model: str, holdout_path: Path, *, train_path: Path |
     if local:
         schema = read_header(Path(model)).manifest.data_schema
     else:
-        schema = client.get_model(_model_of(model)).data_schema
+        entry = client.get_model(_model_of(model))
+        if publish and entry.owner != client.username:  # said now, not after minutes of evaluation
+            raise SgdeError(f"only its owner {entry.owner} may store metrics on {entry.name}; evaluate it with "
+                            "publish off (sgde evaluate --no-publish)", grpc.StatusCode.PERMISSION_DENIED)
+        schema = entry.data_schema
         if not schema.WhichOneof("kind"):
-            raise SgdeError(f"{model} has no published version to evaluate yet")
+            raise SgdeError(f"{model} has no published version to evaluate yet", grpc.StatusCode.FAILED_PRECONDITION)
     holdout = load_dataset(Path(holdout_path), schema)
     train = load_dataset(Path(train_path), schema) if train_path is not None else None
     n = num_samples or min(len(train if train is not None else holdout), MAX_DEFAULT_SAMPLES)
