@@ -66,11 +66,12 @@ def test_listings(caller, size, token, owner, tag, kind, parent):
 @FUZZ
 @given(model_id=st.text(max_size=70), description=st.text(max_size=50), tags=st.lists(st.text(max_size=40),
        max_size=25), visibility=ints, shared=st.lists(st.text(max_size=35), max_size=4),
-       paths=st.lists(st.sampled_from(["description", "tags", "visibility", "shared_with", "name", "x.y", ""]),
-                      max_size=4))
-def test_create_and_update(caller, model_id, description, tags, visibility, shared, paths):
+       paths=st.lists(st.sampled_from(["description", "tags", "visibility", "shared_with", "metrics", "name", "x.y",
+                                       ""]), max_size=4),
+       metrics=st.dictionaries(st.text(max_size=70), st.floats(), max_size=4))
+def test_create_and_update(caller, model_id, description, tags, visibility, shared, paths, metrics):
     md, r = caller._metadata(), caller.registry
-    model = pb.Model(description=description, tags=tags, visibility=visibility, shared_with=shared)
+    model = pb.Model(description=description, tags=tags, visibility=visibility, shared_with=shared, metrics=metrics)
     clean(lambda: r.CreateModel(rpb.CreateModelRequest(model_id=model_id, model=model), metadata=md, timeout=10))
     model.name = f"models/{caller.username}/{model_id}"
     clean(lambda: r.UpdateModel(rpb.UpdateModelRequest(model=model, update_mask=field_mask_pb2.FieldMask(
