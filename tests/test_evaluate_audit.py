@@ -23,8 +23,9 @@ def test_a_lookup_table_generator_is_flagged_and_independent_samples_are_not():
     # A "generator" that memorised its training set: it replays training rows (a lookup table).
     rows = np.random.default_rng(3).integers(0, len(train), 600)
     memorised = audit(members, non_members, members[rows])
-    assert memorised.flagged and len(memorised.reasons) == 3, memorised.reasons
+    assert memorised.flagged and len(memorised.reasons) == 4, memorised.reasons  # every rule fires
     assert memorised.mia_auc > 0.75 and memorised.mia_tpr_at_fpr_1pct > 0.5
+    assert memorised.mia_calibrated_auc > 0.75 and memorised.mia_calibrated_tpr_at_fpr_1pct > 0.5
     assert memorised.dcr_share_closer_to_train > 0.95 and memorised.exact_copies_train > 0.95
     assert memorised.dcr_train_median == 0.0 < memorised.dcr_holdout_median
 
@@ -33,6 +34,7 @@ def test_a_lookup_table_generator_is_flagged_and_independent_samples_are_not():
     independent = audit(members, non_members, audit_records(fresh, fresh_labels, 3))
     assert not independent.flagged, independent.reasons
     assert abs(independent.mia_auc - 0.5) < 0.06 and abs(independent.dcr_share_closer_to_train - 0.5) < 0.07
+    assert abs(independent.mia_calibrated_auc - 0.5) < 0.06
     assert independent.exact_copies_train == 0.0
     assert independent.dcr_train_median == pytest.approx(independent.dcr_holdout_median, rel=0.15)
 
@@ -40,6 +42,12 @@ def test_a_lookup_table_generator_is_flagged_and_independent_samples_are_not():
     jittered = members[rows] + np.random.default_rng(5).normal(0, 0.005, members[rows].shape)
     noisy = audit(members, non_members, jittered)
     assert noisy.flagged and noisy.exact_copies_train == 0.0 and noisy.mia_auc_lower > 0.6
+
+    # One sample in ten a copy, the rest fresh: too few for the attacks at this size, caught as copies.
+    mixed = np.concatenate([members[rows[:60]], audit_records(*_population(540, seed=6), 3)])
+    partial = audit(members, non_members, mixed)
+    assert partial.flagged and partial.exact_copies_train == pytest.approx(0.1)
+    assert partial.reasons == ["10.0% of synthetic samples copy a training record (0.0% a held-out one)"]
 
 
 def test_roc_helpers_on_a_known_curve():

@@ -65,3 +65,7 @@ def test_image_means_and_nearest_neighbours():
     assert brighter.mean_image_rms_mean == pytest.approx(0.1, abs=1e-6)
     index, distance = nearest_neighbours(real[:5] + 0.01, real, max_block=7)  # chunked: 7 distances at a time
     assert index.tolist() == [0, 1, 2, 3, 4] and distance == pytest.approx(np.full(5, 0.04), abs=1e-6)
+    others, gaps = nearest_neighbours(real, real, max_block=50, exclude_self=True)  # the nearest other row
+    assert not np.any(others == np.arange(40)) and np.all(gaps > 0)
+    brute = np.sqrt(((real.reshape(40, 1, -1) - real.reshape(1, 40, -1)) ** 2).sum(axis=2)) + np.diag(np.full(40, 9.0))
+    assert gaps == pytest.approx(brute.min(axis=1), rel=1e-6)

@@ -65,6 +65,8 @@ class Evaluation:
             m.update({"audit.mia_auc": a.mia_auc, "audit.mia_auc_lower": a.mia_auc_lower,
                       "audit.mia_tpr_at_fpr_1pct": a.mia_tpr_at_fpr_1pct,
                       "audit.mia_tpr_at_fpr_0.1pct": a.mia_tpr_at_fpr_01pct,
+                      "audit.mia_calibrated_auc": a.mia_calibrated_auc,
+                      "audit.mia_calibrated_tpr_at_fpr_1pct": a.mia_calibrated_tpr_at_fpr_1pct,
                       "audit.dcr_share_closer_to_train": a.dcr_share_closer_to_train,
                       "audit.dcr_p_value": a.dcr_p_value, "audit.dcr_train_median": a.dcr_train_median,
                       "audit.dcr_holdout_median": a.dcr_holdout_median,

@@ -9,6 +9,10 @@ same distribution that it never saw; both are cut to the same size n (at random,
   ROC AUC (0.5: the attacker learns nothing), its one-sided 95% lower bound (Hanley and McNeil's standard error),
   and the TPR at FPR 1% and 0.1% (linear interpolation on the ROC curve; with n non-members, FPR below 1/n cannot be
   resolved).
+- The same attack calibrated per record: minus its distance to the closest synthetic record, relative to the distance
+  to its closest other candidate (log d_candidates - log d_synthetic): a record in a dense region is near synthetic
+  samples whether or not it was trained on, and the calibration discounts that. Members and non-members come from
+  one distribution, so the reference carries no membership signal itself.
 - DCR: for each synthetic sample, the distance to its closest member and to its closest non-member. With members and
   non-members of the same size and distribution, a generator that does not memorise is as likely to be closer to
   either: the share closer to members is ~0.5 (ties dropped), tested by a one-sided binomial test.
@@ -16,7 +20,7 @@ same distribution that it never saw; both are cut to the same size n (at random,
   same for any held-out record (data sets hold duplicates; only the excess counts).
 
 Verdict (`flagged`), any of:
-  the AUC's lower bound > 0.5 + AUC_MARGIN;
+  either attack's AUC lower bound > 0.5 + AUC_MARGIN;
   the share closer to members > 0.5 + SHARE_MARGIN with binomial p < P_VALUE;
   exact copies of members exceed those of non-members by more than COPY_MARGIN of the samples.
 Not flagged is no proof of privacy (the accountant's epsilon is the guarantee); flagged is evidence of memorisation.
@@ -38,8 +42,10 @@ AUC_MARGIN = 0.02
 SHARE_MARGIN = 0.02
 P_VALUE = 1e-3
 COPY_MARGIN = 0.01
+CALIBRATION_FLOOR = 1e-8  # added to distances before their logarithm (an exact copy is at 0)
 COPY_DECIMALS = 6  # records equal after rounding to this many decimals (model space is [0, 1]) are copies
-RULE = (f"flagged when the MIA AUC's one-sided 95% lower bound > {0.5 + AUC_MARGIN}, or the share of synthetic "
+RULE = (f"flagged when either membership-inference attack's AUC has a one-sided 95% lower bound > "
+        f"{0.5 + AUC_MARGIN}, or the share of synthetic "
         f"samples closer to a training record than to a held-out one > {0.5 + SHARE_MARGIN} with binomial "
         f"p < {P_VALUE:g}, or exact copies of training records exceed those of held-out records by more than "
         f"{COPY_MARGIN:.0%} of the samples")
@@ -54,6 +60,9 @@ class AuditResult:
     mia_auc_lower: float  # one-sided 95% lower confidence bound
     mia_tpr_at_fpr_1pct: float
     mia_tpr_at_fpr_01pct: float
+    mia_calibrated_auc: float  # the per-record calibrated attack
+    mia_calibrated_auc_lower: float
+    mia_calibrated_tpr_at_fpr_1pct: float
     dcr_train_median: float
     dcr_holdout_median: float
     dcr_train_p5: float
@@ -68,6 +77,8 @@ class AuditResult:
     # Arrays for the report's plots (not in the JSON summary).
     roc_fpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     roc_tpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    calibrated_roc_fpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    calibrated_roc_tpr: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     dcr_train: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     dcr_holdout: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
@@ -153,6 +164,12 @@ def audit(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray, *, seed
     fpr, tpr = roc_curve(-d_members, -d_non_members)
     auc = _auc(-d_members, -d_non_members)
     lower = auc_lower_bound(auc, n, n)
+    _, d_reference = nearest_neighbours(np.concatenate([members, non_members]),
+                                        np.concatenate([members, non_members]), exclude_self=True)
+    calibrated = np.log(d_reference + CALIBRATION_FLOOR) - np.log(np.r_[d_members, d_non_members] + CALIBRATION_FLOOR)
+    c_fpr, c_tpr = roc_curve(calibrated[:n], calibrated[n:])
+    c_auc = _auc(calibrated[:n], calibrated[n:])
+    c_lower = auc_lower_bound(c_auc, n, n)
 
     _, dcr_train = nearest_neighbours(synthetic, members)
     _, dcr_holdout = nearest_neighbours(synthetic, non_members)
@@ -165,9 +182,10 @@ def audit(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray, *, seed
     copies_holdout = copy_share(synthetic, holdout)
 
     reasons = []
-    if lower > 0.5 + AUC_MARGIN:
-        reasons.append(f"membership inference works: AUC {auc:.3f} (95% lower bound {lower:.3f} > "
-                       f"{0.5 + AUC_MARGIN})")
+    for what, a, low in (("", auc, lower), (" (calibrated per record)", c_auc, c_lower)):
+        if low > 0.5 + AUC_MARGIN:
+            reasons.append(f"membership inference{what} works: AUC {a:.3f} (95% lower bound {low:.3f} > "
+                           f"{0.5 + AUC_MARGIN})")
     if share > 0.5 + SHARE_MARGIN and p_value < P_VALUE:
         reasons.append(f"{share:.1%} of synthetic samples lie closer to a training record than to a held-out one "
                        f"(binomial p = {p_value:.2g})")
@@ -177,8 +195,11 @@ def audit(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray, *, seed
     return AuditResult(
         members=n, non_members=n, synthetic=len(synthetic), mia_auc=auc, mia_auc_lower=lower,
         mia_tpr_at_fpr_1pct=tpr_at_fpr(fpr, tpr, 0.01), mia_tpr_at_fpr_01pct=tpr_at_fpr(fpr, tpr, 0.001),
+        mia_calibrated_auc=c_auc, mia_calibrated_auc_lower=c_lower,
+        mia_calibrated_tpr_at_fpr_1pct=tpr_at_fpr(c_fpr, c_tpr, 0.01),
         dcr_train_median=float(np.median(dcr_train)), dcr_holdout_median=float(np.median(dcr_holdout)),
         dcr_train_p5=float(np.percentile(dcr_train, 5)), dcr_holdout_p5=float(np.percentile(dcr_holdout, 5)),
         dcr_share_closer_to_train=share, dcr_p_value=p_value, exact_copies_train=copies_train,
         exact_copies_holdout=copies_holdout, flagged=bool(reasons), reasons=reasons,
-        roc_fpr=fpr, roc_tpr=tpr, dcr_train=dcr_train, dcr_holdout=dcr_holdout)
+        roc_fpr=fpr, roc_tpr=tpr, calibrated_roc_fpr=c_fpr, calibrated_roc_tpr=c_tpr, dcr_train=dcr_train,
+        dcr_holdout=dcr_holdout)

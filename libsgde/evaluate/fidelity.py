@@ -143,23 +143,31 @@ def tabular_fidelity(real_x: np.ndarray, real_labels: np.ndarray | None, syn_x: 
                            mean_diff, max_diff)
 
 
-def nearest_neighbours(queries: np.ndarray, references: np.ndarray, max_block: int = 1 << 24
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(queries: np.ndarray, references: np.ndarray, max_block: int = 1 << 24, *,
+                       exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the index of its nearest reference row and the Euclidean distance to it (rows are
     flattened). Brute force in chunks of queries, with at most `max_block` distances in memory at once: the
     neighbour is found with float32 BLAS (|q|^2 - 2 q.r + |r|^2), and its distance recomputed exactly in float64, so
-    that an exact copy measures 0 (float32 rounding alone would blur it to ~0.01 for 784 pixels)."""
+    that an exact copy measures 0 (float32 rounding alone would blur it to ~0.01 for 784 pixels).
+
+    `exclude_self`: the queries ARE the references, and row i's nearest is sought among the others."""
     q = np.asarray(queries, np.float64).reshape(len(queries), -1)
     r = np.asarray(references, np.float64).reshape(len(references), -1)
-    if len(r) == 0:
+    if len(r) < (2 if exclude_self else 1):
         raise ValueError("no reference rows")
+    if exclude_self and len(q) != len(r):
+        raise ValueError("exclude_self needs the queries to be the references")
     q32, r32 = q.astype(np.float32), r.astype(np.float32)
     r_sq = (r32 ** 2).sum(axis=1)
     chunk = max(1, max_block // len(r))
     index = np.empty(len(q), np.int64)
     for start in range(0, len(q), chunk):
         part = q32[start:start + chunk]
-        index[start:start + chunk] = (r_sq[None, :] - 2.0 * (part @ r32.T)).argmin(axis=1)  # |q|^2: same per row
+        d2 = r_sq[None, :] - 2.0 * (part @ r32.T)  # + |q|^2, the same along each row, does not move the argmin
+        if exclude_self:
+            rows = np.arange(len(part))
+            d2[rows, start + rows] = np.inf
+        index[start:start + chunk] = d2.argmin(axis=1)
     return index, np.sqrt(((q - r[index]) ** 2).sum(axis=1))
 
 

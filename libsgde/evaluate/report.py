@@ -160,7 +160,9 @@ def plot_roc(path: Path, ev: Evaluation) -> None:
     fig = figure(8, 3.8)
     linear, logged = fig.subplots(1, 2)
     for ax in (linear, logged):
-        ax.plot(a.roc_fpr, a.roc_tpr, color="tab:red", label=f"attack (AUC {a.mia_auc:.3f})")
+        ax.plot(a.roc_fpr, a.roc_tpr, color="tab:red", label=f"distance (AUC {a.mia_auc:.3f})")
+        ax.plot(a.calibrated_roc_fpr, a.calibrated_roc_tpr, color="tab:purple",
+                label=f"calibrated (AUC {a.mia_calibrated_auc:.3f})")
         ax.plot([1e-4, 1], [1e-4, 1], color="grey", linestyle="--", label="chance")
         ax.set_xlabel("false positive rate", fontsize=8)
         ax.set_ylabel("true positive rate", fontsize=8)
@@ -170,8 +172,8 @@ def plot_roc(path: Path, ev: Evaluation) -> None:
     logged.set_xlim(low, 1)
     logged.set_ylim(low, 1)
     linear.legend(fontsize=8)
-    fig.suptitle(f"membership inference (distance to the closest synthetic record): TPR {a.mia_tpr_at_fpr_1pct:.3f} "
-                 f"at FPR 1%", fontsize=9)
+    fig.suptitle(f"membership inference from the distance to the closest synthetic record: TPR at FPR 1% "
+                 f"{a.mia_tpr_at_fpr_1pct:.3f} (calibrated {a.mia_calibrated_tpr_at_fpr_1pct:.3f})", fontsize=9)
     fig.savefig(path)
 
 
@@ -224,8 +226,10 @@ def markdown(ev: Evaluation, files: list[str], title: str = "Evaluation") -> str
                   "guarantee; this audit looks for its failure.", "",
                   f"{a.members} training records (members) and {a.non_members} held-out records (non-members).", "",
                   "| measure | value |", "|---|---|",
-                  f"| membership inference AUC (95% lower bound) | {_number(a.mia_auc)} ({_number(a.mia_auc_lower)}) |",
+                  f"| distance attack: AUC (95% lower bound) | {_number(a.mia_auc)} ({_number(a.mia_auc_lower)}) |",
                   f"| TPR at FPR 1% / 0.1% | {_number(a.mia_tpr_at_fpr_1pct)} / {_number(a.mia_tpr_at_fpr_01pct)} |",
+                  f"| calibrated attack: AUC (95% lower bound), TPR at FPR 1% | {_number(a.mia_calibrated_auc)} "
+                  f"({_number(a.mia_calibrated_auc_lower)}), {_number(a.mia_calibrated_tpr_at_fpr_1pct)} |",
                   f"| DCR median, to training / held-out | {_number(a.dcr_train_median, 4)} / "
                   f"{_number(a.dcr_holdout_median, 4)} |",
                   f"| DCR 5th percentile, to training / held-out | {_number(a.dcr_train_p5, 4)} / "
