@@ -195,6 +195,8 @@ def watch_health(handle: ServerHandle, check: Callable[[], object], every: float
             ok, error = True, None
         except Exception as e:  # any failure to reach a dependency means we cannot serve
             ok, error = False, str(e)
+        if stop.is_set() or handle.stopping.is_set():  # stopping: its dependencies may go first; nothing to say
+            return
         if ok != state["ok"]:
             if ok:
                 log.info("dependencies reachable", extra={"service": service})

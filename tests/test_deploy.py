@@ -1,10 +1,12 @@
 """The services as Kubernetes runs them: the plaintext health port the kubelet probes (health only, and truthful),
-and a publish / sample round trip through registry, trainer and sampler started as their containers start, with
-the environment the dev overlay sets."""
+a publish / sample round trip through registry, trainer and sampler started as their containers start, with the
+environment the dev overlay sets, and certificates renewed on disk (as cert-manager does) taken up without a restart."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import grpc
 import pytest
@@ -15,7 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from libsgde.client import Client
 from libsgde.proto.sgde.v1 import registry_pb2_grpc
 from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.security import tls
 from libsgde.serving import LIVENESS
+from services.trainer.identity import RegistryGate
 from tests.support.container import ContainerProcess, service_pki
 from tests.support.fixtures import start_registry
 from tests.support.k8s import render, sgde_pods
@@ -166,3 +170,53 @@ def test_round_trip_through_the_services_started_as_their_containers(tmp_path, p
     finally:
         for process in reversed(started):
             assert process.stop() == 0, f"{process.service} did not stop cleanly on SIGTERM"
+
+
+# -- certificate renewal ------------------------------------------------------------------------------------------
+
+def _issue(pki, name: str, *, expired: bool = False) -> None:
+    """Rewrites <name>.crt / .key as cert-manager renews a Secret: the same names, the same CA, a new key."""
+    now = datetime.now(timezone.utc)
+    window = {"not_before": now - timedelta(days=30), "not_after": now - timedelta(days=1)} if expired else {}
+    dns, ips = tls.service_names(name) if name in tls.SERVICES else ([], [])
+    cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), name, dns, ips,
+                                      server=name in tls.SERVICES, client=True, **window)
+    tls.write_private(pki.key(name), key)
+    tls.write_public(pki.cert(name), cert)
+
+
+def test_a_renewed_server_certificate_is_served_without_a_restart(tmp_path):
+    pki = tls.init_pki(tmp_path / "pki")
+    _issue(pki, "registry", expired=True)
+    running, handle = start_registry(tmp_path, pki)
+    try:
+        with pytest.raises(grpc.RpcError):  # clients refuse the expired certificate
+            health_status(running.address, pki, timeout=3)
+        _issue(pki, "registry")  # renewed on disk; the process goes on
+        wait_healthy(running.address, pki, timeout=20)
+    finally:
+        handle.stop(grace=0)
+
+
+def test_the_gate_to_the_registry_moves_to_a_renewed_client_certificate(tmp_path, registry, pki):
+    own = service_pki(pki, "trainer", tmp_path / "trainer-pki")
+    own_key = own.root / "ca.key"
+    own_key.write_bytes(pki.ca_key.read_bytes())  # only so that this test can issue into `own`
+    _issue(own, "trainer", expired=True)
+    credentials, renewed = tls.renewable_channel_credentials(own, "trainer")
+    gate = RegistryGate(registry.address, credentials, renewed=renewed)
+    try:
+        with pytest.raises(Exception):  # the registry refuses the expired certificate
+            gate.check()
+        assert renewed() is None  # nothing changed on disk
+        _issue(own, "trainer")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                gate.check()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the gate kept the expired certificate"
+                time.sleep(0.2)
+    finally:
+        gate.close()

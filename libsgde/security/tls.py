@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -331,16 +331,52 @@ def credentials_from_files(ca: Path, cert: Path, key: Path) -> tuple[bytes, byte
     return _read(ca, "CA certificate"), _read(cert, "certificate"), _read(key, "private key")
 
 
+def _renewed(ca: Path, cert: Path, key: Path, loaded: tuple[bytes, bytes, bytes]
+             ) -> Callable[[], tuple[bytes, bytes, bytes] | None]:
+    """A function that returns the files' (ca, cert, key) when they differ from the last ones it saw (starting
+    from `loaded`), else None. A set it cannot read, or whose key does not match its certificate (caught while
+    being rewritten), counts as no change: the previous one stays in use."""
+    last = [loaded]
+
+    def renewed() -> tuple[bytes, bytes, bytes] | None:
+        try:
+            pems = credentials_from_files(ca, cert, key)
+        except PkiError:
+            return None
+        if pems == last[0] or not _matches(pems[1], pems[2]):
+            return None
+        last[0] = pems
+        return pems
+    return renewed
+
+
 def server_credentials_from_files(ca: Path, cert: Path, key: Path) -> grpc.ServerCredentials:
-    """Server side of mutual TLS: presents `cert`, and requires a client certificate signed by `ca`."""
-    ca_pem, cert_pem, key_pem = credentials_from_files(ca, cert, key)
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True)
+    """Server side of mutual TLS: presents `cert`, and requires a client certificate signed by `ca`.
+
+    The files are looked at again before each new connection's handshake, so a renewed certificate (cert-manager
+    rewrites the mounted Secret well before the old one ends) is served from then on, without a restart."""
+    loaded = credentials_from_files(ca, cert, key)
+    renewed = _renewed(ca, cert, key, loaded)
+
+    def configuration(pems: tuple[bytes, bytes, bytes]) -> grpc.ServerCertificateConfiguration:
+        ca_pem, cert_pem, key_pem = pems
+        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], root_certificates=ca_pem)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:  # None: keep the current one
+        pems = renewed()
+        return configuration(pems) if pems else None
+
+    return grpc.dynamic_ssl_server_credentials(configuration(loaded), fetch, require_client_authentication=True)
+
+
+def _channel_credentials(pems: tuple[bytes, bytes, bytes]) -> grpc.ChannelCredentials:
+    ca_pem, cert_pem, key_pem = pems
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
 
 
 def channel_credentials_from_files(ca: Path, cert: Path, key: Path) -> grpc.ChannelCredentials:
     """Client side of mutual TLS: trusts only `ca` and presents `cert`."""
-    ca_pem, cert_pem, key_pem = credentials_from_files(ca, cert, key)
-    return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
+    return _channel_credentials(credentials_from_files(ca, cert, key))
 
 
 def server_credentials(paths: PkiPaths, service: str) -> grpc.ServerCredentials:
@@ -349,6 +385,22 @@ def server_credentials(paths: PkiPaths, service: str) -> grpc.ServerCredentials:
 
 def channel_credentials(paths: PkiPaths, identity: str = CLIENT) -> grpc.ChannelCredentials:
     return channel_credentials_from_files(paths.ca_cert, paths.cert(identity), paths.key(identity))
+
+
+def renewable_channel_credentials(paths: PkiPaths, identity: str
+                                  ) -> tuple[grpc.ChannelCredentials, Callable[[], grpc.ChannelCredentials | None]]:
+    """Client credentials from the files now, and a function that returns new ones once the files have changed
+    (a renewed certificate), else None. gRPC cannot change a channel's credentials: a long-lived client (a service
+    calling the registry) calls it now and then and opens a new channel with what it returns."""
+    files = (paths.ca_cert, paths.cert(identity), paths.key(identity))
+    loaded = credentials_from_files(*files)
+    renewed = _renewed(*files, loaded)
+
+    def fetch() -> grpc.ChannelCredentials | None:
+        pems = renewed()
+        return _channel_credentials(pems) if pems else None
+
+    return _channel_credentials(loaded), fetch
 
 
 def peer_common_name(context: grpc.ServicerContext) -> str | None:

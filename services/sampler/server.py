@@ -85,7 +85,9 @@ def start(cfg: SamplerConfig) -> SamplerHandle:
         raise ValueError("SGDE_SAMPLER_MAX_SAMPLES must be > 0")
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cache = ArtifactCache(cfg.state_dir / "artifacts", cfg.loaded_models, cfg.cache_bytes)
-    gate = RegistryGate(cfg.registry, tls.channel_credentials(cfg.pki, "sampler"), cfg.auth_cache_seconds)
+    # The sampler's own certificate, presented to the registry; renewed on disk, it is used from the next check on.
+    credentials, renewed = tls.renewable_channel_credentials(cfg.pki, "sampler")
+    gate = RegistryGate(cfg.registry, credentials, cfg.auth_cache_seconds, renewed=renewed)
     servicer = SamplerServicer(gate, cache, SamplerSettings(max_samples=cfg.max_samples))
 
     def add(server) -> list[str]:

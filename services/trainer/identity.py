@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 from google.protobuf import empty_pb2
@@ -18,11 +19,18 @@ from libsgde.security import auth
 
 
 class RegistryGate:
+    """`renewed()`, if given, returns new credentials once the service's certificate files have changed (cert-manager
+    renewed them; see tls.renewable_channel_credentials): each `check()` asks, and moves to a new channel with them."""
+
     def __init__(self, address: str, credentials: grpc.ChannelCredentials, cache_seconds: float = 30.0,
-                 timeout: float = 10.0, max_entries: int = 10_000):
+                 timeout: float = 10.0, max_entries: int = 10_000,
+                 renewed: Callable[[], grpc.ChannelCredentials | None] | None = None):
         self.address = address
         self.channel = secure_channel(address, credentials)
         self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        self._renewed = renewed
+        # Channels left for renewed credentials: calls and forwarding clients still on them finish there.
+        self._retired: list[grpc.Channel] = []
         self.cache_seconds = cache_seconds
         self.timeout = timeout
         self.max_entries = max_entries
@@ -31,7 +39,17 @@ class RegistryGate:
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in [*self._retired, self.channel]:
+            channel.close()
+
+    def _renew(self) -> None:
+        credentials = self._renewed() if self._renewed else None
+        if credentials is None:
+            return
+        channel = secure_channel(self.address, credentials)
+        with self._lock:
+            self._retired.append(self.channel)
+            self.channel, self.stub = channel, registry_pb2_grpc.RegistryServiceStub(channel)
 
     def caller(self, context: grpc.ServicerContext) -> tuple[str, str]:
         """(username, token) of the call's user; UNAUTHENTICATED without a valid token, UNAVAILABLE when the
@@ -66,8 +84,9 @@ class RegistryGate:
         return user.username
 
     def check(self) -> None:
-        """Raises unless the registry answers (for the health watcher)."""
+        """Raises unless the registry answers (for the health watcher); first moves to renewed credentials."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
+        self._renew()
         reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             raise ApiError(grpc.StatusCode.UNAVAILABLE, "the registry is not serving")

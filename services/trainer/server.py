@@ -128,7 +128,9 @@ def start(cfg: TrainerConfig) -> TrainerHandle:
     store = JobStore(f"sqlite:///{cfg.state_dir / 'trainer.db'}")
     _tidy(cfg.state_dir, store)
     sources = Sources(store, cfg.state_dir, cfg.data_root, cfg.s3_url, cfg.data_users, cfg.max_dataset_bytes)
-    gate = RegistryGate(cfg.registry, tls.channel_credentials(cfg.pki, "trainer"), cfg.auth_cache_seconds)
+    # The trainer's own certificate, presented to the registry; renewed on disk, it is used from the next check on.
+    credentials, renewed = tls.renewable_channel_credentials(cfg.pki, "trainer")
+    gate = RegistryGate(cfg.registry, credentials, cfg.auth_cache_seconds, renewed=renewed)
     worker = Worker(store, sources, cfg.state_dir, cfg.max_jobs, checkpoint_every_s=cfg.checkpoint_seconds)
     settings = TrainerSettings(max_dataset_bytes=cfg.max_dataset_bytes,
                                cancel_wait_s=cfg.settings.cancel_wait_s,

@@ -31,11 +31,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _channel(address: str, pki: tls.PkiPaths | None) -> grpc.Channel:
+    return grpc.secure_channel(address, tls.channel_credentials(pki)) if pki else grpc.insecure_channel(address)
+
+
 def health_status(address: str, pki: tls.PkiPaths | None, service: str = "", timeout: float = 5.0) -> int:
     """The health status of `service` at `address`: over mutual TLS with `pki`, or plaintext (the health-only
     port the kubelet probes) when `pki` is None."""
-    channel = grpc.secure_channel(address, tls.channel_credentials(pki)) if pki else grpc.insecure_channel(address)
-    with channel:
+    with _channel(address, pki) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
                                                          timeout=timeout).status
 
@@ -46,14 +49,16 @@ def wait_healthy(address: str, pki: tls.PkiPaths | None, timeout: float = 30.0, 
     wanted = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     deadline = time.monotonic() + timeout
     last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = health_status(address, pki, service, timeout=2)
-            if last == wanted:
-                return
-        except grpc.RpcError as e:
-            last = e
-        time.sleep(0.1)
+    with _channel(address, pki) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                last = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+                if last == wanted:
+                    return
+            except grpc.RpcError as e:
+                last = e
+            time.sleep(0.1)
     raise TimeoutError(f"{address} did not become {health_pb2.HealthCheckResponse.ServingStatus.Name(wanted)}: "
                        f"{last}")
 
