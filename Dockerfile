@@ -19,7 +19,9 @@ RUN /opt/sgde/bin/pip wheel --no-deps --wheel-dir /wheels /src \
 
 # -- final: the interpreter, the venv, and a fixed non-root user (numeric, so the kubelet can check runAsNonRoot)
 FROM python:3.12.8-slim-bookworm
-RUN groupadd --system --gid 10001 sgde \
+# The base image's own pip goes too: nothing is installed at run time.
+RUN python -m pip uninstall --yes --quiet pip \
+ && groupadd --system --gid 10001 sgde \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/sgde --no-create-home --shell /usr/sbin/nologin sgde \
  && mkdir -p /var/lib/sgde /var/cache/sgde /etc/sgde/pki \
  && chown 10001:10001 /var/lib/sgde /var/cache/sgde
