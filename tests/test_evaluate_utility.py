@@ -83,5 +83,5 @@ def test_classifier_arguments_are_checked():
     # Flattened images are accepted when the shape is known.
     images, labels = _digit_images(200)
     flat = images.reshape(200, -1)
-    cnn = make_classifier("cnn", image_shape=(8, 8, 1), min_steps=20, epochs=1)
+    cnn = make_classifier("cnn", image_shape=(8, 8, 1), min_steps=20, epochs=1, batch_size=64)  # compiled above
     assert cnn.fit(flat, labels, 10).predict(flat).shape == (200,)
