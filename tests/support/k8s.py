@@ -22,7 +22,8 @@ SGDE_IMAGE = re.compile(r"^ghcr\.io/sgde-project/sgde(-cuda)?:")
 
 def kubectl() -> str:
     found = shutil.which("kubectl")
-    assert found, "kubectl (with its built-in kustomize) is needed to render deploy/k8s"
+    assert found, ("the manifest tests render deploy/k8s with kubectl's built-in kustomize (offline): install kubectl "
+                   "(apt-get install kubectl, or https://kubernetes.io/docs/tasks/tools/)")
     return found
 
 
