@@ -40,6 +40,7 @@ class Evaluation:
     audit: AuditResult | None  # None without training records
     seed: int
     seconds: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)  # tabular: column -> category names
 
     def metrics(self) -> dict[str, float]:
         """A flat name -> number summary, as stored on the model in the registry (finite values only)."""
@@ -161,4 +162,4 @@ def evaluate(schema: pb.DataSchema, synthetic: EncodedData, holdout: EncodedData
                                audit_records(synthetic.x, syn_labels, kk), seed=seed)
     seconds["audit"] = round(time.perf_counter() - started, 2)
     sizes = {"synthetic": len(synthetic), "holdout": len(holdout), "train": 0 if train is None else len(train)}
-    return Evaluation(kind, space, names, sizes, results, fidelity, audited, seed, seconds)
+    return Evaluation(kind, space, names, sizes, results, fidelity, audited, seed, seconds, category_names(schema))

@@ -76,7 +76,8 @@ def plot_marginals(path: Path, ev: Evaluation, holdout: EncodedData, synthetic: 
             at = np.arange(width)
             ax.bar(at - 0.2, real, 0.4, color="tab:blue", label="real")
             ax.bar(at + 0.2, syn, 0.4, color="tab:orange", label="synthetic")
-            ax.set_xticks(at)
+            names = ev.categories.get(block.name) or [str(j) for j in range(block.width)]
+            ax.set_xticks(at, [n[:10] for n in names[:width]], rotation=45 if width > 4 else 0)
             ax.set_title(f"{block.name[:28]}\nTV {d.distance:.3f}", fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in axes[n:]:
