@@ -44,6 +44,7 @@ def test_sgde_evaluate_publishes_metrics_and_writes_a_report(world, tmp_path):
     saved = json.loads((report / "report.json").read_text())
     assert saved["context"]["model"] == f"models/{alice.username}/judged/versions/1"
     assert saved["sizes"] == {"synthetic": 150, "holdout": 150, "train": 150}
+    assert saved["context"]["privacy"] == {"mechanism": "none", "epsilon": None, "delta": 0.0}  # infinite: null
     assert {"report.md", "marginals.png", "dcr.png", "roc.png"} <= set(saved["files"])
     stored = dict(alice.get_model("judged").metrics)
     assert stored == saved["metrics"] | {"evaluate.version": 1.0}

@@ -26,7 +26,7 @@ from libsgde.sampling import class_names
 
 # The functions audit.audit and utility.utility are not re-exported here: the names are their modules'.
 __all__ = ["CLASSIFIERS", "AuditResult", "Classifier", "Evaluation", "ImageFidelity", "TabularFidelity",
-           "UtilityResult", "evaluate", "image_fidelity", "make_classifier", "tabular_fidelity"]
+           "UtilityResult", "evaluate", "image_fidelity", "json_safe", "make_classifier", "tabular_fidelity"]
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Evaluation:
         audited = None
         if self.audit is not None:
             audited = {k: v for k, v in asdict(self.audit).items() if not isinstance(v, np.ndarray)}
-        return _json_safe({
+        return json_safe({
             "kind": self.kind, "class_names": self.class_names, "sizes": self.sizes, "seed": self.seed,
             "utility": None if self.utility is None else [asdict(r) for r in self.utility],
             "fidelity": fidelity, "audit": audited, "metrics": self.metrics(), "seconds": self.seconds})
@@ -101,11 +101,12 @@ class Evaluation:
         return self.class_names[c] if 0 <= c < len(self.class_names) else "all"
 
 
-def _json_safe(value):
+def json_safe(value):
+    """`value` with NaN and infinities as None and numpy scalars as Python numbers, for strict JSON."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):

@@ -22,7 +22,7 @@ same distribution that it never saw; both are cut to the same size n (at random,
 Verdict (`flagged`), any of:
   either attack's AUC lower bound > 0.5 + AUC_MARGIN;
   the share closer to members > 0.5 + SHARE_MARGIN with binomial p < P_VALUE;
-  exact copies of members exceed those of non-members by more than COPY_MARGIN of the samples.
+  exact copies of training records exceed those of held-out records by more than COPY_MARGIN of the samples.
 Not flagged is no proof of privacy (the accountant's epsilon is the guarantee); flagged is evidence of memorisation.
 """
 from __future__ import annotations
@@ -45,10 +45,9 @@ COPY_MARGIN = 0.01
 CALIBRATION_FLOOR = 1e-8  # added to distances before their logarithm (an exact copy is at 0)
 COPY_DECIMALS = 6  # records equal after rounding to this many decimals (model space is [0, 1]) are copies
 RULE = (f"flagged when either membership-inference attack's AUC has a one-sided 95% lower bound > "
-        f"{0.5 + AUC_MARGIN}, or the share of synthetic "
-        f"samples closer to a training record than to a held-out one > {0.5 + SHARE_MARGIN} with binomial "
-        f"p < {P_VALUE:g}, or exact copies of training records exceed those of held-out records by more than "
-        f"{COPY_MARGIN:.0%} of the samples")
+        f"{0.5 + AUC_MARGIN}, or the share of synthetic samples closer to a training record than to a held-out one "
+        f"is > {0.5 + SHARE_MARGIN} with binomial p < {P_VALUE:g}, or exact copies of training records exceed those "
+        f"of held-out records by more than {COPY_MARGIN:.0%} of the samples")
 
 
 @dataclass

@@ -60,9 +60,7 @@ def evaluate_model(client, model: str, holdout_path: Path, *, train_path: Path |
     `evaluate.version`) are stored on the model, merged with its others, unless `publish` is False or MODEL is a
     local file (owner only: the registry refuses anyone else)."""
     from libsgde.artifact import read_header
-    from libsgde.client import sample_local
-
-    from libsgde.client import SgdeError
+    from libsgde.client import SgdeError, sample_local
 
     local = Path(model).is_file()
     if local:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from libsgde.encoding import EncodedData
-from libsgde.evaluate import Evaluation
+from libsgde.evaluate import Evaluation, json_safe
 from libsgde.evaluate.fidelity import ImageFidelity, TabularFidelity
 
 __all__ = ["figure", "markdown", "write_report"]
@@ -269,7 +269,7 @@ def write_report(ev: Evaluation, folder: Path, holdout: EncodedData, synthetic: 
         draw(folder / name)
         files.append(name)
     files = ["report.json", "report.md", *files]
-    (folder / "report.json").write_text(json.dumps({"context": context or {}, **ev.to_dict(), "files": files},
-                                                   indent=2) + "\n")
+    document = json_safe({"context": context or {}, **ev.to_dict(), "files": files})
+    (folder / "report.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     (folder / "report.md").write_text(markdown(ev, files, title))
     return files
