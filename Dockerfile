@@ -3,7 +3,7 @@
 # Configured only by environment variables (README, "Configuration"); nothing is read from files baked in here.
 
 # -- builder: a virtual environment with SGDE and its dependencies (wheels only; pip never reaches the final image)
-FROM python:3.12.8-slim-bookworm AS builder
+FROM python:3.11.11-slim-bookworm AS builder
 # Extras installed with SGDE: postgres (the registry's PostgreSQL driver); add cuda for the GPU trainers' image.
 ARG SGDE_EXTRAS=postgres
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -18,7 +18,7 @@ RUN /opt/sgde/bin/pip wheel --no-deps --wheel-dir /wheels /src \
  && /opt/sgde/bin/pip uninstall --yes pip
 
 # -- final: the interpreter, the venv, and a fixed non-root user (numeric, so the kubelet can check runAsNonRoot)
-FROM python:3.12.8-slim-bookworm
+FROM python:3.11.11-slim-bookworm
 # The base image's own pip goes too: nothing is installed at run time.
 RUN python -m pip uninstall --yes --quiet pip \
  && groupadd --system --gid 10001 sgde \
