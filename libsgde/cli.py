@@ -202,6 +202,7 @@ def up() -> None:
     from services.trainer.server import start as start_trainer
     serving.setup_logging(os.environ.get("SGDE_LOG_LEVEL", "WARNING"))
     init_pki(config.pki_dir())
+    stop = serving.stop_on_signal()  # before any server starts: a Ctrl-C during start-up still stops cleanly
     handle = start(RegistryConfig.from_env())
     trainer_config, sampler_config = TrainerConfig.from_env(), SamplerConfig.from_env()
     if not os.environ.get("SGDE_REGISTRY_ADDRESS"):
@@ -219,7 +220,7 @@ def up() -> None:
                   f"{sampler_config.listen} (mTLS; PKI in {config.pki_dir()}; trainer state in "
                   f"{trainer_config.state_dir}, sampler cache in {sampler_config.state_dir}). Ctrl-C stops them.")
     # Sampler and trainer first (streams end, jobs checkpoint) while the registry they call still lives.
-    serving.run_until_signalled(started)
+    serving.run_until_signalled(started, stop)
     console.print("stopped")
 
 

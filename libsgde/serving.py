@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -266,8 +267,10 @@ def start_server(*, service: str, address: str, credentials: grpc.ServerCredenti
     return handle
 
 
-def run_until_signalled(handles: list[ServerHandle], grace: float = 10.0) -> None:
-    """Blocks until SIGTERM or SIGINT, then stops every server gracefully (in-flight calls get `grace` seconds)."""
+def stop_on_signal() -> threading.Event:
+    """Makes SIGTERM and SIGINT set the returned event instead of killing the process. Call it BEFORE starting
+    servers: a signal that arrives while they start (a pod deleted at once, a quick Ctrl-C) then still stops them
+    gracefully instead of aborting half-started."""
     done = threading.Event()
 
     def on_signal(signum, _frame):
@@ -276,6 +279,20 @@ def run_until_signalled(handles: list[ServerHandle], grace: float = 10.0) -> Non
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    done.wait()
+    return done
+
+
+def run_until_signalled(handles: list[ServerHandle], stop: threading.Event, grace: float = 10.0) -> None:
+    """Blocks until `stop` (from stop_on_signal) is set, then stops every server gracefully, in order (in-flight
+    calls get `grace` seconds)."""
+    stop.wait()
     for handle in handles:
         handle.stop(grace)
+
+
+def serve_until_signalled(start: Callable[[object], ServerHandle], load_config: Callable[[], object]) -> None:
+    """A service's `main`: JSON logs at $SGDE_LOG_LEVEL, configuration from the environment, then serve until SIGTERM
+    or SIGINT (handled from the first moment, so a signal during start-up still stops gracefully)."""
+    setup_logging(os.environ.get("SGDE_LOG_LEVEL", "INFO"))
+    stop = stop_on_signal()
+    run_until_signalled([start(load_config())], stop)

@@ -87,9 +87,7 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
 
 
 def main() -> None:
-    serving.setup_logging(os.environ.get("SGDE_LOG_LEVEL", "INFO"))
-    handle = start(RegistryConfig.from_env())
-    serving.run_until_signalled([handle])
+    serving.serve_until_signalled(start, RegistryConfig.from_env)
 
 
 if __name__ == "__main__":

@@ -109,9 +109,7 @@ def start(cfg: SamplerConfig) -> SamplerHandle:
 
 
 def main() -> None:
-    serving.setup_logging(os.environ.get("SGDE_LOG_LEVEL", "INFO"))
-    handle = start(SamplerConfig.from_env())
-    serving.run_until_signalled([handle])
+    serving.serve_until_signalled(start, SamplerConfig.from_env)
 
 
 if __name__ == "__main__":

@@ -157,9 +157,7 @@ def start(cfg: TrainerConfig) -> TrainerHandle:
 
 
 def main() -> None:
-    serving.setup_logging(os.environ.get("SGDE_LOG_LEVEL", "INFO"))
-    handle = start(TrainerConfig.from_env())
-    serving.run_until_signalled([handle])
+    serving.serve_until_signalled(start, TrainerConfig.from_env)
 
 
 if __name__ == "__main__":
