@@ -348,7 +348,9 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
         print(f"  {arch_label} eps {epsilon:g}: step {plan_info['step_s'] * 1e3:.1f} ms (compile "
               f"{plan_info['compile_s']:.1f} s) -> {plan_info['steps']} steps "
               f"({'epochs %d' % plan_info['epochs'] if 'epochs' in plan_info else 'generator'}), about "
-              f"{plan_info['estimated_s'] / 60:.1f} min of the {args.minutes_per_model:g} min budget", flush=True)
+              f"{plan_info['estimated_s'] / 60:.1f} min of the {args.minutes_per_model:g} min budget"
+              + (" (OVER the budget: one epoch is the least DP-SGD runs)"
+                 if plan_info["estimated_s"] > 60 * args.minutes_per_model else ""), flush=True)
     record["plan"] = plan_info
     if args.plan_only:
         print(f"    plan only: {json.dumps({k: v for k, v in plan_info.items()}, default=str)}", flush=True)
@@ -531,8 +533,9 @@ def main(argv=None) -> None:
                     continue
                 append_record(results_path, record)
                 records.append(record)
-    print_tables(records)
-    print(f"\nrecorded in {results_path}")
+    if records:
+        print_tables(records)
+        print(f"\nrecorded in {results_path}")
 
 
 if __name__ == "__main__":
