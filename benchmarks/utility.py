@@ -407,11 +407,15 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
 
 
 def append_record(path: Path, record: dict) -> None:
-    records = json.loads(path.read_text()) if path.exists() else []
-    records.append(record)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(records, indent=1))
-    os.replace(tmp, path)
+    """Append under an exclusive lock: several runs may share one --out."""
+    import fcntl
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = json.loads(path.read_text()) if path.exists() else []
+        records.append(record)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(records, indent=1))
+        os.replace(tmp, path)
 
 
 # -- tables -----------------------------------------------------------------------------------------------------------
