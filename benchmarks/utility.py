@@ -521,7 +521,12 @@ def main(argv=None) -> None:
         ds = load(name, args.out / "data", args.fashion_dir, args.seed)
         image = ds.image_shape is not None
         archs = args.arch or list(IMAGE_ARCHS if image else TABULAR_ARCHS)
-        archs = [a for a in archs if a in (IMAGE_ARCHS if image else TABULAR_ARCHS)]
+        known = IMAGE_ARCHS if image else TABULAR_ARCHS
+        for a in archs:
+            if a not in known:
+                print(f"{name}: skipping --arch {a}: {'image' if image else 'tabular'} data takes "
+                      f"{', '.join(known)}", flush=True)
+        archs = [a for a in archs if a in known]
         from libsgde.evaluate.classifiers import CLASSIFIERS
         allowed = CLASSIFIERS["image" if image else "tabular"]
         if args.classifier is None:
