@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks._machine import machine_line  # noqa: E402
 from libsgde.encoding import Block, ModelSpace  # noqa: E402
 from libsgde.models import get_architecture  # noqa: E402
 from libsgde.privacy import ghost, merf  # noqa: E402
@@ -66,19 +66,6 @@ MODELS = [
     ("cvae image mlp (28x28x1, 10 classes)", "image-mlp", IMAGE_SPACE, {"network": "mlp"}),
     ("cvae image conv (28x28x1, 10 classes)", "image-conv", IMAGE_SPACE, {"network": "conv"}),
 ]
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
 
 
 def load() -> str:
@@ -345,7 +332,7 @@ def main() -> int:
             print(f"| {label} | {fmt(step_ms)} | {fmt(release_ms)} ({n:,} rows) |")
 
     runs = sorted({c["runs"] for row in ours.values() for c in row.values() if isinstance(c, dict)})
-    print(f"\nmachine: {machine()}")
+    print(f"\nmachine: {machine_line()}")
     import jaxlib
     print(f"versions: jax {jax.__version__} (jaxlib {jaxlib.__version__}), optax {optax.__version__}"
           + (f"; torch {theirs['torch']} ({theirs['threads']} threads, OMP_WAIT_POLICY={theirs['omp_wait_policy']}), "

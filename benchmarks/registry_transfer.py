@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -23,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._machine import machine_line  # noqa: E402
 from libsgde.security import tls  # noqa: E402
 from libsgde.storage import CHUNK_SIZE  # noqa: E402
 from tests.support.seaweed import SeaweedS3  # noqa: E402
@@ -31,19 +31,6 @@ from tests.support.services import RegistryProcess, make_artifact, user_client  
 BUCKET = "sgde-bench"
 DIRECT_BUCKET = "sgde-bench-direct"
 PART_SIZE = 16 << 20  # the registry's own multipart part size (libsgde.storage._PART_SIZE)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} cores, {model}, Python {platform.python_version()} "
-            f"({platform.python_implementation()}), {platform.system()} {platform.release()}")
 
 
 def timed(fn) -> float:
@@ -138,7 +125,7 @@ def main() -> int:
         med = {k: statistics.median(v) for k, v in results.items()}
         print(f"\nregistry vs direct S3 (SeaweedFS) transfer, {args.mib} MiB artifact ({size} bytes), "
               f"median of {args.repeats}, MB/s = 10^6 bytes/s")
-        print(f"machine: {machine()}")
+        print(f"machine: {machine_line()}")
         print()
         header = f"| {'operation':<9} | {'registry MB/s':>13} | {'direct MB/s':>11} | {'ratio (registry/direct)':>23} |"
         print(header)

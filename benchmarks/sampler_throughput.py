@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks._machine import machine_line  # noqa: E402
 from libsgde.client import Client, sample_local  # noqa: E402
 from libsgde.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
 from libsgde.security import tls  # noqa: E402
@@ -40,16 +40,6 @@ TABLE = pb.DataSchema(tabular=pb.TabularSchema(
 IMAGES = pb.DataSchema(image=pb.ImageSchema(height=28, width=28, channels=1, pixel_max=255,
                                             class_names=[str(i) for i in range(10)]))
 DEFAULT_CONFIG = {"hidden": [256, 256], "latent_dim": 16}  # dp-merf's default widths
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
 
 
 def timed(fn) -> float:
@@ -117,7 +107,7 @@ def main() -> int:
             many = concurrent_rate(clients, ref, rows, args.repeats)
             table.append((kind, rows, local, one, many, cold, warm, local_cold))
 
-        print(f"\nsampler service vs in-process sampling (npy), median of {args.repeats}; machine: {machine()}\n")
+        print(f"\nsampler service vs in-process sampling (npy), median of {args.repeats}; machine: {machine_line()}\n")
         print("| data | rows | in-process rows/s | service, 1 client rows/s | ratio | "
               f"service, {CLIENTS} clients rows/s | ratio |")
         print("|---|---|---|---|---|---|---|")

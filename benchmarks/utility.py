@@ -46,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks._machine import cpu_model  # noqa: E402
 from libsgde.client import sample_local  # noqa: E402
 from libsgde.datasets import load_dataset  # noqa: E402
 from libsgde.demo import breast_cancer_schema  # noqa: E402
@@ -106,14 +107,7 @@ DATASETS = ("fashion-mnist", "digits", "breast_cancer", "wine")
 # -- machine ----------------------------------------------------------------------------------------------------------
 
 def machine() -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     devices = jax.devices()
     return {"cores": os.cpu_count(), "cpu": cpu, "jax": jax.__version__, "backend": jax.default_backend(),
             "devices": [d.device_kind for d in devices], "python": platform.python_version(),
