@@ -4,7 +4,7 @@
 
 For each cvae architecture (tabular MLP, image MLP, image conv; libsgde's default config), batch 256, float32, CPU:
 - non-private: jax.grad of the batch's mean loss + Adam, jitted;
-- SGDE DP: libsgde.train.dpsgd_step, the step training runs (gather, clipped sum, Gaussian noise, Adam), with
+- SGDE DP: libsgde.ml.train.dpsgd_step, the step training runs (gather, clipped sum, Gaussian noise, Adam), with
   ghost clipping where the model allows it (MLPs), else vmap(grad) per-example gradients (conv);
 - SGDE vmap: the same DP step forced onto the vmap path, to show what ghost clipping buys;
 - Opacus: the same architecture in PyTorch (benchmarks/_opacus_side.py) made private by Opacus's PrivacyEngine,
@@ -42,10 +42,11 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks._machine import machine_line  # noqa: E402
-from libsgde.encoding import Block, ModelSpace  # noqa: E402
-from libsgde.models import get_architecture  # noqa: E402
-from libsgde.privacy import ghost, merf  # noqa: E402
-from libsgde.train import dpmerf_step, dpsgd_step  # noqa: E402
+from libsgde.ml.space import Block, ModelSpace  # noqa: E402
+from libsgde.ml.architectures import get_architecture  # noqa: E402
+from libsgde.ml.privacy import ghost
+from libsgde.ml.privacy import merf  # noqa: E402
+from libsgde.ml.train import dpmerf_step, dpsgd_step  # noqa: E402
 
 BATCH = 256
 DATASET = 4 * BATCH  # rows the batch is gathered from, as train.py gathers from the whole data set
@@ -158,7 +159,7 @@ def run_jax(repeats: int, max_seconds: float) -> dict:
 
 
 def run_merf(repeats: int, max_seconds: float) -> list[tuple[str, float, float, int]]:
-    """dp-merf, default config: (model, generator step ms, release ms, rows released). The step is libsgde.train's
+    """dp-merf, default config: (model, generator step ms, release ms, rows released). The step is libsgde.io.training's
     dpmerf_step; the release is merf.noisy_release over DATASET * 10 rows."""
     arch = get_architecture("dp-merf")
     rows = []
@@ -306,7 +307,7 @@ def main() -> int:
         print(f"| {label} | {fmt(base)} | {dp_cell} | {ratio(dp, base)} | {vmap_cell} | " + " | ".join(op_cells)
               + " |")
 
-    print("\nSGDE DP = the step libsgde.train jits: ghost clipping where every layer is a ghost-aware Dense "
+    print("\nSGDE DP = the step libsgde.io.training jits: ghost clipping where every layer is a ghost-aware Dense "
           "(MLPs), else vmap(grad). SGDE vmap = the same step forced onto vmap(grad).")
     print("Opacus = PrivacyEngine.make_private, grad_sample_mode=\"hooks\" (its default: per-sample gradients "
           "from GradSampleModule hooks); Opacus ghost = grad_sample_mode=\"ghost\" (its ghost clipping). "

@@ -24,13 +24,13 @@ if str(REPO) not in sys.path:
 
 from benchmarks._machine import machine_line  # noqa: E402
 from libsgde.security import tls  # noqa: E402
-from libsgde.storage import CHUNK_SIZE  # noqa: E402
+from libsgde.server.storage import CHUNK_SIZE  # noqa: E402
 from tests.support.seaweed import SeaweedS3  # noqa: E402
 from tests.support.services import RegistryProcess, make_artifact, user_client  # noqa: E402
 
 BUCKET = "sgde-bench"
 DIRECT_BUCKET = "sgde-bench-direct"
-PART_SIZE = 16 << 20  # the registry's own multipart part size (libsgde.storage._PART_SIZE)
+PART_SIZE = 16 << 20  # the registry's own multipart part size (libsgde.server.storage._PART_SIZE)
 
 
 def timed(fn) -> float:

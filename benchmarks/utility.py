@@ -8,8 +8,8 @@ here when missing), every image architecture (cvae with `network: mlp`, cvae wit
 and 10 at delta 1e-5, 30 minutes of training per model, 60,000 class-balanced synthetic images, classifiers trained on
 them and tested on the real test set, beside the figures published for the same task (DPDM paper, table 1).
 
-Each run goes through the product path: the data are read from files by `libsgde.datasets.load_dataset` against a
-PUBLIC schema, `libsgde.train.train` calibrates the noise and writes an artifact, and `libsgde.client.sample_local`
+Each run goes through the product path: the data are read from files by `libsgde.io.datasets.load_dataset` against a
+PUBLIC schema, `libsgde.io.training.train` calibrates the noise and writes an artifact, and `libsgde.client.sample_local`
 samples that artifact file through the strict reader. The epsilon printed is the artifact's privacy report (the PLD
 accountant's figure for the noise, sampling rate and steps actually used), never the target.
 
@@ -48,13 +48,16 @@ import optax  # noqa: E402
 
 from benchmarks._machine import cpu_model  # noqa: E402
 from libsgde.client import sample_local  # noqa: E402
-from libsgde.datasets import load_dataset  # noqa: E402
-from libsgde.demo import breast_cancer_schema  # noqa: E402
-from libsgde.encoding import EncodedData, encoder_for  # noqa: E402
-from libsgde.models import get_architecture  # noqa: E402
-from libsgde.privacy import dpsgd, ghost, merf  # noqa: E402
-from libsgde.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
-from libsgde.train import TrainSpec, check_spec, dpmerf_step, dpsgd_step, train  # noqa: E402
+from libsgde.io.datasets import load_dataset  # noqa: E402
+from libsgde.cli.demo import breast_cancer_schema  # noqa: E402
+from libsgde.io.encoding import EncodedData, encoder_for  # noqa: E402
+from libsgde.ml.architectures import get_architecture  # noqa: E402
+from libsgde.ml.privacy import dpsgd
+from libsgde.ml.privacy import ghost
+from libsgde.ml.privacy import merf  # noqa: E402
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
+from libsgde.io.training import TrainSpec, check_spec, train  # noqa: E402
+from libsgde.ml.train import dpmerf_step, dpsgd_step  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"
@@ -232,7 +235,7 @@ def time_step(spec: TrainSpec, schema, n: int, warmup_steps: int = 3, timed_step
     params = arch.init(key, space, spec.config)
     state = (params, optimizer.init(params))
     rng = np.random.default_rng(0)
-    if arch.mechanism == "dp-sgd":
+    if arch.mechanism.name == "dp-sgd":
         q = spec.batch_size / n
         padded = dpsgd.padded_batch_size(n, q)
         fake_n = min(n, max(padded, 1024))

@@ -20,10 +20,10 @@ import importlib
 _EXPORTS = {
     "Client": "libsgde.client", "Samples": "libsgde.client", "SgdeError": "libsgde.client",
     "VerificationError": "libsgde.client", "sample_local": "libsgde.client",
-    "TrainSpec": "libsgde.train", "train": "libsgde.train", "SpecError": "libsgde.train",
-    "load_generator": "libsgde.models", "load_dataset": "libsgde.datasets", "infer_schema": "libsgde.datasets",
-    "schema_from_dict": "libsgde.schema", "schema_to_dict": "libsgde.schema",
-    "evaluate_model": "libsgde.evaluate.published",  # (libsgde.evaluate is the package of the parts)
+    "TrainSpec": "libsgde.io.training", "train": "libsgde.io.training", "SpecError": "libsgde.io.training",
+    "load_generator": "libsgde.io.generator", "load_dataset": "libsgde.io.datasets", "infer_schema": "libsgde.io.datasets",
+    "schema_from_dict": "libsgde.io.schema", "schema_to_dict": "libsgde.io.schema",
+    "evaluate_model": "libsgde.client.evaluation",  # (libsgde.evaluate is the package of the parts)
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,82 +1,141 @@
-"""gRPC errors a person can act on: status codes with google.rpc.Status details (BadRequest field violations).
+"""One error hierarchy for the whole project: each class is one gRPC status, so an error keeps its meaning (code,
+message, field violations) wherever it is raised, and across services.
 
-Servicers raise `ApiError`; the serving layer turns it into a rich status. Clients get the message back through
-`describe_rpc_error`.
+    SgdeError                   the root; `status` names its gRPC status code (UNKNOWN unless a subclass says)
+      FieldError                INVALID_ARGUMENT, with field violations: (dotted field path, what to change)
+      FailedPrecondition        FAILED_PRECONDITION (the request is fine; the state of things is not)
+      NotFound                  NOT_FOUND (also what a caller who may not see a thing is told)
+      PermissionDenied          PERMISSION_DENIED
+      Unauthenticated           UNAUTHENTICATED
+      Unavailable               UNAVAILABLE (try again later)
+      Conflict                  ALREADY_EXISTS
+      Exhausted                 RESOURCE_EXHAUSTED (a limit or a lockout; the message says when to retry)
+      DataLoss                  DATA_LOSS (stored bytes are missing or do not verify)
+        VerificationError       bytes that do not match their sha256 or their owner's signature
+      Internal                  INTERNAL (a bug or a broken peer; the server log has more)
+
+This module imports nothing (the pure layers raise these errors too). `libsgde.wire.status` turns an error into a
+`grpc.Status` with `google.rpc` details and back, which is how servers answer and how clients read the answer.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from typing import Any, ClassVar, NamedTuple
 
 
-class ApiError(Exception):
-    """An expected failure of a call: a status code, a message and optional field violations."""
+class FieldViolation(NamedTuple):
+    """One bad field: a dotted path such as ``spec.target_epsilon`` and a description saying what to change."""
+    field: str
+    description: str
 
-    def __init__(self, code: grpc.StatusCode, message: str, violations: Iterable[tuple[str, str]] = ()):
+
+class SgdeError(Exception):
+    """An expected failure, with a message a person can act on.
+
+    `remote` is True for an error read back from another service's answer; str() then starts with the status name,
+    as a person reading a command's output expects ("NOT_FOUND: models/alice/x not found")."""
+    status: ClassVar[str] = "UNKNOWN"
+
+    def __init__(self, message: str, violations: Iterable[tuple[str, str]] = (), *, status: str | None = None,
+                 remote: bool = False):
         super().__init__(message)
-        self.code = code
         self.message = message
-        self.violations = list(violations)
+        self.violations = [FieldViolation(*v) for v in violations]
+        if status is not None and status != type(self).status:
+            self.status = status  # type: ignore[misc]  # a status without a class of its own (INTERNAL, ...)
+        self.remote = remote
 
-    def to_status(self) -> grpc.Status:
-        detail = status_pb2.Status(code=self.code.value[0], message=self.message)
-        if self.violations:
-            bad = error_details_pb2.BadRequest(field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in self.violations])
-            packed = any_pb2.Any()
-            packed.Pack(bad)
-            detail.details.append(packed)
-        return rpc_status.to_status(detail)
+    @property
+    def code(self) -> Any:
+        """The status as a `grpc.StatusCode` (imported only when asked for)."""
+        import grpc
+        return grpc.StatusCode[self.status]
 
-
-def invalid(field: str, description: str) -> ApiError:
-    """INVALID_ARGUMENT naming one field."""
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {description}", [(field, description)])
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}" if self.remote else self.message
 
 
-def invalid_many(violations: list[tuple[str, str]]) -> ApiError:
-    message = "; ".join(f"{f}: {d}" for f, d in violations)
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message, violations)
+class FieldError(SgdeError, ValueError):
+    """INVALID_ARGUMENT naming the field at fault: ``FieldError("spec.epochs", "must be between 1 and 100000")``.
+
+    `field` and `description` are those of the first violation; `many` builds one error from several."""
+    status = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str, *, message: str | None = None):
+        super().__init__(message if message is not None else (f"{field}: {description}" if field else description),
+                         [(field, description)] if field or description else [])
+        self.field = field
+        self.description = description
+
+    @classmethod
+    def many(cls, violations: list[tuple[str, str]]) -> FieldError:
+        error = cls(*violations[0], message="; ".join(f"{f}: {d}" for f, d in violations))
+        error.violations = [FieldViolation(*v) for v in violations]
+        return error
 
 
-def not_found(what: str) -> ApiError:
-    return ApiError(grpc.StatusCode.NOT_FOUND, f"{what} not found (or you may not see it)")
+class FailedPrecondition(SgdeError):
+    status = "FAILED_PRECONDITION"
 
 
-def unauthenticated(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.UNAUTHENTICATED, message)
+class NotFound(SgdeError):
+    status = "NOT_FOUND"
+
+    @classmethod
+    def hidden(cls, what: str) -> NotFound:
+        """What a caller hears about a thing that does not exist or that it may not see (the same words)."""
+        return cls(f"{what} not found (or you may not see it)")
 
 
-def permission_denied(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.PERMISSION_DENIED, message)
+class PermissionDenied(SgdeError):
+    status = "PERMISSION_DENIED"
 
 
-def unavailable(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.UNAVAILABLE, message)
+class Unauthenticated(SgdeError):
+    status = "UNAUTHENTICATED"
 
 
-def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    """The BadRequest field violations carried by a failed call, if any."""
-    status = rpc_status.from_call(error) if hasattr(error, "trailing_metadata") else None
-    out: list[tuple[str, str]] = []
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.extend((v.field, v.description) for v in bad.field_violations)
-    return out
+class Unavailable(SgdeError):
+    status = "UNAVAILABLE"
 
 
-def describe_rpc_error(error: grpc.RpcError) -> str:
-    """One line for a person: the status name and the server's message."""
-    code = error.code() if hasattr(error, "code") else None
-    details = error.details() if hasattr(error, "details") else str(error)
-    name = code.name if code is not None else "ERROR"
-    return f"{name}: {details}"
+class Conflict(SgdeError):
+    status = "ALREADY_EXISTS"
 
 
-assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+class Exhausted(SgdeError):
+    status = "RESOURCE_EXHAUSTED"
+
+
+class DataLoss(SgdeError):
+    status = "DATA_LOSS"
+
+class Internal(SgdeError):
+    status = "INTERNAL"
+
+
+class VerificationError(DataLoss):
+    """Downloaded or streamed bytes that do not match their sha256 or their owner's signature."""
+
+
+BY_STATUS: dict[str, type[SgdeError]] = {cls.status: cls for cls in (
+    FieldError, FailedPrecondition, NotFound, PermissionDenied, Unauthenticated, Unavailable, Conflict, Exhausted,
+    DataLoss, Internal)}
+
+
+def from_status(status: str, message: str, violations: Iterable[tuple[str, str]] = (), *,
+                remote: bool = True) -> SgdeError:
+    """The error of this status name, as one of the classes above where one fits (the root class otherwise)."""
+    violations = list(violations)
+    cls = BY_STATUS.get(status)
+    if cls is FieldError:
+        error: SgdeError = FieldError("", "", message=message)
+        error.violations = [FieldViolation(*v) for v in violations]
+        if violations:
+            error.field, error.description = violations[0]
+    elif cls is not None:
+        error = cls(message, violations)
+    else:
+        error = SgdeError(message, violations, status=status)
+    error.remote = remote
+    return error

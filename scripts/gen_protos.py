@@ -1,4 +1,4 @@
-"""Regenerate libsgde/proto/ from protos/ (run after editing a .proto; a test fails when they are stale).
+"""Regenerate libsgde/wire/proto/ from protos/ (run after editing a .proto; a test fails when they are stale).
 
     python scripts/gen_protos.py [--out DIR]
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-DEFAULT_OUT = ROOT / "libsgde" / "proto"
+DEFAULT_OUT = ROOT / "libsgde" / "wire" / "proto"
 
 
 def generate(out: Path) -> None:
@@ -24,10 +24,10 @@ def generate(out: Path) -> None:
             f"--grpc_python_out={out}", *protos]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    # Generated code imports "sgde.v1.x_pb2"; make it relative to libsgde.proto so the package is self-contained.
+    # Generated code imports "sgde.v1.x_pb2"; make it relative to libsgde.wire.proto so the package is self-contained.
     for path in (out / "sgde").rglob("*.py*"):
         text = path.read_text()
-        fixed = re.sub(r"^from sgde\.v1 import", "from libsgde.proto.sgde.v1 import", text, flags=re.M)
+        fixed = re.sub(r"^from sgde\.v1 import", "from libsgde.wire.proto.sgde.v1 import", text, flags=re.M)
         path.write_text(fixed)
     for pkg in (out / "sgde", out / "sgde" / "v1"):
         (pkg / "__init__.py").touch()

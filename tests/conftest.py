@@ -15,7 +15,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Tiny models run fast at any optimisation level; XLA's backend optimisations only cost compile time here.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
-from libsgde.storage import S3BlobStore, open_blob_store
+from libsgde.server.storage import S3BlobStore, open_blob_store
 from tests.support.seaweed import SeaweedS3
 
 

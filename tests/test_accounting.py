@@ -1,7 +1,7 @@
 """The accountant: PLD beside RDP, calibration to a target, delta rules."""
 import pytest
 
-from libsgde.privacy import (PrivacyError, calibrate_noise_multiplier, check_delta, pld_epsilon, rdp_epsilon)
+from libsgde.ml.privacy import (PrivacyError, calibrate_noise_multiplier, check_delta, pld_epsilon, rdp_epsilon)
 
 # MNIST-sized DP-SGD: N = 60,000, expected batch 256, 20 epochs.
 Q = 256 / 60_000
@@ -58,7 +58,7 @@ def test_a_published_setting_reproduces_its_published_epsilon():
     our reported accountants (RDP over all orders, and PLD) are tighter still."""
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    from libsgde.privacy.accounting import dpsgd_event
+    from libsgde.ml.privacy.accounting import dpsgd_event
     accountant = rdp_privacy_accountant.RdpAccountant(orders=[2, 5, 10, 20, 100])
     accountant.compose(dpsgd_event(1.0, 0.01, 300))
     epsilon, order = accountant.get_epsilon_and_optimal_order(1e-5)

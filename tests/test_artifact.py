@@ -1,4 +1,4 @@
-"""libsgde.artifact (the strict artifact loader) and libsgde.schema (schema validation)."""
+"""libsgde.io.artifact (the strict artifact loader) and libsgde.io.schema (schema validation)."""
 from __future__ import annotations
 
 import copy
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libsgde import artifact as art
-from libsgde.artifact import ArtifactError
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.schema import (SchemaError, data_kind, schema_from_dict, schema_to_dict, schemas_equal,
+from libsgde.io import artifact as art
+from libsgde.io.artifact import ArtifactError
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.schema import (SchemaError, data_kind, schema_from_dict, schema_to_dict, schemas_equal,
                             validate_schema)
 
 

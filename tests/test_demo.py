@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from libsgde.cli import main
-from libsgde.demo import BREAST_CANCER_LIMITS, DemoError, _fresh_home, breast_cancer_upper
+from libsgde.cli.demo import BREAST_CANCER_LIMITS, DemoError, _fresh_home, breast_cancer_upper
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -15,11 +15,11 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from libsgde.client import Client
-from libsgde.proto.sgde.v1 import registry_pb2_grpc
-from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.security import tls
-from libsgde.serving import LIVENESS
-from services.trainer.identity import RegistryGate
+from libsgde.server.serving import LIVENESS
+from libsgde.server.gate import RegistryGate
 from tests.support.container import ContainerProcess, service_pki
 from tests.support.fixtures import start_registry
 from tests.support.k8s import render, sgde_pods

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from libsgde.encoding import Block, ModelSpace
+from libsgde.ml.space import Block, ModelSpace
 from libsgde.evaluate.fidelity import (image_fidelity, nearest_neighbours, tabular_fidelity, total_variation,
                                        wasserstein_1d)
 

@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 
-from libsgde.encoding import encoder_for
+from libsgde.io.encoding import encoder_for
 from libsgde.evaluate import evaluate
 from libsgde.evaluate.report import write_report
-from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 PNG = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {"tstr.logreg", "trtr.logreg", "audit.mia_auc", "audit.dcr_share_closer_to_train", "audit.flagged",

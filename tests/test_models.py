@@ -8,12 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libsgde.artifact import ArtifactError, build_manifest, write_artifact
-from libsgde.encoding import Block, ModelSpace, model_space
-from libsgde.models import CLASS_PRIOR, ConfigError, artifact_tensor_shapes, get_architecture, load_generator
-from libsgde.models.base import flatten
-from libsgde.privacy import dpsgd, ghost
-from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.artifact import ArtifactError, build_manifest, write_artifact
+from libsgde.io.encoding import model_space
+from libsgde.ml.space import Block, ModelSpace
+from libsgde.io.generator import load_generator
+from libsgde.ml.architectures import CLASS_PRIOR, ConfigError, artifact_tensor_shapes, get_architecture
+from libsgde.ml.architectures.base import flatten
+from libsgde.ml.privacy import dpsgd
+from libsgde.ml.privacy import ghost
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 TABULAR = ModelSpace("tabular", (9,), (Block("a", "numeric", 0, 1), Block("b", "categorical", 1, 4),
                                        Block("c", "numeric", 5, 1), Block("d", "categorical", 6, 3)), 3)

@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_stubs_are_fresh(tmp_path):
     subprocess.run([sys.executable, str(REPO / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True)
-    committed = REPO / "libsgde" / "proto"
+    committed = REPO / "libsgde" / "wire" / "proto"
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert fresh, "the generator wrote nothing"
     stale = [str(rel) for rel, data in fresh.items() if (committed / rel).read_bytes() != data]
@@ -18,7 +18,7 @@ def test_stubs_are_fresh(tmp_path):
 
 
 def test_contract_has_every_service():
-    from libsgde.proto.sgde.v1 import registry_pb2, sampler_pb2, trainer_pb2
+    from libsgde.wire.proto.sgde.v1 import registry_pb2, sampler_pb2, trainer_pb2
     assert "RegistryService" in registry_pb2.DESCRIPTOR.services_by_name
     assert "TrainerService" in trainer_pb2.DESCRIPTOR.services_by_name
     assert "SamplerService" in sampler_pb2.DESCRIPTOR.services_by_name

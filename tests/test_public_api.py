@@ -15,6 +15,6 @@ def test_public_names_resolve():
 
 
 def test_importing_one_module_does_not_load_jax_or_grpc():
-    code = "import sys, libsgde.schema; print('jax' in sys.modules, 'grpc' in sys.modules)"
+    code = "import sys, libsgde.io.schema; print('jax' in sys.modules, 'grpc' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -10,10 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import empty_pb2
 
 from libsgde.client import Client, SgdeError
-from libsgde.errors import field_violations
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.proto.sgde.v1 import registry_pb2 as rpb
-from libsgde.security import auth, signing
+from libsgde.wire.status import field_violations
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.security import signing
+from libsgde.server import auth
 from tests.support.fixtures import start_registry
 from tests.support.services import PASSWORD, make_artifact
 

@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from libsgde.client import Client
-from libsgde.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.security import signing
-from libsgde.storage import CHUNK_SIZE
+from libsgde.server.storage import CHUNK_SIZE
 from tests.support.seaweed import SeaweedS3
 from tests.support.services import RegistryProcess, make_artifact, user_client
 

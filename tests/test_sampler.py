@@ -21,14 +21,15 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
-from libsgde import formats, sampling
+from libsgde.io import formats
+from libsgde.io import sampling
 from libsgde.cli import main
 from libsgde.client import Client, SgdeError, sample_local
-from libsgde.models import load_generator
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.proto.sgde.v1 import sampler_pb2 as spb
-from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
-from libsgde.storage import CHUNK_SIZE
+from libsgde.io.generator import load_generator
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.server.storage import CHUNK_SIZE
 from tests.support.sampler import SamplerProcess, make_generator_artifact, start_sampler
 from tests.support.services import REPO, free_port, make_artifact, tabular_schema, user_client, wait_healthy
 from tests.support.trainer import TINY_MERF, start_trainer, trainer_client, wait_for, write_csv
@@ -192,7 +193,7 @@ def test_refusals(world):
     def violations(**fields) -> tuple[CODE, list[str], str]:
         with pytest.raises(grpc.RpcError) as info:
             raw_stream(bob, **{"model": world.adult, "num_samples": 10, **fields})
-        from libsgde.errors import field_violations
+        from libsgde.wire.status import field_violations
         return info.value.code(), [f for f, _ in field_violations(info.value)], info.value.details()
 
     code, fields, details = violations(num_samples=1_000_001)

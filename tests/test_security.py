@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from libsgde.security import auth, signing, tls
+from libsgde.security import signing, tls
+from libsgde.server import auth
 
 # --------------------------------------------------------------------------------------------------- PKI
 

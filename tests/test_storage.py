@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from libsgde.storage import (CHUNK_SIZE, BlobIntegrityError, BlobNotFound, FileBlobStore, S3BlobStore,
+from libsgde.server.storage import (CHUNK_SIZE, BlobIntegrityError, BlobNotFound, FileBlobStore, S3BlobStore,
                              StorageUnavailable, open_blob_store)
 from tests.support.seaweed import SeaweedS3
 

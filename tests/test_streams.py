@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from libsgde.streams import read_ahead
+from libsgde.server.streams import read_ahead
 
 
 def test_read_ahead_keeps_order_and_raises_where_the_source_failed():

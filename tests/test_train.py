@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from libsgde.demo import breast_cancer_schema
-from libsgde.encoding import EncodedData, encoder_for
-from libsgde.models import load_generator
-from libsgde.privacy import accounting
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.train import SpecError, TrainingCancelled, TrainSpec, check_spec, train
+from libsgde.cli.demo import breast_cancer_schema
+from libsgde.io.encoding import EncodedData, encoder_for
+from libsgde.io.generator import load_generator
+from libsgde.ml.privacy import accounting
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.training import SpecError, TrainingCancelled, TrainSpec, check_spec, train
+from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
 
 SECRET = b"test secret, never use a fixed one in production"
 TINY = {"cvae": {"hidden": [32], "latent_dim": 4}, "dp-merf": {"hidden": [32], "features": 200,
@@ -139,7 +140,7 @@ def test_defaults_are_filled_and_delta_stays_below_one_over_n(cancer):
 def test_spec_survives_the_proto_round_trip():
     spec = TrainSpec("dp-merf", 2.5, config={"hidden": [64, 32], "lengthscale": 1.5}, delta=1e-6, epochs=3,
                      batch_size=128, clip_norm=0.5, learning_rate=1e-3, seed=9)
-    again = TrainSpec.from_proto(spec.to_proto())
+    again = train_spec_from_proto(train_spec_to_proto(spec))
     assert check_spec(again, pb.DataSchema(image=pb.ImageSchema(height=4, width=4, channels=1, pixel_max=1))) \
         == check_spec(spec, pb.DataSchema(image=pb.ImageSchema(height=4, width=4, channels=1, pixel_max=1)))
 
@@ -147,7 +148,7 @@ def test_spec_survives_the_proto_round_trip():
 def test_dpmerf_release_has_sensitivity_one():
     """Every example's contribution to the released vector has norm exactly 1 (what GaussianDpEvent assumes)."""
     import jax
-    from libsgde.privacy import merf
+    from libsgde.ml.privacy import merf
     freqs = merf.frequencies(jax.random.key(0), 30, 100, 2.0)
     x = jax.random.uniform(jax.random.key(1), (50, 30))
     phi = merf.feature_map(x, freqs)

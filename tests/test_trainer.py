@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from libsgde.cli import main
 from libsgde.client import SgdeError
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
-from libsgde.schema import schema_to_dict
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.io.schema import schema_to_dict
 from libsgde.security import signing
 from services.trainer.jobs import JobStore
 from services.trainer.sources import SourceError, Sources

@@ -108,7 +108,7 @@ def test_metrics_endpoint_counts_calls(tmp_path, pki):
         with grpc.secure_channel(running.address, tls.channel_credentials(pki)) as channel:
             from google.protobuf import empty_pb2
 
-            from libsgde.proto.sgde.v1 import registry_pb2_grpc
+            from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
             with pytest.raises(grpc.RpcError):
                 registry_pb2_grpc.RegistryServiceStub(channel).WhoAmI(empty_pb2.Empty(), timeout=5)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

@@ -1,5 +1,5 @@
 """Evaluation of a generator from its samples: utility (train on synthetic, test on real), fidelity, and a privacy
-audit; `evaluate` runs all three on model-space data (libsgde.encoding) and `report.write_report` writes the folder.
+audit; `evaluate` runs all three on model-space data (libsgde.io.encoding) and `report.write_report` writes the folder.
 
 Roles of the real data: `holdout` (records the generator never saw) is the test set of TSTR and TRTR, the reference
 of fidelity and the non-members of the audit; `train` (the generator's training records, optional) is TRTR's
@@ -14,15 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from libsgde.encoding import EncodedData, ModelSpace
+from libsgde.io.encoding import EncodedData
+from libsgde.ml.space import ModelSpace
 from libsgde.evaluate import audit as _audit
 from libsgde.evaluate import utility as _utility
 from libsgde.evaluate.audit import AuditResult, audit_records
 from libsgde.evaluate.classifiers import CLASSIFIERS, Classifier, make_classifier
 from libsgde.evaluate.fidelity import ImageFidelity, TabularFidelity, image_fidelity, tabular_fidelity
 from libsgde.evaluate.utility import UtilityResult
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.sampling import class_names
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.sampling import class_names
 
 # The functions audit.audit and utility.utility are not re-exported here: the names are their modules'.
 __all__ = ["CLASSIFIERS", "AuditResult", "Classifier", "Evaluation", "ImageFidelity", "TabularFidelity",
@@ -127,7 +128,7 @@ def evaluate(schema: pb.DataSchema, synthetic: EncodedData, holdout: EncodedData
              *, classifiers: list[str] | dict[str, dict] | None = None, seed: int = 0) -> Evaluation:
     """Utility, fidelity and (with `train`) the privacy audit of `synthetic` against real data (see the module
     docstring for the roles). All three are model-space data of the schema's space (load files with
-    libsgde.datasets.load_dataset; decode samples with the schema's encoder)."""
+    libsgde.io.datasets.load_dataset; decode samples with the schema's encoder)."""
     space = holdout.space
     for name, data in (("synthetic", synthetic), ("train", train)):
         if data is not None and data.space != space:

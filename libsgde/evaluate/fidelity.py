@@ -1,6 +1,6 @@
 """Fidelity: how close the synthetic distribution is to the real one, measured in the schema's model space.
 
-Tabular (rows from libsgde.encoding, numeric columns already scaled to [0, 1] by the schema's PUBLIC bounds):
+Tabular (rows from libsgde.io.encoding, numeric columns already scaled to [0, 1] by the schema's PUBLIC bounds):
 - per column: Wasserstein-1 distance between the real and synthetic values of a continuous or integer column (in
   [0, 1]: 0.1 means the mass moves a tenth of the public range on average), total variation distance
   (1/2 sum |p - q|, in [0, 1]) between the category frequencies of a categorical column and of the label;
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from libsgde.encoding import ModelSpace
+from libsgde.ml.space import ModelSpace
 
 __all__ = ["ColumnDistance", "ImageFidelity", "TabularFidelity", "correlation_features", "image_fidelity",
            "nearest_neighbours", "tabular_fidelity", "total_variation", "wasserstein_1d"]

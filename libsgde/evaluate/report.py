@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from libsgde.encoding import EncodedData
+from libsgde.io.encoding import EncodedData
 from libsgde.evaluate import Evaluation, json_safe
 from libsgde.evaluate.fidelity import ImageFidelity, TabularFidelity
 

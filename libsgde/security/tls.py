@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from libsgde.errors import FailedPrecondition
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -39,7 +41,7 @@ _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_RE = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
 
 
-class PkiError(Exception):
+class PkiError(FailedPrecondition):
     """Missing or unusable PKI material; the message says what to run."""
 
 

@@ -1,6 +1,6 @@
 """The registry's metadata in SQL (SQLite by default, any SQLAlchemy URL): users, models, shares, versions.
 
-Every method is one short transaction. Blobs live elsewhere (libsgde.storage); this module only records them.
+Every method is one short transaction. Blobs live elsewhere (libsgde.server.storage); this module only records them.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.sql import open_engine
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.server.sql import open_engine
 
 metadata = sa.MetaData()
 

@@ -18,10 +18,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from libsgde import config, serving
-from libsgde.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
-from libsgde.security import auth, tls
-from libsgde.storage import open_blob_store
+from libsgde import config
+from libsgde.server import serving
+from libsgde.wire.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
+from libsgde.security import tls
+from libsgde.server import auth
+from libsgde.server.storage import open_blob_store
 from services.registry.catalogue import Catalogue
 from services.registry.servicer import RegistrySettings, RegistryServicer
 

@@ -15,17 +15,18 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from libsgde.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE, VERSION_NAME_RE
+from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE, VERSION_NAME_RE
 from libsgde import errors
-from libsgde.artifact import ArtifactError, ArtifactHeader, HeaderSniffer
-from libsgde.errors import ApiError
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.proto.sgde.v1 import registry_pb2 as rpb
-from libsgde.proto.sgde.v1 import registry_pb2_grpc
-from libsgde.streams import read_ahead
-from libsgde.schema import SchemaError, data_kind, schemas_equal, validate_schema
-from libsgde.security import auth, signing
-from libsgde.storage import CHUNK_SIZE, BlobIntegrityError, BlobNotFound, BlobStore, StorageUnavailable
+from libsgde.io.artifact import ArtifactError, ArtifactHeader, HeaderSniffer
+
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.server.streams import read_ahead
+from libsgde.io.schema import SchemaError, data_kind, schemas_equal, validate_schema
+from libsgde.security import signing
+from libsgde.server import auth
+from libsgde.server.storage import CHUNK_SIZE, BlobIntegrityError, BlobNotFound, BlobStore, StorageUnavailable
 from services.registry.catalogue import Catalogue, Conflict, Gone, ModelRow, UserRow, VersionRow
 
 log = logging.getLogger("sgde.registry")
@@ -56,18 +57,18 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
     m = MODEL_NAME_RE.match(name)
     if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
-        raise errors.invalid(field, f"expected models/{{owner}}/{{model}}, got {name[:200]!r}")
+        raise errors.FieldError(field, f"expected models/{{owner}}/{{model}}, got {name[:200]!r}")
     return m[1], m[2]
 
 
 def _parse_version_name(name: str) -> tuple[str, str, int | None]:
     m = VERSION_NAME_RE.match(name)
     if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
-        raise errors.invalid("name", f"expected models/{{owner}}/{{model}}/versions/{{n|latest}}, got {name[:200]!r}")
+        raise errors.FieldError("name", f"expected models/{{owner}}/{{model}}/versions/{{n|latest}}, got {name[:200]!r}")
     if m[3] == "latest":
         return m[1], m[2], None
     if not re.fullmatch(r"[0-9]{1,10}", m[3]) or not 0 < int(m[3]) < 2**31:
-        raise errors.invalid("name", f"version must be a positive number or 'latest', got {m[3][:20]!r}")
+        raise errors.FieldError("name", f"version must be a positive number or 'latest', got {m[3][:20]!r}")
     return m[1], m[2], int(m[3])
 
 
@@ -88,15 +89,15 @@ class _PageToken:
             after = data["a"]
             same = data["q"] == hashlib.sha256(query.encode()).hexdigest()[:16]
         except (ValueError, KeyError, TypeError):
-            raise errors.invalid("page_token", "not a token from a previous page of this listing") from None
+            raise errors.FieldError("page_token", "not a token from a previous page of this listing") from None
         if not same or not isinstance(after, int) or after < 0:
-            raise errors.invalid("page_token", "the token belongs to a listing with other filters")
+            raise errors.FieldError("page_token", "the token belongs to a listing with other filters")
         return after
 
 
 def _page_size(size: int) -> int:
     if size < 0:
-        raise errors.invalid("page_size", "must be >= 0")
+        raise errors.FieldError("page_size", "must be >= 0")
     return min(size or DEFAULT_PAGE, MAX_PAGE)
 
 
@@ -122,14 +123,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def _caller(self, context: grpc.ServicerContext) -> UserRow:
         token = auth.bearer_token_from_metadata(context.invocation_metadata())
         if not token:
-            raise errors.unauthenticated("no bearer token: run `sgde login` (metadata `authorization: Bearer ...`)")
+            raise errors.Unauthenticated("no bearer token: run `sgde login` (metadata `authorization: Bearer ...`)")
         try:
             claims = self.verifier.verify(token)
         except auth.InvalidToken as e:
-            raise errors.unauthenticated(str(e)) from None
+            raise errors.Unauthenticated(str(e)) from None
         user = self.catalogue.get_user(claims.username)
         if user is None:
-            raise errors.unauthenticated("the token's user no longer exists")
+            raise errors.Unauthenticated("the token's user no longer exists")
         return user
 
     @staticmethod
@@ -141,13 +142,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         owner, model_id = _parse_model_name(name, field)
         model = self.catalogue.get_model(owner, model_id)
         if model is None or not self._can_see(user, model):
-            raise errors.not_found(name)
+            raise errors.NotFound.hidden(name)
         return model
 
     def _owned_model(self, user: UserRow, name: str, field: str = "name") -> ModelRow:
         model = self._visible_model(user, name, field)
         if model.owner_id != user.id:
-            raise errors.permission_denied(f"only {model.owner} may change {name}")
+            raise errors.PermissionDenied(f"only {model.owner} may change {name}")
         return model
 
     def _visible_version(self, user: UserRow, name: str) -> VersionRow:
@@ -155,7 +156,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         model = self._visible_model(user, f"models/{owner}/{model_id}")
         version = self.catalogue.get_version(model, number)
         if version is None:
-            raise errors.not_found(name)
+            raise errors.NotFound.hidden(name)
         return version
 
     @staticmethod
@@ -200,26 +201,25 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         except ValueError:
             violations.append(("signing_public_key", "must be a raw 32-byte Ed25519 public key"))
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         try:
             user = self.catalogue.create_user(request.username, request.email,
                                               auth.hash_password(request.password), request.signing_public_key)
         except Conflict:
-            raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"username {request.username!r} is taken") from None
+            raise errors.Conflict(f"username {request.username!r} is taken") from None
         return self._user_message(user, user)
 
     def Login(self, request: rpb.LoginRequest, context) -> rpb.LoginResponse:
         user = self.catalogue.get_user(request.username) if USERNAME_RE.match(request.username) else None
         if user is None:
             auth.burn_password_check(request.password)  # same time as a real check: do not reveal who exists
-            raise errors.unauthenticated("wrong username or password")
+            raise errors.Unauthenticated("wrong username or password")
         wait = user.locked_until - time.time()
         if wait > 0:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"too many failed logins for {user.username}: try again in {int(wait) + 1} s")
+            raise errors.Exhausted(f"too many failed logins for {user.username}: try again in {int(wait) + 1} s")
         if not auth.verify_password(request.password, user.password_hash):
             self.catalogue.record_login(user.id, False, auth.lockout_seconds(user.failed_logins + 1))
-            raise errors.unauthenticated("wrong username or password")
+            raise errors.Unauthenticated("wrong username or password")
         self.catalogue.record_login(user.id, True)
         token, expires = self.issuer.issue(user.username)
         expire_time = timestamp_pb2.Timestamp()
@@ -234,10 +234,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         viewer = self._caller(context)
         m = re.match(r"^users/([^/]+)$", request.name)
         if not m or not USERNAME_RE.match(m[1]):
-            raise errors.invalid("name", f"expected users/{{username}}, got {request.name[:200]!r}")
+            raise errors.FieldError("name", f"expected users/{{username}}, got {request.name[:200]!r}")
         user = self.catalogue.get_user(m[1])
         if user is None:
-            raise errors.not_found(request.name)
+            raise errors.NotFound.hidden(request.name)
         return self._user_message(user, viewer)
 
     # -- models ------------------------------------------------------------------------------------------------
@@ -290,15 +290,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             except SchemaError as e:
                 violations.append((f"model.data_schema.{e.field}", str(e)))
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         try:
             row = self.catalogue.create_model(user, request.model_id, model.description, list(model.tags),
                                               visibility, list(model.shared_with), schema,
                                               data_kind(schema) if schema else 0)
         except Conflict as e:
-            raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(e)) from None
+            raise errors.Conflict(str(e)) from None
         except KeyError as e:
-            raise errors.invalid("model.shared_with", f"no user named {e.args[0]!r}") from None
+            raise errors.FieldError("model.shared_with", f"no user named {e.args[0]!r}") from None
         return self._model_message(row, user)
 
     def GetModel(self, request: rpb.GetModelRequest, context) -> pb.Model:
@@ -309,11 +309,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         user = self._caller(context)
         size = _page_size(request.page_size)
         if request.owner and not USERNAME_RE.match(request.owner):
-            raise errors.invalid("owner", "not a username")
+            raise errors.FieldError("owner", "not a username")
         if request.tag and not TAG_RE.match(request.tag):
-            raise errors.invalid("tag", "not a tag")
+            raise errors.FieldError("tag", "not a tag")
         if request.data_kind not in pb.DataKind.values():
-            raise errors.invalid("data_kind", "unknown data kind")
+            raise errors.FieldError("data_kind", "unknown data kind")
         query = f"{user.id}|{request.owner}|{request.tag}|{request.data_kind}"
         after = _PageToken.decode(request.page_token, query)
         rows = self.catalogue.list_models(user.id, after, size + 1, request.owner, request.tag, request.data_kind)
@@ -326,14 +326,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         user = self._caller(context)
         paths = set(request.update_mask.paths)
         if not paths:
-            raise errors.invalid("update_mask", f"name the fields to change: {', '.join(sorted(UPDATABLE))}")
+            raise errors.FieldError("update_mask", f"name the fields to change: {', '.join(sorted(UPDATABLE))}")
         unknown = paths - UPDATABLE
         if unknown:
-            raise errors.invalid("update_mask", f"cannot change {sorted(unknown)[0]!r}; "
+            raise errors.FieldError("update_mask", f"cannot change {sorted(unknown)[0]!r}; "
                                                 f"changeable: {', '.join(sorted(UPDATABLE))}")
         violations = self._check_model_fields(request.model, paths)
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         model = self._owned_model(user, request.model.name, "model.name")
         m = request.model
         try:
@@ -345,9 +345,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 shared_with=list(m.shared_with) if "shared_with" in paths else None,
                 metrics=dict(m.metrics) if "metrics" in paths else None)
         except KeyError as e:
-            raise errors.invalid("model.shared_with", f"no user named {e.args[0]!r}") from None
+            raise errors.FieldError("model.shared_with", f"no user named {e.args[0]!r}") from None
         except Gone:
-            raise errors.not_found(request.model.name) from None
+            raise errors.NotFound.hidden(request.model.name) from None
         return self._model_message(row, user)
 
     def DeleteModel(self, request: rpb.DeleteModelRequest, context) -> empty_pb2.Empty:
@@ -374,38 +374,37 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         user = self._caller(context)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "header":
-            raise errors.invalid("header", "the first message must be the header")
+            raise errors.FieldError("header", "the first message must be the header")
         header = first.header
         violations = []
         if not SHA256_RE.match(header.sha256):
             violations.append(("header.sha256", "64 lowercase hex characters"))
         if not 0 < header.size_bytes <= self.settings.max_version_bytes:
             if header.size_bytes > self.settings.max_version_bytes:
-                raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"artifact of {header.size_bytes} bytes is over this registry's limit of "
+                raise errors.Exhausted(f"artifact of {header.size_bytes} bytes is over this registry's limit of "
                                f"{self.settings.max_version_bytes} bytes")
             violations.append(("header.size_bytes", "must be > 0"))
         if len(header.signature) != 64:
             violations.append(("header.signature", "an Ed25519 signature of 64 bytes over the sha256"))
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         model = self._owned_model(user, header.model, "header.model")
         if not signing.verify_artifact(user.signing_public_key, header.sha256, header.signature):
-            raise errors.invalid("header.signature", "does not verify with your registered signing key "
+            raise errors.FieldError("header.signature", "does not verify with your registered signing key "
                                                      "over this sha256; sign with the key you registered")
         try:
             sniffer = HeaderSniffer(header.size_bytes)
         except ArtifactError as e:  # a declared size too small to hold an artifact (1-7 bytes)
-            raise errors.invalid("header.size_bytes", str(e)) from None
+            raise errors.FieldError("header.size_bytes", str(e)) from None
         parsed: list[ArtifactHeader] = []
 
         def chunks() -> Iterator[bytes]:
             for message in request_iterator:
                 if message.WhichOneof("payload") != "chunk":
-                    raise errors.invalid("chunk", "only chunks may follow the header")
+                    raise errors.FieldError("chunk", "only chunks may follow the header")
                 data = message.chunk
                 if len(data) > CHUNK_SIZE:
-                    raise errors.invalid("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
+                    raise errors.FieldError("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
                 if not sniffer.done:
                     result = sniffer.feed(data)  # ArtifactError stops the upload before anything is stored
                     if result is not None:
@@ -418,13 +417,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 # Receiving goes on while storage writes a part: up to 16 chunks (16 MiB) wait in between.
                 self.store.put(header.sha256, read_ahead(chunks(), depth=16), header.size_bytes)
             except ArtifactError as e:
-                raise errors.invalid("chunk", f"not a valid SGDE artifact: {e}") from None
+                raise errors.FieldError("chunk", f"not a valid SGDE artifact: {e}") from None
             except BlobIntegrityError as e:
-                raise errors.invalid("header", f"the uploaded bytes do not match the header: {e}") from None
+                raise errors.FieldError("header", f"the uploaded bytes do not match the header: {e}") from None
             except StorageUnavailable as e:
-                raise errors.unavailable(f"blob storage is unavailable, nothing was published: {e}") from None
+                raise errors.Unavailable(f"blob storage is unavailable, nothing was published: {e}") from None
             if not parsed:
-                raise errors.invalid("chunk", "not a valid SGDE artifact: the stream ended inside its header")
+                raise errors.FieldError("chunk", "not a valid SGDE artifact: the stream ended inside its header")
             manifest = parsed[0].manifest
             try:
                 number = self.catalogue.add_version(
@@ -437,7 +436,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 raise
         version = self.catalogue.get_version(model, number)
         if version is None:  # deleted by its owner in the meantime
-            raise errors.not_found(header.model)
+            raise errors.NotFound.hidden(header.model)
         log.info("published", extra={"version": f"{header.model}/versions/{number}", "sha256": header.sha256,
                                      "bytes": header.size_bytes})
         return self._version_message(version)
@@ -446,8 +445,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def _check_manifest(model: ModelRow, header: ArtifactHeader) -> None:
         schema = header.manifest.data_schema
         if model.data_schema is not None and not schemas_equal(model.data_schema, schema):
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"the artifact's data schema differs from the schema of models/{model.owner}/"
+            raise errors.FailedPrecondition(f"the artifact's data schema differs from the schema of models/{model.owner}/"
                            f"{model.model_id}; publish it as a new model")
 
     def GetVersion(self, request: rpb.GetVersionRequest, context) -> pb.ModelVersion:
@@ -469,14 +467,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         user = self._caller(context)
         version = self._visible_version(user, request.name)
         if not 0 <= request.offset <= version.size_bytes:
-            raise errors.invalid("offset", f"must be between 0 and {version.size_bytes}")
+            raise errors.FieldError("offset", f"must be between 0 and {version.size_bytes}")
         try:
             chunks = self.store.get(version.sha256, request.offset)
         except StorageUnavailable as e:
-            raise errors.unavailable(f"blob storage is unavailable: {e}; try again later") from None
+            raise errors.Unavailable(f"blob storage is unavailable: {e}; try again later") from None
         except BlobNotFound:
             log.error("catalogued blob is missing", extra={"sha256": version.sha256})
-            raise ApiError(grpc.StatusCode.DATA_LOSS, f"the blob of {request.name} is missing from storage; "
+            raise errors.DataLoss(f"the blob of {request.name} is missing from storage; "
                                                       "tell the registry's operator") from None
         yield rpb.DownloadVersionResponse(version=self._version_message(version))
         try:
@@ -485,5 +483,5 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     return
                 yield rpb.DownloadVersionResponse(chunk=chunk)
         except StorageUnavailable as e:
-            raise errors.unavailable(f"blob storage failed during the download: {e}; resume from the offset "
+            raise errors.Unavailable(f"blob storage failed during the download: {e}; resume from the offset "
                                      "you reached") from None

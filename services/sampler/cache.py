@@ -21,11 +21,12 @@ from pathlib import Path
 import grpc
 from prometheus_client import Counter
 
-from libsgde.artifact import ArtifactError
-from libsgde.client import Client, SgdeError, VerificationError
-from libsgde.errors import ApiError
-from libsgde.names import SHA256_RE
-from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.artifact import ArtifactError
+from libsgde import errors
+from libsgde.client import Client
+from libsgde.errors import SgdeError, VerificationError
+from libsgde.domain.names import SHA256_RE
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 log = logging.getLogger("sgde.sampler")
 
@@ -65,13 +66,13 @@ class ArtifactCache:
 
     def sampler(self, version: pb.ModelVersion, client: Client):
         """The compiled generator of `version` (resolved by the caller's GetVersion), fetching and verifying its
-        artifact with `client` (acting with the caller's token) as needed. Raises ApiError."""
-        from libsgde.models import load_generator
-        from libsgde.sampling import CompiledSampler
+        artifact with `client` (acting with the caller's token) as needed. Raises SgdeError."""
+        from libsgde.io.generator import load_generator
+        from libsgde.io.sampling import CompiledSampler
 
         sha = version.sha256
         if not SHA256_RE.match(sha):
-            raise ApiError(grpc.StatusCode.DATA_LOSS, f"the registry gave {version.name} no valid sha256")
+            raise errors.DataLoss(f"the registry gave {version.name} no valid sha256")
         owner = version.name.split("/")[1]
         proof = (sha, owner, bytes(version.signature))
         with self._lock(sha):
@@ -95,8 +96,7 @@ class ArtifactCache:
                 try:
                     sampler = CompiledSampler(load_generator(path))
                 except ArtifactError as e:
-                    raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"{version.name} cannot be sampled: its artifact is not a generator this sampler "
+                    raise errors.FailedPrecondition(f"{version.name} cannot be sampled: its artifact is not a generator this sampler "
                                    f"can load ({e})") from None
                 with self._guard:
                     self._loaded[sha] = sampler
@@ -128,7 +128,7 @@ class ArtifactCache:
         try:
             client.pull(version.name, path, timeout=self.pull_timeout)  # sha256 and signature verified first
         except VerificationError as e:
-            raise ApiError(grpc.StatusCode.DATA_LOSS, f"the artifact of {version.name} does not verify: {e}") from None
+            raise errors.DataLoss(f"the artifact of {version.name} does not verify: {e}") from None
         except SgdeError as e:
             raise _registry_error(version, e) from None
         CACHE_EVENTS.labels("download").inc()
@@ -156,7 +156,7 @@ class ArtifactCache:
             CACHE_EVENTS.labels("evicted").inc()
 
 
-def _registry_error(version: pb.ModelVersion, e: SgdeError) -> ApiError:
-    code = e.code or grpc.StatusCode.UNAVAILABLE
-    message = str(e).removeprefix(f"{code.name}: ")
-    return ApiError(code, f"fetching {version.name} from the registry failed: {message}")
+def _registry_error(version: pb.ModelVersion, e: SgdeError) -> SgdeError:
+    """The registry's error, its code and violations kept, saying what the sampler was doing."""
+    return errors.from_status(e.status, f"fetching {version.name} from the registry failed: {e.message}",
+                              e.violations, remote=False)

@@ -22,12 +22,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from libsgde import config, serving
-from libsgde.proto.sgde.v1 import sampler_pb2, sampler_pb2_grpc
+from libsgde import config
+from libsgde.server import serving
+from libsgde.wire.proto.sgde.v1 import sampler_pb2, sampler_pb2_grpc
 from libsgde.security import tls
 from services.sampler.cache import ArtifactCache
 from services.sampler.servicer import SamplerServicer, SamplerSettings
-from services.trainer.identity import RegistryGate
+from libsgde.server.gate import RegistryGate
 
 log = logging.getLogger("sgde.sampler")
 SERVICE_NAME = sampler_pb2.DESCRIPTOR.services_by_name["SamplerService"].full_name
@@ -74,8 +75,8 @@ class SamplerHandle(serving.ServerHandle):
 def _warm_up() -> None:
     """Imports the sampling stack (JAX: seconds) in the background, so that the first Sample does not wait."""
     try:
-        import libsgde.formats  # noqa: F401
-        import libsgde.models  # noqa: F401
+        import libsgde.io.formats  # noqa: F401
+        import libsgde.io.generator  # noqa: F401
     except Exception:  # the first request reports any real problem
         log.exception("could not import the sampling library")
 

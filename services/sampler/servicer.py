@@ -1,5 +1,5 @@
 """SamplerService: validates requests, resolves the version with the CALLER's token (a refusal by the registry is the
-answer here), and streams what libsgde.sampling and libsgde.formats make. No modelling logic lives here.
+answer here), and streams what libsgde.io.sampling and libsgde.io.formats make. No modelling logic lives here.
 
 The stream: metadata, then chunks of at most 1 MiB, then a last message with the sha256 of all chunk bytes. Between
 chunks the servicer asks whether the call is still active: a cancelled call, or one past its deadline, generates
@@ -19,15 +19,14 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from libsgde import errors
-from libsgde.client import SgdeError
-from libsgde.errors import ApiError
-from libsgde.names import MODEL_ID_RE, USERNAME_RE
-from libsgde.proto.sgde.v1 import common_pb2 as pb
-from libsgde.proto.sgde.v1 import sampler_pb2 as spb
-from libsgde.proto.sgde.v1 import sampler_pb2_grpc
-from libsgde.storage import CHUNK_SIZE
+from libsgde.errors import SgdeError
+from libsgde.domain.names import MODEL_ID_RE, USERNAME_RE
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
+from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc
+from libsgde.server.storage import CHUNK_SIZE
 from services.sampler.cache import ArtifactCache
-from services.trainer.identity import RegistryGate
+from libsgde.server.gate import RegistryGate
 
 log = logging.getLogger("sgde.sampler")
 
@@ -51,14 +50,14 @@ def _parse_model(name: str) -> str:
     m = MODEL_RE.match(name)
     if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]) or (
             m[3] is not None and m[3] != "latest" and not re.fullmatch(r"[1-9][0-9]{0,9}", m[3])):
-        raise errors.invalid("model", "expected models/{owner}/{model} (its latest version) or "
+        raise errors.FieldError("model", "expected models/{owner}/{model} (its latest version) or "
                                       f"models/{{owner}}/{{model}}/versions/{{n}}, got {name[:200]!r}")
     return name if m[3] is not None else f"{name}/versions/latest"
 
 
 def _manifest_schema(version: pb.ModelVersion) -> pb.DataSchema | None:
     """The data schema the registry's copy of the manifest declares (for checks before any download)."""
-    from libsgde.schema import SchemaError, schema_from_dict
+    from libsgde.io.schema import SchemaError, schema_from_dict
     try:
         return schema_from_dict(json.loads(version.manifest_json)["data_schema"])
     except (ValueError, KeyError, TypeError, SchemaError):
@@ -79,7 +78,8 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
     def _check_request(self, request: spb.SampleRequest, schema: pb.DataSchema | None, kind: str | None
                        ) -> list[tuple[str, str]]:
         """Field violations of the request (those the schema and data kind decide, when known)."""
-        from libsgde import formats, sampling
+        from libsgde.io import formats
+        from libsgde.io import sampling
         violations: list[tuple[str, str]] = []
         limit = self.settings.max_samples
         if request.class_counts:
@@ -110,27 +110,24 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         return violations
 
     def Sample(self, request: spb.SampleRequest, context) -> Iterator[spb.SampleResponse]:
-        from libsgde import formats, sampling
+        from libsgde.io import formats
+        from libsgde.io import sampling
 
         user, token = self.gate.caller(context)
         name = _parse_model(request.model)
         violations = self._check_request(request, None, None)
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         client = self.gate.client_for(token, user)
-        try:
-            version = client.get_version(name)
-        except SgdeError as e:  # NOT_FOUND, PERMISSION_DENIED...: the registry's answer is ours
-            code = e.code or grpc.StatusCode.UNAVAILABLE
-            raise ApiError(code, str(e).removeprefix(f"{code.name}: "), e.violations) from None
+        version = client.get_version(name)  # NOT_FOUND, PERMISSION_DENIED...: the registry's answer is ours
         kind = KIND_NAMES.get(version.data_kind)
         violations = self._check_request(request, _manifest_schema(version), kind)
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         try:
             fmt = formats.check_format(request.format, kind or "tabular")
         except formats.FormatUnavailable as e:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(e), [(e.field, e.description)]) from None
+            raise errors.FailedPrecondition(str(e), [(e.field, e.description)]) from None
 
         sampler = self.cache.sampler(version, client)
         generator = sampler.generator
@@ -139,9 +136,9 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
             formats.check_format(fmt, schema)
             labels = sampling.plan_labels(generator, request.num_samples, dict(request.class_counts), request.seed)
         except formats.FormatUnavailable as e:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, str(e), [(e.field, e.description)]) from None
+            raise errors.FailedPrecondition(str(e), [(e.field, e.description)]) from None
         except sampling.SamplingError as e:
-            raise errors.invalid(e.field, e.description) from None
+            raise errors.FieldError(e.field, e.description) from None
         total = len(labels) if labels is not None else int(request.num_samples)
         yield spb.SampleResponse(metadata=spb.SampleMetadata(
             version=version.name, artifact_sha256=version.sha256, format=formats.FORMATS[fmt], num_samples=total,

@@ -28,10 +28,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libsgde import config, serving
-from libsgde.proto.sgde.v1 import trainer_pb2, trainer_pb2_grpc
+from libsgde import config
+from libsgde.server import serving
+from libsgde.wire.proto.sgde.v1 import trainer_pb2, trainer_pb2_grpc
 from libsgde.security import tls
-from services.trainer.identity import RegistryGate
+from libsgde.server.gate import RegistryGate
 from services.trainer.jobs import JobStore
 from services.trainer.servicer import TrainerServicer, TrainerSettings
 from services.trainer.sources import Sources
@@ -116,8 +117,8 @@ def _dependencies(store: JobStore, gate: RegistryGate) -> None:
 def _warm_up() -> None:
     """Imports the training stack (JAX: seconds) in the background, so that the first CreateJob does not wait."""
     try:
-        import libsgde.datasets  # noqa: F401
-        import libsgde.train  # noqa: F401
+        import libsgde.io.datasets  # noqa: F401
+        import libsgde.io.training  # noqa: F401
     except Exception:  # the first job reports any real problem
         log.exception("could not import the training library")
 

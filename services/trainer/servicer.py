@@ -22,16 +22,15 @@ from pathlib import Path
 import grpc
 from google.protobuf import timestamp_pb2
 
-from libsgde.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE
+from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE
 from libsgde import errors
-from libsgde.client import SgdeError
-from libsgde.encoding import DataError
-from libsgde.errors import ApiError
-from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
-from libsgde.proto.sgde.v1 import trainer_pb2_grpc
-from libsgde.schema import SchemaError, validate_schema
-from libsgde.storage import CHUNK_SIZE
-from services.trainer.identity import RegistryGate
+from libsgde.errors import SgdeError
+from libsgde.io.encoding import DataError
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
+from libsgde.io.schema import SchemaError, validate_schema
+from libsgde.server.storage import CHUNK_SIZE
+from libsgde.server.gate import RegistryGate
 from services.trainer.jobs import (CANCELLED, ENDED, PUBLISHED, SUCCEEDED, Conflict, DatasetRow, JobRow,
                                    JobStore, new_id)
 from services.trainer.sources import SourceError, Sources, describe_data_error
@@ -88,9 +87,9 @@ def _parse_page_token(token: str, query: str) -> int:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         before, same = data["b"], data["q"] == hashlib.sha256(query.encode()).hexdigest()[:16]
     except (ValueError, KeyError, TypeError):
-        raise errors.invalid("page_token", "not a token from a previous page of this listing") from None
+        raise errors.FieldError("page_token", "not a token from a previous page of this listing") from None
     if not same or not isinstance(before, int) or before < 1:
-        raise errors.invalid("page_token", "the token belongs to a listing with other filters")
+        raise errors.FieldError("page_token", "the token belongs to a listing with other filters")
     return before
 
 
@@ -111,10 +110,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def _own_job(self, user: str, name: str) -> JobRow:
         m = JOB_NAME_RE.match(name)
         if not m:
-            raise errors.invalid("name", f"expected jobs/{{id}}, got {name[:200]!r}")
+            raise errors.FieldError("name", f"expected jobs/{{id}}, got {name[:200]!r}")
         job = self.store.get_job(m[1])
         if job is None or job.owner != user:
-            raise errors.not_found(name)
+            raise errors.NotFound.hidden(name)
         return job
 
     def _publish_lock(self, job_id: str) -> threading.Lock:
@@ -127,7 +126,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         user, _ = self.gate.caller(context)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "header":
-            raise errors.invalid("header", "the first message must be the header")
+            raise errors.FieldError("header", "the first message must be the header")
         header = first.header
         violations = []
         if not FILENAME_RE.match(header.filename):
@@ -136,13 +135,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not SHA256_RE.match(header.sha256):
             violations.append(("header.sha256", "64 lowercase hex characters"))
         if header.size_bytes > self.settings.max_dataset_bytes:
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"a dataset of {header.size_bytes} bytes is over this trainer's limit of "
+            raise errors.Exhausted(f"a dataset of {header.size_bytes} bytes is over this trainer's limit of "
                            f"{self.settings.max_dataset_bytes} bytes")
         if header.size_bytes <= 0:
             violations.append(("header.size_bytes", "must be > 0"))
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         dataset_id = new_id()
         root = self.state_dir / "datasets"
         partial = root / f".upload-{dataset_id}"
@@ -152,22 +150,22 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             with open(partial / header.filename, "wb") as f:
                 for message in request_iterator:
                     if message.WhichOneof("payload") != "chunk":
-                        raise errors.invalid("chunk", "only chunks may follow the header")
+                        raise errors.FieldError("chunk", "only chunks may follow the header")
                     data = message.chunk
                     if len(data) > CHUNK_SIZE:
-                        raise errors.invalid("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
+                        raise errors.FieldError("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
                     seen += len(data)
                     if seen > header.size_bytes:
-                        raise errors.invalid("header.size_bytes", f"more than the announced {header.size_bytes} "
+                        raise errors.FieldError("header.size_bytes", f"more than the announced {header.size_bytes} "
                                                                   "bytes arrived")
                     digest.update(data)
                     f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             if seen != header.size_bytes:
-                raise errors.invalid("header.size_bytes", f"{seen} bytes arrived, {header.size_bytes} were announced")
+                raise errors.FieldError("header.size_bytes", f"{seen} bytes arrived, {header.size_bytes} were announced")
             if digest.hexdigest() != header.sha256:
-                raise errors.invalid("header.sha256", "the uploaded bytes hash to another sha256; nothing was kept")
+                raise errors.FieldError("header.sha256", "the uploaded bytes hash to another sha256; nothing was kept")
             os.replace(partial, root / dataset_id)  # visible only once complete and verified
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -187,20 +185,21 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def _check_publish_model(self, user: str, name: str) -> None:
         m = MODEL_NAME_RE.match(name)
         if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
-            raise errors.invalid("publish_model", f"expected models/{{you}}/{{model}}, got {name[:200]!r}")
+            raise errors.FieldError("publish_model", f"expected models/{{you}}/{{model}}, got {name[:200]!r}")
         if m[1] != user:
-            raise errors.permission_denied(f"publish_model: you may only publish to your own models "
+            raise errors.PermissionDenied(f"publish_model: you may only publish to your own models "
                                            f"(models/{user}/...), not {name[:200]}")
 
     def CreateJob(self, request: tpb.CreateJobRequest, context) -> tpb.Job:
-        from libsgde.privacy.accounting import PrivacyError
-        from libsgde.train import SpecError, TrainSpec, check_spec
+        from libsgde.ml.privacy.accounting import PrivacyError
+        from libsgde.io.training import SpecError, check_spec
+        from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
 
         user, _ = self.gate.caller(context)
         request_id = request.request_id or None
         if request_id is not None:
             if not REQUEST_ID_RE.match(request_id):
-                raise errors.invalid("request_id", "1-64 letters, digits, '.', '_', ':' or '-'")
+                raise errors.FieldError("request_id", "1-64 letters, digits, '.', '_', ':' or '-'")
             earlier = self.store.find_request(user, request_id)
             if earlier is not None:
                 return job_message(earlier)  # a retry: the job it made the first time
@@ -212,7 +211,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         except SchemaError as e:
             schema_ok = False
             violations.append((f"data_schema.{e.field}" if e.field else "data_schema", e.description))
-        spec = TrainSpec.from_proto(request.spec)
+        spec = train_spec_from_proto(request.spec)
         if schema_ok:
             try:
                 check_spec(spec, schema)
@@ -220,31 +219,29 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 violations.append((spec_field(e.field), e.description))
         try:
             self._check_publish_model(user, request.publish_model)
-        except ApiError as e:
-            if e.code != grpc.StatusCode.INVALID_ARGUMENT:
-                raise
+        except errors.FieldError as e:
             violations.extend(e.violations)
         try:
             self.sources.check(request.dataset, user)
         except SourceError as e:
             violations.append(("dataset", str(e)))
         if violations:
-            raise errors.invalid_many(violations)
+            raise errors.FieldError.many(violations)
         # Load the data once now: its size N fixes delta's bound and the batch size's, and data and schema must agree.
         try:
             data = self.sources.load(request.dataset, user, schema)
         except SourceError as e:
-            raise errors.invalid("dataset", str(e)) from None
+            raise errors.FieldError("dataset", str(e)) from None
         except DataError as e:
-            raise errors.invalid(*describe_data_error(e, schema)) from None
+            raise errors.FieldError(*describe_data_error(e, schema)) from None
         try:
             filled = check_spec(spec, schema, len(data))
         except (SpecError, PrivacyError) as e:
-            raise errors.invalid(spec_field(e.field), e.description) from None
+            raise errors.FieldError(spec_field(e.field), e.description) from None
         finally:
             del data
         try:
-            job = self.store.create_job(user, filled.to_proto(), schema, request.dataset, request.publish_model,
+            job = self.store.create_job(user, train_spec_to_proto(filled), schema, request.dataset, request.publish_model,
                                         request_id)
         except Conflict:  # the same request raced itself
             job = self.store.find_request(user, request_id or "")
@@ -262,9 +259,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def ListJobs(self, request: tpb.ListJobsRequest, context) -> tpb.ListJobsResponse:
         user, _ = self.gate.caller(context)
         if request.page_size < 0:
-            raise errors.invalid("page_size", "must be >= 0")
+            raise errors.FieldError("page_size", "must be >= 0")
         if request.state not in tpb.JobState.values():
-            raise errors.invalid("state", "unknown job state")
+            raise errors.FieldError("state", "unknown job state")
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         query = f"{user}|{request.state}"
         before = _parse_page_token(request.page_token, query)
@@ -297,7 +294,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 event = sub.get(timeout=1.0)
                 if event is None:
                     if self.worker.hub.closed:
-                        raise errors.unavailable("the trainer is stopping; watch again once it is back (the job "
+                        raise errors.Unavailable("the trainer is stopping; watch again once it is back (the job "
                                                  "resumes)")
                     continue
                 if _event_key(event) in seen:
@@ -314,8 +311,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if job.state == CANCELLED:
             return job_message(job)
         if job.state in ENDED:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"{job.name} already {state_name(job.state)}; there is nothing to cancel")
+            raise errors.FailedPrecondition(f"{job.name} already {state_name(job.state)}; there is nothing to cancel")
         self.worker.cancel(job.id)
         deadline = time.monotonic() + self.settings.cancel_wait_s
         while True:
@@ -328,29 +324,26 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         user, token = self.gate.caller(context)
         job = self._own_job(user, request.name)
         if len(request.signature) != 64:
-            raise errors.invalid("signature", "your Ed25519 signature (64 bytes) over the job's artifact_sha256")
+            raise errors.FieldError("signature", "your Ed25519 signature (64 bytes) over the job's artifact_sha256")
         with self._publish_lock(job.id):
             job = self.store.get_job(job.id) or job
             if job.state == PUBLISHED:
-                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"{job.name} was published already, as {job.published_version}")
+                raise errors.FailedPrecondition(f"{job.name} was published already, as {job.published_version}")
             if job.state != SUCCEEDED:
-                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"{job.name} is {state_name(job.state)}; only a succeeded job can be published")
+                raise errors.FailedPrecondition(f"{job.name} is {state_name(job.state)}; only a succeeded job can be published")
             path = self.worker.artifact_path(job.id)
             if not path.is_file():
-                raise ApiError(grpc.StatusCode.DATA_LOSS, f"the artifact of {job.name} is missing from the trainer's "
+                raise errors.DataLoss(f"the artifact of {job.name} is missing from the trainer's "
                                                           "storage; tell the trainer's operator")
             client = self.gate.client_for(token, user)
             try:
                 version = client.publish_signed(path, job.publish_model, job.artifact_sha256, request.signature,
                                                 create=True, data_schema=job.data_schema,
                                                 timeout=self.settings.publish_timeout_s)
-            except SgdeError as e:
-                code = e.code or grpc.StatusCode.UNKNOWN
-                message = str(e).removeprefix(f"{code.name}: ")
+            except errors.SgdeError as e:
                 violations = [("signature" if f == "header.signature" else f, d) for f, d in e.violations]
-                raise ApiError(code, f"the registry refused to publish {job.name}: {message}", violations) from None
+                raise errors.from_status(e.status, f"the registry refused to publish {job.name}: {e.message}",
+                                         violations, remote=False) from None
             self.store.transition(job.id, [SUCCEEDED], PUBLISHED, published_version=version.name)
         log.info("job published", extra={"job": job.name, "version": version.name})
         return job_message(self.store.get_job(job.id) or job)

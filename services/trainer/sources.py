@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import parse_qs, urlsplit
 
-from libsgde.encoding import DataError, EncodedData
-from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.errors import FieldError
+from libsgde.io.encoding import DataError, EncodedData
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from services.trainer.jobs import JobStore
 
 DATASET_NAME_RE = re.compile(r"^datasets/([0-9a-f]{16})$")
@@ -24,8 +25,11 @@ S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_REFERENCE = 2048
 
 
-class SourceError(Exception):
+class SourceError(FieldError):
     """The dataset reference cannot be used; the message says why (it is about the `dataset` field)."""
+
+    def __init__(self, message: str):
+        super().__init__("dataset", message, message=message)
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class S3Source:
 
 
 def _load(path: Path, schema: pb.DataSchema) -> EncodedData:
-    from libsgde.datasets import load_dataset  # pandas and friends: loaded only when a dataset is
+    from libsgde.io.datasets import load_dataset  # pandas and friends: loaded only when a dataset is
     return load_dataset(path, schema)
 
 

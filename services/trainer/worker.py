@@ -1,7 +1,7 @@
 """The job queue: at most `max_jobs` trainings at once (the others stay QUEUED, in submission order), cancellation,
 progress fan-out to watchers, throttled persistence of the latest progress, and recovery after a restart.
 
-Training itself is libsgde.train.train, run in a worker thread; the data is loaded through `Sources` at run time
+Training itself is libsgde.io.training.train, run in a worker thread; the data is loaded through `Sources` at run time
 (never kept in memory between jobs, never logged).
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 from prometheus_client import Counter, Gauge
 
-from libsgde.encoding import DataError
-from libsgde.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.io.encoding import DataError
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRow, JobStore
 from services.trainer.sources import SourceError, Sources, describe_data_error
 
@@ -238,8 +238,9 @@ class Worker:
                 self._stops.pop(job_id, None)
 
     def _train(self, job: JobRow, stop: threading.Event) -> None:
-        from libsgde.privacy.accounting import PrivacyError
-        from libsgde.train import CHECKPOINT_EVERY_S, SpecError, TrainingCancelled, TrainSpec, check_spec, train
+        from libsgde.ml.privacy.accounting import PrivacyError
+        from libsgde.io.training import CHECKPOINT_EVERY_S, SpecError, TrainingCancelled, check_spec, train
+        from libsgde.wire.convert import train_spec_from_proto
 
         latest = tpb.ProgressEvent()
         persisted_at = 0.0
@@ -265,7 +266,7 @@ class Worker:
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             data = self.sources.load(job.dataset, job.owner, job.data_schema)
-            spec = check_spec(TrainSpec.from_proto(job.spec), job.data_schema, len(data))
+            spec = check_spec(train_spec_from_proto(job.spec), job.data_schema, len(data))
             if stop.is_set():  # cancelled while the data loaded
                 raise TrainingCancelled("before the first step")
             result = train(data, job.data_schema, spec, self.artifact_path(job.id), on_progress=on_progress,

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.security import tls
 from services.sampler.server import SamplerConfig, SamplerHandle, start
 from tests.support.services import ServiceProcess, free_port
@@ -29,10 +29,10 @@ def make_generator_artifact(path: Path, schema: pb.DataSchema, config: dict | No
     privacy report honestly says "none". Returns its sha256."""
     import jax
 
-    from libsgde.artifact import build_manifest, write_artifact
-    from libsgde.encoding import model_space
-    from libsgde.models import CLASS_PRIOR, get_architecture
-    from libsgde.models.base import flatten
+    from libsgde.io.artifact import build_manifest, write_artifact
+    from libsgde.io.encoding import model_space
+    from libsgde.ml.architectures import CLASS_PRIOR, get_architecture
+    from libsgde.ml.architectures.base import flatten
 
     arch = get_architecture("dp-merf")
     space = model_space(schema)

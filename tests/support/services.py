@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from libsgde.artifact import build_manifest, write_artifact
+from libsgde.io.artifact import build_manifest, write_artifact
 from libsgde.client import Client
-from libsgde.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.security import tls
 
 PASSWORD = "correct horse battery staple"

@@ -1,0 +1,142 @@
+"""Training as a library function: encoded data + schema + spec in, a signed-ready artifact and progress events out.
+
+The loop itself is the architecture's mechanism (libsgde.ml.mechanisms); this module checks the spec against the
+schema and the data, keeps the checkpoint on disk and writes the artifact.
+
+The mechanism's secret key (libsgde.ml.train) defaults to 32 fresh random bytes; passing the same secret and seed
+reproduces an artifact byte for byte. The secret is kept in the checkpoint (mode 0600) so that a resumed job
+continues the same noise stream. Resuming never spends privacy twice: only the final parameters are released, and
+the steps before the checkpoint are not run again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from libsgde.domain.specs import DEFAULTS, TrainSpec
+from libsgde.errors import FieldError
+from libsgde.io import checkpoint as ckpt
+from libsgde.io.artifact import Manifest, build_manifest, write_artifact
+from libsgde.io.encoding import EncodedData, model_space
+from libsgde.io.schema import SchemaError, validate_schema
+from libsgde.ml.architectures import CLASS_PRIOR, ConfigError, get_architecture
+from libsgde.ml.architectures.base import flatten
+from libsgde.ml.privacy import accounting
+from libsgde.ml.train import CHECKPOINT_EVERY_S, Progress, Run, TrainingCancelled
+from libsgde.wire.convert import privacy_to_proto
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+
+__all__ = ["CHECKPOINT_EVERY_S", "Progress", "SpecError", "TrainResult", "TrainSpec", "TrainingCancelled",
+           "check_spec", "train"]
+
+
+class SpecError(FieldError):
+    """A training spec that cannot run; `field` is a dotted path such as "spec.target_epsilon"."""
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    sha256: str
+    privacy: pb.PrivacyReport
+    manifest: Manifest
+
+
+def check_spec(spec: TrainSpec, schema: pb.DataSchema, dataset_size: int | None = None) -> TrainSpec:
+    """The spec with every default filled in and every setting checked; raises SpecError."""
+    try:
+        validate_schema(schema)
+    except SchemaError as e:
+        raise SpecError(f"data_schema.{e.field}" if e.field else "data_schema", e.description) from None
+    space = model_space(schema)
+    try:
+        arch = get_architecture(spec.architecture)
+        config = arch.configure(_plain(spec.config), space)
+    except ConfigError as e:
+        raise SpecError("spec.architecture" if e.key == "architecture" else f"spec.config.{e.key}",
+                        e.description) from None
+    if not (math.isfinite(spec.target_epsilon) and 0 < spec.target_epsilon <= 1000):
+        raise SpecError("spec.target_epsilon", f"must be in (0, 1000] (got {spec.target_epsilon}); 1 to 10 are "
+                                               "common choices")
+    filled = {k: getattr(spec, k) or v for k, v in DEFAULTS.items()}
+    if not spec.delta and dataset_size:
+        filled["delta"] = min(DEFAULTS["delta"], 0.1 / dataset_size)
+    if dataset_size is not None:
+        try:
+            accounting.check_delta(filled["delta"], dataset_size)
+        except accounting.PrivacyError as e:
+            raise SpecError(f"spec.{e.field}", e.description) from None
+        try:
+            arch.mechanism.check(replace(spec, **filled), dataset_size)
+        except FieldError as e:
+            raise SpecError(e.field, e.description) from None
+    elif not 0 < filled["delta"] < 1:
+        raise SpecError("spec.delta", f"must be in (0, 1) (got {filled['delta']})")
+    for name, low, high in (("epochs", 1, 100_000), ("batch_size", 1, 1 << 20)):
+        if not low <= filled[name] <= high:
+            raise SpecError(f"spec.{name}", f"must be between {low} and {high} (got {filled[name]})")
+    for name in ("clip_norm", "learning_rate"):
+        if not (math.isfinite(filled[name]) and filled[name] > 0):
+            raise SpecError(f"spec.{name}", f"must be a finite number > 0 (got {filled[name]})")
+    if not 0 <= spec.seed < 2**63:
+        raise SpecError("spec.seed", "must be in [0, 2^63)")
+    return replace(spec, config=config, **filled)
+
+
+def _plain(config) -> dict | None:
+    """Struct numbers arrive as floats; give integral ones back as ints so that integer settings accept them."""
+    if config is None:
+        return None
+    fix = lambda v: int(v) if isinstance(v, float) and v.is_integer() else [fix(x) for x in v] if isinstance(v, list) else v  # noqa: E731
+    return {k: fix(v) for k, v in config.items()}
+
+
+def train(data: EncodedData, schema: pb.DataSchema, spec: TrainSpec, out_path: Path, *,
+          on_progress: Callable[[Progress], None] | None = None, checkpoint_dir: Path | None = None,
+          should_stop: Callable[[], bool] | None = None, secret: bytes | None = None,
+          checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> TrainResult:
+    """Train a DP generator and write its artifact to `out_path` (see the module docstring for randomness).
+
+    Deterministic for (secret, spec.seed). With `checkpoint_dir`, resumes from a checkpoint of the same spec and
+    data, saves one every `checkpoint_every_s` seconds and before raising TrainingCancelled, and removes it at the
+    end. Blocking: run it in a worker thread to serve other calls meanwhile."""
+    spec = check_spec(spec, schema, len(data))
+    arch = get_architecture(spec.architecture)
+    folder = Path(checkpoint_dir) if checkpoint_dir else None
+    fingerprint = _fingerprint(data, schema, spec)
+
+    def save(step: int, run_secret: bytes, state, extra: dict) -> None:
+        assert folder is not None
+        ckpt.save_checkpoint(folder, fingerprint, step, run_secret, state, extra)
+
+    run = Run(data.x, data.labels, data.space, spec, arch, secret if secret is not None else os.urandom(32),
+              on_progress=on_progress or (lambda p: None), should_stop=should_stop or (lambda: False),
+              save_checkpoint=save if folder else None,
+              resumed=ckpt.load_checkpoint(folder, fingerprint) if folder else None,
+              checkpoint_every_s=checkpoint_every_s)
+    outcome = arch.mechanism.train(run)
+    tensors = {k: np.asarray(v, np.float32) for k, v in flatten(arch.sampling_params(outcome.params)).items()}
+    tensors[CLASS_PRIOR] = np.asarray(outcome.class_prior, np.float32)
+    privacy = privacy_to_proto(outcome.privacy)
+    manifest = build_manifest(arch.name, spec.config, schema, privacy, outcome.training)
+    sha = write_artifact(Path(out_path), tensors, manifest)
+    if folder:
+        ckpt.remove_checkpoint(folder)
+    return TrainResult(Path(out_path), sha, privacy, manifest)
+
+
+def _fingerprint(data: EncodedData, schema: pb.DataSchema, spec: TrainSpec) -> str:
+    """Identifies a run: a checkpoint is only resumed by the same spec on the same data."""
+    h = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode())
+    h.update(schema.SerializeToString(deterministic=True))
+    h.update(np.ascontiguousarray(data.x).tobytes())
+    if data.labels is not None:
+        h.update(np.ascontiguousarray(data.labels).tobytes())
+    return h.hexdigest()

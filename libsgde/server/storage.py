@@ -1,0 +1,410 @@
+"""Content-addressed blob storage: a local directory or any S3 server (MinIO, SeaweedFS, AWS).
+
+Blobs are keyed by their sha256. A put streams the bytes through, checks length and hash, and only then makes the
+blob visible, so a reader never sees a partial or wrong blob and a failed upload never damages a good one.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from libsgde.errors import NotFound, SgdeError, Unavailable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+CHUNK_SIZE = 1 << 20
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class StorageError(SgdeError):
+    """Base of every blob-store error."""
+
+
+class BlobNotFound(StorageError, NotFound):
+    """No blob under this sha256."""
+
+
+class BlobIntegrityError(StorageError):
+    """The uploaded bytes do not match the announced size or sha256; nothing was stored."""
+    status = "INVALID_ARGUMENT"
+
+
+class StorageUnavailable(StorageError, Unavailable):
+    """The backend cannot be reached or refuses us; the message says what to check."""
+
+
+def _check_key(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+        raise ValueError(f"not a sha256 (64 lowercase hex characters): {sha256!r}")
+    return sha256
+
+
+class _Verifier:
+    """Counts and hashes the bytes of one upload; raises as soon as they cannot match."""
+
+    def __init__(self, sha256: str, size: int):
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"size must be a non-negative integer, not {size!r}")
+        self.sha256, self.size, self.seen = _check_key(sha256), size, 0
+        self._hash = hashlib.sha256()
+
+    def feed(self, chunk: bytes) -> None:
+        self.seen += len(chunk)
+        if self.seen > self.size:  # stop reading at once: the sender may be sending without end
+            raise BlobIntegrityError(f"more than the announced {self.size} bytes arrived")
+        self._hash.update(chunk)
+
+    def finish(self) -> None:
+        if self.seen != self.size:
+            raise BlobIntegrityError(f"{self.seen} bytes arrived, {self.size} were announced")
+        actual = self._hash.hexdigest()
+        if actual != self.sha256:
+            raise BlobIntegrityError(f"the bytes hash to sha256 {actual}, not the announced {self.sha256}")
+
+
+class BlobStore(abc.ABC):
+    url: str  # where the blobs live, for logs; never contains secrets
+
+    @abc.abstractmethod
+    def put(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
+        """Store `size` bytes hashing to `sha256`; visible only once both are verified (else BlobIntegrityError)."""
+
+    @abc.abstractmethod
+    def get(self, sha256: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """The blob's bytes from `offset`. Raises BlobNotFound / StorageUnavailable here, before iteration."""
+
+    @abc.abstractmethod
+    def stat(self, sha256: str) -> int:
+        """Size in bytes; BlobNotFound if absent."""
+
+    def exists(self, sha256: str) -> bool:
+        try:
+            self.stat(sha256)
+            return True
+        except BlobNotFound:
+            return False
+
+    @abc.abstractmethod
+    def delete(self, sha256: str) -> None:
+        """Remove the blob; a missing blob is not an error."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the backend is reachable and writable."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def _check_offset(offset: int, size: int) -> None:
+    if not 0 <= offset <= size:
+        raise ValueError(f"offset {offset} is outside the blob of {size} bytes")
+
+
+# -- local directory --------------------------------------------------------------------------------------------
+
+
+class FileBlobStore(BlobStore):
+    """Blobs as files under `root/sha256/ab/<hex>`, written to a temp file then renamed into place."""
+
+    def __init__(self, root: str | os.PathLike):
+        # created here: a fresh deployment points at a directory that does not exist yet
+        self.root = Path(root).absolute()
+        self.url = self.root.as_uri()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sha256: str) -> Path:
+        _check_key(sha256)
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def put(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
+        verifier = _Verifier(sha256, size)
+        final = self._path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{uuid.uuid4().hex}"  # unique: concurrent puts of one blob never collide
+        try:
+            with open(tmp, "xb") as f:
+                for chunk in chunks:
+                    verifier.feed(chunk)
+                    f.write(chunk)
+                verifier.finish()
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the rename can be
+            os.replace(tmp, final)  # atomic: readers see the old good blob or the new one, never a mix
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        _fsync_dir(final.parent)  # make the rename itself durable
+
+    def get(self, sha256: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        try:
+            f = open(self._path(sha256), "rb")
+        except FileNotFoundError:
+            raise BlobNotFound(sha256) from None
+        try:
+            _check_offset(offset, os.fstat(f.fileno()).st_size)
+            f.seek(offset)
+        except BaseException:
+            f.close()
+            raise
+        return self._read(f, chunk_size)
+
+    @staticmethod
+    def _read(f, chunk_size: int) -> Iterator[bytes]:
+        with f:
+            while chunk := f.read(chunk_size):
+                yield chunk
+
+    def stat(self, sha256: str) -> int:
+        try:
+            return self._path(sha256).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(sha256) from None
+
+    def delete(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(sha256).unlink()
+
+    def check(self) -> None:
+        probe = self.root / f".probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise StorageUnavailable(f"blob directory {self.root} is not writable: {e}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- S3 ---------------------------------------------------------------------------------------------------------
+# minio is imported inside the methods: it takes ~0.3 s to import, and the CLI loads this module for CHUNK_SIZE only.
+
+_PART_SIZE = 16 << 20
+_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+_MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
+
+
+class _SourceFailed(Exception):
+    """Carries an exception raised by the caller's chunk iterator through the minio SDK untouched."""
+
+    def __init__(self, original: BaseException):
+        self.original = original
+
+
+class _VerifyingReader:
+    """File-like view of the chunk iterator for minio's put_object.
+
+    At EOF it raises instead of returning b"" when size or hash do not match: the SDK learns a part is the last only
+    by reading EOF, so it never sends the single PUT or completes the multipart upload for bad bytes.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], verifier: _Verifier):
+        self._chunks, self._verifier = iter(chunks), verifier
+        self._pending = b""
+        self._eof = False
+
+    def read(self, n: int = -1) -> bytes:
+        # Gather up to n bytes in one answer: minio concatenates what read() returns, so few big answers copy less.
+        parts, have = [self._pending], len(self._pending)
+        while not self._eof and (n < 0 or have < n):
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self._eof = True
+                self._verifier.finish()
+                break
+            except BaseException as e:  # even KeyboardInterrupt: minio aborts the upload only on Exception
+                raise _SourceFailed(e) from None
+            chunk = bytes(chunk)
+            self._verifier.feed(chunk)
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        if 0 <= n < len(data):
+            data, self._pending = data[:n], data[n:]
+        else:
+            self._pending = b""
+        return data
+
+
+class S3BlobStore(BlobStore):
+    """Blobs as objects `<prefix>sha256/<hex>` in one bucket, over the minio SDK."""
+
+    def __init__(self, bucket: str, endpoint: str = "s3.amazonaws.com", *, secure: bool = True,
+                 region: str | None = None, prefix: str = "", access_key: str | None = None,
+                 secret_key: str | None = None, ca_file: str | None = None):
+        import certifi
+        import urllib3
+        from minio import Minio
+
+        self.bucket, self.endpoint, self.secure, self.prefix = bucket, endpoint, secure, prefix
+        if prefix and not prefix.endswith("/"):
+            self.prefix += "/"
+        query = f"endpoint={endpoint}&secure={str(secure).lower()}" + (f"&region={region}" if region else "")
+        self.url = f"s3://{bucket}?{query}" + (f"&prefix={self.prefix}" if self.prefix else "")
+        # minio's default pool waits 5 minutes and retries 5 times; a dead server must fail in seconds instead.
+        # maxsize: many concurrent transfers share this client, each holding one connection.
+        http = urllib3.PoolManager(
+            maxsize=64, timeout=urllib3.Timeout(connect=3, read=60),
+            retries=urllib3.Retry(total=2, connect=1, read=1, backoff_factor=0.2,
+                                  status_forcelist=(500, 502, 503, 504)),
+            cert_reqs="CERT_REQUIRED", ca_certs=ca_file or os.environ.get("SSL_CERT_FILE") or certifi.where())
+        self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
+                             region=region, http_client=http)
+        self._bucket_ready = False
+        self._bucket_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> S3BlobStore:
+        parts = urlsplit(url)
+        if not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError(f"expected s3://BUCKET?endpoint=HOST:PORT&..., not {url!r}")
+        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = set(params) - {"endpoint", "secure", "region", "prefix"}
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} in blob URL {url!r}")
+        secure = params.get("secure", "true").lower()
+        if secure not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"secure must be true or false, not {secure!r}")
+        env = os.environ.get
+        return cls(parts.netloc, params.get("endpoint") or "s3.amazonaws.com",
+                   secure=secure in ("true", "1", "yes"), region=params.get("region") or None,
+                   prefix=params.get("prefix", ""),
+                   access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
+                   secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
+                   ca_file=env("SGDE_S3_CA_FILE"))
+
+    def _key(self, sha256: str) -> str:
+        return f"{self.prefix}sha256/{_check_key(sha256)}"
+
+    @contextlib.contextmanager
+    def _translate(self, what: str, writing: bool = False) -> Iterator[None]:
+        """Turn SDK and network errors into BlobNotFound / StorageUnavailable with a hint what to check."""
+        import urllib3
+        from minio.error import MinioException, S3Error
+
+        try:
+            yield
+        except S3Error as e:
+            if e.code in _MISSING_CODES and writing:  # the bucket was deleted under us: make it again next time
+                self._bucket_ready = False
+                raise StorageUnavailable(f"bucket {self.bucket} at {self.endpoint} vanished while {what}") from e
+            if e.code in _MISSING_CODES:
+                raise BlobNotFound(what) from None
+            if e.code in _AUTH_CODES:
+                raise StorageUnavailable(
+                    f"S3 at {self.endpoint} refused {what} ({e.code}); check the credentials in SGDE_S3_ACCESS_KEY "
+                    f"and SGDE_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their rights on "
+                    f"bucket {self.bucket}") from e
+            raise StorageUnavailable(f"S3 at {self.endpoint} failed {what}: {e.code}: {e.message}") from e
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
+            raise StorageUnavailable(
+                f"cannot reach S3 at {self.endpoint} (secure={str(self.secure).lower()}) for {what}: "
+                f"{type(e).__name__}: {e}; check that the endpoint in the blob URL is right and the server is up"
+            ) from e
+
+    def _ensure_bucket(self, force: bool = False) -> None:
+        from minio.error import S3Error
+
+        if self._bucket_ready and not force:
+            return
+        with self._bucket_lock:
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket)
+                except S3Error as e:  # another process made it first
+                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+            self._bucket_ready = True
+
+    def put(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
+        key = self._key(sha256)
+        reader = _VerifyingReader(chunks, _Verifier(sha256, size))
+        try:
+            with self._translate(f"storing {key}", writing=True):
+                self._ensure_bucket()
+                # Sequential parts (num_parallel_uploads=1): no upload thread can still be sending a part after
+                # minio aborts a failed multipart upload, and memory stays at one part per transfer.
+                self._client.put_object(self.bucket, key, reader, length=-1, part_size=_PART_SIZE,
+                                        num_parallel_uploads=1)
+        except (_SourceFailed, StorageUnavailable) as e:
+            # minio aborts the multipart upload, then re-raises; if the abort failed too, the first failure (the
+            # sender's own error or bad bytes) is further down the chain, and it is the one to report.
+            first = _first_in_chain(e, (_SourceFailed, BlobIntegrityError)) or e
+            if isinstance(first, _SourceFailed):
+                raise first.original from first.original.__cause__
+            raise first from first.__cause__
+
+    def get(self, sha256: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        from minio.error import S3Error
+
+        key = self._key(sha256)
+        if offset < 0:
+            raise ValueError(f"offset {offset} is negative")
+        with self._translate(f"reading {key}"):
+            try:
+                response = self._client.get_object(self.bucket, key, offset=offset)
+            except S3Error as e:
+                if e.code != "InvalidRange":
+                    raise
+                # offset >= size: only offset == size is a valid (empty) read
+                _check_offset(offset, self._client.stat_object(self.bucket, key).size)
+                return iter(())
+        return self._stream(response, key, chunk_size)
+
+    def _stream(self, response, key: str, chunk_size: int) -> Iterator[bytes]:
+        try:
+            with self._translate(f"reading {key}"):
+                yield from response.stream(chunk_size)
+        finally:
+            response.close()
+            response.release_conn()
+
+    def stat(self, sha256: str) -> int:
+        key = self._key(sha256)
+        with self._translate(f"stat of {key}"):
+            return self._client.stat_object(self.bucket, key).size
+
+    def delete(self, sha256: str) -> None:
+        key = self._key(sha256)
+        with contextlib.suppress(BlobNotFound), self._translate(f"deleting {key}"):
+            self._client.remove_object(self.bucket, key)
+
+    def check(self) -> None:
+        with self._translate(f"checking bucket {self.bucket}"):
+            self._ensure_bucket(force=True)
+
+
+def _first_in_chain(exc: BaseException | None, types: tuple[type, ...]) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, types):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def open_blob_store(url: str) -> BlobStore:
+    """`file:///abs/path` or `s3://BUCKET?endpoint=HOST:PORT&secure=false&region=...&prefix=...`."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"expected file:///absolute/path, not {url!r}")
+        return FileBlobStore(unquote(parts.path))
+    if parts.scheme == "s3":
+        return S3BlobStore.from_url(url)
+    raise ValueError(f"unsupported blob store URL {url!r}: use file:///path or s3://bucket?endpoint=host:port")
