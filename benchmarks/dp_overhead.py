@@ -42,10 +42,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks._machine import machine_line  # noqa: E402
-from libsgde.ml.space import Block, ModelSpace  # noqa: E402
 from libsgde.ml.architectures import get_architecture  # noqa: E402
-from libsgde.ml.privacy import ghost
-from libsgde.ml.privacy import merf  # noqa: E402
+from libsgde.ml.privacy import (
+    ghost,
+    merf,
+)
+from libsgde.ml.space import Block, ModelSpace  # noqa: E402
 from libsgde.ml.train import dpmerf_step, dpsgd_step  # noqa: E402
 
 BATCH = 256

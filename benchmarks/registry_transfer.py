@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 from benchmarks._machine import machine_line  # noqa: E402
 from libsgde.security import tls  # noqa: E402
-from libsgde.server.storage import CHUNK_SIZE  # noqa: E402
+from libsgde.wire.limits import CHUNK_SIZE  # noqa: E402
 from tests.support.seaweed import SeaweedS3  # noqa: E402
 from tests.support.services import RegistryProcess, make_artifact, user_client  # noqa: E402
 

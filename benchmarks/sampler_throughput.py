@@ -27,8 +27,8 @@ if str(REPO) not in sys.path:
 
 from benchmarks._machine import machine_line  # noqa: E402
 from libsgde.client import Client, sample_local  # noqa: E402
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
 from libsgde.security import tls  # noqa: E402
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
 from tests.support.sampler import SamplerProcess, make_generator_artifact  # noqa: E402
 from tests.support.services import RegistryProcess, user_client  # noqa: E402
 

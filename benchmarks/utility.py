@@ -47,17 +47,19 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from benchmarks._machine import cpu_model  # noqa: E402
+from libsgde.cli.walkthrough import breast_cancer_schema  # noqa: E402
 from libsgde.client import sample_local  # noqa: E402
 from libsgde.io.datasets import load_dataset  # noqa: E402
-from libsgde.cli.demo import breast_cancer_schema  # noqa: E402
 from libsgde.io.encoding import EncodedData, encoder_for  # noqa: E402
-from libsgde.ml.architectures import get_architecture  # noqa: E402
-from libsgde.ml.privacy import dpsgd
-from libsgde.ml.privacy import ghost
-from libsgde.ml.privacy import merf  # noqa: E402
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
 from libsgde.io.training import TrainSpec, check_spec, train  # noqa: E402
+from libsgde.ml.architectures import get_architecture  # noqa: E402
+from libsgde.ml.privacy import (
+    dpsgd,
+    ghost,
+    merf,
+)
 from libsgde.ml.train import dpmerf_step, dpsgd_step  # noqa: E402
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"
@@ -305,7 +307,7 @@ def evaluate(x_syn, y_syn, ds: Dataset, classifiers, seed, classifier_kw):
 def trtr(ds: Dataset, classifiers, seed, classifier_kw, cache_path: Path) -> dict:
     """{classifier: {accuracy, seconds}} of each classifier trained on the real training data; cached."""
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    key = lambda c: f"{ds.name}|{c}|seed={seed}|{json.dumps(classifier_kw.get(c, {}), sort_keys=True)}"  # noqa: E731
+    key = lambda c: f"{ds.name}|{c}|seed={seed}|{json.dumps(classifier_kw.get(c, {}), sort_keys=True)}"
     missing = [c for c in classifiers if key(c) not in cache]
     if missing:
         print(f"  TRTR: training {', '.join(missing)} on the real training data ({len(ds.train):,} examples) ...",
@@ -333,7 +335,7 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
     spec = TrainSpec(arch, epsilon, config=config or None, delta=args.delta, batch_size=batch,
                      learning_rate=args.lr, clip_norm=args.clip_norm, epochs=args.epochs, seed=args.seed)
     max_epochs = args.max_epochs if args.max_epochs is not None else (0 if ds.image_shape else 200)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     record = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "dataset": ds.name, "arch": arch_label,
               "target_epsilon": epsilon, "dataset_size": n, "machine": machine(), "note": args.note}
     fixed = args.epochs if arch == "cvae" else (config.get("generator_steps") if config else None)
@@ -380,7 +382,7 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
 
     per_class = args.samples // ds.num_classes
     t0 = time.perf_counter()
-    samples = sample_local(artifact, class_counts={c: per_class for c in ds.class_names}, seed=args.seed + 1)
+    samples = sample_local(artifact, class_counts=dict.fromkeys(ds.class_names, per_class), seed=args.seed + 1)
     values, y_syn = samples.values, np.asarray(samples.labels, np.int32)
     if ds.image_shape:
         x_syn = np.asarray(values, np.float32) / np.float32(ds.schema.image.pixel_max)
@@ -399,7 +401,7 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
                                       "tstr_per_class": list(map(float, r.tstr_per_class))})
             print(f"    {r.classifier}: TSTR {r.tstr_accuracy:.4f} (TRTR {ceiling[r.classifier]['accuracy']:.4f}) "
                   f"in {r.seconds:.0f} s", flush=True)
-    record["wall_s"] = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    record["wall_s"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
     return record
 
 

@@ -1,7 +1,7 @@
 """The accountant: PLD beside RDP, calibration to a target, delta rules."""
 import pytest
 
-from libsgde.ml.privacy import (PrivacyError, calibrate_noise_multiplier, check_delta, pld_epsilon, rdp_epsilon)
+from libsgde.ml.privacy import PrivacyError, calibrate_noise_multiplier, check_delta, pld_epsilon, rdp_epsilon
 
 # MNIST-sized DP-SGD: N = 60,000, expected batch 256, 20 epochs.
 Q = 256 / 60_000

@@ -17,10 +17,8 @@ from hypothesis import strategies as st
 
 from libsgde.io import artifact as art
 from libsgde.io.artifact import ArtifactError
+from libsgde.io.schema import SchemaError, data_kind, schema_from_dict, schema_to_dict, schemas_equal, validate_schema
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
-from libsgde.io.schema import (SchemaError, data_kind, schema_from_dict, schema_to_dict, schemas_equal,
-                            validate_schema)
-
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 

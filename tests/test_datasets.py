@@ -15,8 +15,8 @@ from sklearn.datasets import load_breast_cancer, load_digits
 from libsgde.cli import main
 from libsgde.io.datasets import PRIVACY_WARNING, infer_schema, load_dataset
 from libsgde.io.encoding import DataError
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.io.schema import schema_from_dict, schema_to_dict
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 PEOPLE_CSV = "age,city,smoker\n30,Oslo,no\n41,Lima,yes\n\n200,Lima,no\n"
 

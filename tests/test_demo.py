@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from libsgde.cli import main
-from libsgde.cli.demo import BREAST_CANCER_LIMITS, DemoError, _fresh_home, breast_cancer_upper
+from libsgde.cli.walkthrough import BREAST_CANCER_LIMITS, DemoError, _fresh_home, breast_cancer_upper
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +28,10 @@ def test_tiny_demo_writes_a_sensible_report(tmp_path):
     assert {"target_epsilon", "delta", "architecture", "models", "evaluation", "timings_seconds", "sample_path",
             "machine", "schemas"} <= set(summary)
     assert summary["target_epsilon"] == 3 and summary["tiny"] is True
-    assert summary["sample_path"] in ("service", "local")
+    # The sampler service served the samples: it pulled and verified both artifacts into its cache.
+    assert summary["sample_path"] == "service"
+    cached = {p.name.removesuffix(".safetensors") for p in (out / "home" / "sampler" / "artifacts").glob("*.safetensors")}
+    assert cached == {summary["models"][name]["sha256"] for name in ("digits", "breast_cancer")}
     for name in ("digits", "breast_cancer"):
         p = summary["models"][name]["privacy"]
         assert 0 < p["epsilon"] <= 3 and p["delta"] == 1e-5

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -15,11 +15,11 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from libsgde.client import Client
+from libsgde.security import tls
+from libsgde.server.gate import RegistryGate
+from libsgde.server.serving import LIVENESS
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
-from libsgde.security import tls
-from libsgde.server.serving import LIVENESS
-from libsgde.server.gate import RegistryGate
 from tests.support.container import ContainerProcess, service_pki
 from tests.support.fixtures import start_registry
 from tests.support.k8s import render, sgde_pods
@@ -176,7 +176,7 @@ def test_round_trip_through_the_services_started_as_their_containers(tmp_path, p
 
 def _issue(pki, name: str, *, expired: bool = False) -> None:
     """Rewrites <name>.crt / .key as cert-manager renews a Secret: the same names, the same CA, a new key."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     window = {"not_before": now - timedelta(days=30), "not_after": now - timedelta(days=1)} if expired else {}
     dns, ips = tls.service_names(name) if name in tls.SERVICES else ([], [])
     cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), name, dns, ips,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from libsgde.ml.privacy.dpsgd import (add_noise, clipped_sum, dp_gradient, padded_batch_size, poisson_batch)
+from libsgde.ml.privacy.dpsgd import add_noise, clipped_sum, dp_gradient, padded_batch_size, poisson_batch
 
 C = 0.5
 

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from libsgde.io.encoding import DataError, ImageEncoder, TabularEncoder, encoder_for, model_space
+from libsgde.io.schema import SchemaError, schema_from_dict
 from libsgde.ml.space import Block, ModelSpace
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
-from libsgde.io.schema import SchemaError, schema_from_dict
 
 CONTINUOUS, INTEGER, CATEGORICAL = pb.COLUMN_TYPE_CONTINUOUS, pb.COLUMN_TYPE_INTEGER, pb.COLUMN_TYPE_CATEGORICAL
 

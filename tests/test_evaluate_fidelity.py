@@ -4,9 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from libsgde.evaluate.fidelity import (
+    image_fidelity,
+    nearest_neighbours,
+    tabular_fidelity,
+    total_variation,
+    wasserstein_1d,
+)
 from libsgde.ml.space import Block, ModelSpace
-from libsgde.evaluate.fidelity import (image_fidelity, nearest_neighbours, tabular_fidelity, total_variation,
-                                       wasserstein_1d)
 
 # Two numeric columns and a categorical one of 3 categories; 2 classes.
 SPACE = ModelSpace("tabular", (5,), (Block("a", "numeric", 0, 1), Block("b", "numeric", 1, 1),

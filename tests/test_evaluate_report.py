@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 
-from libsgde.io.encoding import encoder_for
 from libsgde.evaluate import evaluate
 from libsgde.evaluate.report import write_report
+from libsgde.io.encoding import encoder_for
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 PNG = b"\x89PNG\r\n\x1a\n"

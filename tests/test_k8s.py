@@ -14,8 +14,20 @@ import kubernetes_validate
 import pytest
 
 from tests.support import cert_manager
-from tests.support.k8s import (OVERLAYS, REPO, SERVICES, dockerfile_env, dockerfile_stages, env_values, exec_form,
-                               named, of_kind, pods, render, sgde_pods)
+from tests.support.k8s import (
+    OVERLAYS,
+    REPO,
+    SERVICES,
+    dockerfile_env,
+    dockerfile_stages,
+    env_values,
+    exec_form,
+    named,
+    of_kind,
+    pods,
+    render,
+    sgde_pods,
+)
 
 # The oldest Kubernetes the manifests promise (kubectl's own minor version here) and the newest schemas shipped.
 K8S_VERSIONS = ["1.32", kubernetes_validate.latest_version()]

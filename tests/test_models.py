@@ -10,12 +10,11 @@ import pytest
 
 from libsgde.io.artifact import ArtifactError, build_manifest, write_artifact
 from libsgde.io.encoding import model_space
-from libsgde.ml.space import Block, ModelSpace
 from libsgde.io.generator import load_generator
 from libsgde.ml.architectures import CLASS_PRIOR, ConfigError, artifact_tensor_shapes, get_architecture
 from libsgde.ml.architectures.base import flatten
-from libsgde.ml.privacy import dpsgd
-from libsgde.ml.privacy import ghost
+from libsgde.ml.privacy import dpsgd, ghost
+from libsgde.ml.space import Block, ModelSpace
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 TABULAR = ModelSpace("tabular", (9,), (Block("a", "numeric", 0, 1), Block("b", "categorical", 1, 4),

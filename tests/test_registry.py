@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -10,11 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import empty_pb2
 
 from libsgde.client import Client, SgdeError
-from libsgde.wire.status import field_violations
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
-from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.security import signing
 from libsgde.server import auth
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.wire.status import field_violations
 from tests.support.fixtures import start_registry
 from tests.support.services import PASSWORD, make_artifact
 
@@ -85,7 +85,7 @@ def test_wrong_password_and_lockout(registry, pki, tmp_path, new_user):
 def test_no_expired_or_forged_token(registry, pki, tmp_path, new_user):
     alice = new_user()
     key = auth.load_or_create_token_key(registry.config.token_key)
-    expired, _ = auth.TokenIssuer(key).issue(alice.username, now=datetime.now(timezone.utc) - timedelta(hours=2))
+    expired, _ = auth.TokenIssuer(key).issue(alice.username, now=datetime.now(UTC) - timedelta(hours=2))
     forged, _ = auth.TokenIssuer(Ed25519PrivateKey.generate()).issue(alice.username)
     wrong_audience, _ = auth.TokenIssuer(key, audience="elsewhere").issue(alice.username)
     for token in (expired, forged, wrong_audience, "not-a-token"):

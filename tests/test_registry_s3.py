@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from libsgde.client import Client
-from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.security import signing
-from libsgde.server.storage import CHUNK_SIZE
+from libsgde.wire.limits import CHUNK_SIZE
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from tests.support.seaweed import SeaweedS3
 from tests.support.services import RegistryProcess, make_artifact, user_client
 

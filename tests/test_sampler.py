@@ -21,15 +21,14 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
-from libsgde.io import formats
-from libsgde.io import sampling
 from libsgde.cli import main
 from libsgde.client import Client, SgdeError, sample_local
+from libsgde.io import formats, sampling
 from libsgde.io.generator import load_generator
+from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
-from libsgde.server.storage import CHUNK_SIZE
 from tests.support.sampler import SamplerProcess, make_generator_artifact, start_sampler
 from tests.support.services import REPO, free_port, make_artifact, tabular_schema, user_client, wait_healthy
 from tests.support.trainer import TINY_MERF, start_trainer, trainer_client, wait_for, write_csv

@@ -8,7 +8,7 @@ import json
 import os
 import stat
 from concurrent import futures
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -220,7 +220,7 @@ def test_no_client_certificate_refused(server, pki):
 
 
 def test_expired_client_certificate_refused(server, pki):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), "client", server=False,
                                       not_before=now - timedelta(days=30), not_after=now - timedelta(days=1))
     _refused(server, grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), key, cert))
@@ -318,7 +318,7 @@ def _b64url(data: bytes) -> str:
 
 
 def _claims(**overrides) -> dict:
-    now = int(datetime.now(timezone.utc).timestamp())
+    now = int(datetime.now(UTC).timestamp())
     claims = {"sub": "alice", "iss": "sgde-registry", "aud": "sgde", "iat": now, "nbf": now, "exp": now + 600,
               "jti": "abc"}
     claims.update(overrides)
@@ -336,7 +336,7 @@ def test_token_round_trip(token_key):
     token, expires = issuer.issue("alice")
     claims = auth.TokenVerifier(issuer.public_key).verify(token)
     assert claims.username == "alice" and claims.expires_at == expires
-    assert timedelta(minutes=59) < expires - datetime.now(timezone.utc) <= timedelta(hours=1)
+    assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
     assert claims.token_id and claims.token_id != auth.TokenVerifier(token_key.public_key()).verify(
         issuer.issue("alice")[0]).token_id
     header = jwt.get_unverified_header(token)
@@ -347,11 +347,11 @@ def test_token_round_trip(token_key):
 
 def test_expired_token(token_key):
     verifier = auth.TokenVerifier(token_key.public_key())
-    token, _ = auth.TokenIssuer(token_key).issue("alice", now=datetime.now(timezone.utc) - timedelta(hours=2))
+    token, _ = auth.TokenIssuer(token_key).issue("alice", now=datetime.now(UTC) - timedelta(hours=2))
     _refuse(verifier, token, "token expired: run `sgde login` again")
     # within the leeway, a token that just expired still passes
     just, _ = auth.TokenIssuer(token_key, lifetime=timedelta(seconds=10)).issue(
-        "alice", now=datetime.now(timezone.utc) - timedelta(seconds=12))
+        "alice", now=datetime.now(UTC) - timedelta(seconds=12))
     assert verifier.verify(just).username == "alice"
 
 
@@ -363,7 +363,7 @@ def test_forged_and_misdirected_tokens(token_key):
     _refuse(verifier, elsewhere, "wrong audience")
     other_issuer, _ = auth.TokenIssuer(token_key, issuer="someone-else").issue("alice")
     _refuse(verifier, other_issuer, "wrong issuer")
-    future = jwt.encode(_claims(nbf=int(datetime.now(timezone.utc).timestamp()) + 3600), token_key,
+    future = jwt.encode(_claims(nbf=int(datetime.now(UTC).timestamp()) + 3600), token_key,
                         algorithm="EdDSA")
     _refuse(verifier, future, "not valid yet")
     no_jti = jwt.encode(_claims(jti=None), token_key, algorithm="EdDSA")

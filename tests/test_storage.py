@@ -11,8 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from libsgde.server.storage import (CHUNK_SIZE, BlobIntegrityError, BlobNotFound, FileBlobStore, S3BlobStore,
-                             StorageUnavailable, open_blob_store)
+from libsgde.server.storage import (
+    BlobIntegrityError,
+    BlobNotFound,
+    FileBlobStore,
+    S3BlobStore,
+    StorageUnavailable,
+    open_blob_store,
+)
+from libsgde.wire.limits import CHUNK_SIZE
 from tests.support.seaweed import SeaweedS3
 
 MULTIPART = 33 * CHUNK_SIZE + 5  # over minio's 16 MiB part: three parts

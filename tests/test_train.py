@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from libsgde.cli.demo import breast_cancer_schema
+from libsgde.cli.walkthrough import breast_cancer_schema
 from libsgde.io.encoding import EncodedData, encoder_for
 from libsgde.io.generator import load_generator
-from libsgde.ml.privacy import accounting
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.io.training import SpecError, TrainingCancelled, TrainSpec, check_spec, train
+from libsgde.ml.privacy import accounting
 from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 SECRET = b"test secret, never use a fixed one in production"
 TINY = {"cvae": {"hidden": [32], "latent_dim": 4}, "dp-merf": {"hidden": [32], "features": 200,
@@ -148,6 +148,7 @@ def test_spec_survives_the_proto_round_trip():
 def test_dpmerf_release_has_sensitivity_one():
     """Every example's contribution to the released vector has norm exactly 1 (what GaussianDpEvent assumes)."""
     import jax
+
     from libsgde.ml.privacy import merf
     freqs = merf.frequencies(jax.random.key(0), 30, 100, 2.0)
     x = jax.random.uniform(jax.random.key(1), (50, 30))

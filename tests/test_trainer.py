@@ -15,15 +15,23 @@ from click.testing import CliRunner
 
 from libsgde.cli import main
 from libsgde.client import SgdeError
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
-from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.io.schema import schema_to_dict
 from libsgde.security import signing
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import JobStore
 from services.trainer.sources import SourceError, Sources
 from tests.support.services import PASSWORD, tabular_schema, user_client
-from tests.support.trainer import (TINY_CVAE, TINY_MERF, TrainerProcess, start_trainer, trainer_client, wait_for,
-                                   wait_state, write_csv)
+from tests.support.trainer import (
+    TINY_CVAE,
+    TINY_MERF,
+    TrainerProcess,
+    start_trainer,
+    trainer_client,
+    wait_for,
+    wait_state,
+    write_csv,
+)
 
 CODE = grpc.StatusCode
 S = tpb  # job states: S.JOB_STATE_...

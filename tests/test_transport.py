@@ -5,7 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -52,7 +52,7 @@ def test_certificate_from_another_ca_refused(registry, pki):
 
 
 def test_expired_client_certificate_refused(registry, pki):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), "old-client",
                                       server=False, client=True, not_before=now - timedelta(days=30),
                                       not_after=now - timedelta(days=1))

@@ -7,12 +7,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from libsgde.io.datasets import load_dataset
-from libsgde.io.encoding import EncodedData, TabularEncoder, encoder_for
 from libsgde.evaluate import Evaluation, evaluate
 from libsgde.evaluate.report import write_report
+from libsgde.io.datasets import load_dataset
+from libsgde.io.encoding import EncodedData, TabularEncoder, encoder_for
 
 __all__ = ["ModelEvaluation", "encode_samples", "evaluate_model"]
 
@@ -59,9 +57,9 @@ def evaluate_model(client, model: str, holdout_path: Path, *, train_path: Path |
     ones. The report goes to `out` (default `evaluation-<model>-v<N>`). Metrics (Evaluation.metrics, plus
     `evaluate.version`) are stored on the model, merged with its others, unless `publish` is False or MODEL is a
     local file (owner only: the registry refuses anyone else)."""
-    from libsgde.io.artifact import read_header
     from libsgde.client import sample_local
     from libsgde.errors import FailedPrecondition, PermissionDenied
+    from libsgde.io.artifact import read_header
 
     local = Path(model).is_file()
     if local:

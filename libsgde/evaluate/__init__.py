@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from libsgde.io.encoding import EncodedData
-from libsgde.ml.space import ModelSpace
 from libsgde.evaluate import audit as _audit
 from libsgde.evaluate import utility as _utility
 from libsgde.evaluate.audit import AuditResult, audit_records
 from libsgde.evaluate.classifiers import CLASSIFIERS, Classifier, make_classifier
 from libsgde.evaluate.fidelity import ImageFidelity, TabularFidelity, image_fidelity, tabular_fidelity
 from libsgde.evaluate.utility import UtilityResult
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.encoding import EncodedData
 from libsgde.io.sampling import class_names
+from libsgde.ml.space import ModelSpace
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 # The functions audit.audit and utility.utility are not re-exported here: the names are their modules'.
 __all__ = ["CLASSIFIERS", "AuditResult", "Classifier", "Evaluation", "ImageFidelity", "TabularFidelity",

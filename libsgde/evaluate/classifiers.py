@@ -24,7 +24,7 @@ __all__ = ["CLASSIFIERS", "CNNClassifier", "Classifier", "SklearnClassifier", "m
 
 @runtime_checkable
 class Classifier(Protocol):
-    def fit(self, x: np.ndarray, y: np.ndarray, num_classes: int) -> "Classifier": ...
+    def fit(self, x: np.ndarray, y: np.ndarray, num_classes: int) -> Classifier: ...
 
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
@@ -173,7 +173,7 @@ def _logits(module: _ConvNet, params, x):
     return module.apply(params, x)
 
 
-def _logreg(seed: int, image: bool, max_iter: int | None = None, C: float = 1.0):  # noqa: N803 - sklearn's name
+def _logreg(seed: int, image: bool, max_iter: int | None = None, C: float = 1.0):
     from sklearn.linear_model import LogisticRegression
     return lambda: LogisticRegression(max_iter=max_iter or (300 if image else 2000), C=C, random_state=seed)
 

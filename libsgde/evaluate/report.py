@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from libsgde.io.encoding import EncodedData
 from libsgde.evaluate import Evaluation, json_safe
 from libsgde.evaluate.fidelity import ImageFidelity, TabularFidelity
+from libsgde.io.encoding import EncodedData
 
 __all__ = ["figure", "markdown", "write_report"]
 

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,9 @@ from google.protobuf import json_format
 from safetensors.numpy import save as _st_save
 
 from libsgde.errors import FieldError
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.atomic import write_atomic
 from libsgde.io.schema import SchemaError, data_kind, schema_from_dict, schema_to_dict
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 FORMAT = "sgde-artifact"
 FORMAT_VERSION = 1
@@ -384,38 +384,18 @@ def write_artifact(path: Path, tensors: dict[str, np.ndarray], manifest: Manifes
         arrays[name] = np.asarray(a, dtype=_NUMPY_DTYPES[code], order="C")  # keeps 0-d shapes
     data = _st_save(arrays, metadata={MANIFEST_KEY: manifest.to_json()})
     parse_header(data, len(data))  # never write what the loader would refuse (too many tensors, header over cap)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def file_digest(path: Path) -> Any:
+    """The running sha256 of a file's bytes (call .hexdigest(), or .update() to continue it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path).hexdigest()

@@ -6,14 +6,13 @@ It is only resumed by the run with the same fingerprint (spec, schema and data).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 from safetensors.numpy import load_file, save
 
+from libsgde.io.atomic import write_atomic
 from libsgde.ml.train import Checkpoint
 
 FILENAME = "checkpoint.safetensors"
@@ -27,16 +26,7 @@ def save_checkpoint(directory: Path, fingerprint: str, step: int, secret: bytes,
     tensors.update({f"extra/{k}": np.asarray(v) for k, v in extra.items()})
     meta = json.dumps({"fingerprint": fingerprint, "step": step, "secret": secret.hex()})
     data = save(tensors, metadata={META_KEY: meta})
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint.", suffix=".tmp")  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / FILENAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(directory / FILENAME, data)  # mode 0600: it holds the secret
 
 
 def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:

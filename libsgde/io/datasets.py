@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from libsgde.io.encoding import DataError, EncodedData, TabularEncoder, encoder_for
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.io.schema import IMAGE_CHANNELS, MAX_CATEGORIES, validate_schema
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # raw data read from one file (decompressed); model space is up to 4x that for bytes
 MAX_INFERRED_CATEGORIES = 1000

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.io.schema import SchemaError, validate_schema
 from libsgde.ml.space import Block, ModelSpace
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 
 @dataclass

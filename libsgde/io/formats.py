@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from libsgde.io.sampling import CompiledSampler, SamplingError
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
-from libsgde.io.sampling import CompiledSampler, SamplingError
 
 FORMATS = {"csv": spb.OUTPUT_FORMAT_CSV, "npy": spb.OUTPUT_FORMAT_NPY, "parquet": spb.OUTPUT_FORMAT_PARQUET}
 FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
@@ -66,7 +66,7 @@ def check_format(fmt: str | int, kind: str | pb.DataSchema) -> str:
         raise SamplingError("format", f"{name} holds tables; this model generates images: ask for npy")
     if name == "parquet":
         try:
-            import pyarrow  # noqa: F401
+            import pyarrow
             import pyarrow.parquet  # noqa: F401
         except ImportError:
             raise FormatUnavailable("format", "parquet needs the pyarrow package, which this installation lacks "

@@ -18,8 +18,10 @@ Pure library: no gRPC, no I/O. `libsgde.io.formats` turns the decoded chunks int
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -238,3 +240,44 @@ class CompiledSampler:
             part = labels[start:start + size] if labels is not None else np.zeros(size, np.int32)
             x = self.model_space(part, seed, start)
             yield Chunk(self.decode(x, part if conditional else None), part if conditional else None, start)
+
+
+class CompiledCache:
+    """Compiled generators in memory, by artifact sha256: at most `capacity`, the least recently used evicted.
+    Thread-safe. The sampler service keeps one (its `ArtifactCache`), and so does local sampling in the SDK."""
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, int(capacity))
+        self._items: OrderedDict[str, CompiledSampler] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str) -> CompiledSampler | None:
+        """The generator compiled for this artifact, if in memory (it becomes the most recently used)."""
+        with self._lock:
+            found = self._items.get(sha256)
+            if found is not None:
+                self._items.move_to_end(sha256)
+            return found
+
+    def load(self, sha256: str, path: Path) -> CompiledSampler:
+        """The compiled generator of the artifact at `path`, whose sha256 the caller computed or verified; loaded
+        through the strict reader (ArtifactError) unless it is in memory already."""
+        found = self.get(sha256)
+        if found is not None:
+            return found
+        from libsgde.io.generator import load_generator
+        sampler = CompiledSampler(load_generator(path))
+        with self._lock:
+            self._items[sha256] = sampler
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return sampler
+
+    def discard(self, sha256: str) -> None:
+        with self._lock:
+            self._items.pop(sha256, None)
+
+    def keys(self) -> list[str]:
+        """The sha256 of the generators in memory, least recently used first."""
+        with self._lock:
+            return list(self._items)

@@ -94,7 +94,7 @@ def _plain(config) -> dict | None:
     """Struct numbers arrive as floats; give integral ones back as ints so that integer settings accept them."""
     if config is None:
         return None
-    fix = lambda v: int(v) if isinstance(v, float) and v.is_integer() else [fix(x) for x in v] if isinstance(v, list) else v  # noqa: E731
+    fix = lambda v: int(v) if isinstance(v, float) and v.is_integer() else [fix(x) for x in v] if isinstance(v, list) else v
     return {k: fix(v) for k, v in config.items()}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
 import stat
 from pathlib import Path
 
@@ -17,12 +16,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from libsgde.security.tls import PkiError, write_private
+from libsgde.domain.names import SHA256_RE
+from libsgde.io.atomic import write_private
+from libsgde.security.tls import PkiError
 
 ARTIFACT_DOMAIN = b"sgde/v1/artifact-sha256:"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
-_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class SigningKeyError(PkiError):
@@ -121,7 +121,7 @@ def parse_public_key(raw: bytes) -> Ed25519PublicKey:
 
 def artifact_message(sha256_hex: str) -> bytes:
     """What is signed for an artifact: a domain prefix and its sha256 in lowercase hex."""
-    if not isinstance(sha256_hex, str) or not _SHA256_RE.fullmatch(sha256_hex):
+    if not isinstance(sha256_hex, str) or not SHA256_RE.fullmatch(sha256_hex.lower()):
         raise ValueError("an artifact digest is 64 hexadecimal characters (sha256)")
     return ARTIFACT_DOMAIN + sha256_hex.lower().encode("ascii")
 

@@ -12,10 +12,9 @@ import contextlib
 import ipaddress
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from libsgde.errors import FailedPrecondition
+from libsgde.io.atomic import write_atomic, write_private
 
 try:
     import fcntl
@@ -72,38 +72,11 @@ class PkiPaths:
 # --------------------------------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes, mode: int, exclusive: bool) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, path)  # fails with FileExistsError instead of replacing
-        else:
-            os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Writes a secret atomically, created with mode 0600 (never readable by others, not even for a moment).
-
-    With `exclusive`, an existing file is never replaced: FileExistsError instead."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_atomic(path, data, 0o600, exclusive)
-
-
 def write_public(path: Path, data: bytes) -> None:
     """Writes a non-secret file (a certificate) atomically, mode 0644."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _write_atomic(path, data, 0o644, False)
+    write_atomic(path, data, mode=0o644)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -125,7 +98,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def make_ca(common_name: str = "SGDE development CA", days: int = 3650) -> tuple[bytes, bytes]:
@@ -133,7 +106,7 @@ def make_ca(common_name: str = "SGDE development CA", days: int = 3650) -> tuple
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SGDE"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder()
             .subject_name(name).issuer_name(name)
@@ -162,7 +135,7 @@ def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, d
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    start = _utc(not_before) if not_before else datetime.now(timezone.utc) - CLOCK_SKEW
+    start = _utc(not_before) if not_before else datetime.now(UTC) - CLOCK_SKEW
     end = _utc(not_after) if not_after else start + CLOCK_SKEW + timedelta(days=days)
     if end <= start:
         raise ValueError("not_after must be later than not_before")
@@ -243,7 +216,7 @@ def _usable(paths: PkiPaths, name: str, ca: x509.Certificate, dns: Sequence[str]
         return False
     if not _matches(cert_pem, key_pem):
         return False
-    if cert.not_valid_after_utc - datetime.now(timezone.utc) < RENEW_BEFORE:
+    if cert.not_valid_after_utc - datetime.now(UTC) < RENEW_BEFORE:
         return False
     have_dns, have_ips = _cert_names(cert)
     return set(dns) <= set(have_dns) and set(ips) <= set(have_ips)

@@ -13,14 +13,14 @@ import hmac
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from libsgde.security.tls import write_private
+from libsgde.io.atomic import write_private
 
 # --------------------------------------------------------------------------------------------------- passwords
 
@@ -173,15 +173,15 @@ class TokenIssuer:
         """Returns (token, expires_at). `now` (default: the clock) lets tests make tokens that are already expired."""
         if not username:
             raise ValueError("username is empty")
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         if now.tzinfo is None:
-            now = now.replace(tzinfo=timezone.utc)
+            now = now.replace(tzinfo=UTC)
         iat = int(now.timestamp())
         exp = iat + int(self.lifetime.total_seconds())
         payload = {"sub": username, "iss": self.issuer, "aud": self.audience, "iat": iat, "nbf": iat, "exp": exp,
                    "jti": secrets.token_urlsafe(16)}
         token = jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
-        return token, datetime.fromtimestamp(exp, timezone.utc)
+        return token, datetime.fromtimestamp(exp, UTC)
 
 
 _RELOGIN = "run `sgde login` again"
@@ -228,7 +228,7 @@ class TokenVerifier:
             raise InvalidToken(f"invalid token (bad sub or jti): {_RELOGIN}")
         if isinstance(exp, bool) or not isinstance(exp, (int, float)):
             raise InvalidToken(f"invalid token (bad exp): {_RELOGIN}")
-        return TokenClaims(username=sub, expires_at=datetime.fromtimestamp(exp, timezone.utc), token_id=jti)
+        return TokenClaims(username=sub, expires_at=datetime.fromtimestamp(exp, UTC), token_id=jti)
 
 
 def load_or_create_token_key(path: Path) -> Ed25519PrivateKey:

@@ -1,6 +1,7 @@
-"""Who is calling: the trainer checks each user's bearer token with the registry (WhoAmI over mutual TLS, with the
-trainer's own certificate) and remembers the answer briefly. The same channel carries the trainer's publishes,
-made with the user's forwarded token."""
+"""The registry gate the trainer and the sampler share: who is calling (each user's bearer token checked with the
+registry, WhoAmI over mutual TLS with the service's own certificate, the answer remembered briefly), and a registry
+session acting with that user's forwarded token over the same channel (the trainer's publishes, the sampler's
+downloads)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,9 +13,10 @@ import grpc
 from google.protobuf import empty_pb2
 
 from libsgde import errors
-from libsgde.client import Client, secure_channel
-from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.client.registry import RegistrySession
 from libsgde.server import auth
+from libsgde.wire.limits import secure_channel
+from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
 
 
 class RegistryGate:
@@ -90,6 +92,6 @@ class RegistryGate:
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             raise errors.Unavailable("the registry is not serving")
 
-    def client_for(self, token: str, username: str) -> Client:
-        """A registry client acting with the user's forwarded token, over this channel."""
-        return Client.forwarding(self.channel, token, username)
+    def session_for(self, token: str, username: str) -> RegistrySession:
+        """A registry session acting with the user's forwarded token, over this channel (it reads no files)."""
+        return RegistrySession(self.channel, token, username)

@@ -42,29 +42,38 @@ def service(name: str) -> Service:
     return loaded
 
 
-def start_embedded(settings: Mapping[str, Mapping[str, Any]] | None = None, *,
-                   follow_registry: bool = True) -> dict[str, serving.ServerHandle]:
-    """Starts registry, trainer and sampler in this process, each configured from the environment with
-    `settings[name]` replacing fields of its config. With `follow_registry`, trainer and sampler call the registry
-    just started (wherever it listens). On a failure the services already started are stopped. Returns the
-    handles by name, in start order."""
+@dataclass(frozen=True)
+class Running:
+    """A service started in this process: the config it runs with, and its server."""
+    config: Any
+    handle: serving.ServerHandle
+
+
+def start_embedded(settings: Mapping[str, Mapping[str, Any]] | None = None, *, follow_registry: bool = True,
+                   environment: bool = True) -> dict[str, Running]:
+    """Starts registry, trainer and sampler in this process, each configured from the environment (or, without
+    `environment`, from its config's defaults alone) with `settings[name]` setting fields of its config. With `follow_registry`, trainer and sampler call the registry
+    just started (wherever it listens). On a failure the services already started are stopped. Returns what
+    runs, by name, in start order."""
     settings = settings or {}
-    started: dict[str, serving.ServerHandle] = {}
+    started: dict[str, Running] = {}
     try:
         for name in ORDER:
             svc = service(name)
             overrides = dict(settings.get(name, {}))
             if follow_registry and name != "registry" and "registry" not in overrides:
-                overrides["registry"] = f"127.0.0.1:{started['registry'].port}"
-            started[name] = svc.start(dataclasses.replace(svc.config.from_env(), **overrides))
+                overrides["registry"] = f"127.0.0.1:{started['registry'].handle.port}"
+            config = (dataclasses.replace(svc.config.from_env(), **overrides) if environment
+                      else svc.config(**overrides))
+            started[name] = Running(config, svc.start(config))
     except BaseException:
         stop_all(started, grace=1)
         raise
     return started
 
 
-def stop_all(handles: Mapping[str, serving.ServerHandle], grace: float = 10.0) -> None:
+def stop_all(running: Mapping[str, Running], grace: float = 10.0) -> None:
     """Stops services in reverse start order: the sampler's streams end and the trainer's jobs checkpoint while the
     registry they call still answers."""
-    for handle in reversed(list(handles.values())):
-        handle.stop(grace)
+    for service_running in reversed(list(running.values())):
+        service_running.handle.stop(grace)

@@ -27,12 +27,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
 from libsgde.errors import SgdeError
+from libsgde.wire.limits import MAX_MESSAGE_BYTES
 from libsgde.wire.status import to_status
 
 log = logging.getLogger("sgde")
 
-# Chunks are at most 1 MiB; a message never needs much more than that.
-MAX_MESSAGE_BYTES = 4 << 20
 
 RPC_TOTAL = Counter("sgde_rpc_total", "Finished RPCs", ["service", "method", "code"])
 RPC_SECONDS = Histogram("sgde_rpc_seconds", "RPC latency in seconds", ["service", "method"],

@@ -9,17 +9,16 @@ import abc
 import contextlib
 import hashlib
 import os
-import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-from libsgde.errors import NotFound, SgdeError, Unavailable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-CHUNK_SIZE = 1 << 20
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+from libsgde.domain.names import SHA256_RE
+from libsgde.errors import NotFound, SgdeError, Unavailable
+from libsgde.io.atomic import atomic_write
+from libsgde.wire.limits import CHUNK_SIZE
 
 
 class StorageError(SgdeError):
@@ -40,7 +39,7 @@ class StorageUnavailable(StorageError, Unavailable):
 
 
 def _check_key(sha256: str) -> str:
-    if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
+    if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256):
         raise ValueError(f"not a sha256 (64 lowercase hex characters): {sha256!r}")
     return sha256
 
@@ -127,21 +126,12 @@ class FileBlobStore(BlobStore):
         verifier = _Verifier(sha256, size)
         final = self._path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{uuid.uuid4().hex}"  # unique: concurrent puts of one blob never collide
-        try:
-            with open(tmp, "xb") as f:
-                for chunk in chunks:
-                    verifier.feed(chunk)
-                    f.write(chunk)
-                verifier.finish()
-                f.flush()
-                os.fsync(f.fileno())  # the data is on disk before the rename can be
-            os.replace(tmp, final)  # atomic: readers see the old good blob or the new one, never a mix
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        _fsync_dir(final.parent)  # make the rename itself durable
+        # Concurrent puts of one blob write their own temporary files; readers see the old good blob or the new one.
+        with atomic_write(final, mode=0o644) as f:
+            for chunk in chunks:
+                verifier.feed(chunk)
+                f.write(chunk)
+            verifier.finish()
 
     def get(self, sha256: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         try:
@@ -181,16 +171,8 @@ class FileBlobStore(BlobStore):
             raise StorageUnavailable(f"blob directory {self.root} is not writable: {e}") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # -- S3 ---------------------------------------------------------------------------------------------------------
-# minio is imported inside the methods: it takes ~0.3 s to import, and the CLI loads this module for CHUNK_SIZE only.
+# minio is imported inside the methods: it takes ~0.3 s to import, and the CLI never loads this module.
 
 _PART_SIZE = 16 << 20
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -33,3 +34,27 @@ def train_spec_to_proto(spec: TrainSpec) -> tpb.TrainingSpec:
     if config is not None:
         out.config.update(config)
     return out
+
+
+def enum_text(enum: Any, value: int) -> str:
+    """An enum value as people write it: DATA_KIND_TABULAR -> "tabular", JOB_STATE_SUCCEEDED -> "succeeded"."""
+    name = enum.Name(value)
+    prefix = next((p for p in _ENUM_PREFIXES if name.startswith(p)), "")
+    return name.removeprefix(prefix).lower()
+
+
+def enum_value(enum: Any, text: str) -> int:
+    """The inverse of `enum_text`: ("tabular", DataKind) -> DATA_KIND_TABULAR."""
+    for name, number in enum.items():
+        if enum_text(enum, number) == text:
+            return number
+    raise KeyError(text)
+
+
+_ENUM_PREFIXES = ("DATA_KIND_", "JOB_STATE_", "VISIBILITY_", "COLUMN_TYPE_", "OUTPUT_FORMAT_")
+DATA_KINDS = {"tabular": pb.DATA_KIND_TABULAR, "image": pb.DATA_KIND_IMAGE}
+VISIBILITIES = {"private": pb.VISIBILITY_PRIVATE, "shared": pb.VISIBILITY_SHARED, "public": pb.VISIBILITY_PUBLIC}
+
+
+def job_state_text(state: int) -> str:
+    return enum_text(tpb.JobState, state)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libsgde import config
-from libsgde.server import serving
-from libsgde.wire.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
 from libsgde.security import tls
-from libsgde.server import auth
+from libsgde.server import auth, serving
+from libsgde.server.launch import Service
 from libsgde.server.storage import open_blob_store
+from libsgde.wire.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
 from services.registry.catalogue import Catalogue
-from services.registry.servicer import RegistrySettings, RegistryServicer
+from services.registry.servicer import RegistryServicer, RegistrySettings
 
 log = logging.getLogger("sgde.registry")
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
@@ -94,3 +94,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+SERVICE = Service("registry", RegistryConfig, start, main)  # the entry point `sgde.services:registry` (pyproject.toml)

@@ -15,18 +15,18 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE, VERSION_NAME_RE
 from libsgde import errors
+from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE, VERSION_NAME_RE
 from libsgde.io.artifact import ArtifactError, ArtifactHeader, HeaderSniffer
-
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
-from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
-from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
-from libsgde.server.streams import read_ahead
 from libsgde.io.schema import SchemaError, data_kind, schemas_equal, validate_schema
 from libsgde.security import signing
 from libsgde.server import auth
-from libsgde.server.storage import CHUNK_SIZE, BlobIntegrityError, BlobNotFound, BlobStore, StorageUnavailable
+from libsgde.server.storage import BlobIntegrityError, BlobNotFound, BlobStore, StorageUnavailable
+from libsgde.server.streams import read_ahead
+from libsgde.wire.limits import CHUNK_SIZE
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
 from services.registry.catalogue import Catalogue, Conflict, Gone, ModelRow, UserRow, VersionRow
 
 log = logging.getLogger("sgde.registry")
@@ -377,7 +377,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise errors.FieldError("header", "the first message must be the header")
         header = first.header
         violations = []
-        if not SHA256_RE.match(header.sha256):
+        if not SHA256_RE.fullmatch(header.sha256):
             violations.append(("header.sha256", "64 lowercase hex characters"))
         if not 0 < header.size_bytes <= self.settings.max_version_bytes:
             if header.size_bytes > self.settings.max_version_bytes:

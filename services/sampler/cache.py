@@ -1,8 +1,8 @@
 """The sampler's caches: artifacts on disk, keyed by sha256, and compiled generators in memory (an LRU).
 
 An artifact is downloaded once, with the CALLER's forwarded token (so the registry decides who may have it), through
-the SDK's `Client.pull`, which verifies the sha256 and the owner's signature before the file appears in the cache.
-A file already in the cache is verified again (`Client.verify`: its sha256 re-hashed, the signature checked with the
+the SDK's `RegistrySession.pull`, which verifies the sha256 and the owner's signature before the file appears in the cache.
+A file already in the cache is verified again (`RegistrySession.verify`: its sha256 re-hashed, the signature checked with the
 owner's registered key) before it is loaded; one whose bytes no longer match is deleted and downloaded again, so a
 tampered cache never serves. Artifacts load only through the strict reader with the architecture check
 (`load_generator`).
@@ -15,17 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
-import grpc
 from prometheus_client import Counter
 
-from libsgde.io.artifact import ArtifactError
 from libsgde import errors
-from libsgde.client import Client
-from libsgde.errors import SgdeError, VerificationError
+from libsgde.client.registry import RegistrySession
 from libsgde.domain.names import SHA256_RE
+from libsgde.errors import SgdeError, VerificationError
+from libsgde.io.artifact import ArtifactError
+from libsgde.io.sampling import CompiledCache
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 log = logging.getLogger("sgde.sampler")
@@ -44,10 +43,9 @@ class ArtifactCache:
     def __init__(self, root: Path, max_loaded: int = 4, max_bytes: int = 10 << 30, pull_timeout: float = 600.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.max_loaded = max(1, int(max_loaded))
         self.max_bytes = int(max_bytes)
         self.pull_timeout = pull_timeout
-        self._loaded: OrderedDict[str, object] = OrderedDict()  # sha256 -> CompiledSampler
+        self.compiled = CompiledCache(max_loaded)
         self._verified: set[tuple[str, str, bytes]] = set()  # (sha256, owner, signature) checked with the key
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
@@ -61,25 +59,19 @@ class ArtifactCache:
 
     def loaded(self) -> list[str]:
         """The sha256 of the generators compiled in memory, least recently used first."""
-        with self._guard:
-            return list(self._loaded)
+        return self.compiled.keys()
 
-    def sampler(self, version: pb.ModelVersion, client: Client):
+    def sampler(self, version: pb.ModelVersion, client: RegistrySession):
         """The compiled generator of `version` (resolved by the caller's GetVersion), fetching and verifying its
         artifact with `client` (acting with the caller's token) as needed. Raises SgdeError."""
-        from libsgde.io.generator import load_generator
-        from libsgde.io.sampling import CompiledSampler
-
         sha = version.sha256
-        if not SHA256_RE.match(sha):
+        if not SHA256_RE.fullmatch(sha):
             raise errors.DataLoss(f"the registry gave {version.name} no valid sha256")
         owner = version.name.split("/")[1]
         proof = (sha, owner, bytes(version.signature))
         with self._lock(sha):
+            sampler = self.compiled.get(sha)
             with self._guard:
-                sampler = self._loaded.get(sha)
-                if sampler is not None:
-                    self._loaded.move_to_end(sha)
                 if sampler is not None and proof in self._verified:
                     CACHE_EVENTS.labels("memory").inc()
                     return sampler
@@ -94,21 +86,17 @@ class ArtifactCache:
                 self._verified.add(proof)
             if sampler is None:
                 try:
-                    sampler = CompiledSampler(load_generator(path))
+                    sampler = self.compiled.load(sha, path)
                 except ArtifactError as e:
-                    raise errors.FailedPrecondition(f"{version.name} cannot be sampled: its artifact is not a generator this sampler "
-                                   f"can load ({e})") from None
-                with self._guard:
-                    self._loaded[sha] = sampler
-                    while len(self._loaded) > self.max_loaded:
-                        self._loaded.popitem(last=False)
+                    raise errors.FailedPrecondition(f"{version.name} cannot be sampled: its artifact is not a "
+                                                    f"generator this sampler can load ({e})") from None
             try:
                 os.utime(path)  # recently used: trimmed last
             except OSError:
                 pass
             return sampler
 
-    def _verify_cached(self, path: Path, version: pb.ModelVersion, owner: str, client: Client) -> bool:
+    def _verify_cached(self, path: Path, version: pb.ModelVersion, owner: str, client: RegistrySession) -> bool:
         """Whether the cached file still is the version's verified artifact; a file that is not is deleted."""
         try:
             client.verify(path, version, owner)  # re-hashes the file; deletes it when the sha256 differs
@@ -118,13 +106,12 @@ class ArtifactCache:
             log.warning("cached artifact failed verification: deleted, downloading it again",
                         extra={"version": version.name, "sha256": version.sha256, "error": str(e)})
             path.unlink(missing_ok=True)
-            with self._guard:
-                self._loaded.pop(version.sha256, None)
+            self.compiled.discard(version.sha256)
             return False
         except SgdeError as e:
             raise _registry_error(version, e) from None
 
-    def _download(self, path: Path, version: pb.ModelVersion, client: Client) -> None:
+    def _download(self, path: Path, version: pb.ModelVersion, client: RegistrySession) -> None:
         try:
             client.pull(version.name, path, timeout=self.pull_timeout)  # sha256 and signature verified first
         except VerificationError as e:

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libsgde import config
-from libsgde.server import serving
-from libsgde.wire.proto.sgde.v1 import sampler_pb2, sampler_pb2_grpc
 from libsgde.security import tls
+from libsgde.server import serving
+from libsgde.server.gate import RegistryGate
+from libsgde.server.launch import Service
+from libsgde.wire.proto.sgde.v1 import sampler_pb2, sampler_pb2_grpc
 from services.sampler.cache import ArtifactCache
 from services.sampler.servicer import SamplerServicer, SamplerSettings
-from libsgde.server.gate import RegistryGate
 
 log = logging.getLogger("sgde.sampler")
 SERVICE_NAME = sampler_pb2.DESCRIPTOR.services_by_name["SamplerService"].full_name
@@ -75,7 +76,7 @@ class SamplerHandle(serving.ServerHandle):
 def _warm_up() -> None:
     """Imports the sampling stack (JAX: seconds) in the background, so that the first Sample does not wait."""
     try:
-        import libsgde.io.formats  # noqa: F401
+        import libsgde.io.formats
         import libsgde.io.generator  # noqa: F401
     except Exception:  # the first request reports any real problem
         log.exception("could not import the sampling library")
@@ -115,3 +116,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+SERVICE = Service("sampler", SamplerConfig, start, main)  # the entry point `sgde.services:sampler` (pyproject.toml)

@@ -15,18 +15,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc
 from prometheus_client import Counter, Gauge
 
 from libsgde import errors
-from libsgde.errors import SgdeError
 from libsgde.domain.names import MODEL_ID_RE, USERNAME_RE
+from libsgde.server.gate import RegistryGate
+from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc
-from libsgde.server.storage import CHUNK_SIZE
 from services.sampler.cache import ArtifactCache
-from libsgde.server.gate import RegistryGate
 
 log = logging.getLogger("sgde.sampler")
 
@@ -78,8 +76,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
     def _check_request(self, request: spb.SampleRequest, schema: pb.DataSchema | None, kind: str | None
                        ) -> list[tuple[str, str]]:
         """Field violations of the request (those the schema and data kind decide, when known)."""
-        from libsgde.io import formats
-        from libsgde.io import sampling
+        from libsgde.io import formats, sampling
         violations: list[tuple[str, str]] = []
         limit = self.settings.max_samples
         if request.class_counts:
@@ -110,15 +107,14 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         return violations
 
     def Sample(self, request: spb.SampleRequest, context) -> Iterator[spb.SampleResponse]:
-        from libsgde.io import formats
-        from libsgde.io import sampling
+        from libsgde.io import formats, sampling
 
         user, token = self.gate.caller(context)
         name = _parse_model(request.model)
         violations = self._check_request(request, None, None)
         if violations:
             raise errors.FieldError.many(violations)
-        client = self.gate.client_for(token, user)
+        client = self.gate.session_for(token, user)
         version = client.get_version(name)  # NOT_FOUND, PERMISSION_DENIED...: the registry's answer is ours
         kind = KIND_NAMES.get(version.data_kind)
         violations = self._check_request(request, _manifest_schema(version), kind)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.server.sql import open_engine
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 
 metadata = sa.MetaData()

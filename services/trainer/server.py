@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from libsgde import config
-from libsgde.server import serving
-from libsgde.wire.proto.sgde.v1 import trainer_pb2, trainer_pb2_grpc
 from libsgde.security import tls
+from libsgde.server import serving
 from libsgde.server.gate import RegistryGate
+from libsgde.server.launch import Service
+from libsgde.wire.proto.sgde.v1 import trainer_pb2, trainer_pb2_grpc
 from services.trainer.jobs import JobStore
 from services.trainer.servicer import TrainerServicer, TrainerSettings
 from services.trainer.sources import Sources
@@ -117,7 +118,7 @@ def _dependencies(store: JobStore, gate: RegistryGate) -> None:
 def _warm_up() -> None:
     """Imports the training stack (JAX: seconds) in the background, so that the first CreateJob does not wait."""
     try:
-        import libsgde.io.datasets  # noqa: F401
+        import libsgde.io.datasets
         import libsgde.io.training  # noqa: F401
     except Exception:  # the first job reports any real problem
         log.exception("could not import the training library")
@@ -163,3 +164,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+SERVICE = Service("trainer", TrainerConfig, start, main)  # the entry point `sgde.services:trainer` (pyproject.toml)

@@ -19,20 +19,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from google.protobuf import timestamp_pb2
 
-from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE
 from libsgde import errors
-from libsgde.errors import SgdeError
+from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE
 from libsgde.io.encoding import DataError
+from libsgde.io.schema import SchemaError, validate_schema
+from libsgde.server.gate import RegistryGate
+from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
-from libsgde.io.schema import SchemaError, validate_schema
-from libsgde.server.storage import CHUNK_SIZE
-from libsgde.server.gate import RegistryGate
-from services.trainer.jobs import (CANCELLED, ENDED, PUBLISHED, SUCCEEDED, Conflict, DatasetRow, JobRow,
-                                   JobStore, new_id)
+from services.trainer.jobs import CANCELLED, ENDED, PUBLISHED, SUCCEEDED, Conflict, DatasetRow, JobRow, JobStore, new_id
 from services.trainer.sources import SourceError, Sources, describe_data_error
 from services.trainer.worker import Worker, spec_field, state_name
 
@@ -132,7 +129,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not FILENAME_RE.match(header.filename):
             violations.append(("header.filename", "the file's own name (no folders): 1-200 letters, digits, '.', "
                                                   "'-' or '_'; its extension selects the loader"))
-        if not SHA256_RE.match(header.sha256):
+        if not SHA256_RE.fullmatch(header.sha256):
             violations.append(("header.sha256", "64 lowercase hex characters"))
         if header.size_bytes > self.settings.max_dataset_bytes:
             raise errors.Exhausted(f"a dataset of {header.size_bytes} bytes is over this trainer's limit of "
@@ -191,8 +188,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                                            f"(models/{user}/...), not {name[:200]}")
 
     def CreateJob(self, request: tpb.CreateJobRequest, context) -> tpb.Job:
-        from libsgde.ml.privacy.accounting import PrivacyError
         from libsgde.io.training import SpecError, check_spec
+        from libsgde.ml.privacy.accounting import PrivacyError
         from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
 
         user, _ = self.gate.caller(context)
@@ -335,7 +332,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if not path.is_file():
                 raise errors.DataLoss(f"the artifact of {job.name} is missing from the trainer's "
                                                           "storage; tell the trainer's operator")
-            client = self.gate.client_for(token, user)
+            client = self.gate.session_for(token, user)
             try:
                 version = client.publish_signed(path, job.publish_model, job.artifact_sha256, request.signature,
                                                 create=True, data_schema=job.data_schema,

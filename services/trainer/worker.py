@@ -238,8 +238,8 @@ class Worker:
                 self._stops.pop(job_id, None)
 
     def _train(self, job: JobRow, stop: threading.Event) -> None:
-        from libsgde.ml.privacy.accounting import PrivacyError
         from libsgde.io.training import CHECKPOINT_EVERY_S, SpecError, TrainingCancelled, check_spec, train
+        from libsgde.ml.privacy.accounting import PrivacyError
         from libsgde.wire.convert import train_spec_from_proto
 
         latest = tpb.ProgressEvent()

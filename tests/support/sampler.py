@@ -9,8 +9,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.security import tls
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from services.sampler.server import SamplerConfig, SamplerHandle, start
 from tests.support.services import ServiceProcess, free_port
 

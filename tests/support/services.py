@@ -16,10 +16,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from libsgde.io.artifact import build_manifest, write_artifact
 from libsgde.client import Client
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.io.artifact import build_manifest, write_artifact
 from libsgde.security import tls
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 PASSWORD = "correct horse battery staple"
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from typing import ClassVar
 import numpy as np
 
 from libsgde.client import Client
-from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.security import tls
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.server import TrainerConfig, TrainerHandle, start
 from tests.support.services import ServiceProcess, free_port
 

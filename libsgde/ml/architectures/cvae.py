@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from libsgde.ml.mechanisms import DP_SGD
-from libsgde.ml.space import ModelSpace
 from libsgde.ml.architectures.base import Architecture, Option, decode_tabular_sample, one_hot, row_normals
 from libsgde.ml.layers import MLP
+from libsgde.ml.mechanisms import DP_SGD
+from libsgde.ml.space import ModelSpace
 
 
 class TabularCVAE(nn.Module):

@@ -12,9 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from libsgde.ml.architectures.base import Architecture, Option, decode_tabular_sample, one_hot, row_normals
 from libsgde.ml.mechanisms import DP_MERF
 from libsgde.ml.space import ModelSpace
-from libsgde.ml.architectures.base import Architecture, Option, decode_tabular_sample, one_hot, row_normals
 
 
 class MerfGenerator(nn.Module):

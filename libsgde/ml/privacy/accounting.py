@@ -16,7 +16,6 @@ import dp_accounting as dpa
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-
 from libsgde.errors import FieldError
 
 # PLD value discretisation. Coarser intervals (1e-2) are badly pessimistic over thousands of steps.

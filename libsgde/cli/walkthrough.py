@@ -1,0 +1,522 @@
+"""`sgde demo`: two data silos' worth of DP generators, trained, published, sampled and judged, on one machine.
+
+On data that ships with scikit-learn (digits: 8x8 images, 10 classes; breast_cancer: 30 measurements and a diagnosis),
+in a fresh $SGDE_HOME under the report folder, the demo
+
+1. starts the registry, the trainer and the sampler on free loopback ports (libsgde.server.launch), over mutual TLS with a
+   fresh development PKI, in this process; they stop at the end, on an error and on Ctrl-C too;
+2. registers and logs in a user and writes each data set to a file (a held-out split kept aside), with a schema whose
+   bounds are PUBLIC facts, never read from the data;
+3. trains one DP generator per data set in the trainer service (upload, CreateJob, watch, then sign here and publish),
+   at the target epsilon, and shows the privacy report the registry holds for each version;
+4. samples synthetic data through the sampler service (or, with sample_via='local', by pulling the verified
+   artifacts and sampling them here);
+5. trains classifiers on the synthetic data and tests them on the held-out real data (TSTR), beside the same
+   classifiers trained on the real training split (TRTR);
+6. writes `digits_samples.png`, `breast_cancer_marginals.png`, `summary.md` and `summary.json`.
+
+`run_demo(out, tiny=True)` is the same walk with tiny models and few samples, for the tests.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import secrets
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from libsgde.client import Client
+from libsgde.errors import SgdeError
+from libsgde.evaluate.report import figure
+from libsgde.evaluate.utility import utility
+from libsgde.io.schema import schema_to_dict
+from libsgde.security import signing, tls
+from libsgde.wire.convert import job_state_text
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+
+Log = Callable[[str], None]
+MARKER = ".sgde-demo"  # marks a home the demo made, which a later run may replace
+
+# -- the data sets and their PUBLIC schemas ---------------------------------------------------------------------------
+
+# scikit-learn documents digits as 8x8 images whose pixels are integers 0..16 (counts of "on" pixels in 4x4 blocks of
+# a 32x32 bitmap): 16 is a property of the format, not of this data.
+DIGITS_PIXEL_MAX = 16
+DIGITS_CLASSES = [str(i) for i in range(10)]
+
+# breast_cancer (Wisconsin diagnostic): ten measurements of the cell nuclei in an image, each given as the mean over
+# the nuclei, its standard error ("... error") and the mean of the three largest ("worst ..."). The upper bounds below
+# are DOMAIN LIMITS written down once as round constants, NOT the data's maxima (a bound taken from the private data
+# would leak it, e.g. the largest tumour). Every measurement is >= 0. "mean" and "worst" values are values of single
+# nuclei, so they share one limit; a standard error is at most a quarter of it (a standard deviation of values in
+# [0, L] is at most L/2, divided by the square root of the nuclei measured, at least 4). Sizes: a nucleus radius of at
+# most 50 (image units), perimeter 400 (above the 2 pi 50 of a circle: boundaries are irregular), area 8000 (pi 50^2);
+# texture is the standard deviation of grey levels, at most 100; the shape ratios are small dimensionless numbers
+# given limits of 0.5 to 2. Generous limits cost some utility (the data fill less of [0, 1]); that is the price of not
+# looking.
+BREAST_CANCER_LIMITS = {"radius": 50.0, "texture": 100.0, "perimeter": 400.0, "area": 8000.0, "smoothness": 0.5,
+                        "compactness": 2.0, "concavity": 2.0, "concave points": 1.0, "symmetry": 1.0,
+                        "fractal dimension": 0.5}
+BREAST_CANCER_LABEL = "diagnosis"
+BREAST_CANCER_CLASSES = ["malignant", "benign"]  # scikit-learn's target 0 and 1
+MARGINAL_COLUMNS = ["mean radius", "mean texture", "mean area", "mean smoothness", "mean concavity",
+                    "worst perimeter"]
+
+# Settings for `tiny`: a job trains in a second or two.
+TINY_CONFIG = {"dp-merf": {"hidden": [32], "latent_dim": 4, "features": 200, "generator_steps": 60,
+                           "generator_batch": 64},
+               "cvae": {"hidden": [16], "latent_dim": 2}}
+
+
+def breast_cancer_upper(column: str) -> float:
+    """The public upper bound of a breast_cancer column (see BREAST_CANCER_LIMITS)."""
+    if column.endswith(" error"):
+        return BREAST_CANCER_LIMITS[column.removesuffix(" error")] / 4
+    return BREAST_CANCER_LIMITS[column.split(" ", 1)[1]]
+
+
+def digits_schema() -> pb.DataSchema:
+    return pb.DataSchema(image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=DIGITS_PIXEL_MAX,
+                                              class_names=DIGITS_CLASSES))
+
+
+def breast_cancer_schema(feature_names: list[str]) -> pb.DataSchema:
+    columns = [pb.Column(name=name, type=pb.COLUMN_TYPE_CONTINUOUS, lower=0.0, upper=breast_cancer_upper(name))
+               for name in feature_names]
+    columns.append(pb.Column(name=BREAST_CANCER_LABEL, type=pb.COLUMN_TYPE_CATEGORICAL,
+                             categories=BREAST_CANCER_CLASSES))
+    return pb.DataSchema(tabular=pb.TabularSchema(columns=columns, label_column=BREAST_CANCER_LABEL))
+
+
+@dataclass
+class Split:
+    """One data set as the demo holds it: the training split (what the silo trains on), the held-out real test split,
+    the file uploaded to the trainer and its schema."""
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    path: Path
+    schema: pb.DataSchema
+    feature_names: list[str] = field(default_factory=list)
+
+
+def prepare_data(folder: Path, seed: int) -> dict[str, Split]:
+    """Writes digits as .npz and breast_cancer as CSV (training splits only) into `folder`, plus their schemas."""
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.model_selection import train_test_split
+
+    folder.mkdir(parents=True, exist_ok=True)
+    d = load_digits()
+    images = d.images.astype(np.uint8)
+    xtr, xte, ytr, yte = train_test_split(images, d.target, test_size=0.25, random_state=seed, stratify=d.target)
+    digits_path = folder / "digits_train.npz"
+    np.savez_compressed(digits_path, x=xtr, y=ytr.astype(np.int64))
+    digits = Split("digits", xtr, ytr, xte, yte, digits_path, digits_schema())
+
+    c = load_breast_cancer()
+    names = [str(n) for n in c.feature_names]
+    xtr, xte, ytr, yte = train_test_split(c.data, c.target, test_size=0.25, random_state=seed, stratify=c.target)
+    cancer_path = folder / "breast_cancer_train.csv"
+    with cancer_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*names, BREAST_CANCER_LABEL])
+        for row, label in zip(xtr, ytr):
+            writer.writerow([repr(float(v)) for v in row] + [BREAST_CANCER_CLASSES[int(label)]])
+    cancer = Split("breast_cancer", xtr, ytr, xte, yte, cancer_path, breast_cancer_schema(names), names)
+    for split in (digits, cancer):
+        (folder / f"{split.name}.schema.json").write_text(json.dumps(schema_to_dict(split.schema), indent=2) + "\n")
+    return {"digits": digits, "breast_cancer": cancer}
+
+
+# -- services -------------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fresh_home(home: Path) -> None:
+    """An empty $SGDE_HOME: a home left by an earlier demo is replaced; any other non-empty folder is refused."""
+    if home.exists() and any(home.iterdir()):
+        earlier = (home / MARKER).exists() or ((home / "pki").is_dir() and (home / "registry").is_dir())
+        if not earlier:
+            raise DemoError(f"{home} exists and was not made by the demo; choose another --out")
+        shutil.rmtree(home)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (home / MARKER).write_text("made by `sgde demo`; the next run replaces this folder\n")
+
+
+@dataclass
+class Addresses:
+    registry: str
+    trainer: str
+    sampler: str
+
+
+@contextmanager
+def services(home: Path, pki: tls.PkiPaths, log: Log) -> Iterator[Addresses]:
+    """Registry, trainer and sampler on free loopback ports, in this process, through the same launcher as `sgde up`
+    (their config's defaults, not the caller's environment); stopped on the way out (normal end, error or Ctrl-C),
+    callers first so that streams end and jobs stop while the registry still answers."""
+    from libsgde.server import launch
+    listen = {name: f"127.0.0.1:{_free_port()}" for name in launch.ORDER}
+    common = {"pki": pki, "metrics_port": 0, "health_port": 0}
+    running = launch.start_embedded({
+        "registry": {"listen": listen["registry"], "database_url": f"sqlite:///{home / 'registry' / 'registry.db'}",
+                     "blob_url": (home / "registry" / "blobs").as_uri(),
+                     "token_key": home / "registry" / "token-signing.pem", **common},
+        "trainer": {"listen": listen["trainer"], "state_dir": home / "trainer", **common},
+        "sampler": {"listen": listen["sampler"], "state_dir": home / "sampler", **common},
+    }, environment=False)
+    try:
+        for name in launch.ORDER:
+            log(f"{name} on {listen[name]}")
+        log(f"all over mutual TLS (development CA {pki.ca_cert})")
+        yield Addresses(listen["registry"], listen["trainer"], listen["sampler"])
+    finally:
+        launch.stop_all(running, grace=2)
+
+
+# -- training -------------------------------------------------------------------------------------------------------
+
+class DemoError(SgdeError):
+    """The demo cannot go on; the message says why."""
+
+
+def _spec(arch: str, split: Split, epsilon: float, delta: float, tiny: bool, seed: int):
+    from libsgde.io.training import TrainSpec
+    config = dict(TINY_CONFIG[arch]) if tiny else None  # None: the architecture's defaults
+    extra = {"epochs": 1, "batch_size": 64} if tiny and arch == "cvae" else {}
+    return TrainSpec(arch, epsilon, config=config, delta=delta, seed=seed, **extra)
+
+
+def train_and_publish(client: Client, split: Split, spec, model: str, log: Log) -> tuple[tpb.Job, pb.ModelVersion]:
+    """Upload, CreateJob, watch (progress printed about every tenth of the run), sign here and publish."""
+    dataset = client.upload_dataset(split.path)
+    job = client.create_job(spec, split.schema, dataset, model)
+    log(f"  {split.name}: uploaded {split.path.name} ({dataset.size_bytes:,} bytes) as {dataset.name}; "
+        f"{job.name} ({spec.architecture}, target epsilon {spec.target_epsilon:g})")
+    next_tenth = 1
+    for event in client.watch_job(job.name):
+        if event.message:
+            log(f"  {split.name}: {event.message}")
+        if event.total_steps and event.step and event.step * 10 >= next_tenth * event.total_steps:
+            next_tenth = event.step * 10 // event.total_steps + 1
+            log(f"  {split.name}: step {event.step}/{event.total_steps}  loss {event.loss:.4g}  "
+                f"epsilon {event.epsilon_spent:.3g}  ETA {event.eta_seconds:.0f} s")
+    job = client.get_job(job.name)
+    if job.state != tpb.JOB_STATE_SUCCEEDED:
+        raise DemoError(f"training {split.name} ended {job_state_text(job.state)}: {job.error or 'no error given'}")
+    job = client.publish_job(job.name)
+    return job, client.get_version(job.published_version)
+
+
+def _privacy(version: pb.ModelVersion) -> dict:
+    p = version.privacy
+    return {"epsilon": p.epsilon, "delta": p.delta, "mechanism": p.mechanism, "accountant": p.accountant,
+            "rdp_epsilon": p.rdp_epsilon, "noise_multiplier": p.noise_multiplier, "dataset_size": p.dataset_size}
+
+
+# -- sampling -------------------------------------------------------------------------------------------------------
+
+def _digits_labels(n: int) -> np.ndarray:
+    """n labels, class-balanced (the first n % 10 classes get one more)."""
+    return np.sort(np.arange(n, dtype=np.int32) % len(DIGITS_CLASSES))
+
+
+def pull_and_sample(client: Client, version: str, dest: Path, n: int, seed: int,
+                 labels: np.ndarray | None = None):
+    """Pulls the version (sha256 and the owner's signature verified) and samples it here."""
+    from libsgde.io.generator import load_generator
+    path, _ = client.pull(version, dest)
+    return load_generator(path).sample(n, seed=seed, labels=labels)
+
+
+def sample_service(client: Client, version: str, n: int, seed: int, class_names: list[str],
+                   labels: np.ndarray | None = None):
+    """Asks the sampler service (`Client.sample`, NPY, checked against its sha256); returns what
+    `Generator.sample` returns: values (images [n, H, W, C], or {column: array}) and int32 labels. With `labels`,
+    exactly that many of each class (grouped by class)."""
+    counts = None
+    if labels is not None:
+        counts = {class_names[k]: int(c) for k, c in enumerate(np.bincount(labels, minlength=len(class_names)))
+                  if c}
+    samples = client.sample(version, 0 if counts else n, seed=seed, class_counts=counts, format="npy")
+    return samples.values, np.asarray(samples.labels, np.int32)
+
+
+# -- evaluation -----------------------------------------------------------------------------------------------------
+
+# The demo's summary names the classifiers in full; libsgde.evaluate calls them logreg and mlp.
+CLASSIFIER_NAMES = {"logreg": "logistic_regression", "mlp": "mlp"}
+
+
+def _as_images(x: np.ndarray) -> np.ndarray:
+    """Digits (pixel counts 0..16, [N, 8, 8] or [N, 8, 8, 1]) in model space: [N, 8, 8, 1] in [0, 1]."""
+    return np.asarray(x, np.float32).reshape(len(x), 8, 8, 1) / DIGITS_PIXEL_MAX
+
+
+def evaluate_digits(split: Split, images: np.ndarray, labels: np.ndarray) -> dict:
+    """TSTR vs TRTR with logistic regression, per class too (libsgde.evaluate.utility)."""
+    [r] = utility(_as_images(images), labels, _as_images(split.x_test), split.y_test, len(DIGITS_CLASSES),
+                  x_real=_as_images(split.x_train), y_real=split.y_train, classifiers=["logreg"],
+                  image_shape=(8, 8, 1))
+    name = CLASSIFIER_NAMES[r.classifier]
+    return {"classifier": name, "test_size": len(split.y_test), "tstr": {name: r.tstr_accuracy},
+            "trtr": {name: r.trtr_accuracy},
+            "per_class": {"classes": DIGITS_CLASSES, "tstr": r.tstr_per_class, "trtr": r.trtr_per_class}}
+
+
+def evaluate_breast_cancer(split: Split, values: dict, labels: np.ndarray, tiny: bool) -> dict:
+    """TSTR vs TRTR with logistic regression and an MLP (libsgde.evaluate.utility)."""
+    x_syn = np.stack([np.asarray(values[name], np.float64) for name in split.feature_names], axis=1)
+    results = utility(x_syn, labels, split.x_test, split.y_test, len(BREAST_CANCER_CLASSES),
+                      x_real=split.x_train, y_real=split.y_train,
+                      classifiers={"logreg": {}, "mlp": {"max_iter": 50 if tiny else 500}})
+    return {"classifiers": sorted(CLASSIFIER_NAMES[r.classifier] for r in results), "test_size": len(split.y_test),
+            "tstr": {CLASSIFIER_NAMES[r.classifier]: r.tstr_accuracy for r in results},
+            "trtr": {CLASSIFIER_NAMES[r.classifier]: r.trtr_accuracy for r in results},
+            "synthetic_class_counts": dict(zip(BREAST_CANCER_CLASSES, np.bincount(labels, minlength=2).tolist()))}
+
+
+# -- figures --------------------------------------------------------------------------------------------------------
+
+def plot_digits(path: Path, images: np.ndarray, labels: np.ndarray, title: str, per_class: int = 10) -> None:
+    """One row per class, up to `per_class` synthetic images each."""
+    k = len(DIGITS_CLASSES)
+    fig = figure(max(per_class * 0.6 + 0.6, 6.5), k * 0.6 + 1.0)
+    axes = fig.subplots(k, per_class, squeeze=False)
+    for c in range(k):
+        chosen = np.flatnonzero(labels == c)[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if j < len(chosen):
+                ax.imshow(images[chosen[j]].reshape(8, 8), cmap="gray_r", vmin=0, vmax=DIGITS_PIXEL_MAX,
+                          interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel(DIGITS_CLASSES[c], rotation=0, labelpad=10, va="center")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path)
+
+
+def plot_marginals(path: Path, split: Split, values: dict, title: str) -> None:
+    """Real (training split) against synthetic histograms of a few columns, within the schema's public range."""
+    fig = figure(12, 7)
+    axes = fig.subplots(2, 3).ravel()
+    columns = [c for c in MARGINAL_COLUMNS if c in split.feature_names][:6]
+    for ax, name in zip(axes, columns):
+        real = split.x_train[:, split.feature_names.index(name)]
+        synthetic = np.asarray(values[name], np.float64)
+        high = breast_cancer_upper(name)
+        # Bins over the part of the public range either sample occupies, so that the shapes are visible.
+        top = min(high, 1.1 * max(np.quantile(real, 0.995), np.quantile(synthetic, 0.995), high / 100))
+        bins = np.linspace(0.0, top, 41)
+        ax.hist(real, bins=bins, density=True, alpha=0.55, label=f"real (n={len(real)})", color="tab:blue")
+        ax.hist(synthetic, bins=bins, density=True, alpha=0.55, label=f"synthetic (n={len(synthetic)})",
+                color="tab:orange")
+        ax.set_title(f"{name}  (public range 0 to {high:g})", fontsize=9)
+        ax.set_yticks([])
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path)
+
+
+# -- the walk -------------------------------------------------------------------------------------------------------
+
+def _machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        import jax
+        info["jax"] = jax.__version__
+        info["jax_devices"] = [str(d) for d in jax.devices()]
+    except Exception as e:  # noqa: BLE001 - an informational field
+        info["jax"] = f"unavailable: {e}"
+    return info
+
+
+class _Timer:
+    """Seconds per named phase."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 2)
+
+
+def run_demo(out: Path, log: Log = print, *, epsilon: float = 5.0, delta: float = 1e-5, arch: str = "dp-merf",
+             samples: int = 2000, tiny: bool = False, seed: int = 0, sample_via: str = "service") -> dict:
+    """The walk described in the module docstring; returns what summary.json holds.
+
+    `samples` synthetic rows / images per data set (100 with `tiny` unless given smaller); `sample_via` "service"
+    (the sampler streams them) or "local" (pull the verified artifacts and sample them here)."""
+    if not (math.isfinite(epsilon) and epsilon > 0):
+        raise DemoError(f"epsilon must be a finite number > 0 (got {epsilon})")
+    if samples < 20:
+        raise DemoError(f"ask for at least 20 samples (got {samples})")
+    if sample_via not in ("service", "local"):
+        raise DemoError("sample_via is service or local")
+    if tiny:
+        samples = min(samples, 100)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    home = out / "home"
+    started = time.perf_counter()
+    timer = _Timer()
+    _fresh_home(home)
+    pki = tls.init_pki(home / "pki")
+    models: dict[str, dict] = {}
+    evaluation: dict[str, dict] = {}
+    with services(home, pki, log) as addresses, ExitStack() as stack:
+        timer.seconds["start_services"] = round(time.perf_counter() - started, 2)
+        use_service = sample_via == "service"
+        client = stack.enter_context(Client(addresses.registry, trainer=addresses.trainer, sampler=addresses.sampler,
+                                            home=home / "user", pki=pki.root))
+        user = f"demo-{secrets.token_hex(3)}"
+        password = secrets.token_urlsafe(18)
+        registered = client.register(user, f"{user}@example.org", password)
+        client.login(user, password)
+        log(f"registered and logged in {user} (signing key {signing.fingerprint(registered.signing_public_key)})")
+
+        with timer.phase("prepare_data"):
+            data = prepare_data(out / "data", seed)
+        for split in data.values():
+            log(f"{split.name}: {len(split.y_train)} training examples in {split.path.relative_to(out)}, "
+                f"{len(split.y_test)} held out; schema {split.name}.schema.json (public bounds)")
+
+        versions: dict[str, pb.ModelVersion] = {}
+        for name, split in data.items():
+            with timer.phase(f"train_{name}"):
+                log(f"training {name}: {arch} at epsilon {epsilon:g}, delta {delta:g}, in the trainer")
+                spec = _spec(arch, split, epsilon, delta, tiny, seed)
+                job, version = train_and_publish(client, split, spec, f"{name.replace('_', '-')}-{arch}", log)
+            versions[name] = version
+            models[name] = {"version": version.name, "architecture": version.architecture, "job": job.name,
+                            "sha256": version.sha256, "size_bytes": version.size_bytes,
+                            "privacy": _privacy(version)}
+            p = version.privacy
+            log(f"published {version.name} (signed by {user}): epsilon {p.epsilon:.4g} at delta {p.delta:.3g}, "
+                f"mechanism {p.mechanism}, accountant {p.accountant} (RDP cross-check {p.rdp_epsilon:.4g}), "
+                f"N = {p.dataset_size}")
+            if p.epsilon > epsilon + 1e-9:
+                raise DemoError(f"{version.name} reports epsilon {p.epsilon} above the target {epsilon}")
+
+        path = ("the sampler service (Client.sample)" if use_service
+                else "Client.pull + load_generator (verified, sampled here)")
+        with timer.phase("sample"):
+            log(f"sampling {samples} per data set via {path}")
+            labels = _digits_labels(samples)
+            if use_service:
+                images, d_labels = sample_service(client, versions["digits"].name, samples, seed + 1,
+                                                    DIGITS_CLASSES, labels)
+                c_values, c_labels = sample_service(client, versions["breast_cancer"].name, samples, seed + 2,
+                                                    BREAST_CANCER_CLASSES)
+            else:
+                pulled = out / "pulled"
+                pulled.mkdir(exist_ok=True)
+                images, d_labels = pull_and_sample(client, versions["digits"].name, pulled, samples, seed + 1, labels)
+                c_values, c_labels = pull_and_sample(client, versions["breast_cancer"].name, pulled, samples,
+                                                  seed + 2)
+                log(f"pulled both artifacts into {pulled.relative_to(out)}: sha256 and {user}'s signature verified")
+        with timer.phase("evaluate"):
+            evaluation["digits"] = evaluate_digits(data["digits"], images, d_labels)
+            evaluation["breast_cancer"] = evaluate_breast_cancer(data["breast_cancer"], c_values, c_labels, tiny)
+        for name, ev in evaluation.items():
+            log(f"{name}: " + ", ".join(f"{clf} TSTR {ev['tstr'][clf]:.3f} vs TRTR {ev['trtr'][clf]:.3f}"
+                                        for clf in ev["tstr"]))
+        with timer.phase("figures"):
+            eps_d, eps_c = versions["digits"].privacy.epsilon, versions["breast_cancer"].privacy.epsilon
+            plot_digits(out / "digits_samples.png", images, d_labels,
+                        f"synthetic digits, one row per class\n{versions['digits'].name}\n({arch}, epsilon "
+                        f"{eps_d:.3g}, delta {delta:g})")
+            plot_marginals(out / "breast_cancer_marginals.png", data["breast_cancer"], c_values,
+                           f"breast_cancer: real training split vs synthetic ({arch}, epsilon {eps_c:.3g}, "
+                           f"delta {delta:g})")
+        log("stopping the services")
+    seconds = round(time.perf_counter() - started, 2)
+    summary = {
+        "target_epsilon": epsilon, "delta": delta, "architecture": arch, "tiny": tiny, "seed": seed,
+        "samples_per_dataset": samples, "sample_path": "service" if use_service else "local",
+        "sample_path_detail": path, "services": asdict(addresses), "user": user, "models": models,
+        "evaluation": evaluation,
+        "schemas": {"digits": {"pixel_max": DIGITS_PIXEL_MAX,
+                               "source": "the format's definition: pixels are counts 0..16"},
+                    "breast_cancer": {"lower": 0.0, "upper": {n: breast_cancer_upper(n)
+                                                              for n in data["breast_cancer"].feature_names},
+                                      "source": "public domain limits written as constants in libsgde/cli/walkthrough.py, "
+                                                "not the data's maxima"}},
+        "timings_seconds": {**timer.seconds, "total": seconds}, "machine": _machine(),
+        "files": ["summary.md", "summary.json", "digits_samples.png", "breast_cancer_marginals.png",
+                  "data/digits.schema.json", "data/breast_cancer.schema.json"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(_markdown(summary))
+    log(f"done in {seconds} s; report in {out / 'summary.md'}")
+    return summary
+
+
+def _markdown(s: dict) -> str:
+    lines = ["# SGDE demo", "",
+             f"Two DP generators ({s['architecture']}), trained in the trainer service at a target epsilon of "
+             f"{s['target_epsilon']:g} (delta {s['delta']:g}), signed by {s['user']}, published to the registry, "
+             f"then sampled ({s['samples_per_dataset']} per data set) via {s['sample_path_detail']}."
+             + (" **Tiny settings**: a smoke test, not a measure of quality." if s["tiny"] else ""), "",
+             "## Privacy (as the registry's versions report it)", "",
+             "| data set | version | mechanism | epsilon | delta | accountant | RDP epsilon | N |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in s["models"].items():
+        p = m["privacy"]
+        lines.append(f"| {name} | `{m['version']}` | {p['mechanism']} | {p['epsilon']:.4g} | {p['delta']:.3g} | "
+                     f"{p['accountant']} | {p['rdp_epsilon']:.4g} | {p['dataset_size']} |")
+    lines += ["", "## Utility: train on synthetic, test on real (TSTR) vs train on real (TRTR)", "",
+              "Held-out real test splits (25%, never seen by the generators).", "",
+              "| data set | classifier | TSTR | TRTR |", "|---|---|---|---|"]
+    for name, ev in s["evaluation"].items():
+        for clf in ev["tstr"]:
+            lines.append(f"| {name} | {clf.replace('_', ' ')} | {ev['tstr'][clf]:.3f} | {ev['trtr'][clf]:.3f} |")
+    pc = s["evaluation"]["digits"]["per_class"]
+    lines += ["", "Digits, accuracy per class (logistic regression):", "",
+              "| class | " + " | ".join(pc["classes"]) + " |", "|---|" + "---|" * len(pc["classes"]),
+              "| TSTR | " + " | ".join(f"{v:.2f}" for v in pc["tstr"]) + " |",
+              "| TRTR | " + " | ".join(f"{v:.2f}" for v in pc["trtr"]) + " |", "",
+              "![synthetic digits](digits_samples.png)", "", "![breast_cancer marginals](breast_cancer_marginals.png)",
+              "", "## Schemas: public bounds, not read from the data", "",
+              f"- digits: 8x8 grey images, pixel_max {s['schemas']['digits']['pixel_max']}: "
+              f"{s['schemas']['digits']['source']}.",
+              "- breast_cancer: every column >= 0; upper bounds are round domain limits written as constants in "
+              "`libsgde/demo.py` (`BREAST_CANCER_LIMITS`), NOT the data's maxima: "
+              + ", ".join(f"{k} {v:g}" for k, v in s["schemas"]["breast_cancer"]["upper"].items()) + ".",
+              "", "## Timings", "", "| phase | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in s["timings_seconds"].items()]
+    m = s["machine"]
+    lines += ["", f"Machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, JAX {m.get('jax')} "
+                  f"({', '.join(m.get('jax_devices', []))}).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m libsgde.cli.walkthrough [OUT]
+    run_demo(Path(sys.argv[1] if len(sys.argv) > 1 else "sgde-demo"))

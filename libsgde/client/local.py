@@ -1,0 +1,48 @@
+"""Sampling a pulled artifact with no server: the same bytes, and so the same values, as the sampler streams for the
+same request."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from libsgde.client.sampling import Samples
+from libsgde.client.transfers import Progress, collect
+from libsgde.errors import FailedPrecondition
+from libsgde.io.artifact import ArtifactError, sha256_file
+from libsgde.io.formats import FORMATS, check_format, encode_stream
+from libsgde.io.sampling import CompiledCache, label_counts, plan_labels
+from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
+
+COMPILED = CompiledCache(capacity=4)  # the last few compiled generators of this process, by artifact sha256
+
+
+def sample_local(path: str | Path, num_samples: int = 0, seed: int = 0,
+                 class_counts: Mapping[str, int] | None = None, *, format: str = "npy",
+                 out: str | Path | None = None, chunk_samples: int = 0,
+                 progress: Progress | None = None) -> Samples:
+    """Samples from an artifact file (one `Client.pull` verified) with no server: the same bytes, and so the same
+    values, as the sampler streams for the same request (num_samples or class_counts, seed, format,
+    chunk_samples). Loads through the strict reader; the last few compiled generators are kept, by sha256."""
+    path = Path(path)
+    sha = sha256_file(path)
+    try:
+        sampler = COMPILED.load(sha, path)
+    except ArtifactError as e:
+        raise FailedPrecondition(f"{path}: not a generator this SDK can load: {e}") from None
+    generator = sampler.generator
+    fmt = check_format(format, sampler.schema)  # FormatUnavailable: FAILED_PRECONDITION; others INVALID_ARGUMENT
+    labels = plan_labels(generator, num_samples, class_counts, seed)
+    total = len(labels) if labels is not None else int(num_samples)
+    stream = encode_stream(sampler, labels if labels is not None else total, seed, fmt, chunk_samples)
+
+    def pieces() -> Iterator[bytes]:
+        for data, done in stream:
+            yield data
+            if progress:
+                progress(done, total)
+
+    digest, data = collect(pieces(), out, lambda _: None)
+    metadata = spb.SampleMetadata(artifact_sha256=sha, format=FORMATS[fmt], num_samples=total,
+                                  data_schema=sampler.schema, privacy=generator.manifest.privacy,
+                                  class_counts=label_counts(labels, generator.space.num_classes))
+    return Samples(metadata, digest, fmt, data, Path(out) if out is not None else None)
