@@ -128,11 +128,13 @@ def from_status(status: str, message: str, violations: Iterable[tuple[str, str]]
     """The error of this status name, as one of the classes above where one fits (the root class otherwise)."""
     violations = list(violations)
     cls = BY_STATUS.get(status)
+    error: SgdeError
     if cls is FieldError:
-        error: SgdeError = FieldError("", "", message=message)
-        error.violations = [FieldViolation(*v) for v in violations]
+        field_error = FieldError("", "", message=message)
+        field_error.violations = [FieldViolation(*v) for v in violations]
         if violations:
-            error.field, error.description = violations[0]
+            field_error.field, field_error.description = violations[0]
+        error = field_error
     elif cls is not None:
         error = cls(message, violations)
     else:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from libsgde.client.names import job_name, model_name
+from libsgde.client.registry import RegistrySession
 from libsgde.client.transfers import Progress, cancelling, file_chunks
 from libsgde.errors import FailedPrecondition
 from libsgde.io.artifact import file_digest
@@ -16,16 +17,20 @@ from libsgde.security import signing
 from libsgde.wire.convert import train_spec_to_proto
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
 from libsgde.wire.status import from_rpc_error
 
-if TYPE_CHECKING:
-    from libsgde.client.session import Client
+class Jobs(RegistrySession):
+    """`Client`'s training calls: a registry session that also reaches the trainer, and signs with the user's key."""
 
+    @property
+    def trainer(self) -> trainer_pb2_grpc.TrainerServiceStub:
+        raise NotImplementedError  # Client opens the trainer's channel
 
-class Jobs:
-    """`Client`'s training calls (a mixin: it needs the client's trainer stub, token and signing key)."""
+    def signing_key_path(self, username: str) -> Path:
+        raise NotImplementedError  # Client knows where the user's keys are
 
-    def upload_dataset(self: Client, path: str | Path, progress: Progress | None = None,
+    def upload_dataset(self, path: str | Path, progress: Progress | None = None,
                        timeout: float | None = None) -> tpb.Dataset:
         """Uploads a data file (.csv, .npz, MNIST-style .gz) into the trainer's own storage, checked against its
         sha256 there; returns the Dataset, whose name ("datasets/...") a job can train on. The file stays in the
@@ -45,7 +50,7 @@ class Jobs:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def create_job(self: Client, spec: Any, schema: pb.DataSchema, dataset: str | tpb.Dataset, publish_model: str,
+    def create_job(self, spec: Any, schema: pb.DataSchema, dataset: str | tpb.Dataset, publish_model: str,
                    request_id: str | None = None, timeout: float | None = 600.0) -> tpb.Job:
         """Submits a training job. `spec` is a libsgde.TrainSpec or a TrainingSpec message (0 / empty fields
         mean the default); `dataset` an uploaded Dataset (or its name), a path under the trainer's data root or
@@ -62,14 +67,14 @@ class Jobs:
                                        request_id=request_id or uuid.uuid4().hex)
         return self._call(self.trainer.CreateJob, request, timeout=timeout)
 
-    def get_job(self: Client, name: str) -> tpb.Job:
+    def get_job(self, name: str) -> tpb.Job:
         return self._call(self.trainer.GetJob, tpb.GetJobRequest(name=job_name(name)))
 
-    def list_jobs(self: Client, state: int = 0, page_size: int = 100) -> Iterator[tpb.Job]:
+    def list_jobs(self, state: int = 0, page_size: int = 100) -> Iterator[tpb.Job]:
         """Your jobs, newest first (only those in `state`, if given)."""
         return self._pages(self.trainer.ListJobs, tpb.ListJobsRequest(page_size=page_size, state=state), "jobs")
 
-    def watch_job(self: Client, name: str, timeout: float | None = None) -> Iterator[tpb.ProgressEvent]:
+    def watch_job(self, name: str, timeout: float | None = None) -> Iterator[tpb.ProgressEvent]:
         """The job's progress until it ends: first the notable events so far (and the latest progress), then live
         events; the last one carries the final state. Stop iterating to stop watching (the job goes on)."""
         stream = self.trainer.WatchJob(tpb.WatchJobRequest(name=job_name(name)), metadata=self._metadata(),
@@ -80,11 +85,11 @@ class Jobs:
             except grpc.RpcError as e:
                 raise from_rpc_error(e) from None
 
-    def cancel_job(self: Client, name: str) -> tpb.Job:
+    def cancel_job(self, name: str) -> tpb.Job:
         """Cancels a queued job at once, or asks a running one to stop (it stops within a training step)."""
         return self._call(self.trainer.CancelJob, tpb.CancelJobRequest(name=job_name(name)))
 
-    def publish_job(self: Client, name: str, timeout: float | None = 600.0) -> tpb.Job:
+    def publish_job(self, name: str, timeout: float | None = 600.0) -> tpb.Job:
         """Signs a SUCCEEDED job's artifact sha256 here, with your signing key, and has the trainer publish the
         artifact to the registry with that signature. Returns the job (PUBLISHED, with `published_version`)."""
         job = self.get_job(name)

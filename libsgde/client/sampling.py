@@ -6,20 +6,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from libsgde.client.names import version_name
+from libsgde.client.registry import RegistrySession
 from libsgde.client.transfers import Progress, cancelling, collect
 from libsgde.errors import FailedPrecondition, FieldError, Internal, Unavailable, VerificationError
 from libsgde.io.formats import FORMAT_NAMES, FORMATS, format_name
 from libsgde.io.sampling import SamplingError
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
+from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc
 from libsgde.wire.status import from_rpc_error
-
-if TYPE_CHECKING:
-    from libsgde.client.session import Client
 
 
 @dataclass
@@ -90,10 +89,14 @@ def checked_format(fmt: str) -> str:
         raise FieldError(e.field, e.description, message=str(e)) from None
 
 
-class Sampling:
-    """`Client`'s sampler calls (a mixin: it needs the client's sampler stub and token)."""
+class Sampling(RegistrySession):
+    """`Client`'s sampler calls: a registry session that also reaches the sampler."""
 
-    def sample(self: Client, model: str, num_samples: int = 0, *, seed: int = 0,
+    @property
+    def sampler(self) -> sampler_pb2_grpc.SamplerServiceStub:
+        raise NotImplementedError  # Client opens the sampler's channel
+
+    def sample(self, model: str, num_samples: int = 0, *, seed: int = 0,
                class_counts: Mapping[str, int] | None = None, format: str = "npy", out: str | Path | None = None,
                progress: Progress | None = None, chunk_samples: int = 0, timeout: float | None = None) -> Samples:
         """Synthetic samples streamed by the sampler from a model version (MODEL, MODEL@N or .../versions/N; the

@@ -12,7 +12,6 @@ import grpc
 from libsgde import config
 from libsgde.client.jobs import Jobs
 from libsgde.client.names import model_name
-from libsgde.client.registry import RegistrySession
 from libsgde.client.sampling import Sampling
 from libsgde.client.transfers import Progress
 from libsgde.io.artifact import file_digest
@@ -24,7 +23,7 @@ from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc, trainer_pb2_grpc
 
 
-class Client(RegistrySession, Jobs, Sampling):
+class Client(Jobs, Sampling):
     """A connection to the registry (and, when used, the trainer and the sampler) over mutual TLS, acting for the
     user whose token is under $SGDE_HOME."""
 

@@ -3,15 +3,16 @@ which knows the data size)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-DEFAULTS = {"epochs": 10, "batch_size": 256, "clip_norm": 1.0, "learning_rate": 1e-3, "delta": 1e-5}
+DEFAULTS: dict[str, Any] = {"epochs": 10, "batch_size": 256, "clip_norm": 1.0, "learning_rate": 1e-3, "delta": 1e-5}
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     architecture: str
     target_epsilon: float
-    config: dict | None = None
+    config: dict[str, Any] | None = None
     delta: float = 0.0  # 0: the default (1e-5, or 1/(10 N) when that is smaller)
     epochs: int = 0
     batch_size: int = 0
