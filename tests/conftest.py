@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import uuid
 
@@ -34,3 +35,38 @@ def s3_store(seaweed, monkeypatch) -> S3BlobStore:
     return open_blob_store(seaweed.url(f"sgde-test-{uuid.uuid4().hex[:16]}"))
 
 from tests.support.fixtures import new_user, pki, registry  # noqa: E402,F401  (shared fixtures)
+
+
+# -- markers ---------------------------------------------------------------------------------------------------------
+# An integration test talks to a real server over a socket (gRPC services, SeaweedFS); a deploy test renders and checks
+# the Kubernetes manifests. The rest are unit tests: `pytest -m "not integration and not deploy"` runs them alone, and
+# there a test that opens an inet socket from Python fails, so a missing marker shows itself.
+DEPLOY_MODULES = {"test_k8s", "test_deploy"}
+INTEGRATION_FIXTURES = {"registry", "new_user", "seaweed", "s3_store"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in DEPLOY_MODULES:
+            item.add_marker(pytest.mark.deploy)
+        elif INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_open_no_sockets(request, monkeypatch):
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("deploy"):
+        return
+
+    original = {"connect": socket.socket.connect, "bind": socket.socket.bind}
+
+    def guarded(name):
+        def call(sock, address, *args):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                raise RuntimeError(f"{request.node.nodeid} opened a network socket ({name} {address!r}): mark it "
+                                   "@pytest.mark.integration")
+            return original[name](sock, address, *args)
+        return call
+
+    monkeypatch.setattr(socket.socket, "connect", guarded("connect"))
+    monkeypatch.setattr(socket.socket, "bind", guarded("bind"))

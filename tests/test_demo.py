@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from libsgde.cli import main
 from libsgde.cli.walkthrough import BREAST_CANCER_LIMITS, DemoError, _fresh_home, breast_cancer_upper
 
+pytestmark = pytest.mark.integration  # real servers on loopback sockets
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

@@ -12,6 +12,8 @@ from tests.support.sampler import make_generator_artifact, start_sampler
 from tests.support.services import tabular_schema, user_client
 from tests.support.trainer import write_csv
 
+pytestmark = pytest.mark.integration  # real servers on loopback sockets
+
 
 @pytest.fixture
 def world(registry, pki, tmp_path, monkeypatch):

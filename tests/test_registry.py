@@ -18,6 +18,8 @@ from libsgde.wire.status import field_violations
 from tests.support.fixtures import start_registry
 from tests.support.services import PASSWORD, make_artifact
 
+pytestmark = pytest.mark.integration  # real servers on loopback sockets
+
 CODE = grpc.StatusCode
 
 

@@ -15,6 +15,8 @@ from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from tests.support.seaweed import SeaweedS3
 from tests.support.services import RegistryProcess, make_artifact, user_client
 
+pytestmark = pytest.mark.integration  # real servers on loopback sockets
+
 
 @pytest.fixture
 def s3_registry(tmp_path, pki, seaweed):

@@ -33,6 +33,8 @@ from tests.support.sampler import SamplerProcess, make_generator_artifact, start
 from tests.support.services import REPO, free_port, make_artifact, tabular_schema, user_client, wait_healthy
 from tests.support.trainer import TINY_MERF, start_trainer, trainer_client, wait_for, write_csv
 
+pytestmark = pytest.mark.integration  # real servers on loopback sockets
+
 CODE = grpc.StatusCode
 IMAGE_SCHEMA = pb.DataSchema(image=pb.ImageSchema(height=4, width=3, channels=1, class_names=["a", "b", "c"],
                                                   pixel_max=255))

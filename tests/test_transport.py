@@ -14,6 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libsgde.security import tls
 
+pytestmark = pytest.mark.integration  # real servers on loopback sockets
+
 
 def grpcurl_binary() -> str:
     found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")

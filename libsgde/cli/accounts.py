@@ -32,7 +32,8 @@ def login(ctx, username: str, password_stdin: bool) -> None:
     password = _read_password(password_stdin)
     with _client(ctx) as client:
         reply = client.login(username, password)
-        out.print(f"logged in as {username} until {reply.expire_time.ToDatetime().isoformat()}Z")
+        until = f" until {reply.expire_time:%Y-%m-%dT%H:%M:%S}Z" if reply.expire_time else ""
+        out.print(f"logged in as {username}{until}")
 
 
 @main.command()

@@ -142,7 +142,7 @@ def jobs_list(ctx, state: str | None) -> None:
             p = job.latest_progress
             table.add_row(job.name, _state(job.state), job.publish_model.rsplit("/", 1)[-1], job.spec.architecture,
                           f"{p.step}/{p.total_steps}" if p.total_steps else "",
-                          f"{job.privacy.epsilon:.3g}" if job.HasField("privacy") else
+                          f"{job.privacy.epsilon:.3g}" if job.privacy is not None else
                           (f"{p.epsilon_spent:.3g} of {job.spec.target_epsilon:g}" if p.total_steps else ""))
     out.print(table)
 
@@ -153,7 +153,7 @@ def jobs_list(ctx, state: str | None) -> None:
 @handles_errors
 def jobs_show(ctx, job: str) -> None:
     """A job: its spec, state, progress, privacy report, error."""
-    from google.protobuf import json_format
+    import dataclasses
     with _client(ctx) as client:
         j = client.get_job(job)
     out.print(f"[bold]{j.name}[/]  {_state(j.state)}  (owner {j.owner})")
@@ -161,13 +161,13 @@ def jobs_show(ctx, job: str) -> None:
     def plain(v):  # Struct numbers are doubles: show 8, not 8.0
         return (int(v) if isinstance(v, float) and v.is_integer() else [plain(x) for x in v] if isinstance(v, list)
                 else {k: plain(x) for k, x in sorted(v.items())} if isinstance(v, dict) else v)
-    spec = plain(json_format.MessageToDict(j.spec, preserving_proto_field_name=True))
+    spec = plain({k: v for k, v in dataclasses.asdict(j.spec).items() if v not in (None, "", 0)})  # as set
     out.print("spec: " + ", ".join(f"{k}={v}" for k, v in spec.items()), highlight=False)
     p = j.latest_progress
     if p.total_steps:
         out.print(f"progress: step {p.step}/{p.total_steps}, epoch {p.epoch}, loss {p.loss:.4g}, epsilon spent "
                   f"{p.epsilon_spent:.3g}", highlight=False)
-    if j.HasField("privacy"):
+    if j.privacy is not None:
         pr = j.privacy
         out.print(f"privacy: epsilon {pr.epsilon:.4g} at delta {pr.delta:.3g} ({pr.mechanism}, {pr.accountant}; "
                   f"noise multiplier {pr.noise_multiplier:.4g}, {pr.steps} steps, N = {pr.dataset_size})",

@@ -7,8 +7,8 @@ import click
 from rich.table import Column, Table
 
 from libsgde.cli.common import _client, _fail, _transfer_bar, handles_errors, main, out
-from libsgde.wire.convert import DATA_KINDS, enum_text
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.domain.privacy import PrivacyReport
+from libsgde.wire.convert import DATA_KINDS
 
 
 @main.group()
@@ -16,7 +16,7 @@ def models() -> None:
     """Browse, publish and fetch models."""
 
 
-def _epsilon(privacy: pb.PrivacyReport) -> str:
+def _epsilon(privacy: PrivacyReport) -> str:
     if privacy.mechanism in ("", "none"):
         return "not private"
     return f"{privacy.epsilon:.3g}, {privacy.delta:.1e}"
@@ -27,7 +27,7 @@ def _evaluation_summary(metrics) -> str:
     parts = []
     tstr = {k.removeprefix("tstr."): v for k, v in metrics.items() if k.startswith("tstr.")}
     if tstr:
-        best = max(tstr, key=tstr.get)
+        best = max(tstr, key=lambda name: tstr[name])
         trtr = metrics.get(f"trtr.{best}")
         parts.append(f"TSTR {tstr[best]:.2f}" + (f"/{trtr:.2f}" if trtr is not None else "") + f" {best}")
     if "audit.flagged" in metrics:
@@ -45,13 +45,13 @@ def _evaluation_summary(metrics) -> str:
 def models_list(ctx, owner: str, tag: str, kind: str | None) -> None:
     """Models you may see."""
     with _client(ctx) as client:
-        listed = list(client.list_models(owner=owner, tag=tag, data_kind=DATA_KINDS.get(kind, 0)))
+        listed = list(client.list_models(owner=owner, tag=tag, data_kind=DATA_KINDS[kind] if kind else 0))
         # The whole name (it is what commands take); the other columns wrap.
         table = Table(Column("name", no_wrap=True, min_width=max((len(m.name) for m in listed), default=4)),
                       "kind", "versions", "visibility", "tags", "evaluation", "description")
         for m in listed:
-            table.add_row(m.name, enum_text(pb.DataKind, m.data_kind),
-                          str(m.latest_version), enum_text(pb.Visibility, m.visibility),
+            table.add_row(m.name, m.data_kind.text,
+                          str(m.latest_version), m.visibility.text,
                           ",".join(m.tags), _evaluation_summary(m.metrics), m.description[:60])
     out.print(table)
 
@@ -64,7 +64,7 @@ def models_show(ctx, model: str) -> None:
     """A model and its versions."""
     with _client(ctx) as client:
         m = client.get_model(model)
-        out.print(f"[bold]{m.name}[/]  {enum_text(pb.Visibility, m.visibility)}"
+        out.print(f"[bold]{m.name}[/]  {m.visibility.text}"
                   + (f" (shared with {', '.join(m.shared_with)})" if m.shared_with else ""))
         if m.description:
             out.print(m.description)
@@ -78,7 +78,7 @@ def models_show(ctx, model: str) -> None:
         table = Table("version", "architecture", "epsilon, delta", "size", "sha256", "created")
         for v in client.list_versions(m.name):
             table.add_row(str(v.number), v.architecture, _epsilon(v.privacy), f"{v.size_bytes:,}",
-                          v.sha256[:16], v.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"))
+                          v.sha256[:16], f"{v.create_time:%Y-%m-%d %H:%M}" if v.create_time else "")
         out.print(table)
 
 
@@ -127,7 +127,7 @@ def models_share(ctx, model: str, users: tuple[str, ...], visibility: str | None
         m = client.share(model, list(users)) if users else client.get_model(model)
         if visibility:
             m = client.update_model(model, visibility=visibility)
-    out.print(f"{m.name}: {enum_text(pb.Visibility, m.visibility)}"
+    out.print(f"{m.name}: {m.visibility.text}"
               + (f", shared with {', '.join(m.shared_with)}" if m.shared_with else ""))
 
 

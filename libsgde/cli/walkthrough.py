@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from libsgde.client import Client
+from libsgde.domain.resources import Job, JobState, ModelVersion
 from libsgde.errors import SgdeError
 from libsgde.evaluate.report import figure
 from libsgde.evaluate.utility import utility
@@ -44,7 +45,6 @@ from libsgde.io.schema import schema_to_dict
 from libsgde.security import signing, tls
 from libsgde.wire.convert import job_state_text
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
-from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 
 Log = Callable[[str], None]
 MARKER = ".sgde-demo"  # marks a home the demo made, which a later run may replace
@@ -205,7 +205,7 @@ def _spec(arch: str, split: Split, epsilon: float, delta: float, tiny: bool, see
     return TrainSpec(arch, epsilon, config=config, delta=delta, seed=seed, **extra)
 
 
-def train_and_publish(client: Client, split: Split, spec, model: str, log: Log) -> tuple[tpb.Job, pb.ModelVersion]:
+def train_and_publish(client: Client, split: Split, spec, model: str, log: Log) -> tuple[Job, ModelVersion]:
     """Upload, CreateJob, watch (progress printed about every tenth of the run), sign here and publish."""
     dataset = client.upload_dataset(split.path)
     job = client.create_job(spec, split.schema, dataset, model)
@@ -220,13 +220,13 @@ def train_and_publish(client: Client, split: Split, spec, model: str, log: Log) 
             log(f"  {split.name}: step {event.step}/{event.total_steps}  loss {event.loss:.4g}  "
                 f"epsilon {event.epsilon_spent:.3g}  ETA {event.eta_seconds:.0f} s")
     job = client.get_job(job.name)
-    if job.state != tpb.JOB_STATE_SUCCEEDED:
+    if job.state != JobState.SUCCEEDED:
         raise DemoError(f"training {split.name} ended {job_state_text(job.state)}: {job.error or 'no error given'}")
     job = client.publish_job(job.name)
     return job, client.get_version(job.published_version)
 
 
-def _privacy(version: pb.ModelVersion) -> dict:
+def _privacy(version: ModelVersion) -> dict:
     p = version.privacy
     return {"epsilon": p.epsilon, "delta": p.delta, "mechanism": p.mechanism, "accountant": p.accountant,
             "rdp_epsilon": p.rdp_epsilon, "noise_multiplier": p.noise_multiplier, "dataset_size": p.dataset_size}
@@ -343,7 +343,7 @@ def plot_marginals(path: Path, split: Split, values: dict, title: str) -> None:
 # -- the walk -------------------------------------------------------------------------------------------------------
 
 def _machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    info: dict[str, object] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     try:
         import jax
         info["jax"] = jax.__version__
@@ -408,7 +408,7 @@ def run_demo(out: Path, log: Log = print, *, epsilon: float = 5.0, delta: float 
             log(f"{split.name}: {len(split.y_train)} training examples in {split.path.relative_to(out)}, "
                 f"{len(split.y_test)} held out; schema {split.name}.schema.json (public bounds)")
 
-        versions: dict[str, pb.ModelVersion] = {}
+        versions: dict[str, ModelVersion] = {}
         for name, split in data.items():
             with timer.phase(f"train_{name}"):
                 log(f"training {name}: {arch} at epsilon {epsilon:g}, delta {delta:g}, in the trainer")

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from libsgde.client.sampling import Samples
 from libsgde.client.transfers import Progress, collect
+from libsgde.domain.resources import OutputFormat, SampleMetadata
 from libsgde.errors import FailedPrecondition
 from libsgde.io.artifact import ArtifactError, sha256_file
 from libsgde.io.formats import FORMATS, check_format, encode_stream
 from libsgde.io.sampling import CompiledCache, label_counts, plan_labels
-from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
+from libsgde.wire.convert import privacy_from_proto
 
 COMPILED = CompiledCache(capacity=4)  # the last few compiled generators of this process, by artifact sha256
 
@@ -42,7 +43,7 @@ def sample_local(path: str | Path, num_samples: int = 0, seed: int = 0,
                 progress(done, total)
 
     digest, data = collect(pieces(), out, lambda _: None)
-    metadata = spb.SampleMetadata(artifact_sha256=sha, format=FORMATS[fmt], num_samples=total,
-                                  data_schema=sampler.schema, privacy=generator.manifest.privacy,
-                                  class_counts=label_counts(labels, generator.space.num_classes))
+    metadata = SampleMetadata("", sha, OutputFormat(FORMATS[fmt]), total, sampler.schema,
+                              privacy_from_proto(generator.manifest.privacy),
+                              label_counts(labels, generator.space.num_classes))
     return Samples(metadata, digest, fmt, data, Path(out) if out is not None else None)

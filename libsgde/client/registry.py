@@ -9,24 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
 from libsgde.client.names import model_name, version_name
 from libsgde.client.transfers import Progress, publish_requests
+from libsgde.domain.resources import Model, ModelVersion, User, Visibility
 from libsgde.errors import Conflict, NotFound, SgdeError, Unauthenticated, VerificationError
 from libsgde.io.artifact import file_digest
 from libsgde.security import signing
+from libsgde.wire.convert import VISIBILITIES, model_from_proto, user_from_proto, version_from_proto
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
 from libsgde.wire.status import from_rpc_error
 
-VISIBILITIES = {"private": pb.VISIBILITY_PRIVATE, "shared": pb.VISIBILITY_SHARED, "public": pb.VISIBILITY_PUBLIC}
+T = TypeVar("T")
 
 
 class RegistrySession:
@@ -52,17 +54,17 @@ class RegistrySession:
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def _pages(self, method: Any, request: Any, items: str) -> Iterator[Any]:
-        """Every item of a List call, page after page."""
+    def _pages(self, method: Any, request: Any, items: str, convert: Callable[[Any], T]) -> Iterator[T]:
+        """Every item of a List call, page after page, converted to its domain type."""
         while True:
             page = self._call(method, request)
-            yield from getattr(page, items)
+            yield from map(convert, getattr(page, items))
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
 
-    def whoami(self) -> rpb.User:
-        user = self._call(self.registry.WhoAmI, empty_pb2.Empty())
+    def whoami(self) -> User:
+        user = user_from_proto(self._call(self.registry.WhoAmI, empty_pb2.Empty()))
         self._username = user.username
         return user
 
@@ -71,43 +73,46 @@ class RegistrySession:
 
     # -- models ------------------------------------------------------------------------------------------------
 
-    def list_models(self, owner: str = "", tag: str = "", data_kind: int = 0, page_size: int = 100
-                    ) -> Iterator[pb.Model]:
+    def list_models(self, owner: str = "", tag: str = "", data_kind: pb.DataKind = pb.DATA_KIND_UNSPECIFIED,
+                    page_size: int = 100
+                    ) -> Iterator[Model]:
         return self._pages(self.registry.ListModels, rpb.ListModelsRequest(
-            owner=owner, tag=tag, data_kind=data_kind, page_size=page_size), "models")
+            owner=owner, tag=tag, data_kind=data_kind, page_size=page_size), "models", model_from_proto)
 
-    def get_model(self, ref: str) -> pb.Model:
-        return self._call(self.registry.GetModel, rpb.GetModelRequest(name=model_name(ref, self._username)))
+    def get_model(self, ref: str) -> Model:
+        return model_from_proto(self._call(self.registry.GetModel,
+                                           rpb.GetModelRequest(name=model_name(ref, self._username))))
 
     def create_model(self, model_id: str, description: str = "", tags: list[str] | None = None,
                      visibility: str = "private", shared_with: list[str] | None = None,
-                     data_schema: pb.DataSchema | None = None) -> pb.Model:
+                     data_schema: pb.DataSchema | None = None) -> Model:
         model = pb.Model(description=description, tags=tags or [], visibility=VISIBILITIES[visibility],
                          shared_with=shared_with or [], data_schema=data_schema)
-        return self._call(self.registry.CreateModel, rpb.CreateModelRequest(model_id=model_id, model=model))
+        return model_from_proto(self._call(self.registry.CreateModel,
+                                           rpb.CreateModelRequest(model_id=model_id, model=model)))
 
-    def update_model(self, ref: str, **changes: Any) -> pb.Model:
+    def update_model(self, ref: str, **changes: Any) -> Model:
         """Changes description, tags, visibility ('private' | 'shared' | 'public'), shared_with or metrics (the whole
         map; see `set_metrics`)."""
         if "visibility" in changes:
             changes["visibility"] = VISIBILITIES[changes["visibility"]]
         model = pb.Model(name=model_name(ref, self._username), **changes)
-        return self._call(self.registry.UpdateModel, rpb.UpdateModelRequest(
-            model=model, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes))))
+        return model_from_proto(self._call(self.registry.UpdateModel, rpb.UpdateModelRequest(
+            model=model, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)))))
 
-    def set_metrics(self, ref: str, metrics: Mapping[str, float], *, merge: bool = True) -> pb.Model:
+    def set_metrics(self, ref: str, metrics: Mapping[str, float], *, merge: bool = True) -> Model:
         """Stores evaluation results on a model (owner only): keys of 1-64 characters in a-z 0-9 _ . : / -, finite
         values, at most 200. With `merge` the model's other metrics stay (read, merge, write: a concurrent writer's
         change between the two can be lost); without it they are replaced."""
         merged = {**(self.get_model(ref).metrics if merge else {}), **{k: float(v) for k, v in metrics.items()}}
         return self.update_model(ref, metrics=merged)
 
-    def share(self, ref: str, users: list[str]) -> pb.Model:
+    def share(self, ref: str, users: list[str]) -> Model:
         """Adds users to the model's share list and makes it SHARED (unless it is PUBLIC)."""
         model = self.get_model(ref)
         names = list(dict.fromkeys([*model.shared_with, *users]))
         changes: dict = {"shared_with": names}
-        if model.visibility == pb.VISIBILITY_PRIVATE:
+        if model.visibility == Visibility.PRIVATE:
             changes["visibility"] = "shared"
         return self.update_model(ref, **changes)
 
@@ -128,7 +133,7 @@ class RegistrySession:
 
     def publish_signed(self, path: str | Path, name: str, sha256: str, signature: bytes, *, create: bool = True,
                        progress: Progress | None = None, timeout: float | None = None,
-                       **create_args: Any) -> pb.ModelVersion:
+                       **create_args: Any) -> ModelVersion:
         """Streams an artifact whose sha256 is already signed to PublishVersion of model `name` (made first when
         `create` and missing). `Client.push` signs and calls this; the trainer calls it with a forwarded token and
         the signature its user made on their own machine."""
@@ -138,20 +143,21 @@ class RegistrySession:
         header = rpb.PublishVersionRequest.Header(model=name, sha256=sha256, size_bytes=path.stat().st_size,
                                                   signature=signature)
         try:
-            return self.registry.PublishVersion(publish_requests(header, path, progress), metadata=self._metadata(),
-                                                timeout=timeout)
+            return version_from_proto(self.registry.PublishVersion(
+                publish_requests(header, path, progress), metadata=self._metadata(), timeout=timeout))
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def get_version(self, ref: str) -> pb.ModelVersion:
-        return self._call(self.registry.GetVersion, rpb.GetVersionRequest(name=version_name(ref, self._username)))
+    def get_version(self, ref: str) -> ModelVersion:
+        return version_from_proto(self._call(self.registry.GetVersion,
+                                             rpb.GetVersionRequest(name=version_name(ref, self._username))))
 
-    def list_versions(self, ref: str) -> Iterator[pb.ModelVersion]:
+    def list_versions(self, ref: str) -> Iterator[ModelVersion]:
         return self._pages(self.registry.ListVersions, rpb.ListVersionsRequest(
-            parent=model_name(ref, self._username)), "versions")
+            parent=model_name(ref, self._username)), "versions", version_from_proto)
 
     def pull(self, ref: str, dest: str | Path | None = None, *, progress: Progress | None = None,
-             timeout: float | None = None) -> tuple[Path, pb.ModelVersion]:
+             timeout: float | None = None) -> tuple[Path, ModelVersion]:
         """Downloads a version (latest by default), resuming a partial download, and verifies its sha256 and its
         owner's signature before it appears at `dest` (default: ./<owner>-<model>-v<n>.safetensors)."""
         version = self.get_version(ref)
@@ -189,7 +195,7 @@ class RegistrySession:
         os.replace(partial, dest)
         return dest, version
 
-    def verify(self, path: Path, version: pb.ModelVersion, owner: str, sha: str | None = None) -> None:
+    def verify(self, path: Path, version: ModelVersion, owner: str, sha: str | None = None) -> None:
         """Checks a downloaded file (whose sha256 is `sha`, if already known) against the version's sha256 and the
         owner's registered signing key."""
         sha = sha or file_digest(path).hexdigest()

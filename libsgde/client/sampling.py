@@ -13,9 +13,11 @@ import grpc
 from libsgde.client.names import version_name
 from libsgde.client.registry import RegistrySession
 from libsgde.client.transfers import Progress, cancelling, collect
+from libsgde.domain.resources import SampleMetadata
 from libsgde.errors import FailedPrecondition, FieldError, Internal, Unavailable, VerificationError
 from libsgde.io.formats import FORMAT_NAMES, FORMATS, format_name
 from libsgde.io.sampling import SamplingError
+from libsgde.wire.convert import sample_metadata_from_proto
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc
 from libsgde.wire.status import from_rpc_error
@@ -30,7 +32,7 @@ class Samples:
     {column: array} (the label column as class names), images an [N, H, W, C] array; labels are int32 class indices
     in the schema's order (None for an unconditional model)."""
 
-    metadata: spb.SampleMetadata
+    metadata: SampleMetadata
     sha256: str
     format: str
     data: bytes | None = None
@@ -117,9 +119,9 @@ class Sampling(RegistrySession):
             for message in stream:
                 which = message.WhichOneof("payload")
                 if which == "metadata":
-                    state["metadata"] = message.metadata
+                    state["metadata"] = sample_metadata_from_proto(message.metadata)
                     if progress:
-                        progress(0, message.metadata.num_samples)
+                        progress(0, state["metadata"].num_samples)
                 elif which == "chunk":
                     if "metadata" not in state:
                         raise Internal("the sampler sent data before its metadata")

@@ -3,7 +3,7 @@ $SGDE_HOME (certificates, the saved token, signing keys), plus the trainer's and
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ from libsgde.client.jobs import Jobs
 from libsgde.client.names import model_name
 from libsgde.client.sampling import Sampling
 from libsgde.client.transfers import Progress
+from libsgde.domain.resources import ModelVersion, Session, User
 from libsgde.io.artifact import file_digest
 from libsgde.io.atomic import write_private
 from libsgde.security import signing, tls
+from libsgde.wire.convert import session_from_proto, user_from_proto
 from libsgde.wire.limits import secure_channel
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc, trainer_pb2_grpc
 
@@ -36,7 +37,7 @@ class Client(Jobs, Sampling):
         self.trainer_address = trainer or config.service_address("trainer")
         self.sampler_address = sampler or config.service_address("sampler")
         self.identity = identity
-        self._channel = secure_channel(self.address, tls.channel_credentials(self.pki, identity))
+        self._channel = self._open(self.address)
         self._trainer_channel: grpc.Channel | None = None
         self._trainer: trainer_pb2_grpc.TrainerServiceStub | None = None
         self._sampler_channel: grpc.Channel | None = None
@@ -48,12 +49,14 @@ class Client(Jobs, Sampling):
                 token, username = saved["access_token"], saved["username"]
         super().__init__(self._channel, token, username, timeout)
 
+    def _open(self, address: str) -> grpc.Channel:
+        return secure_channel(address, tls.channel_credentials(self.pki, self.identity))
+
     @property
     def trainer(self) -> trainer_pb2_grpc.TrainerServiceStub:
         """The trainer's stub; its channel opens on first use."""
         if self._trainer is None:
-            self._trainer_channel = secure_channel(self.trainer_address,
-                                                   tls.channel_credentials(self.pki, self.identity))
+            self._trainer_channel = self._open(self.trainer_address)
             self._trainer = trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel)
         return self._trainer
 
@@ -61,8 +64,7 @@ class Client(Jobs, Sampling):
     def sampler(self) -> sampler_pb2_grpc.SamplerServiceStub:
         """The sampler's stub; its channel opens on first use."""
         if self._sampler is None:
-            self._sampler_channel = secure_channel(self.sampler_address,
-                                                   tls.channel_credentials(self.pki, self.identity))
+            self._sampler_channel = self._open(self.sampler_address)
             self._sampler = sampler_pb2_grpc.SamplerServiceStub(self._sampler_channel)
         return self._sampler
 
@@ -95,7 +97,7 @@ class Client(Jobs, Sampling):
             return None
         return saved
 
-    def register(self, username: str, email: str, password: str) -> rpb.User:
+    def register(self, username: str, email: str, password: str) -> User:
         """Registers a user. Their Ed25519 signing key is made here, kept under $SGDE_HOME/keys (mode 0600), and
         only its public half is sent."""
         key_path = self.signing_key_path(username)
@@ -105,17 +107,18 @@ class Client(Jobs, Sampling):
             key = signing.generate_signing_key()
             key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             signing.save_signing_key(key, key_path)
-        return self._call(self.registry.Register, rpb.RegisterRequest(
+        return user_from_proto(self._call(self.registry.Register, rpb.RegisterRequest(
             username=username, email=email, password=password,
-            signing_public_key=signing.public_key_bytes(key)), auth=False)
+            signing_public_key=signing.public_key_bytes(key)), auth=False))
 
-    def login(self, username: str, password: str, save: bool = True) -> rpb.LoginResponse:
-        reply = self._call(self.registry.Login, rpb.LoginRequest(username=username, password=password), auth=False)
+    def login(self, username: str, password: str, save: bool = True) -> Session:
+        reply = session_from_proto(self._call(self.registry.Login,
+                                              rpb.LoginRequest(username=username, password=password), auth=False))
         self._token, self._username = reply.access_token, username
         if save:
             write_private(self.token_path, json.dumps({
                 "registry": self.address, "username": username, "access_token": reply.access_token,
-                "expires": reply.expire_time.ToDatetime(UTC).isoformat()}).encode())
+                "expires": reply.expire_time.isoformat() if reply.expire_time else None}).encode())
         return reply
 
     def logout(self) -> None:
@@ -123,7 +126,7 @@ class Client(Jobs, Sampling):
         self.token_path.unlink(missing_ok=True)
 
     def push(self, path: str | Path, ref: str, *, create: bool = True, progress: Progress | None = None,
-             timeout: float | None = None, **create_args: Any) -> pb.ModelVersion:
+             timeout: float | None = None, **create_args: Any) -> ModelVersion:
         """Publishes an artifact file as the next version of a model (made first when `create` and missing).
         The file's sha256 is signed with the caller's signing key."""
         path = Path(path)
@@ -139,5 +142,5 @@ def token_expiry(home: Path | None = None) -> datetime | None:
     try:
         saved = json.loads(((home or config.sgde_home()) / "token.json").read_text())
         return datetime.fromisoformat(saved["expires"])
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None

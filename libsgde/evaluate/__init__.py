@@ -55,7 +55,7 @@ class Evaluation:
         f = self.fidelity
         if isinstance(f, TabularFidelity):
             m["fidelity.marginal_mean"], m["fidelity.marginal_max"] = f.marginal_mean, f.marginal_max
-            if f.correlation_mean_abs_diff is not None:
+            if f.correlation_mean_abs_diff is not None and f.correlation_max_abs_diff is not None:
                 m["fidelity.correlation_mean_abs_diff"] = f.correlation_mean_abs_diff
                 m["fidelity.correlation_max_abs_diff"] = f.correlation_max_abs_diff
         else:
@@ -124,6 +124,12 @@ def category_names(schema: pb.DataSchema) -> dict[str, list[str]]:
     return names
 
 
+def image_shape(space: ModelSpace) -> tuple[int, int, int]:
+    """(height, width, channels) of an image model space."""
+    height, width, channels = space.shape
+    return height, width, channels
+
+
 def evaluate(schema: pb.DataSchema, synthetic: EncodedData, holdout: EncodedData, train: EncodedData | None = None,
              *, classifiers: list[str] | dict[str, dict] | None = None, seed: int = 0) -> Evaluation:
     """Utility, fidelity and (with `train`) the privacy audit of `synthetic` against real data (see the module
@@ -140,14 +146,16 @@ def evaluate(schema: pb.DataSchema, synthetic: EncodedData, holdout: EncodedData
     started = time.perf_counter()
     results = None
     if labelled:
+        assert synthetic.labels is not None and holdout.labels is not None  # what `labelled` says
         results = _utility.utility(synthetic.x, synthetic.labels, holdout.x, holdout.labels, k,
                                    x_real=None if train is None else train.x,
                                    y_real=None if train is None else train.labels, classifiers=classifiers,
-                                   image_shape=space.shape if kind == "image" else None, seed=seed)
+                                   image_shape=image_shape(space) if kind == "image" else None, seed=seed)
     seconds["utility"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
     syn_labels, hold_labels = (synthetic.labels, holdout.labels) if labelled else (None, None)
+    fidelity: TabularFidelity | ImageFidelity
     if kind == "image":
         fidelity = image_fidelity(holdout.x, hold_labels, synthetic.x, syn_labels,
                                   neighbours_real=None if train is None else train.x, seed=seed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -73,7 +73,7 @@ class SklearnClassifier(_ConstantWhenOneClass):
 
     def __init__(self, make_estimator):
         self._make_estimator = make_estimator
-        self._pipeline = None
+        self._pipeline: Any = None
 
     def _fit(self, x, y, num_classes):
         from sklearn.pipeline import make_pipeline
@@ -104,20 +104,20 @@ class CNNClassifier(_ConstantWhenOneClass):
         self.seed, self.epochs, self.batch_size = seed, epochs, batch_size
         self.learning_rate, self.min_steps = learning_rate, min_steps
         self.channels, self.hidden = tuple(channels), hidden
-        self._params = None
-        self._module = None
+        self._params: Any = None
+        self._module: _ConvNet | None = None
 
     def _images(self, x: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(x.reshape((len(x),) + self.image_shape), dtype=np.float32)
 
     def _fit(self, x, y, num_classes):
         x = self._images(x)
-        self._module = _ConvNet(self.channels, self.hidden, num_classes)
+        module = self._module = _ConvNet(self.channels, self.hidden, num_classes)
         batch = min(self.batch_size, len(x))
         per_epoch = len(x) // batch
         steps = max(self.epochs * per_epoch, self.min_steps)
         key = jax.random.PRNGKey(self.seed)
-        params = self._module.init(key, x[:1])
+        params = module.init(key, x[:1])
         state = optax.adam(self.learning_rate).init(params)
         rng = np.random.default_rng(self.seed)
         order, position = rng.permutation(len(x)), 0
@@ -126,7 +126,7 @@ class CNNClassifier(_ConstantWhenOneClass):
                 order, position = rng.permutation(len(x)), 0
             chosen = order[position:position + batch]
             position += batch
-            params, state = _train_step(self._module, self.learning_rate, params, state, x[chosen], y[chosen])
+            params, state = _train_step(module, self.learning_rate, params, state, x[chosen], y[chosen])
         self._params = params
 
     def _predict(self, x):
@@ -183,8 +183,8 @@ def _mlp(seed: int, image: bool, hidden: tuple[int, ...] | None = None, max_iter
     from sklearn.neural_network import MLPClassifier
     # Images: one hidden layer of 256 and early stopping on a 10% split keep 60k x 784 to about a minute.
     hidden = tuple(hidden) if hidden else ((256,) if image else (32,))
-    batch_size = batch_size or (256 if image else "auto")  # auto: min(200, N)
-    return lambda: MLPClassifier(hidden, max_iter=max_iter or (30 if image else 500), batch_size=batch_size,
+    batch: int | str = batch_size or (256 if image else "auto")  # auto: min(200, N)
+    return lambda: MLPClassifier(hidden, max_iter=max_iter or (30 if image else 500), batch_size=batch,
                                  learning_rate_init=learning_rate, alpha=alpha, early_stopping=image,
                                  random_state=seed)
 
@@ -201,5 +201,6 @@ def make_classifier(name: str, *, image_shape: tuple[int, int, int] | None = Non
         raise ValueError(f"unknown classifier {name!r} for {'image' if image else 'tabular'} data; choose one of "
                          f"{', '.join(allowed)}")
     if name == "cnn":
+        assert image_shape is not None  # "cnn" is allowed for image data only
         return CNNClassifier(image_shape, seed=seed, **options)
     return SklearnClassifier((_logreg if name == "logreg" else _mlp)(seed, image, **options))

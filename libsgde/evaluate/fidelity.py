@@ -128,6 +128,7 @@ def tabular_fidelity(real_x: np.ndarray, real_labels: np.ndarray | None, syn_x: 
         columns.append(ColumnDistance(block.name, block.kind, distance))
     labelled = space.num_classes > 0 and real_labels is not None and syn_labels is not None
     if labelled:
+        assert real_labels is not None and syn_labels is not None  # what `labelled` says
         columns.append(ColumnDistance("label", "label", total_variation(real_labels, syn_labels, space.num_classes)))
     distances = [c.distance for c in columns]
     real_f, feature_names = correlation_features(real_x, real_labels if labelled else None, space, category_names)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ def _show(ax, image: np.ndarray) -> None:
 
 def plot_marginals(path: Path, ev: Evaluation, holdout: EncodedData, synthetic: EncodedData) -> None:
     """Held-out real vs synthetic, per column (the first few): histograms on the public range, category bars."""
-    f: TabularFidelity = ev.fidelity
+    f = ev.fidelity
+    assert isinstance(f, TabularFidelity)  # drawn for tabular data only
     blocks = list(ev.space.blocks)[:MAX_MARGINAL_PLOTS]
     distances = {c.column: c for c in f.columns}
     n = len(blocks)
@@ -90,7 +92,9 @@ def plot_marginals(path: Path, ev: Evaluation, holdout: EncodedData, synthetic: 
 
 
 def plot_correlation_difference(path: Path, ev: Evaluation) -> None:
-    f: TabularFidelity = ev.fidelity
+    f = ev.fidelity
+    assert isinstance(f, TabularFidelity)  # drawn for tabular data only
+    assert f.real_correlation is not None and f.synthetic_correlation is not None  # drawn when there are two
     k = len(f.feature_names)
     size = min(4 + 0.18 * k, 14)
     fig = figure(size + 1.5, size)
@@ -107,7 +111,8 @@ def plot_correlation_difference(path: Path, ev: Evaluation) -> None:
 
 
 def plot_mean_images(path: Path, ev: Evaluation) -> None:
-    f: ImageFidelity = ev.fidelity
+    f = ev.fidelity
+    assert isinstance(f, ImageFidelity)  # drawn for image data only
     k = max(len(f.classes), 1)
     fig = figure(max(1.1 * k + 1.0, 4), 3.2)
     axes = fig.subplots(2, k, squeeze=False)
@@ -123,7 +128,8 @@ def plot_mean_images(path: Path, ev: Evaluation) -> None:
 
 def plot_nearest_neighbours(path: Path, ev: Evaluation, synthetic: EncodedData, reference: EncodedData,
                             per_row: int = 10) -> None:
-    f: ImageFidelity = ev.fidelity
+    f = ev.fidelity
+    assert isinstance(f, ImageFidelity)  # drawn for image data only
     m = len(f.neighbour_synthetic)
     blocks = max(1, math.ceil(m / per_row))
     fig = figure(1.0 * per_row + 0.5, 2.3 * blocks + 0.6)
@@ -142,6 +148,7 @@ def plot_nearest_neighbours(path: Path, ev: Evaluation, synthetic: EncodedData, 
 
 def plot_dcr(path: Path, ev: Evaluation) -> None:
     a = ev.audit
+    assert a is not None  # drawn only when the audit ran
     fig = figure(6.5, 3.6)
     ax = fig.subplots()
     top = max(float(np.quantile(np.r_[a.dcr_train, a.dcr_holdout], 0.99)), 1e-9)
@@ -158,6 +165,7 @@ def plot_dcr(path: Path, ev: Evaluation) -> None:
 
 def plot_roc(path: Path, ev: Evaluation) -> None:
     a = ev.audit
+    assert a is not None  # drawn only when the audit ran
     fig = figure(8, 3.8)
     linear, logged = fig.subplots(1, 2)
     for ax in (linear, logged):
@@ -251,7 +259,7 @@ def write_report(ev: Evaluation, folder: Path, holdout: EncodedData, synthetic: 
     `context` (e.g. the model's name and version) is stored in report.json beside the results."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    plots: list[tuple[str, object]] = []
+    plots: list[tuple[str, Callable[[Path], None]]] = []
     if isinstance(ev.fidelity, TabularFidelity):
         plots.append(("marginals.png", lambda p: plot_marginals(p, ev, holdout, synthetic)))
         if ev.fidelity.real_correlation is not None:

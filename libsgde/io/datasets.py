@@ -23,7 +23,7 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 DEFAULT_MAX_BYTES = 2 * 1024**3  # raw data read from one file (decompressed); model space is up to 4x that for bytes
 MAX_INFERRED_CATEGORIES = 1000
 IMAGE_KEYS, LABEL_KEYS = ("x", "images"), ("y", "labels")
-IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 PRIVACY_WARNING = ("PRIVACY: the bounds, categories and class names in this schema were read from the data itself and "
                    "are NOT private: they reveal e.g. the smallest and largest values and every rare category. "
@@ -51,7 +51,7 @@ def load_dataset(path: Path, schema: pb.DataSchema, *, labels_path: Path | None 
             where = path.name if e.row is None else f"{path.name} line {lines[e.row]}"
             raise DataError(e.detail, column=e.column, row=e.row, where=where) from None
     h, w, c = encoder.space.shape
-    shapes = {(h, w, c), (h, w)} if c == 1 else {(h, w, c)}
+    shapes: set[tuple[int, ...]] = {(h, w, c), (h, w)} if c == 1 else {(h, w, c)}
     need_labels = encoder.space.num_classes > 0
     images, labels = _read_image_file(path, kind, labels_path, max_bytes, shapes, need_labels)
     return encoder.encode(images, labels)

@@ -50,7 +50,7 @@ def format_name(fmt: str | int) -> str:
         return "npy"
     if fmt not in FORMAT_NAMES:
         raise SamplingError("format", f"unknown OutputFormat {fmt}; choose CSV, NPY or PARQUET")
-    return FORMAT_NAMES[fmt]
+    return FORMAT_NAMES[spb.OutputFormat.ValueType(fmt)]
 
 
 def _kind(schema: pb.DataSchema) -> str:
@@ -140,11 +140,13 @@ class Writer:
 class NpyWriter(Writer):
     def __init__(self, schema: pb.DataSchema, total: int):
         super().__init__(schema, total)
+        self.shape: tuple[int, ...]
         if _kind(schema) == "image":
             im = schema.image
             self.dtype, self.shape = image_dtype(schema), (self.total, im.height, im.width, im.channels)
         else:
             self.dtype, self.shape = tabular_dtype(schema), (self.total,)
+        self.names: tuple[str, ...] = self.dtype.names or ()
 
     def begin(self) -> bytes:
         return npy_header(self.dtype, self.shape)
@@ -154,7 +156,7 @@ class NpyWriter(Writer):
             return np.ascontiguousarray(values, self.dtype).tobytes()
         n = len(next(iter(values.values())))
         rows = np.empty(n, self.dtype)
-        for name in self.dtype.names:
+        for name in self.names:
             rows[name] = values[name]
         return rows.tobytes()
 
@@ -302,7 +304,7 @@ def _read_npy(data: bytes, schema: pb.DataSchema, class_counts):
         return array, labels
     expected = tabular_dtype(schema)
     if array.dtype.names != expected.names:
-        raise ValueError(f"expected the columns {list(expected.names)}, got {array.dtype.names}")
+        raise ValueError(f"expected the columns {list(expected.names or ())}, got {array.dtype.names}")
     values = {}
     for col in schema.tabular.columns:
         field = array[col.name]

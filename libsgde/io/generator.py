@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libsgde.io.artifact import ArtifactError, ArtifactHeader, Manifest, TensorInfo, load_artifact
-from libsgde.io.encoding import encoder_for, model_space
+from libsgde.io.encoding import ImageEncoder, encoder_for, model_space
 from libsgde.ml.architectures import CLASS_PRIOR, ConfigError, artifact_tensor_shapes, get_architecture
 from libsgde.ml.architectures.base import unflatten
 
@@ -71,7 +71,8 @@ class Generator:
         labels = self.labels(n, seed) if labels is None else np.asarray(labels, np.int32)
         x = self.sample_model_space(labels, seed)
         labels = labels if self.space.num_classes else None
-        values = self.encoder.decode(x) if self.space.kind == "image" else self.encoder.decode(x, labels)
+        encoder = self.encoder
+        values = encoder.decode(x) if isinstance(encoder, ImageEncoder) else encoder.decode(x, labels)
         return values, labels
 
 

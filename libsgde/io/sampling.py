@@ -108,7 +108,7 @@ def seed_key(seed: int) -> jax.Array:
     what jax.random.key(seed) gives with 64-bit integers enabled, and the same as jax.random.key(seed) for seeds in
     [0, 2**31)."""
     seed = int(seed)
-    return jax.random.wrap_key_data(np.asarray([(seed >> 32) & _U32, seed & _U32], np.uint32))
+    return jax.random.wrap_key_data(jnp.asarray([(seed >> 32) & _U32, seed & _U32], jnp.uint32))
 
 
 def bucket_size(n: int, max_bucket: int = MAX_BUCKET) -> int:

@@ -65,10 +65,10 @@ def _validate_tabular(t: pb.TabularSchema) -> None:
             raise SchemaError(f"{at}.type", "set the type: COLUMN_TYPE_CONTINUOUS, COLUMN_TYPE_INTEGER or "
                                             "COLUMN_TYPE_CATEGORICAL")
     if t.label_column:
-        i = seen.get(t.label_column)
-        if i is None:
+        label_index = seen.get(t.label_column)
+        if label_index is None:
             raise SchemaError("tabular.label_column", f"no column is named {_short(t.label_column)}")
-        if t.columns[i].type != pb.COLUMN_TYPE_CATEGORICAL:
+        if t.columns[label_index].type != pb.COLUMN_TYPE_CATEGORICAL:
             raise SchemaError("tabular.label_column", f"the label column {t.label_column!r} must be categorical")
 
 

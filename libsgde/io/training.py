@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,11 +91,16 @@ def check_spec(spec: TrainSpec, schema: pb.DataSchema, dataset_size: int | None 
     return replace(spec, config=config, **filled)
 
 
-def _plain(config) -> dict | None:
+def _plain(config: dict[str, Any] | None) -> dict[str, Any] | None:
     """Struct numbers arrive as floats; give integral ones back as ints so that integer settings accept them."""
     if config is None:
         return None
-    fix = lambda v: int(v) if isinstance(v, float) and v.is_integer() else [fix(x) for x in v] if isinstance(v, list) else v
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        return [fix(x) for x in v] if isinstance(v, list) else v
+
     return {k: fix(v) for k, v in config.items()}
 
 
@@ -125,6 +131,7 @@ def train(data: EncodedData, schema: pb.DataSchema, spec: TrainSpec, out_path: P
     tensors = {k: np.asarray(v, np.float32) for k, v in flatten(arch.sampling_params(outcome.params)).items()}
     tensors[CLASS_PRIOR] = np.asarray(outcome.class_prior, np.float32)
     privacy = privacy_to_proto(outcome.privacy)
+    assert spec.config is not None  # check_spec filled it in
     manifest = build_manifest(arch.name, spec.config, schema, privacy, outcome.training)
     sha = write_artifact(Path(out_path), tensors, manifest)
     if folder:

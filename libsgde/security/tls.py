@@ -9,6 +9,7 @@ from wherever they are mounted.
 from __future__ import annotations
 
 import contextlib
+import fcntl  # POSIX: the services and the CLI run on Linux and macOS
 import ipaddress
 import os
 import re
@@ -26,11 +27,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from libsgde.errors import FailedPrecondition
 from libsgde.io.atomic import write_atomic, write_private
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
 
 SERVICES = ("registry", "trainer", "sampler")
 CLIENT = "client"
@@ -134,6 +130,8 @@ def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, d
         raise ValueError("a certificate needs server or client authentication (or both)")
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise PkiError("the CA key is not an elliptic-curve key (make the PKI with `sgde certs init --force`)")
     key = ec.generate_private_key(ec.SECP256R1())
     start = _utc(not_before) if not_before else datetime.now(UTC) - CLOCK_SKEW
     end = _utc(not_after) if not_after else start + CLOCK_SKEW + timedelta(days=days)
@@ -235,9 +233,6 @@ def _matches(cert_pem: bytes, key_pem: bytes) -> bool:
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
     """Serialises init_pki between processes (two services starting at once must not make two CAs)."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
     fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -247,13 +247,14 @@ def load_or_create_token_key(path: Path) -> Ed25519PrivateKey:
                 continue
             return key
         try:
-            key = serialization.load_pem_private_key(data, password=None)
+            loaded = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{path} is not a PEM private key ({e}); remove it to make a new one "
                              "(every issued token becomes invalid)") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 key; remove it to make a new one")
-        return key
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key; remove it to make a new "
+                             "one")
+        return loaded
     raise RuntimeError(f"could not read or create {path}")  # pragma: no cover
 
 

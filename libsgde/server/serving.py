@@ -188,7 +188,7 @@ def watch_health(handle: ServerHandle, check: Callable[[], object], every: float
     """Sets the status from `check()` (raises when a dependency is unreachable) now, then every `every` seconds
     in a thread until the server stops. Logs only the changes."""
     stop = threading.Event()
-    state = {"ok": None}
+    state: dict[str, bool | None] = {"ok": None}
 
     def probe() -> None:
         try:

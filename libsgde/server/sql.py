@@ -2,6 +2,9 @@
 SQLAlchemy URL (PostgreSQL in a cluster)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy as sa
 from sqlalchemy import event
 
@@ -15,6 +18,25 @@ def open_engine(url: str, metadata: sa.MetaData) -> sa.Engine:
         _sqlite_setup(engine)
     metadata.create_all(engine)
     return engine
+
+
+class SqlStore:
+    """A service's metadata store: one engine, transactions, and the health check's ping."""
+
+    def __init__(self, url: str, metadata: sa.MetaData):
+        self.engine = open_engine(url, metadata)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
 def _sqlite_setup(engine: sa.Engine) -> None:

@@ -320,7 +320,7 @@ class S3BlobStore(BlobStore):
                 self._ensure_bucket()
                 # Sequential parts (num_parallel_uploads=1): no upload thread can still be sending a part after
                 # minio aborts a failed multipart upload, and memory stays at one part per transfer.
-                self._client.put_object(self.bucket, key, reader, length=-1, part_size=_PART_SIZE,
+                self._client.put_object(self.bucket, key, reader, length=-1, part_size=_PART_SIZE,  # type: ignore[arg-type]  # file-like: read(n)
                                         num_parallel_uploads=1)
         except (_SourceFailed, StorageUnavailable) as e:
             # minio aborts the multipart upload, then re-raises; if the abort failed too, the first failure (the
@@ -343,7 +343,7 @@ class S3BlobStore(BlobStore):
                 if e.code != "InvalidRange":
                     raise
                 # offset >= size: only offset == size is a valid (empty) read
-                _check_offset(offset, self._client.stat_object(self.bucket, key).size)
+                _check_offset(offset, self._size(key))
                 return iter(())
         return self._stream(response, key, chunk_size)
 
@@ -355,10 +355,16 @@ class S3BlobStore(BlobStore):
             response.close()
             response.release_conn()
 
+    def _size(self, key: str) -> int:
+        size = self._client.stat_object(self.bucket, key).size
+        if size is None:
+            raise StorageUnavailable(f"S3 at {self.endpoint} gave no size for {key}")
+        return size
+
     def stat(self, sha256: str) -> int:
         key = self._key(sha256)
         with self._translate(f"stat of {key}"):
-            return self._client.stat_object(self.bucket, key).size
+            return self._size(key)
 
     def delete(self, sha256: str) -> None:
         key = self._key(sha256)

@@ -1,9 +1,12 @@
-"""Stream helpers."""
+"""Helpers for gRPC streams: reading ahead, and the header an upload stream starts with."""
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
+
+from libsgde.errors import FieldError
 
 _DONE = object()
 
@@ -41,3 +44,11 @@ def read_ahead(source: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
             yield item
     finally:
         stop.set()
+
+
+def first_header(requests: Iterator[Any]) -> Any:
+    """The `header` of a client stream whose first message must hold one (an upload's), or INVALID_ARGUMENT."""
+    first = next(requests, None)
+    if first is None or first.WhichOneof("payload") != "header":
+        raise FieldError("header", "the first message must be the header")
+    return first.header

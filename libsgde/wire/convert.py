@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
+from libsgde.domain import resources as res
 from libsgde.domain.privacy import PrivacyReport
 from libsgde.domain.specs import TrainSpec
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 
 
@@ -58,3 +62,53 @@ VISIBILITIES = {"private": pb.VISIBILITY_PRIVATE, "shared": pb.VISIBILITY_SHARED
 
 def job_state_text(state: int) -> str:
     return enum_text(tpb.JobState, state)
+
+
+# -- resources (what the SDK returns) ------------------------------------------------------------------------------
+
+def time_from_proto(stamp: timestamp_pb2.Timestamp) -> datetime | None:
+    """A timezone-aware datetime, or None for an unset timestamp."""
+    return stamp.ToDatetime(UTC) if stamp.seconds or stamp.nanos else None
+
+
+def user_from_proto(m: rpb.User) -> res.User:
+    return res.User(m.name, m.username, m.email, bytes(m.signing_public_key), time_from_proto(m.create_time))
+
+
+def session_from_proto(m: rpb.LoginResponse) -> res.Session:
+    return res.Session(m.access_token, time_from_proto(m.expire_time),
+                       user_from_proto(m.user) if m.HasField("user") else None)
+
+
+def model_from_proto(m: pb.Model) -> res.Model:
+    return res.Model(m.name, m.owner, m.description, list(m.tags), m.data_schema, res.DataKind(m.data_kind),
+                     res.Visibility(m.visibility), list(m.shared_with), m.latest_version,
+                     time_from_proto(m.create_time), time_from_proto(m.update_time), dict(m.metrics))
+
+
+def version_from_proto(m: pb.ModelVersion) -> res.ModelVersion:
+    return res.ModelVersion(m.name, m.number, m.sha256, m.size_bytes, bytes(m.signature), m.architecture,
+                            res.DataKind(m.data_kind), privacy_from_proto(m.privacy), time_from_proto(m.create_time),
+                            m.manifest_json)
+
+
+def dataset_from_proto(m: tpb.Dataset) -> res.Dataset:
+    return res.Dataset(m.name, m.filename, m.size_bytes, m.sha256, time_from_proto(m.create_time))
+
+
+def progress_from_proto(m: tpb.ProgressEvent) -> res.ProgressEvent:
+    return res.ProgressEvent(m.job, res.JobState(m.state), m.step, m.total_steps, m.epoch, m.loss, m.epsilon_spent,
+                             m.examples_per_second, m.eta_seconds, m.message, time_from_proto(m.time))
+
+
+def job_from_proto(m: tpb.Job) -> res.Job:
+    return res.Job(m.name, m.owner, res.JobState(m.state), train_spec_from_proto(m.spec), m.data_schema, m.dataset,
+                   m.publish_model, m.published_version, m.artifact_sha256,
+                   privacy_from_proto(m.privacy) if m.HasField("privacy") else None,
+                   progress_from_proto(m.latest_progress), m.error, time_from_proto(m.create_time),
+                   time_from_proto(m.start_time), time_from_proto(m.end_time))
+
+
+def sample_metadata_from_proto(m: spb.SampleMetadata) -> res.SampleMetadata:
+    return res.SampleMetadata(m.version, m.artifact_sha256, res.OutputFormat(m.format), m.num_samples,
+                              m.data_schema, privacy_from_proto(m.privacy), list(m.class_counts))

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from libsgde.server.sql import open_engine
+from libsgde.server.sql import SqlStore
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 metadata = sa.MetaData()
@@ -127,18 +125,9 @@ class Gone(Exception):
     """The row a write depends on disappeared meanwhile."""
 
 
-class Catalogue:
+class Catalogue(SqlStore):
     def __init__(self, url: str):
-        self.engine = open_engine(url, metadata)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sa.Connection]:
-        with self.engine.begin() as conn:
-            yield conn
-
-    def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        super().__init__(url, metadata)
 
     # -- users -------------------------------------------------------------------------------------------------
 

@@ -22,10 +22,10 @@ from prometheus_client import Counter
 from libsgde import errors
 from libsgde.client.registry import RegistrySession
 from libsgde.domain.names import SHA256_RE
+from libsgde.domain.resources import ModelVersion
 from libsgde.errors import SgdeError, VerificationError
 from libsgde.io.artifact import ArtifactError
 from libsgde.io.sampling import CompiledCache
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 log = logging.getLogger("sgde.sampler")
 
@@ -61,7 +61,7 @@ class ArtifactCache:
         """The sha256 of the generators compiled in memory, least recently used first."""
         return self.compiled.keys()
 
-    def sampler(self, version: pb.ModelVersion, client: RegistrySession):
+    def sampler(self, version: ModelVersion, client: RegistrySession):
         """The compiled generator of `version` (resolved by the caller's GetVersion), fetching and verifying its
         artifact with `client` (acting with the caller's token) as needed. Raises SgdeError."""
         sha = version.sha256
@@ -96,7 +96,7 @@ class ArtifactCache:
                 pass
             return sampler
 
-    def _verify_cached(self, path: Path, version: pb.ModelVersion, owner: str, client: RegistrySession) -> bool:
+    def _verify_cached(self, path: Path, version: ModelVersion, owner: str, client: RegistrySession) -> bool:
         """Whether the cached file still is the version's verified artifact; a file that is not is deleted."""
         try:
             client.verify(path, version, owner)  # re-hashes the file; deletes it when the sha256 differs
@@ -111,7 +111,7 @@ class ArtifactCache:
         except SgdeError as e:
             raise _registry_error(version, e) from None
 
-    def _download(self, path: Path, version: pb.ModelVersion, client: RegistrySession) -> None:
+    def _download(self, path: Path, version: ModelVersion, client: RegistrySession) -> None:
         try:
             client.pull(version.name, path, timeout=self.pull_timeout)  # sha256 and signature verified first
         except VerificationError as e:
@@ -143,7 +143,7 @@ class ArtifactCache:
             CACHE_EVENTS.labels("evicted").inc()
 
 
-def _registry_error(version: pb.ModelVersion, e: SgdeError) -> SgdeError:
+def _registry_error(version: ModelVersion, e: SgdeError) -> SgdeError:
     """The registry's error, its code and violations kept, saying what the sampler was doing."""
     return errors.from_status(e.status, f"fetching {version.name} from the registry failed: {e.message}",
                               e.violations, remote=False)

@@ -19,7 +19,9 @@ from prometheus_client import Counter, Gauge
 
 from libsgde import errors
 from libsgde.domain.names import MODEL_ID_RE, USERNAME_RE
+from libsgde.domain.resources import ModelVersion
 from libsgde.server.gate import RegistryGate
+from libsgde.wire.convert import privacy_to_proto
 from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
@@ -29,7 +31,6 @@ from services.sampler.cache import ArtifactCache
 log = logging.getLogger("sgde.sampler")
 
 MODEL_RE = re.compile(r"^models/([^/]+)/([^/]+)(?:/versions/([^/]+))?$")
-KIND_NAMES = {pb.DATA_KIND_TABULAR: "tabular", pb.DATA_KIND_IMAGE: "image"}
 
 SAMPLES = Counter("sgde_sampler_samples_total", "Samples generated")
 BYTES = Counter("sgde_sampler_bytes_total", "Bytes of sampled output streamed")
@@ -53,7 +54,7 @@ def _parse_model(name: str) -> str:
     return name if m[3] is not None else f"{name}/versions/latest"
 
 
-def _manifest_schema(version: pb.ModelVersion) -> pb.DataSchema | None:
+def _manifest_schema(version: ModelVersion) -> pb.DataSchema | None:
     """The data schema the registry's copy of the manifest declares (for checks before any download)."""
     from libsgde.io.schema import SchemaError, schema_from_dict
     try:
@@ -116,7 +117,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
             raise errors.FieldError.many(violations)
         client = self.gate.session_for(token, user)
         version = client.get_version(name)  # NOT_FOUND, PERMISSION_DENIED...: the registry's answer is ours
-        kind = KIND_NAMES.get(version.data_kind)
+        kind = version.data_kind.text if version.data_kind else None
         violations = self._check_request(request, _manifest_schema(version), kind)
         if violations:
             raise errors.FieldError.many(violations)
@@ -138,7 +139,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         total = len(labels) if labels is not None else int(request.num_samples)
         yield spb.SampleResponse(metadata=spb.SampleMetadata(
             version=version.name, artifact_sha256=version.sha256, format=formats.FORMATS[fmt], num_samples=total,
-            data_schema=schema, privacy=version.privacy,
+            data_schema=schema, privacy=privacy_to_proto(version.privacy),
             class_counts=sampling.label_counts(labels, generator.space.num_classes)))
 
         started = time.perf_counter()

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from libsgde.server.sql import open_engine
+from libsgde.server.sql import SqlStore
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 
@@ -135,21 +134,9 @@ def _blob(message) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
-class JobStore:
+class JobStore(SqlStore):
     def __init__(self, url: str):
-        self.engine = open_engine(url, metadata)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sa.Connection]:
-        with self.engine.begin() as conn:
-            yield conn
-
-    def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-
-    def close(self) -> None:
-        self.engine.dispose()
+        super().__init__(url, metadata)
 
     # -- datasets ----------------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME
 from libsgde.io.encoding import DataError
 from libsgde.io.schema import SchemaError, validate_schema
 from libsgde.server.gate import RegistryGate
+from libsgde.server.streams import first_header
 from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
@@ -121,10 +122,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def UploadDataset(self, request_iterator: Iterator[tpb.UploadDatasetRequest], context) -> tpb.Dataset:
         user, _ = self.gate.caller(context)
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            raise errors.FieldError("header", "the first message must be the header")
-        header = first.header
+        header = first_header(request_iterator)
         violations = []
         if not FILENAME_RE.match(header.filename):
             violations.append(("header.filename", "the file's own name (no folders): 1-200 letters, digits, '.', "
