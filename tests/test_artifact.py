@@ -41,8 +41,8 @@ def dp_privacy() -> pb.PrivacyReport:
 
 
 def make_manifest(**overrides) -> art.Manifest:
-    kw = dict(architecture="tabular-vae", config={"latent_dim": 8, "hidden": [64, 64], "beta": 0.5},
-              data_schema=tabular_schema(), privacy=dp_privacy(), training={"epochs": 3, "seed": 0})
+    kw = {"architecture": "tabular-vae", "config": {"latent_dim": 8, "hidden": [64, 64], "beta": 0.5},
+          "data_schema": tabular_schema(), "privacy": dp_privacy(), "training": {"epochs": 3, "seed": 0}}
     kw.update(overrides)
     return art.build_manifest(**kw)
 
@@ -358,6 +358,20 @@ def test_check_tensors_hook_is_called(valid_bytes):
     with pytest.raises(ArtifactError, match="architecture"):
         art.parse_header(valid_bytes, len(valid_bytes), check_tensors=check)
     assert seen == [("tabular-vae", sorted(make_tensors()))]
+
+
+def test_header_sniffer_passes_the_check_tensors_hook(valid_bytes):
+    seen = []
+    sniffer = art.HeaderSniffer(len(valid_bytes), check_tensors=lambda m, t: seen.append(sorted(t)))
+    for i in range(0, len(valid_bytes), 100):  # the header completes in one of these chunks
+        sniffer.feed(valid_bytes[i:i + 100])
+    assert sniffer.done and seen == [sorted(make_tensors())]
+
+    def refuse(manifest, tensors):
+        raise ArtifactError("tensor set does not match the architecture")
+
+    with pytest.raises(ArtifactError, match="architecture"):
+        art.HeaderSniffer(len(valid_bytes), check_tensors=refuse).feed(valid_bytes)
 
 
 # ------------------------------------------------------------------------------------------------------ fuzzing

@@ -40,7 +40,7 @@ def test_account_and_model_commands(sgde, tmp_path):
     assert "models/clia/cli-model/versions/1" in sgde("models", "push", str(art), "--name", "cli-model",
                                                       "--tag", "demo")
     assert "models/clia/cli-model" in sgde("models", "list", "--tag", "demo")
-    assert "placeholder" in sgde("models", "show", "cli-model")
+    assert "dp-merf" in sgde("models", "show", "cli-model")
     out_dir = tmp_path / "pulled"
     out_dir.mkdir()
     assert "verified" in sgde("models", "pull", "clia/cli-model@1", "--out", str(out_dir))

@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import empty_pb2
 
 from libsgde.client import Client, SgdeError
+from libsgde.io.artifact import build_manifest, write_artifact
 from libsgde.security import signing
 from libsgde.server import auth
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.status import field_violations
 from tests.support.fixtures import start_registry
-from tests.support.services import PASSWORD, make_artifact
+from tests.support.services import PASSWORD, generator_tensors, make_artifact, merf_config, tabular_schema
 
 pytestmark = pytest.mark.integration  # real servers on loopback sockets
 
@@ -108,7 +112,7 @@ def test_publish_get_download_round_trip(new_user, tmp_path):
     v2 = alice.push(make_artifact(tmp_path / "b.safetensors", seed=1), "digits")
     assert (v1.number, v2.number) == (1, 2)
     assert v1.sha256 == hashlib.sha256(art.read_bytes()).hexdigest() and v1.size_bytes == art.stat().st_size
-    assert v1.architecture == "placeholder" and v1.data_kind == pb.DATA_KIND_TABULAR
+    assert v1.architecture == "dp-merf" and v1.data_kind == pb.DATA_KIND_TABULAR
     assert v1.privacy.mechanism == "none"
     model = alice.get_model("digits")
     assert model.latest_version == 2 and model.data_kind == pb.DATA_KIND_TABULAR
@@ -156,7 +160,7 @@ def test_publish_with_wrong_sha_or_signature_stores_nothing(registry, new_user, 
     assert info.value.code() == CODE.INVALID_ARGUMENT
     assert list(alice.list_versions("lies")) == []
     assert set(blob_files(registry)) == before
-    assert not [p for p in registry.blob_root.rglob(".tmp*")]
+    assert not list(registry.blob_root.rglob(".tmp*"))
 
 
 def test_publish_refuses_files_that_are_not_artifacts(registry, new_user, tmp_path):
@@ -170,6 +174,99 @@ def test_publish_refuses_files_that_are_not_artifacts(registry, new_user, tmp_pa
         assert info.value.code() == CODE.INVALID_ARGUMENT, data[:20]
         assert field_violations(info.value)
     assert set(blob_files(registry)) == before
+
+
+# -- the tensor check at publish: the tensors must be exactly those the manifest's architecture and config imply --
+
+def tiny_artifact(path: Path, edit=None) -> bytes:
+    """The bytes of a tiny dp-merf artifact (hidden [8], latent_dim 2; tensors generator/dense0/kernel [4, 8],
+    generator/dense0/bias [8], generator/dense1/kernel [8, 1], generator/dense1/bias [1], class_prior [2]) after
+    `edit(tensors, manifest_fields)`. write_artifact checks the header but not the tensors, as any writer may."""
+    schema = tabular_schema()
+    config = merf_config(schema, [8])
+    tensors = generator_tensors(schema, config)
+    fields = {"architecture": "dp-merf", "config": config, "data_schema": schema, "training": {"note": "test"},
+              "privacy": pb.PrivacyReport(mechanism="none", epsilon=float("inf"))}
+    if edit:
+        edit(tensors, fields)
+    write_artifact(path, tensors, build_manifest(**fields))
+    return path.read_bytes()
+
+
+def publish_refused(registry, client: Client, model_id: str, data: bytes) -> grpc.RpcError:
+    """Publishes `data` and returns the refusal, after checking that it is INVALID_ARGUMENT and stored nothing."""
+    client.create_model(model_id)
+    with pytest.raises(grpc.RpcError) as info:
+        raw_publish(client, f"models/{client.username}/{model_id}", data)
+    assert info.value.code() == CODE.INVALID_ARGUMENT, info.value.details()
+    assert [f for f, _ in field_violations(info.value)] == ["chunk"]
+    assert "not a valid SGDE artifact" in info.value.details()
+    assert list(client.list_versions(model_id)) == [] and client.get_model(model_id).latest_version == 0
+    sha = hashlib.sha256(data).hexdigest()
+    assert not [p for p in blob_files(registry) if p.name == sha], "no blob of the refused artifact"
+    assert not list(registry.blob_root.rglob(".tmp*"))
+    return info.value
+
+
+def test_a_well_formed_tiny_artifact_publishes(new_user, tmp_path):
+    alice = new_user()
+    data = tiny_artifact(tmp_path / "good.safetensors")
+    version = alice.push(tmp_path / "good.safetensors", "tiny")
+    assert version.number == 1 and version.sha256 == hashlib.sha256(data).hexdigest()
+    assert version.architecture == "dp-merf"
+
+
+def test_publish_refuses_a_missing_tensor(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: t.pop("generator/dense1/bias"))
+    error = publish_refused(registry, new_user(), "missing-tensor", data)
+    assert "missing ['generator/dense1/bias'], unexpected []" in error.details()
+
+
+def test_publish_refuses_an_extra_tensor(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors",
+                         lambda t, m: t.update({"generator/dense2/kernel": np.zeros((1, 1), np.float32)}))
+    error = publish_refused(registry, new_user(), "extra-tensor", data)
+    assert "missing [], unexpected ['generator/dense2/kernel']" in error.details()
+
+
+def test_publish_refuses_a_tensor_of_the_wrong_shape(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors",
+                         lambda t, m: t.update({"generator/dense0/kernel": np.zeros((4, 9), np.float32)}))
+    error = publish_refused(registry, new_user(), "wrong-shape", data)
+    assert "tensor 'generator/dense0/kernel' is F32[4, 9]" in error.details()
+    assert "implies F32[4, 8]" in error.details()
+
+
+def test_publish_refuses_a_tensor_of_the_wrong_dtype(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: t.update(
+        {"generator/dense0/bias": t["generator/dense0/bias"].astype(np.float16)}))
+    error = publish_refused(registry, new_user(), "wrong-dtype", data)
+    assert "tensor 'generator/dense0/bias' is F16[8]" in error.details() and "implies F32[8]" in error.details()
+
+
+def test_publish_refuses_an_unknown_architecture(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: m.update(architecture="evil-net"))
+    error = publish_refused(registry, new_user(), "unknown-arch", data)
+    assert "manifest architecture: unknown architecture 'evil-net'" in error.details()
+
+
+def test_publish_refuses_an_incomplete_config(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: m["config"].pop("generator_batch"))
+    error = publish_refused(registry, new_user(), "incomplete-config", data)
+    assert "manifest config: incomplete" in error.details()
+
+
+def test_publish_refuses_a_config_value_out_of_range(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: m["config"].update(latent_dim=10**9))
+    error = publish_refused(registry, new_user(), "out-of-range", data)
+    assert "manifest config.latent_dim: must be an integer in [1, 1024]" in error.details()
+
+
+def test_publish_refuses_a_config_that_implies_other_shapes(registry, new_user, tmp_path):
+    data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: m["config"].update(hidden=[16]))  # tensors: [8]
+    error = publish_refused(registry, new_user(), "other-shapes", data)
+    assert re.search(r"tensor 'generator/dense0/(kernel|bias)' is F32\[(4, )?8\]; architecture 'dp-merf' with this "
+                     r"config implies F32\[(4, )?16\]", error.details()), error.details()
 
 
 def test_publish_refuses_a_different_schema(new_user, tmp_path):

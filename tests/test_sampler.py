@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,13 +25,15 @@ from prometheus_client import REGISTRY
 from libsgde.cli import main
 from libsgde.client import Client, SgdeError, sample_local
 from libsgde.io import formats, sampling
+from libsgde.io.artifact import build_manifest, write_artifact
 from libsgde.io.generator import load_generator
 from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+from tests.support.fixtures import store_unchecked
 from tests.support.sampler import SamplerProcess, make_generator_artifact, start_sampler
-from tests.support.services import REPO, free_port, make_artifact, tabular_schema, user_client, wait_healthy
+from tests.support.services import REPO, free_port, tabular_schema, user_client, wait_healthy
 from tests.support.trainer import TINY_MERF, start_trainer, trainer_client, wait_for, write_csv
 
 pytestmark = pytest.mark.integration  # real servers on loopback sockets
@@ -46,7 +49,8 @@ def metric(name: str, **labels) -> float:
 
 class World:
     """Registry (session), trainer and sampler (module); alice trained and published `adult` (shared with bob),
-    an untrained image generator `shapes`, and a non-generator `placeholder`; carol sees none of them."""
+    an untrained image generator `shapes`, and a non-generator `placeholder` (stored as a registry from before the
+    publish-time tensor check may hold it); carol sees none of them."""
 
     def __init__(self, registry, pki, root):
         self.registry, self.pki, self.root = registry, pki, root
@@ -85,10 +89,18 @@ def world(tmp_path_factory, pki, registry):
     make_generator_artifact(world.root / "shapes.safetensors", IMAGE_SCHEMA, prior=[0.2, 0.3, 0.5])
     world.shapes = alice.push(world.root / "shapes.safetensors", "shapes").name
     alice.share("shapes", [world.bob.username])
-    world.placeholder = alice.push(make_artifact(world.root / "placeholder.safetensors"), "placeholder").name
+    world.placeholder = store_unchecked(registry, alice, "placeholder", placeholder_artifact(world.root))
     alice.share("placeholder", [world.bob.username])
     yield world
     world.close()
+
+
+def placeholder_artifact(root: Path) -> Path:
+    """A well-formed artifact of no known architecture: the registry refuses it at publish, the sampler at load."""
+    manifest = build_manifest("placeholder", {"n": 64}, tabular_schema(),
+                              pb.PrivacyReport(mechanism="none", epsilon=float("inf")), {"note": "test"})
+    write_artifact(root / "placeholder.safetensors", {"w": np.zeros(64, np.float32)}, manifest)
+    return root / "placeholder.safetensors"
 
 
 def raw_stream(client: Client, timeout: float = 60, **fields) -> list[spb.SampleResponse]:
@@ -177,7 +189,7 @@ def test_images_stream_as_one_npy_array(world, tmp_path):
     frame = samples.to_dataframe()
     assert list(frame["label"]) == ["a", "a", "c", "c", "c"] and frame["image"][0].shape == (4, 3, 1)
     for fmt in ("csv", "parquet"):
-        error = refusal(lambda: bob.sample(world.shapes, 10, format=fmt))
+        error = refusal(lambda fmt=fmt: bob.sample(world.shapes, 10, format=fmt))
         assert error.code == CODE.INVALID_ARGUMENT and [f for f, _ in error.violations] == ["format"], error
     path, _ = bob.pull(world.shapes, tmp_path / "shapes.safetensors")
     local = sample_local(path, class_counts={"c": 3, "a": 2}, seed=5)
@@ -188,7 +200,7 @@ def test_refusals(world):
     bob, carol = world.bob, world.carol
     for name in (world.adult, f"{world.alice.username}/adult", f"{world.alice.username}/adult@1",
                  "models/nobody/nothing"):  # carol may not see alice's model: as if it did not exist
-        error = refusal(lambda: carol.sample(name, 10))
+        error = refusal(lambda name=name: carol.sample(name, 10))
         assert error.code == CODE.NOT_FOUND and "not found" in str(error), error
 
     def violations(**fields) -> tuple[CODE, list[str], str]:

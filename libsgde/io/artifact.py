@@ -101,7 +101,8 @@ class ArtifactHeader:
 
 
 # Called with the parsed manifest and tensor table; raises ArtifactError when the tensors are not the ones the
-# architecture implies. (The architecture check is added by a later issue; this is its hook.)
+# architecture implies. The check is libsgde.io.generator.check_tensors (it needs JAX): the strict loader and the
+# registry's publish pass it here.
 TensorCheck = Callable[[Manifest, dict[str, TensorInfo]], None]
 
 

@@ -17,7 +17,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from libsgde import errors
 from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE, VERSION_NAME_RE
-from libsgde.io.artifact import ArtifactError, ArtifactHeader, HeaderSniffer
+from libsgde.io.artifact import ArtifactError, ArtifactHeader, HeaderSniffer, Manifest, TensorInfo
 from libsgde.io.schema import SchemaError, data_kind, schemas_equal, validate_schema
 from libsgde.security import signing
 from libsgde.server import auth
@@ -64,7 +64,8 @@ def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
 def _parse_version_name(name: str) -> tuple[str, str, int | None]:
     m = VERSION_NAME_RE.match(name)
     if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
-        raise errors.FieldError("name", f"expected models/{{owner}}/{{model}}/versions/{{n|latest}}, got {name[:200]!r}")
+        raise errors.FieldError("name", "expected models/{owner}/{model}/versions/{n|latest}, "
+                                        f"got {name[:200]!r}")
     if m[3] == "latest":
         return m[1], m[2], None
     if not re.fullmatch(r"[0-9]{1,10}", m[3]) or not 0 < int(m[3]) < 2**31:
@@ -93,6 +94,14 @@ class _PageToken:
         if not same or not isinstance(after, int) or after < 0:
             raise errors.FieldError("page_token", "the token belongs to a listing with other filters")
         return after
+
+
+def _check_tensors(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
+    """The strict reader's architecture check (libsgde.io.generator.check_tensors), run on the header at publish.
+    Imported at first use: it imports JAX and flax (architectures compute their tensor shapes with jax.eval_shape),
+    which would add seconds to the registry's start-up."""
+    from libsgde.io.generator import check_tensors
+    check_tensors(manifest, tensors)
 
 
 def _page_size(size: int) -> int:
@@ -393,7 +402,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise errors.FieldError("header.signature", "does not verify with your registered signing key "
                                                      "over this sha256; sign with the key you registered")
         try:
-            sniffer = HeaderSniffer(header.size_bytes)
+            sniffer = HeaderSniffer(header.size_bytes, _check_tensors)  # the tensors the architecture implies
         except ArtifactError as e:  # a declared size too small to hold an artifact (1-7 bytes)
             raise errors.FieldError("header.size_bytes", str(e)) from None
         parsed: list[ArtifactHeader] = []
@@ -406,7 +415,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 if len(data) > CHUNK_SIZE:
                     raise errors.FieldError("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
                 if not sniffer.done:
-                    result = sniffer.feed(data)  # ArtifactError stops the upload before anything is stored
+                    # ArtifactError (a malformed header, or tensors not those the architecture implies) stops the
+                    # upload before anything is stored
+                    result = sniffer.feed(data)
                     if result is not None:
                         self._check_manifest(model, result)
                         parsed.append(result)
@@ -445,8 +456,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def _check_manifest(model: ModelRow, header: ArtifactHeader) -> None:
         schema = header.manifest.data_schema
         if model.data_schema is not None and not schemas_equal(model.data_schema, schema):
-            raise errors.FailedPrecondition(f"the artifact's data schema differs from the schema of models/{model.owner}/"
-                           f"{model.model_id}; publish it as a new model")
+            raise errors.FailedPrecondition(f"the artifact's data schema differs from the schema of models/"
+                                            f"{model.owner}/{model.model_id}; publish it as a new model")
 
     def GetVersion(self, request: rpb.GetVersionRequest, context) -> pb.ModelVersion:
         user = self._caller(context)

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from libsgde.client import Client
-from libsgde.security import tls
+from libsgde.io.artifact import read_header, sha256_file
+from libsgde.security import signing, tls
+from libsgde.server.storage import open_blob_store
+from services.registry.catalogue import Catalogue
 from services.registry.server import RegistryConfig, start
 from tests.support.services import free_port, user_client
 
@@ -33,6 +36,25 @@ def start_registry(root: Path, pki: tls.PkiPaths, **overrides) -> tuple[RunningR
         setattr(cfg, key, value)
     handle = start(cfg)
     return RunningRegistry(cfg.listen, cfg, root / "blobs"), handle
+
+
+def store_unchecked(registry: RunningRegistry, owner: Client, model_id: str, path: Path) -> str:
+    """Puts the artifact at `path` into a new model of `owner` straight into the registry's catalogue and blob store,
+    signed by the owner, as a registry from before the publish-time tensor check may hold it (PublishVersion would
+    refuse it). Returns the version's name. For testing the readers' own check."""
+    owner.create_model(model_id)
+    sha, size, manifest = sha256_file(path), path.stat().st_size, read_header(path).manifest
+    open_blob_store(registry.config.blob_url).put(sha, [path.read_bytes()], size)
+    catalogue = Catalogue(registry.config.database_url)
+    try:
+        number = catalogue.add_version(
+            catalogue.get_model(owner.username, model_id), sha256=sha, size_bytes=size,
+            signature=signing.sign_artifact(signing.load_signing_key(owner.signing_key_path(owner.username)), sha),
+            architecture=manifest.architecture, data_kind=manifest.data_kind, privacy=manifest.privacy,
+            manifest_json=manifest.to_json(), schema=manifest.data_schema)
+    finally:
+        catalogue.engine.dispose()
+    return f"models/{owner.username}/{model_id}/versions/{number}"
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Real registries for tests: in-process (fast) or as a subprocess (for SIGKILL / restart tests)."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -151,10 +152,59 @@ def tabular_schema() -> pb.DataSchema:
         label_column="label"))
 
 
-def make_artifact(path: Path, n_floats: int = 64, seed: int = 0, schema: pb.DataSchema | None = None) -> Path:
-    """A small valid artifact. Its privacy report says "none": these bytes come from no training at all."""
+SMALL_MERF = {"latent_dim": 2, "features": 50, "generator_batch": 16}  # the hidden widths size the artifact
+
+
+def generator_tensors(schema: pb.DataSchema, config: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 tensors of exactly the shapes dp-merf with this (complete) config implies for `schema`, and a
+    uniform class prior: an artifact's weights made without initialising a model (shapes by jax.eval_shape)."""
+    from libsgde.io.encoding import model_space
+    from libsgde.ml.architectures import CLASS_PRIOR, artifact_tensor_shapes, get_architecture
+
+    shapes = artifact_tensor_shapes(get_architecture("dp-merf"), model_space(schema), config)
     rng = np.random.default_rng(seed)
-    manifest = build_manifest("placeholder", {"n": n_floats}, schema or tabular_schema(),
-                              pb.PrivacyReport(mechanism="none", epsilon=float("inf")), {"note": "test"})
-    write_artifact(path, {"w": rng.standard_normal(n_floats).astype(np.float32)}, manifest)
+    tensors = {name: rng.standard_normal(shape, np.float32) for name, shape in shapes.items()}
+    tensors[CLASS_PRIOR] = np.full(shapes[CLASS_PRIOR], 1 / shapes[CLASS_PRIOR][0], np.float32)
+    return tensors
+
+
+def merf_config(schema: pb.DataSchema, hidden: list[int]) -> dict:
+    """The complete dp-merf config (every setting written out, as an artifact holds it) with these hidden widths."""
+    from libsgde.io.encoding import model_space
+    from libsgde.ml.architectures import get_architecture
+
+    return get_architecture("dp-merf").configure({**SMALL_MERF, "hidden": hidden}, model_space(schema))
+
+
+def sized_merf_config(schema: pb.DataSchema, n_floats: int) -> dict:
+    """A dp-merf config whose artifact holds about `n_floats` float32 values: the last hidden layer is as wide as it
+    needs to be, with full-width layers before it when one layer is not enough."""
+    from libsgde.io.encoding import model_space
+    from libsgde.ml.architectures import artifact_tensor_shapes, get_architecture
+
+    arch, space = get_architecture("dp-merf"), model_space(schema)
+    widest = int(arch.options(space)["hidden"].high)
+
+    def floats(hidden: list[int]) -> int:
+        shapes = artifact_tensor_shapes(arch, space, merf_config(schema, hidden))
+        return sum(math.prod(s) for s in shapes.values())
+
+    hidden: list[int] = []
+    while True:  # the size grows linearly with the last layer's width
+        one, two = floats([*hidden, 1]), floats([*hidden, 2])
+        width = max(1, 1 + round((n_floats - one) / (two - one)))
+        if width <= widest or len(hidden) == 7:
+            return merf_config(schema, [*hidden, min(width, widest)])
+        hidden.append(widest)
+
+
+def make_artifact(path: Path, n_floats: int = 64, seed: int = 0, schema: pb.DataSchema | None = None) -> Path:
+    """A small valid artifact: dp-merf with random weights, about `n_floats` of them, each tensor of the shape the
+    architecture implies (so the registry's tensor check passes). Its privacy report says "none": these bytes come
+    from no training at all."""
+    schema = schema or tabular_schema()
+    config = sized_merf_config(schema, n_floats)
+    manifest = build_manifest("dp-merf", config, schema, pb.PrivacyReport(mechanism="none", epsilon=float("inf")),
+                              {"note": "test"})
+    write_artifact(path, generator_tensors(schema, config, seed), manifest)
     return path
