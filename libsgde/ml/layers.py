@@ -8,6 +8,7 @@ so its squared norm is ||x_i||^2 ||g_i||^2 + ||g_i||^2: per-example norms withou
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 
 GHOST_INPUTS = "ghost_inputs"  # collection where Dense sows its input x
 GHOST_GRADS = "ghost_grads"  # collection of zero perturbations on Dense outputs: their gradient is dL/dy
@@ -18,7 +19,7 @@ class Dense(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         self.sow(GHOST_INPUTS, "x", x)
@@ -30,7 +31,7 @@ class MLP(nn.Module):
     widths: tuple[int, ...]
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         for i, width in enumerate(self.widths):
             x = Dense(width, name=f"dense{i}")(x)
             if i < len(self.widths) - 1:

@@ -72,13 +72,14 @@ class DPSGD(Mechanism):
     def train(self, run: Run) -> TrainOutcome:
         """Poisson batches padded to a fixed shape, per-example clipping (ghost clipping when every layer allows
         it, else vmap), Gaussian noise calibrated to the target epsilon, Adam on the privatised gradient."""
-        spec, space, n = run.spec, run.space, len(run)
+        spec, space, n, config = run.spec, run.space, len(run), run.spec.config
+        assert config is not None  # filled in by check_spec
         q = spec.batch_size / n
         total = max(1, round(spec.epochs * n / spec.batch_size))
         sigma = accounting.calibrate_noise_multiplier(spec.target_epsilon, spec.delta, q, total)
-        module = run.arch.module(space, spec.config)
+        module = run.arch.module(space, config)
         optimizer = optax.adam(spec.learning_rate)
-        params = run.arch.init(run.init_key, space, spec.config)
+        params = run.arch.init(run.init_key, space, config)
         state = run.restore((params, optimizer.init(params)))
         padded = dpsgd.padded_batch_size(n, q)
         use_ghost = ghost.is_ghostable(params)

@@ -21,9 +21,12 @@ import optax
 from libsgde.domain.privacy import PrivacyReport
 from libsgde.domain.specs import TrainSpec
 from libsgde.ml.privacy import dpsgd, ghost, merf
+from libsgde.ml.pytree import Params, apply_array
 from libsgde.ml.space import ModelSpace
 
 if TYPE_CHECKING:
+    import flax.linen as nn
+
     from libsgde.ml.architectures.base import Architecture
 
 PROGRESS_EVERY_S = 1.0
@@ -69,13 +72,14 @@ class Checkpoint:
 class TrainOutcome:
     """What a mechanism's loop returns: the trained parameters, the class prior [max(K, 1)], the privacy report
     and what the manifest records of the training."""
-    params: Any
+    params: Params
     class_prior: np.ndarray
     privacy: PrivacyReport
-    training: dict
+    training: dict[str, Any]
 
 
-SaveCheckpoint = Callable[[int, bytes, Any, dict], None]  # (step, secret, state, extra)
+SaveCheckpoint = Callable[[int, bytes, Any, dict[str, np.ndarray]], None]  # (step, secret, state, extra)
+State = tuple[Params, optax.OptState]  # what a jitted step carries: (parameters, optimizer state)
 
 
 class Run:
@@ -116,7 +120,7 @@ class Run:
         eta = (total - step) * elapsed / done if done else 0.0
         self.on_progress(Progress(step, total, epoch, float(loss), epsilon, examples * done / elapsed, eta, message))
 
-    def maybe_checkpoint(self, step: int, state: Any, extra: dict | None = None) -> None:
+    def maybe_checkpoint(self, step: int, state: Any, extra: dict[str, np.ndarray] | None = None) -> None:
         """Checkpoint every checkpoint_every_s; on a stop request, checkpoint and raise TrainingCancelled."""
         stop = self.should_stop()
         if self.save_checkpoint and (stop or time.monotonic() - self.last_checkpoint >= self.checkpoint_every_s):
@@ -126,20 +130,21 @@ class Run:
             raise TrainingCancelled(f"stopped at step {step}")
 
 
-def dpsgd_step(module, optimizer, x_all, y_all, padded: int, clip_norm: float, noise_multiplier: float,
-               expected_batch_size: float, use_ghost: bool, mechanism_key: jax.Array):
+def dpsgd_step(module: nn.Module, optimizer: optax.GradientTransformation, x_all: jax.Array, y_all: jax.Array,
+               padded: int, clip_norm: float, noise_multiplier: float, expected_batch_size: float, use_ghost: bool,
+               mechanism_key: jax.Array) -> Callable[[State, np.ndarray, np.ndarray, int], tuple[State, jax.Array]]:
     """The jitted DP-SGD step: (state, indices, mask, step) -> (state, mean loss of the real examples).
 
     Gathers the padded Poisson batch from the data on the device, clips per example (ghost clipping or vmap),
     adds N(0, (sigma C)^2) noise, divides by the expected batch size and applies the optimizer. All its randomness
     derives from `mechanism_key` and the step number."""
 
-    def example_loss(p, example):
+    def example_loss(p: Params, example: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
         x, y, key = example
-        return module.apply({"params": p}, x[None], y[None], key[None])[0]
+        return apply_array(module, p, x[None], y[None], key[None])[0]
 
     @jax.jit
-    def step_fn(state, indices, mask, step):
+    def step_fn(state: State, indices: jax.Array, mask: jax.Array, step: jax.Array) -> tuple[State, jax.Array]:
         params, opt_state = state
         loss_key, noise_key = jax.random.split(jax.random.fold_in(mechanism_key, step))
         args = (x_all[indices], y_all[indices], jax.random.split(loss_key, padded))
@@ -155,19 +160,20 @@ def dpsgd_step(module, optimizer, x_all, y_all, padded: int, clip_norm: float, n
     return step_fn
 
 
-def dpmerf_step(module, optimizer, target, prior, freqs, batch: int, train_key: jax.Array):
+def dpmerf_step(module: nn.Module, optimizer: optax.GradientTransformation, target: jax.Array, prior: jax.Array,
+                freqs: jax.Array, batch: int, train_key: jax.Array) -> Callable[[State, int], tuple[State, jax.Array]]:
     """The jitted DP-MERF generator step: (state, step) -> (state, loss). Post-processing of the released
     embedding `target` [F, K]: it never touches the private data."""
     classes = target.shape[1]
 
     @jax.jit
-    def step_fn(state, step):
+    def step_fn(state: State, step: jax.Array) -> tuple[State, jax.Array]:
         params, opt_state = state
         label_key, gen_key = jax.random.split(jax.random.fold_in(train_key, step))
         labels = jax.random.choice(label_key, classes, (batch,), p=prior)
 
-        def loss_fn(p):
-            x = module.apply({"params": p}, labels, gen_key, method="relaxed").reshape(batch, -1)
+        def loss_fn(p: Params) -> jax.Array:
+            x = apply_array(module, p, labels, gen_key, method="relaxed").reshape(batch, -1)
             return merf.mmd_loss(target, merf.feature_map(x, freqs), jax.nn.one_hot(labels, classes))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)

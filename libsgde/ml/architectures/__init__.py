@@ -1,6 +1,8 @@
 """The allow-list of generator architectures, looked up by name. Adding one is its module plus one line here."""
 from __future__ import annotations
 
+from typing import Any
+
 from libsgde.ml.architectures.base import Architecture, ConfigError
 from libsgde.ml.architectures.cvae import CVAE
 from libsgde.ml.architectures.dpmerf import DPMERF
@@ -21,7 +23,7 @@ def get_architecture(name: str) -> Architecture:
                                           f"{', '.join(sorted(ARCHITECTURES))}") from None
 
 
-def artifact_tensor_shapes(arch: Architecture, space: ModelSpace, config: dict) -> dict[str, tuple[int, ...]]:
+def artifact_tensor_shapes(arch: Architecture, space: ModelSpace, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every float32 tensor an artifact of this architecture and config holds: the sampling
     parameters and the class prior."""
     return {**arch.tensor_shapes(space, config), CLASS_PRIOR: (max(space.num_classes, 1),)}

@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
 from libsgde.errors import FieldError
 from libsgde.ml.mechanisms import Mechanism
+from libsgde.ml.pytree import Params, apply_array, flatten_dict, unflatten_dict
 from libsgde.ml.space import ModelSpace
 
 
@@ -74,7 +74,7 @@ class Architecture:
     def options(self, space: ModelSpace) -> dict[str, Option]:
         raise NotImplementedError
 
-    def configure(self, raw: dict | None, space: ModelSpace) -> dict:
+    def configure(self, raw: dict[str, Any] | None, space: ModelSpace) -> dict[str, Any]:
         """The full config: defaults filled in, every value checked; raises ConfigError."""
         if space.kind not in self.kinds:
             raise ConfigError("architecture", f"{self.name} does not model {space.kind} data")
@@ -84,38 +84,39 @@ class Architecture:
             raise ConfigError(unknown[0], f"unknown setting for {self.name}; known: {', '.join(sorted(options))}")
         return {k: opt.check(k, raw.get(k, opt.default)) for k, opt in options.items()}
 
-    def module(self, space: ModelSpace, config: dict) -> nn.Module:
+    def module(self, space: ModelSpace, config: dict[str, Any]) -> nn.Module:
         raise NotImplementedError
 
-    def init(self, key: jax.Array, space: ModelSpace, config: dict):
+    def init(self, key: jax.Array, space: ModelSpace, config: dict[str, Any]) -> Params:
         """Fresh trainable parameters (jitted: flax's init run op by op takes seconds)."""
         return jax.jit(lambda k: self._init(k, self.module(space, config), space))(key)
 
-    def _init(self, key: jax.Array, module: nn.Module, space: ModelSpace):
+    def _init(self, key: jax.Array, module: nn.Module, space: ModelSpace) -> Params:
         x = jnp.zeros((1, *space.shape), jnp.float32)
         return module.init(key, x, jnp.zeros((1,), jnp.int32), jax.random.split(key, 1))["params"]
 
-    def sampling_params(self, params) -> dict:
+    def sampling_params(self, params: Params) -> dict[str, Params]:
         return {scope: params[scope] for scope in self.sampling_scopes}
 
-    def tensor_shapes(self, space: ModelSpace, config: dict) -> dict[str, tuple[int, ...]]:
+    def tensor_shapes(self, space: ModelSpace, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         """Name -> shape of every tensor an artifact of this architecture and config holds (all float32)."""
         module = self.module(space, config)
         shapes = jax.eval_shape(lambda: self.sampling_params(self._init(jax.random.key(0), module, space)))
         return {name: tuple(s.shape) for name, s in flatten(shapes).items()}
 
-    def generate(self, params, keys: jax.Array, labels: jax.Array, space: ModelSpace, config: dict) -> jax.Array:
+    def generate(self, params: Params, keys: jax.Array, labels: jax.Array, space: ModelSpace,
+                 config: dict[str, Any]) -> jax.Array:
         """Samples in model space, [n, *space.shape], from the sampling parameters; one key per row."""
-        return self.module(space, config).apply({"params": params}, labels, keys, method="generate")
+        return apply_array(self.module(space, config), params, labels, keys, method="generate")
 
 
-def flatten(params) -> dict[str, Any]:
+def flatten(params: Params) -> dict[str, Any]:
     """{"decoder/dense0/kernel": array, ...}: the tensor names used in artifacts."""
-    return {"/".join(path): v for path, v in traverse_util.flatten_dict(params).items()}
+    return {"/".join(path): v for path, v in flatten_dict(params).items()}
 
 
-def unflatten(tensors: dict[str, Any]) -> dict:
-    return traverse_util.unflatten_dict({tuple(name.split("/")): v for name, v in tensors.items()})
+def unflatten(tensors: dict[str, Any]) -> dict[str, Any]:
+    return unflatten_dict({tuple(name.split("/")): v for name, v in tensors.items()})
 
 
 def one_hot(labels: jax.Array, num_classes: int) -> jax.Array:
@@ -137,6 +138,7 @@ def decode_tabular_sample(out: jax.Array, space: ModelSpace, keys: jax.Array) ->
         if block.kind == "numeric":
             parts.append(jax.nn.sigmoid(h))
         else:
-            draw = jax.vmap(lambda k, logits, j=j: jax.random.categorical(jax.random.fold_in(k, 1 + j), logits))
-            parts.append(jax.nn.one_hot(draw(keys, h), block.width))
+            def draw(k: jax.Array, logits: jax.Array, j: int = j) -> jax.Array:
+                return jax.random.categorical(jax.random.fold_in(k, 1 + j), logits)
+            parts.append(jax.nn.one_hot(jax.vmap(draw)(keys, h), block.width))
     return jnp.concatenate(parts, axis=1)

@@ -11,6 +11,7 @@ Conditioning on the label is by concatenating its one-hot code to the encoder in
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,17 +31,17 @@ class TabularCVAE(nn.Module):
     beta: float
     numeric_sigma: float
 
-    def setup(self):
+    def setup(self) -> None:
         self.encoder = MLP((*self.hidden, 2 * self.latent_dim))
         self.decoder = MLP((*self.hidden[::-1], self.space.shape[0]))
 
-    def __call__(self, x, labels, keys):
+    def __call__(self, x: jax.Array, labels: jax.Array, keys: jax.Array) -> jax.Array:
         y = one_hot(labels, self.space.num_classes)
         mu, logvar = jnp.split(self.encoder(jnp.concatenate([x, y], 1)), 2, axis=1)
         eps = jax.vmap(lambda k: jax.random.normal(k, (self.latent_dim,)))(keys)
         z = mu + jnp.exp(0.5 * logvar) * eps
         out = self.decoder(jnp.concatenate([z, y], 1))
-        recon = 0.0
+        recon: jax.Array | float = 0.0
         for block in self.space.blocks:
             h, t = out[:, block.start:block.start + block.width], x[:, block.start:block.start + block.width]
             if block.kind == "numeric":
@@ -49,7 +50,7 @@ class TabularCVAE(nn.Module):
                 recon = recon - jnp.sum(t * jax.nn.log_softmax(h), 1)
         return recon + self.beta * kl_standard_normal(mu, logvar)
 
-    def generate(self, labels, keys):
+    def generate(self, labels: jax.Array, keys: jax.Array) -> jax.Array:
         z = row_normals(keys, self.latent_dim)
         out = self.decoder(jnp.concatenate([z, one_hot(labels, self.space.num_classes)], 1))
         return decode_tabular_sample(out, self.space, keys)
@@ -60,7 +61,7 @@ class ConvEncoder(nn.Module):
     out: int
 
     @nn.compact
-    def __call__(self, images):
+    def __call__(self, images: jax.Array) -> jax.Array:
         h = images
         for c in self.channels:
             h = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2))(h))
@@ -72,7 +73,7 @@ class ConvDecoder(nn.Module):
     channels: tuple[int, ...]
 
     @nn.compact
-    def __call__(self, z):
+    def __call__(self, z: jax.Array) -> jax.Array:
         height, width, c_out = self.shape
         scale = 2 ** len(self.channels)
         h0, w0 = math.ceil(height / scale), math.ceil(width / scale)
@@ -90,25 +91,26 @@ class ImageCVAE(nn.Module):
     latent_dim: int
     beta: float
 
-    def setup(self):
+    def setup(self) -> None:
         size = math.prod(self.space.shape)
         if self.network == "conv":
-            self.encoder = ConvEncoder(self.channels, 2 * self.latent_dim)
-            self.decoder = ConvDecoder(self.space.shape, self.channels)
+            height, width, c = self.space.shape  # an image space's shape is (H, W, C)
+            self.encoder: ConvEncoder | MLP = ConvEncoder(self.channels, 2 * self.latent_dim)
+            self.decoder: ConvDecoder | MLP = ConvDecoder((height, width, c), self.channels)
         else:
             self.encoder = MLP((*self.hidden, 2 * self.latent_dim))
             self.decoder = MLP((*self.hidden[::-1], size))
 
-    def _encode(self, images, y):
+    def _encode(self, images: jax.Array, y: jax.Array) -> jax.Array:
         if self.network == "conv":  # the label enters as extra constant channels
             planes = jnp.broadcast_to(y[:, None, None, :], (*images.shape[:3], y.shape[1]))
             return self.encoder(jnp.concatenate([images, planes], 3))
         return self.encoder(jnp.concatenate([images.reshape(images.shape[0], -1), y], 1))
 
-    def _decode(self, z, y):
+    def _decode(self, z: jax.Array, y: jax.Array) -> jax.Array:
         return self.decoder(jnp.concatenate([z, y], 1)).reshape(z.shape[0], *self.space.shape)
 
-    def __call__(self, x, labels, keys):
+    def __call__(self, x: jax.Array, labels: jax.Array, keys: jax.Array) -> jax.Array:
         y = one_hot(labels, self.space.num_classes)
         mu, logvar = jnp.split(self._encode(x, y), 2, axis=1)
         eps = jax.vmap(lambda k: jax.random.normal(k, (self.latent_dim,)))(keys)
@@ -116,12 +118,12 @@ class ImageCVAE(nn.Module):
         bce = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x).reshape(x.shape[0], -1), 1)
         return bce + self.beta * kl_standard_normal(mu, logvar)
 
-    def generate(self, labels, keys):
+    def generate(self, labels: jax.Array, keys: jax.Array) -> jax.Array:
         z = row_normals(keys, self.latent_dim)
         return jax.nn.sigmoid(self._decode(z, one_hot(labels, self.space.num_classes)))
 
 
-def kl_standard_normal(mu, logvar):
+def kl_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(N(mu, exp(logvar)) || N(0, I)) per example."""
     return 0.5 * jnp.sum(jnp.exp(logvar) + mu ** 2 - 1.0 - logvar, 1)
 
@@ -138,7 +140,7 @@ class CVAE(Architecture):
             return {**common, "numeric_sigma": Option(0.1, 1e-3, 10.0)}
         return {**common, "network": Option("mlp", choices=("mlp", "conv")), "channels": Option([32, 64], 1, 1024)}
 
-    def module(self, space: ModelSpace, config: dict) -> nn.Module:
+    def module(self, space: ModelSpace, config: dict[str, Any]) -> nn.Module:
         if space.kind == "tabular":
             return TabularCVAE(space, tuple(config["hidden"]), config["latent_dim"], config["beta"],
                                config["numeric_sigma"])

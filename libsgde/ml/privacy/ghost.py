@@ -14,20 +14,23 @@ uses vmap(grad) (libsgde.ml.privacy.dpsgd).
 """
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
 
 from libsgde.ml.layers import GHOST_GRADS, GHOST_INPUTS
+from libsgde.ml.pytree import Params, flatten_dict, unflatten_dict
 
 
 class NotGhostable(ValueError):
     """The model has parameters outside ghost-aware Dense layers."""
 
 
-def ghost_layers(params) -> list[tuple[str, ...]]:
+def ghost_layers(params: Params) -> list[tuple[str, ...]]:
     """Paths of the ghost-aware Dense layers holding every parameter; raises NotGhostable otherwise."""
-    flat = traverse_util.flatten_dict(params)
+    flat = flatten_dict(params)
     layers = sorted({path[:-1] for path in flat})
     for layer in layers:
         names = {path[-1] for path in flat if path[:-1] == layer}
@@ -36,7 +39,7 @@ def ghost_layers(params) -> list[tuple[str, ...]]:
     return layers
 
 
-def is_ghostable(params) -> bool:
+def is_ghostable(params: Params) -> bool:
     try:
         ghost_layers(params)
         return True
@@ -44,7 +47,8 @@ def is_ghostable(params) -> bool:
         return False
 
 
-def clipped_sum(module, params, args: tuple, mask: jax.Array, clip_norm: float):
+def clipped_sum(module: nn.Module, params: Params, args: tuple[jax.Array, ...], mask: jax.Array, clip_norm: float
+                ) -> tuple[Params, jax.Array, jax.Array]:
     """Sum over the real examples of their gradients clipped to `clip_norm`; returns (sum, per-example norms,
     per-example losses).
 
@@ -54,14 +58,14 @@ def clipped_sum(module, params, args: tuple, mask: jax.Array, clip_norm: float):
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), *args))[GHOST_GRADS]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def total(perturbations):
+    def total(perturbations: Params) -> tuple[jax.Array, tuple[Any, jax.Array]]:
         losses, state = module.apply({"params": params, GHOST_GRADS: perturbations}, *args,
                                      mutable=[GHOST_INPUTS])
         return jnp.sum(losses * mask), (state[GHOST_INPUTS], losses)
 
     out_grads, (inputs, losses) = jax.grad(total, has_aux=True)(zeros)
-    out_grads, inputs = traverse_util.flatten_dict(out_grads), traverse_util.flatten_dict(inputs)
-    squares = 0.0
+    out_grads, inputs = flatten_dict(out_grads), flatten_dict(inputs)
+    squares: jax.Array | float = 0.0
     for layer in layers:
         (x,), g = inputs[layer + ("x",)], out_grads[layer + ("y",)]
         if x.ndim != 2:
@@ -70,10 +74,10 @@ def clipped_sum(module, params, args: tuple, mask: jax.Array, clip_norm: float):
         squares = squares + (jnp.sum(x * x, 1) + 1.0) * jnp.sum(g * g, 1)
     norms = jnp.sqrt(squares)
     weights = mask * jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
-    summed = {}
+    summed: dict[tuple[str, ...], jax.Array] = {}
     for layer in layers:
         (x,), g = inputs[layer + ("x",)], out_grads[layer + ("y",)]
         wg = g * weights[:, None]
         summed[layer + ("kernel",)] = x.T @ wg
         summed[layer + ("bias",)] = jnp.sum(wg, 0)
-    return traverse_util.unflatten_dict(summed), norms, losses
+    return unflatten_dict(summed), norms, losses
