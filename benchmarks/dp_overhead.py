@@ -36,19 +36,19 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from benchmarks._machine import machine_line  # noqa: E402
-from libsgde.ml.architectures import get_architecture  # noqa: E402
+from benchmarks._machine import machine_line
+from libsgde.ml.architectures import get_architecture
 from libsgde.ml.privacy import (
     ghost,
     merf,
 )
-from libsgde.ml.space import Block, ModelSpace  # noqa: E402
-from libsgde.ml.train import dpmerf_step, dpsgd_step  # noqa: E402
+from libsgde.ml.space import Block, ModelSpace
+from libsgde.ml.train import dpmerf_step, dpsgd_step
 
 BATCH = 256
 DATASET = 4 * BATCH  # rows the batch is gathered from, as train.py gathers from the whole data set

@@ -22,11 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._machine import machine_line  # noqa: E402
-from libsgde.security import tls  # noqa: E402
-from libsgde.wire.limits import CHUNK_SIZE  # noqa: E402
-from tests.support.seaweed import SeaweedS3  # noqa: E402
-from tests.support.services import RegistryProcess, make_artifact, user_client  # noqa: E402
+from benchmarks._machine import machine_line
+from libsgde.security import tls
+from libsgde.wire.limits import CHUNK_SIZE
+from tests.support.seaweed import SeaweedS3
+from tests.support.services import RegistryProcess, make_artifact, user_client
 
 BUCKET = "sgde-bench"
 DIRECT_BUCKET = "sgde-bench-direct"

@@ -25,12 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._machine import machine_line  # noqa: E402
-from libsgde.client import Client, sample_local  # noqa: E402
-from libsgde.security import tls  # noqa: E402
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
-from tests.support.sampler import SamplerProcess, make_generator_artifact  # noqa: E402
-from tests.support.services import RegistryProcess, user_client  # noqa: E402
+from benchmarks._machine import machine_line
+from libsgde.client import Client, sample_local
+from libsgde.security import tls
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from tests.support.sampler import SamplerProcess, make_generator_artifact
+from tests.support.services import RegistryProcess, user_client
 
 CLIENTS = 8
 TABLE = pb.DataSchema(tabular=pb.TabularSchema(

@@ -41,25 +41,25 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from benchmarks._machine import cpu_model  # noqa: E402
-from libsgde.cli.walkthrough import breast_cancer_schema  # noqa: E402
-from libsgde.client import sample_local  # noqa: E402
-from libsgde.io.datasets import load_dataset  # noqa: E402
-from libsgde.io.encoding import EncodedData, encoder_for  # noqa: E402
-from libsgde.io.training import TrainSpec, check_spec, train  # noqa: E402
-from libsgde.ml.architectures import get_architecture  # noqa: E402
+from benchmarks._machine import cpu_model
+from libsgde.cli.walkthrough import breast_cancer_schema
+from libsgde.client import sample_local
+from libsgde.io.datasets import load_dataset
+from libsgde.io.encoding import EncodedData, encoder_for
+from libsgde.io.training import TrainSpec, check_spec, train
+from libsgde.ml.architectures import get_architecture
 from libsgde.ml.privacy import (
     dpsgd,
     ghost,
     merf,
 )
-from libsgde.ml.train import dpmerf_step, dpsgd_step  # noqa: E402
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb  # noqa: E402
+from libsgde.ml.train import dpmerf_step, dpsgd_step
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"

@@ -172,7 +172,7 @@ def test_images_are_pinned(overlay):
 def test_probes_ask_the_plaintext_health_port(overlay):
     """Readiness asks the overall status (dependencies), liveness asks `liveness` (the process), both on the port
     the service opens for them: SGDE_<SERVICE>_HEALTH_PORT."""
-    for service, (pod, c) in sgde_pods(render(overlay)).items():
+    for service, (_pod, c) in sgde_pods(render(overlay)).items():
         env = env_values(c)
         health = int(env[f"SGDE_{service.upper()}_HEALTH_PORT"]["value"])
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -223,7 +223,7 @@ def test_writable_paths_are_mounted_volumes(overlay):
     env_image = dockerfile_env(dockerfile_stages()[-1])
     path_vars = {"HOME", "SGDE_HOME", "JAX_COMPILATION_CACHE_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME"}
     read_only_ok = {"SGDE_PKI_DIR", "SGDE_TRAINER_DATA_ROOT", "SGDE_REGISTRY_TOKEN_KEY"}
-    for service, (pod, c) in sgde_pods(render(overlay)).items():
+    for service, (_pod, c) in sgde_pods(render(overlay)).items():
         mounts = {PurePosixPath(m["mountPath"]): m.get("readOnly", False) for m in c["volumeMounts"]}
         env = {k: v for k, v in env_image.items() if k in path_vars}
         env.update({k: e["value"] for k, e in env_values(c).items() if "value" in e})
@@ -243,7 +243,7 @@ def test_writable_paths_are_mounted_volumes(overlay):
 
 def test_settings_are_documented(overlay):
     readme = (REPO / "README.md").read_text()
-    table = {m for m in re.findall(r"`(SGDE_[A-Z0-9_]+)`", readme)}
+    table = set(re.findall(r"`(SGDE_[A-Z0-9_]+)`", readme))
     for service, (_, c) in sgde_pods(render(overlay)).items():
         for name in env_values(c):
             if name.startswith("SGDE_"):

@@ -310,7 +310,7 @@ def test_dataset_from_the_silos_s3_store(seaweed, registry, pki, tmp_path, monke
     try:
         alice = trainer_client(user_client(registry.address, pki, tmp_path), cfg.listen)
         for reference in (f"s3://other-{bucket}/tables/people.csv", f"s3://{bucket}/tables/missing.csv"):
-            error = refusal(lambda: alice.create_job(merf_spec(20), tabular_schema(), reference, "from-s3"))
+            error = refusal(lambda ref=reference: alice.create_job(merf_spec(20), tabular_schema(), ref, "from-s3"))
             assert [f for f, _ in error.violations] == ["dataset"], error
         job = alice.create_job(merf_spec(20), tabular_schema(), f"s3://{bucket}/tables/people.csv", "from-s3")
         done = wait_state(alice, job.name, {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED})

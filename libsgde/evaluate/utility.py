@@ -66,8 +66,8 @@ def utility(x_syn: np.ndarray, y_syn: np.ndarray, x_test: np.ndarray, y_test: np
         started = time.perf_counter()
 
         def score(x_fit, y_fit):
-            predicted = fit_predict(name, x_fit, y_fit, x_test, num_classes, image_shape=image_shape, seed=seed,
-                                    **options)  # noqa: B023 - called within this iteration
+            predicted = fit_predict(name, x_fit, y_fit, x_test, num_classes,  # noqa: B023 - called in this iteration
+                                    image_shape=image_shape, seed=seed, **options)  # noqa: B023
             return float(np.mean(predicted == y_test)), accuracy_per_class(y_test, predicted, num_classes)
 
         tstr, tstr_per_class = score(x_syn, y_syn)

@@ -153,7 +153,7 @@ def _strict_json(data: bytes | str, what: str) -> Any:
         raise ArtifactError(f"{what} is not valid UTF-8 JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def header_length(prefix8: bytes) -> int:
+def header_length(prefix8: bytes | bytearray) -> int:
     """N, the header length declared by the first 8 bytes; refused if over MAX_HEADER_BYTES."""
     if len(prefix8) < 8:
         raise ArtifactError(f"file is truncated: it has {len(prefix8)} bytes, fewer than the 8-byte header length")

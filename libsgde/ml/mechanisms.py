@@ -34,7 +34,9 @@ class Mechanism(abc.ABC):
     name: ClassVar[str]
 
     def check(self, spec: TrainSpec, dataset_size: int) -> None:
-        """Refuses (FieldError) a filled-in spec this mechanism cannot run on `dataset_size` examples."""
+        """Refuses (FieldError) a filled-in spec this mechanism cannot run on `dataset_size` examples; by default
+        every spec that check_spec accepted runs."""
+        return None
 
     @abc.abstractmethod
     def event(self, noise_multiplier: float, sampling_rate: float, steps: int) -> DpEvent:

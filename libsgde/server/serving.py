@@ -194,7 +194,7 @@ def watch_health(handle: ServerHandle, check: Callable[[], object], every: float
         try:
             check()
             ok, error = True, None
-        except Exception as e:  # any failure to reach a dependency means we cannot serve
+        except Exception as e:  # noqa: BLE001 - any failure to reach a dependency means we cannot serve
             ok, error = False, str(e)
         if stop.is_set() or handle.stopping.is_set():  # stopping: its dependencies may go first; nothing to say
             return

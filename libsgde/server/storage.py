@@ -208,7 +208,7 @@ class _VerifyingReader:
                 self._eof = True
                 self._verifier.finish()
                 break
-            except BaseException as e:  # even KeyboardInterrupt: minio aborts the upload only on Exception
+            except BaseException as e:  # noqa: BLE001 - even KeyboardInterrupt: minio aborts only on Exception
                 raise _SourceFailed(e) from None
             chunk = bytes(chunk)
             self._verifier.feed(chunk)

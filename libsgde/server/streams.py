@@ -30,7 +30,7 @@ def read_ahead(source: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
                 if stop.is_set():
                     return
             items.put(_DONE)
-        except BaseException as e:  # handed to the consumer, raised there
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             items.put(e)
 
     threading.Thread(target=produce, daemon=True, name="read-ahead").start()

@@ -49,7 +49,7 @@ def enum_text(enum: Any, value: int) -> str:
 
 def enum_value(enum: Any, text: str) -> int:
     """The inverse of `enum_text`: ("tabular", DataKind) -> DATA_KIND_TABULAR."""
-    for name, number in enum.items():
+    for number in enum.values():
         if enum_text(enum, number) == text:
             return number
     raise KeyError(text)
