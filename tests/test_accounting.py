@@ -1,7 +1,13 @@
-"""The accountant: PLD beside RDP, calibration to a target, delta rules."""
+"""The accountant: PLD beside RDP, calibration to a target, delta rules, the RDP accountant's quiet logs."""
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from libsgde.ml.privacy import PrivacyError, calibrate_noise_multiplier, check_delta, pld_epsilon, rdp_epsilon
+from libsgde.ml.privacy.accounting import RDP_CONVERGENCE_FILTER
 
 # MNIST-sized DP-SGD: N = 60,000, expected batch 256, 20 epochs.
 Q = 256 / 60_000
@@ -64,3 +70,72 @@ def test_a_published_setting_reproduces_its_published_epsilon():
     epsilon, order = accountant.get_epsilon_and_optimal_order(1e-5)
     assert round(epsilon, 2) == 2.39 and order == 5
     assert pld_epsilon(1.0, 0.01, 300, 1e-5) < rdp_epsilon(1.0, 0.01, 300, 1e-5) < epsilon
+
+
+# q = 0.5, sigma = 0.5: the RDP accountant's series fails to converge for several fractional orders (1.1 ... 1.6).
+NOISY_RDP = (0.5, 0.5, 10, 1e-5)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def absl_warnings():
+    """What the absl logger passes on at WARNING or above, from any thread."""
+    logger, handler = logging.getLogger("absl"), _Records()
+    assert logger.isEnabledFor(logging.WARNING)  # else "nothing logged" would prove nothing
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_rdp_convergence_warnings_are_dropped_and_other_absl_warnings_pass(monkeypatch):
+    from absl import logging as absl_logging
+    dropped = []
+    keep = RDP_CONVERGENCE_FILTER.filter
+
+    def counting(record):  # the installed filter, counting what it drops: the setting really does warn
+        passed = keep(record)
+        if not passed:
+            dropped.append(record.getMessage())
+        return passed
+
+    monkeypatch.setattr(RDP_CONVERGENCE_FILTER, "filter", counting)
+    logger = logging.getLogger("absl")
+    level = logger.level
+    with absl_warnings() as records:
+        rdp_epsilon(*NOISY_RDP)
+        assert dropped and all("failed to converge" in m for m in dropped)
+        assert [r for r in records if r.levelno >= logging.WARNING] == []
+        absl_logging.warning("an unrelated absl warning %d", 7)
+        assert [r.getMessage() for r in records] == ["an unrelated absl warning 7"]
+    assert logger.level == level
+
+
+def test_accounting_in_two_threads_at_once_never_changes_the_absl_level():
+    logger = logging.getLogger("absl")
+    level = logger.level
+    start, seen = threading.Barrier(3), set()
+
+    def account():
+        start.wait()
+        for _ in range(3):
+            rdp_epsilon(*NOISY_RDP)
+
+    with absl_warnings() as records, ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(account) for _ in range(2)]
+        start.wait()
+        while not all(job.done() for job in jobs):
+            seen.add(logger.level)
+        for job in jobs:
+            job.result()  # raises what the thread raised
+    assert records == []
+    assert seen == {level} and logger.level == level

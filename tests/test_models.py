@@ -39,7 +39,7 @@ def per_example_reference(module, params, args, mask, clip):
             continue
         g = grad_one(params, tuple(a[i:i + 1] for a in args))
         norm = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g))))
-        total = jax.tree.map(lambda t, v: t + v * min(1.0, clip / norm), total, g)
+        total = jax.tree.map(lambda t, v, scale=min(1.0, clip / norm): t + v * scale, total, g)
     return total
 
 
@@ -59,6 +59,26 @@ def test_ghost_clipping_equals_the_per_example_loop(space, config):
         lambda p, e: module.apply({"params": p}, *(x[None] for x in e))[0], p, a, m, 1.0))(params, args, mask)
     np.testing.assert_allclose(norms[:9], vmap_norms[:9], rtol=1e-4)
     assert np.all(np.asarray(norms[9:]) == 0)  # padding has no gradient at all
+
+
+def test_the_training_steps_ghost_and_vmap_branches_take_the_same_step():
+    import optax
+
+    from libsgde.ml.train import dpsgd_step
+    arch = get_architecture("cvae")
+    config = arch.configure({"hidden": [16, 8], "latent_dim": 3}, TABULAR)
+    module, params = arch.module(TABULAR, config), arch.init(jax.random.key(1), TABULAR, config)
+    (x, labels, _), mask = batch(TABULAR)
+    optimizer = optax.sgd(1.0)
+    state, indices = (params, optimizer.init(params)), jnp.arange(len(mask))
+    assert ghost.is_ghostable(params)
+    steps = [dpsgd_step(module, optimizer, x, labels, len(mask), 1.0, 1.1, 9.0, use_ghost, jax.random.key(2))(
+        state, indices, mask, 0) for use_ghost in (True, False)]
+    (ghost_params, _), ghost_loss = steps[0]
+    (vmap_params, _), vmap_loss = steps[1]
+    np.testing.assert_allclose(ghost_loss, vmap_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ghost_params), jax.tree.leaves(vmap_params)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
 def test_convolutions_are_not_ghostable_so_training_falls_back_to_vmap():

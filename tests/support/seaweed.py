@@ -4,6 +4,7 @@ Every port it opens is chosen free, so several test processes can each run their
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -13,7 +14,10 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+
+PROBE_BUCKET = "sgde-readiness-probe"  # start() writes, reads and deletes an object here to know S3 is ready
 
 
 def weed_binary() -> str:
@@ -93,7 +97,8 @@ class SeaweedS3:
     # -- lifecycle ------------------------------------------------------------------------------------------
 
     def start(self, timeout: float = 60) -> None:
-        """Launch and wait until S3 answers (about one second); the first start picks the ports."""
+        """Launch and wait until an object can be written and read (about one second); the first start picks the
+        ports."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"SeaweedFS is already running at {self.endpoint}")
         if not self.ports:
@@ -127,18 +132,41 @@ class SeaweedS3:
             raise
 
     def _wait_ready(self, timeout: float) -> None:
+        """Until a real write and read succeed. S3 answering (even listing buckets) proves only that the S3 gateway
+        and filer are up: until the volume server has registered with the master, which lags further under load,
+        writes fail and reads of existing objects answer 500 ("volume id 1 not found")."""
+        import urllib3
+        from minio.error import MinioException
+
         deadline = time.monotonic() + timeout
         client, last = self.client(), None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.proc.returncode}\n{self.log_tail()}")
             try:
-                client.list_buckets()
+                self._probe(client)
                 return
-            except Exception as e:  # not up yet
+            except (MinioException, urllib3.exceptions.HTTPError, OSError, _ProbeMismatch) as e:  # not ready yet
                 last = e
             time.sleep(0.05)
         raise TimeoutError(f"SeaweedFS S3 at {self.endpoint} not ready after {timeout}s: {last}\n{self.log_tail()}")
+
+    @staticmethod
+    def _probe(client) -> None:
+        """Put a small object into PROBE_BUCKET, read it back, delete it; any failure raises."""
+        if not client.bucket_exists(PROBE_BUCKET):
+            client.make_bucket(PROBE_BUCKET)  # an attempt that failed after making it finds it next time
+        name, payload = f"probe-{uuid.uuid4().hex}", os.urandom(64)
+        client.put_object(PROBE_BUCKET, name, io.BytesIO(payload), len(payload))
+        response = client.get_object(PROBE_BUCKET, name)
+        try:
+            back = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        if back != payload:
+            raise _ProbeMismatch(f"probe object {PROBE_BUCKET}/{name} read back {len(back)} different bytes")
+        client.remove_object(PROBE_BUCKET, name)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -184,6 +212,10 @@ class SeaweedS3:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class _ProbeMismatch(Exception):
+    pass
 
 
 def _dying_with_parent(args: list[str]) -> list[str]:

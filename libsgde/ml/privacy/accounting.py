@@ -7,7 +7,6 @@ accountant, never from a formula of our own.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -66,23 +65,35 @@ def event_pld_epsilon(event: dpa.DpEvent, delta: float, discretization: float = 
 
 def event_rdp_epsilon(event: dpa.DpEvent, delta: float) -> float:
     """Epsilon of any mechanism at `delta` from the RDP accountant: an upper bound, used as a cross-check."""
-    with _quiet_absl():
-        accountant = rdp_privacy_accountant.RdpAccountant()
-        accountant.compose(event)
-        return float(accountant.get_epsilon(delta))
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(event)
+    return float(accountant.get_epsilon(delta))
 
 
-@contextlib.contextmanager
-def _quiet_absl():
-    """The RDP accountant logs a warning for every order whose series fails to converge (it then drops that
-    order, which can only make its bound looser); those lines drown the user's logs."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+class RdpConvergenceFilter(logging.Filter):
+    """Drops the RDP accountant's warning for an order whose series fails to converge (it then excludes that
+    order, which can only make its bound looser); there is one per order per call and they drown the user's logs.
+
+    Installed once on the absl logger at import: a filter decides per record, so accounting in concurrent job
+    threads never touches the process-global logger level, and every other absl warning still shows."""
+
+    PREFIX = "_compute_log_a_frac failed to converge"  # dp_accounting.rdp.rdp_privacy_accountant
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.PREFIX))
+
+
+def _install_filter() -> RdpConvergenceFilter:
+    logger = logging.getLogger("absl")  # dp_accounting logs through absl.logging, whose logger this is
+    for existing in logger.filters:
+        if type(existing).__name__ == RdpConvergenceFilter.__name__:  # a reloaded module's filter too
+            return existing
+    installed = RdpConvergenceFilter()
+    logger.addFilter(installed)
+    return installed
+
+
+RDP_CONVERGENCE_FILTER = _install_filter()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -122,10 +133,9 @@ def calibrate_event(make_event, target_epsilon: float, delta: float,
         raise PrivacyError("delta", "must be in (0, 1)")
     # RDP is cheap and never below PLD, so its calibrated sigma bounds the answer from above; PLD then searches
     # a narrow bracket below it (each PLD evaluation is the expensive part).
-    with _quiet_absl():
-        upper = dpa.calibrate_dp_mechanism(
-            rdp_privacy_accountant.RdpAccountant, make_event, target_epsilon,
-            delta, bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0), tol=tolerance)
+    upper = dpa.calibrate_dp_mechanism(
+        rdp_privacy_accountant.RdpAccountant, make_event, target_epsilon,
+        delta, bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0), tol=tolerance)
     def pld_search(lower: float) -> float:
         return dpa.calibrate_dp_mechanism(
             lambda: pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization),

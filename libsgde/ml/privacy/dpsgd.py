@@ -6,7 +6,8 @@ One DP-SGD step on a Poisson batch B (each example in with probability q) comput
     g = ( sum_{i in B} clip_C(grad l(theta, x_i)) + N(0, sigma^2 C^2 I) ) / (q N)
 
 with clip_C(v) = v * min(1, C / ||v||). Dividing by the EXPECTED batch size q N (not |B|) keeps the sensitivity
-at C, as the accountant assumes. Batches are padded to a fixed size with a mask so jit compiles once.
+at C, as the accountant assumes. Batches are padded to a fixed size with a mask so jit compiles once. The one
+place these pieces are put together is the training step, libsgde.ml.train.dpsgd_step.
 
 The per-example gradients here come from vmap(grad): correct for every layer. Models made only of ghost-aware
 Dense layers take the faster path in libsgde.ml.privacy.ghost, which never materialises per-example gradients.
@@ -68,10 +69,3 @@ def add_noise(key: jax.Array, summed, clip_norm: float, noise_multiplier: float,
     noisy = [(leaf + noise_multiplier * clip_norm * jax.random.normal(k, leaf.shape, leaf.dtype))
              / expected_batch_size for leaf, k in zip(leaves, keys)]
     return jax.tree.unflatten(tree, noisy)
-
-
-def dp_gradient(loss: PerExampleLoss, params, batch, mask, key, *, clip_norm: float, noise_multiplier: float,
-                expected_batch_size: float):
-    """The privatised gradient of one DP-SGD step (see the module docstring)."""
-    summed, _, _ = clipped_sum(loss, params, batch, mask, clip_norm)
-    return add_noise(key, summed, clip_norm, noise_multiplier, expected_batch_size)
