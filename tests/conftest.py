@@ -42,7 +42,7 @@ from tests.support.fixtures import new_user, pki, registry  # noqa: E402,F401  (
 # the Kubernetes manifests. The rest are unit tests: `pytest -m "not integration and not deploy"` runs them alone, and
 # there a test that opens an inet socket from Python fails, so a missing marker shows itself.
 DEPLOY_MODULES = {"test_k8s", "test_deploy"}
-INTEGRATION_FIXTURES = {"registry", "new_user", "seaweed", "s3_store"}
+INTEGRATION_FIXTURES = {"registry", "new_user", "seaweed", "s3_store", "fault_server", "fault_store"}
 
 
 def pytest_collection_modifyitems(config, items):

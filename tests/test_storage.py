@@ -58,7 +58,7 @@ def assert_clean(store) -> None:
         assert incomplete_uploads(store) == []
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.integration)])
 def store(request, tmp_path):
     if request.param == "file":
         return FileBlobStore(tmp_path / "blobs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 
 import dp_accounting as dpa
 from dp_accounting.pld import pld_privacy_accountant
@@ -86,7 +87,7 @@ class RdpConvergenceFilter(logging.Filter):
 def _install_filter() -> RdpConvergenceFilter:
     logger = logging.getLogger("absl")  # dp_accounting logs through absl.logging, whose logger this is
     for existing in logger.filters:
-        if type(existing).__name__ == RdpConvergenceFilter.__name__:  # a reloaded module's filter too
+        if isinstance(existing, RdpConvergenceFilter):
             return existing
     installed = RdpConvergenceFilter()
     logger.addFilter(installed)
@@ -123,7 +124,7 @@ def calibrate_gaussian(target_epsilon: float, delta: float) -> float:
     return calibrate_event(gaussian_event, target_epsilon, delta)
 
 
-def calibrate_event(make_event, target_epsilon: float, delta: float,
+def calibrate_event(make_event: Callable[[float], dpa.DpEvent], target_epsilon: float, delta: float,
                     discretization: float = DEFAULT_DISCRETIZATION, tolerance: float = 1e-3) -> float:
     """The smallest noise multiplier s (to within `tolerance`) for which make_event(s) has PLD epsilon at most
     `target_epsilon` at `delta`."""
@@ -137,12 +138,12 @@ def calibrate_event(make_event, target_epsilon: float, delta: float,
         rdp_privacy_accountant.RdpAccountant, make_event, target_epsilon,
         delta, bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0), tol=tolerance)
     def pld_search(lower: float) -> float:
-        return dpa.calibrate_dp_mechanism(
+        return float(dpa.calibrate_dp_mechanism(
             lambda: pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization),
             make_event, target_epsilon, delta,
-            bracket_interval=dpa.ExplicitBracketInterval(lower, upper), tol=tolerance)
+            bracket_interval=dpa.ExplicitBracketInterval(lower, upper), tol=tolerance))
 
     try:
-        return float(pld_search(upper / 2))
+        return pld_search(upper / 2)
     except ValueError:  # the bracket missed (PLD far below RDP): search the whole range
-        return float(pld_search(1e-3))
+        return pld_search(1e-3)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from libsgde.ml.pytree import Params
 
 PerExampleLoss = Callable[..., jax.Array]  # (params, example) -> scalar loss
 
@@ -46,12 +49,13 @@ def poisson_batch(rng: np.random.Generator, dataset_size: int, sampling_rate: fl
     return indices, mask
 
 
-def per_example_grads(loss: PerExampleLoss, params, batch):
+def per_example_grads(loss: PerExampleLoss, params: Params, batch: Any) -> Params:
     """Gradients of `loss` for each example of `batch` (leading axis), as a pytree with a leading batch axis."""
     return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batch)
 
 
-def clipped_sum(loss: PerExampleLoss, params, batch, mask: jax.Array, clip_norm: float):
+def clipped_sum(loss: PerExampleLoss, params: Params, batch: Any, mask: jax.Array, clip_norm: float
+                ) -> tuple[Params, jax.Array, jax.Array]:
     """Sum over real examples of their gradients clipped to norm `clip_norm`; returns (sum, per-example norms,
     per-example losses)."""
     losses, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0))(params, batch)
@@ -62,7 +66,8 @@ def clipped_sum(loss: PerExampleLoss, params, batch, mask: jax.Array, clip_norm:
     return summed, norms, losses
 
 
-def add_noise(key: jax.Array, summed, clip_norm: float, noise_multiplier: float, expected_batch_size: float):
+def add_noise(key: jax.Array, summed: Params, clip_norm: float, noise_multiplier: float,
+              expected_batch_size: float) -> Params:
     """(summed + N(0, (sigma C)^2)) / expected batch size, with independent noise per parameter."""
     leaves, tree = jax.tree.flatten(summed)
     keys = jax.random.split(key, len(leaves))
