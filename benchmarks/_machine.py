@@ -1,4 +1,5 @@
 """What every benchmark prints about the machine it ran on."""
+
 from __future__ import annotations
 
 import os
@@ -19,5 +20,7 @@ def cpu_model() -> str:
 
 def machine_line() -> str:
     """Cores, CPU, Python and the operating system, on one line."""
-    return (f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()} "
-            f"({platform.python_implementation()}), {platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), {platform.system()} {platform.release()}"
+    )

@@ -14,6 +14,7 @@ beta * KL with the reparameterisation; Gaussian with fixed sigma on sigmoid mean
 BCE-with-logits on pixels). Every DP step is on a fixed batch of 256 (Poisson sampling off), noise multiplier 1.0,
 max_grad_norm 1.0, loss_reduction "mean", Adam lr 1e-3, as SGDE's step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def mlp(widths: list[int]) -> nn.Sequential:
 
 
 def kl_standard_normal(mu, logvar):
-    return 0.5 * torch.sum(torch.exp(logvar) + mu ** 2 - 1.0 - logvar, 1)
+    return 0.5 * torch.sum(torch.exp(logvar) + mu**2 - 1.0 - logvar, 1)
 
 
 class TabularCVAE(nn.Module):
@@ -63,7 +64,7 @@ class TabularCVAE(nn.Module):
 
     def example_losses(self, out, x):
         h, mu, logvar = out
-        recon = torch.sum((torch.sigmoid(h) - x) ** 2, 1) / (2 * self.sigma ** 2)
+        recon = torch.sum((torch.sigmoid(h) - x) ** 2, 1) / (2 * self.sigma**2)
         return recon + self.beta * kl_standard_normal(mu, logvar)
 
 
@@ -191,8 +192,16 @@ def private(name, mode, repeats, max_seconds, warmup):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=BATCH)
     engine = PrivacyEngine()
-    kwargs = dict(module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
-                  poisson_sampling=False, grad_sample_mode=mode, loss_reduction="mean")
+    kwargs = dict(  # noqa: C408 - Opacus's keyword names, as its documentation writes them
+        module=model,
+        optimizer=opt,
+        data_loader=loader,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        poisson_sampling=False,
+        grad_sample_mode=mode,
+        loss_reduction="mean",
+    )
     if mode == "ghost":
         dp_model, dp_opt, criterion, _ = engine.make_private(criterion=ExampleLoss(model), **kwargs)
 
@@ -224,19 +233,29 @@ def main() -> int:
     torch.manual_seed(0)
     import opacus
 
-    out = {"torch": torch.__version__, "opacus": opacus.__version__, "threads": torch.get_num_threads(),
-           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"), "models": {}}
+    out = {
+        "torch": torch.__version__,
+        "opacus": opacus.__version__,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "models": {},
+    }
     for name in args.models.split(","):
         row = {"params": sum(p.numel() for p in build(name)[0].parameters())}
-        for key, fn in (("nonprivate", lambda: nonprivate(name, args.repeats, args.max_seconds, args.warmup)),
-                        ("hooks", lambda: private(name, "hooks", args.repeats, args.max_seconds, args.warmup)),
-                        ("ghost", lambda: private(name, "ghost", args.repeats, args.max_seconds, args.warmup))):
+        for key, fn in (
+            ("nonprivate", lambda: nonprivate(name, args.repeats, args.max_seconds, args.warmup)),
+            ("hooks", lambda: private(name, "hooks", args.repeats, args.max_seconds, args.warmup)),
+            ("ghost", lambda: private(name, "ghost", args.repeats, args.max_seconds, args.warmup)),
+        ):
             try:
                 row[key] = fn()
-            except Exception as e:  # reported, never replaced by a number
+            except Exception as e:  # noqa: BLE001 - reported, never replaced by a number
                 row[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
-            print(f"  opacus side: {name} {key}: "
-                  + (f"{row[key]['ms']:.2f} ms" if "ms" in row[key] else row[key]["error"]), file=sys.stderr)
+            print(
+                f"  opacus side: {name} {key}: "
+                + (f"{row[key]['ms']:.2f} ms" if "ms" in row[key] else row[key]["error"]),
+                file=sys.stderr,
+            )
         out["models"][name] = row
     json.dump(out, sys.stdout)
     print()

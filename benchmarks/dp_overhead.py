@@ -20,6 +20,7 @@ dp-merf is not trained by DP-SGD (its privacy is one noisy release of a mean emb
 at no privacy cost), so it has no per-step DP overhead; its generator step and its one-off release are timed
 after the main table for completeness.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,6 +94,7 @@ def measure(step, repeats: int, max_seconds: float, warmup: int = 3) -> dict:
 
 # --- the JAX side ------------------------------------------------------------------------------------------------
 
+
 def build_steps(space: ModelSpace, raw_config: dict):
     """(params count, {"nonprivate" | "ghost" | "vmap": a jitted step, state, inputs}) for one cvae config."""
     arch = get_architecture("cvae")
@@ -149,13 +151,16 @@ def time_jax_step(step_fn, state0, repeats: int, max_seconds: float) -> dict:
 
 def run_jax(repeats: int, max_seconds: float) -> dict:
     results = {}
-    for label, name, space, raw in MODELS:
+    for _label, name, space, raw in MODELS:
         count, steps, state = build_steps(space, raw)
         row = {"params": count}
         for kind, fn in steps.items():
             row[kind] = time_jax_step(fn, state, repeats, max_seconds)
-            print(f"  jax: {name} {kind}: {row[kind]['ms']:.2f} ms ({row[kind]['runs']} runs, compile "
-                  f"{row[kind]['compile_s']:.1f} s)", file=sys.stderr)
+            print(
+                f"  jax: {name} {kind}: {row[kind]['ms']:.2f} ms ({row[kind]['runs']} runs, compile "
+                f"{row[kind]['compile_s']:.1f} s)",
+                file=sys.stderr,
+            )
         results[name] = row
     return results
 
@@ -165,8 +170,10 @@ def run_merf(repeats: int, max_seconds: float) -> list[tuple[str, float, float, 
     dpmerf_step; the release is merf.noisy_release over DATASET * 10 rows."""
     arch = get_architecture("dp-merf")
     rows = []
-    for label, space in (("dp-merf tabular (64 numeric, 10 classes)", tabular_space()),
-                         ("dp-merf image (28x28x1, 10 classes)", IMAGE_SPACE)):
+    for label, space in (
+        ("dp-merf tabular (64 numeric, 10 classes)", tabular_space()),
+        ("dp-merf image (28x28x1, 10 classes)", IMAGE_SPACE),
+    ):
         config = arch.configure({}, space)
         dim, classes = math.prod(space.shape), max(space.num_classes, 1)
         freq_key, gen_key = jax.random.split(jax.random.key(0))
@@ -175,6 +182,7 @@ def run_merf(repeats: int, max_seconds: float) -> list[tuple[str, float, float, 
         data = np.random.default_rng(0)
         x = jnp.asarray(data.random((n, dim), np.float32))
         onehot = jax.nn.one_hot(jnp.asarray(data.integers(0, classes, n)), classes)
+
         def release(key):  # train.py runs it op by op, not jitted
             return merf.noisy_release(key, x, onehot, freqs, SIGMA)
 
@@ -196,13 +204,13 @@ def run_merf(repeats: int, max_seconds: float) -> list[tuple[str, float, float, 
             jax.block_until_ready((holder["state"], loss))
 
         step_ms = measure(one, repeats, max_seconds)["ms"]
-        release_ms = measure(lambda: jax.block_until_ready(release(jax.random.key(4))), 5, max_seconds,
-                             warmup=1)["ms"]
+        release_ms = measure(lambda: jax.block_until_ready(release(jax.random.key(4))), 5, max_seconds, warmup=1)["ms"]
         rows.append((f"{label}, generator batch {batch}, {config['features']} features", step_ms, release_ms, n))
     return rows
 
 
 # --- the Opacus side ---------------------------------------------------------------------------------------------
+
 
 def venv_python() -> Path:
     return VENV / "bin" / "python"
@@ -210,20 +218,25 @@ def venv_python() -> Path:
 
 def venv_ready() -> bool:
     python = venv_python()
-    return python.exists() and subprocess.run([str(python), "-c", "import torch, opacus"],
-                                              capture_output=True).returncode == 0
+    return (
+        python.exists()
+        and subprocess.run([str(python), "-c", "import torch, opacus"], capture_output=True).returncode == 0
+    )
 
 
 def setup_venv() -> str | None:
     """Create benchmarks/.venv-opacus with torch (CPU) and opacus; None on success, else why not."""
-    print(f"setting up {VENV.relative_to(REPO)} ({TORCH_PIN} and opacus from PyPI; a few minutes the first "
-          "time) ...", file=sys.stderr)
+    print(
+        f"setting up {VENV.relative_to(REPO)} ({TORCH_PIN} and opacus from PyPI; a few minutes the first time) ...",
+        file=sys.stderr,
+    )
     if not venv_python().exists():
         made = subprocess.run([sys.executable, "-m", "venv", str(VENV)], capture_output=True, text=True)
         if made.returncode:
             return f"python -m venv failed: {(made.stderr or made.stdout).strip()[-500:]}"
-    pip = subprocess.run([str(venv_python()), "-m", "pip", "install", "-q", TORCH_PIN, "opacus"],
-                         capture_output=True, text=True)
+    pip = subprocess.run(
+        [str(venv_python()), "-m", "pip", "install", "-q", TORCH_PIN, "opacus"], capture_output=True, text=True
+    )
     if pip.returncode:
         return f"pip install {TORCH_PIN} opacus failed: {(pip.stderr or pip.stdout).strip()[-800:]}"
     if not venv_ready():
@@ -236,8 +249,18 @@ def run_opacus(repeats: int, max_seconds: float) -> tuple[dict | None, str | Non
         why = setup_venv()
         if why:
             return None, why
-    cmd = [str(venv_python()), str(OPACUS_SIDE), "--models", ",".join(m[1] for m in MODELS),
-           "--repeats", str(repeats), "--max-seconds", str(max_seconds), "--threads", str(os.cpu_count())]
+    cmd = [
+        str(venv_python()),
+        str(OPACUS_SIDE),
+        "--models",
+        ",".join(m[1] for m in MODELS),
+        "--repeats",
+        str(repeats),
+        "--max-seconds",
+        str(max_seconds),
+        "--threads",
+        str(os.cpu_count()),
+    ]
     # libgomp's default active spin-waiting at torch's parallel-region barriers collapses when the machine's cores
     # are shared (we measured a 256-row MLP step at ~750 ms instead of ~25 ms with 2 threads on 2 busy cores);
     # passive waiting is what a shared machine needs. An OMP_WAIT_POLICY set by the caller is kept.
@@ -253,6 +276,7 @@ def run_opacus(repeats: int, max_seconds: float) -> tuple[dict | None, str | Non
 
 # --- the report --------------------------------------------------------------------------------------------------
 
+
 def fmt(ms: float | None) -> str:
     return "n/a" if ms is None else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
@@ -264,8 +288,12 @@ def ratio(a: float | None, b: float | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per cell at most (default 20)")
-    parser.add_argument("--max-seconds", type=float, default=10.0,
-                        help="stop timing a cell after this many seconds, once it has 3 runs (default 10)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=10.0,
+        help="stop timing a cell after this many seconds, once it has 3 runs (default 10)",
+    )
     parser.add_argument("--no-opacus", action="store_true", help="time the JAX side only")
     parser.add_argument("--no-merf", action="store_true", help="skip the dp-merf lines")
     parser.add_argument("--setup", action="store_true", help="(re)install benchmarks/.venv-opacus and exit")
@@ -285,10 +313,14 @@ def main() -> int:
         theirs, why_not = run_opacus(args.repeats, args.max_seconds)
     merf_rows = [] if args.no_merf else run_merf(args.repeats, args.max_seconds)
 
-    print(f"\nDP-SGD step, batch {BATCH}, float32, CPU; median ms per step (clip {CLIP}, noise multiplier {SIGMA}, "
-          "Adam)\n")
-    print("| model | non-private ms | SGDE DP ms | DP/non-private | SGDE vmap ms | Opacus ms | Opacus/SGDE "
-          "| Opacus ghost ms | Opacus ghost/SGDE |")
+    print(
+        f"\nDP-SGD step, batch {BATCH}, float32, CPU; median ms per step (clip {CLIP}, noise multiplier {SIGMA}, "
+        "Adam)\n"
+    )
+    print(
+        "| model | non-private ms | SGDE DP ms | DP/non-private | SGDE vmap ms | Opacus ms | Opacus/SGDE "
+        "| Opacus ghost ms | Opacus ghost/SGDE |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     notes = []
     for label, name, _, _ in MODELS:
@@ -306,25 +338,32 @@ def main() -> int:
                 else:
                     op_cells[2 * i] = "failed"
                     notes.append(f"Opacus {mode} on {name}: {t[mode]['error']}")
-        print(f"| {label} | {fmt(base)} | {dp_cell} | {ratio(dp, base)} | {vmap_cell} | " + " | ".join(op_cells)
-              + " |")
+        print(f"| {label} | {fmt(base)} | {dp_cell} | {ratio(dp, base)} | {vmap_cell} | " + " | ".join(op_cells) + " |")
 
-    print("\nSGDE DP = the step libsgde.io.training jits: ghost clipping where every layer is a ghost-aware Dense "
-          "(MLPs), else vmap(grad). SGDE vmap = the same step forced onto vmap(grad).")
-    print("Opacus = PrivacyEngine.make_private, grad_sample_mode=\"hooks\" (its default: per-sample gradients "
-          "from GradSampleModule hooks); Opacus ghost = grad_sample_mode=\"ghost\" (its ghost clipping). "
-          "Opacus/SGDE > 1 means SGDE is faster.")
+    print(
+        "\nSGDE DP = the step libsgde.io.training jits: ghost clipping where every layer is a ghost-aware Dense "
+        "(MLPs), else vmap(grad). SGDE vmap = the same step forced onto vmap(grad)."
+    )
+    print(
+        'Opacus = PrivacyEngine.make_private, grad_sample_mode="hooks" (its default: per-sample gradients '
+        'from GradSampleModule hooks); Opacus ghost = grad_sample_mode="ghost" (its ghost clipping). '
+        "Opacus/SGDE > 1 means SGDE is faster."
+    )
     if theirs is None:
         print(f"\nOpacus columns missing: {why_not}")
     else:
-        print("\nFor context, the same models' non-private step in PyTorch (loss.backward + Adam), and parameter "
-              "counts (the two sides must agree):\n")
+        print(
+            "\nFor context, the same models' non-private step in PyTorch (loss.backward + Adam), and parameter "
+            "counts (the two sides must agree):\n"
+        )
         print("| model | torch non-private ms | SGDE non-private ms | params (JAX) | params (torch) |")
         print("|---|---|---|---|---|")
         for label, name, _, _ in MODELS:
             t = theirs["models"][name]
-            print(f"| {label} | {fmt(t['nonprivate'].get('ms'))} | {fmt(ours[name]['nonprivate']['ms'])} | "
-                  f"{ours[name]['params']:,} | {t['params']:,} |")
+            print(
+                f"| {label} | {fmt(t['nonprivate'].get('ms'))} | {fmt(ours[name]['nonprivate']['ms'])} | "
+                f"{ours[name]['params']:,} | {t['params']:,} |"
+            )
     for note in notes:
         print(f"\n{note}")
     if merf_rows:
@@ -337,12 +376,21 @@ def main() -> int:
     runs = sorted({c["runs"] for row in ours.values() for c in row.values() if isinstance(c, dict)})
     print(f"\nmachine: {machine_line()}")
     import jaxlib
-    print(f"versions: jax {jax.__version__} (jaxlib {jaxlib.__version__}), optax {optax.__version__}"
-          + (f"; torch {theirs['torch']} ({theirs['threads']} threads, OMP_WAIT_POLICY={theirs['omp_wait_policy']}), "
-             f"opacus {theirs['opacus']}" if theirs else ""))
-    print(f"runs per JAX cell: {', '.join(map(str, runs))} (--repeats {args.repeats}, --max-seconds "
-          f"{args.max_seconds:g}); load average before {load_before}, after {load()}; total "
-          f"{time.perf_counter() - started:.0f} s")
+
+    print(
+        f"versions: jax {jax.__version__} (jaxlib {jaxlib.__version__}), optax {optax.__version__}"
+        + (
+            f"; torch {theirs['torch']} ({theirs['threads']} threads, OMP_WAIT_POLICY={theirs['omp_wait_policy']}), "
+            f"opacus {theirs['opacus']}"
+            if theirs
+            else ""
+        )
+    )
+    print(
+        f"runs per JAX cell: {', '.join(map(str, runs))} (--repeats {args.repeats}, --max-seconds "
+        f"{args.max_seconds:g}); load average before {load_before}, after {load()}; total "
+        f"{time.perf_counter() - started:.0f} s"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ Registry upload = Client.push (local sha256 + sign + stream + server-side verify
 registry download = Client.pull (stream + fsync + sha256 and signature check). Direct upload = minio put_object from
 the file; direct download = get_object streamed to a file and fsynced. Reports the median MB/s (10^6 bytes/s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,9 +65,16 @@ def main() -> int:
         pki = tls.init_pki(work / "pki")
         home = work / "registry-home"
         home.mkdir()
-        registry = RegistryProcess(home=home, pki=pki, blob_url=seaweed.url(BUCKET), extra_env={
-            **seaweed.env(), "SGDE_REGISTRY_MAX_VERSION_BYTES": str(max(512 << 20, 2 * size)),
-            "SGDE_LOG_LEVEL": "WARNING"})
+        registry = RegistryProcess(
+            home=home,
+            pki=pki,
+            blob_url=seaweed.url(BUCKET),
+            extra_env={
+                **seaweed.env(),
+                "SGDE_REGISTRY_MAX_VERSION_BYTES": str(max(512 << 20, 2 * size)),
+                "SGDE_LOG_LEVEL": "WARNING",
+            },
+        )
         registry.start()
         client = user_client(registry.address, pki, work / "users")
         client.timeout = 600
@@ -76,9 +84,15 @@ def main() -> int:
         import urllib3
         from minio import Minio
 
-        s3 = Minio(seaweed.endpoint, seaweed.access_key, seaweed.secret_key, secure=False,
-                   http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=300),
-                                                   retries=urllib3.Retry(total=0)))
+        s3 = Minio(
+            seaweed.endpoint,
+            seaweed.access_key,
+            seaweed.secret_key,
+            secure=False,
+            http_client=urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=5, read=300), retries=urllib3.Retry(total=0)
+            ),
+        )
         if not s3.bucket_exists(DIRECT_BUCKET):
             s3.make_bucket(DIRECT_BUCKET)
 
@@ -119,19 +133,25 @@ def main() -> int:
 
             results["dir_up"].append(mb / timed(put))
             results["dir_down"].append(mb / timed(get))
-            print(f"repeat {i + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f} MB/s" for k, v in results.items()),
-                  file=sys.stderr)
+            print(
+                f"repeat {i + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f} MB/s" for k, v in results.items()),
+                file=sys.stderr,
+            )
 
         med = {k: statistics.median(v) for k, v in results.items()}
-        print(f"\nregistry vs direct S3 (SeaweedFS) transfer, {args.mib} MiB artifact ({size} bytes), "
-              f"median of {args.repeats}, MB/s = 10^6 bytes/s")
+        print(
+            f"\nregistry vs direct S3 (SeaweedFS) transfer, {args.mib} MiB artifact ({size} bytes), "
+            f"median of {args.repeats}, MB/s = 10^6 bytes/s"
+        )
         print(f"machine: {machine_line()}")
         print()
         header = f"| {'operation':<9} | {'registry MB/s':>13} | {'direct MB/s':>11} | {'ratio (registry/direct)':>23} |"
         print(header)
         print(f"|{'-' * 11}|{'-' * 15}|{'-' * 13}|{'-' * 25}|")
-        for name, reg, direct in (("upload", med["reg_up"], med["dir_up"]),
-                                  ("download", med["reg_down"], med["dir_down"])):
+        for name, reg, direct in (
+            ("upload", med["reg_up"], med["dir_up"]),
+            ("download", med["reg_down"], med["dir_down"]),
+        ):
             print(f"| {name:<9} | {reg:>13.1f} | {direct:>11.1f} | {reg / direct:>23.2f} |")
         print()
         print("all runs (MB/s): " + "; ".join(f"{k}: {', '.join(f'{x:.0f}' for x in v)}" for k, v in results.items()))
@@ -142,7 +162,7 @@ def main() -> int:
         if registry is not None and registry.proc is not None and registry.proc.poll() is None:
             try:
                 registry.stop()
-            except Exception:
+            except Exception:  # noqa: BLE001 - cleaning up after a benchmark: kill what did not stop
                 registry.kill()
         seaweed.stop()
         if args.keep:

@@ -9,6 +9,7 @@ model is a dp-merf generator at its default width with untrained weights (sampli
 the weights learned) on a breast-cancer-sized table (30 continuous columns and a 2-class label) and on 28x28
 images. The registry and the sampler run as subprocesses, as deployed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,16 @@ from tests.support.sampler import SamplerProcess, make_generator_artifact
 from tests.support.services import RegistryProcess, user_client
 
 CLIENTS = 8
-TABLE = pb.DataSchema(tabular=pb.TabularSchema(
-    columns=[pb.Column(name=f"x{i}", type=pb.COLUMN_TYPE_CONTINUOUS, lower=0, upper=100) for i in range(30)]
-    + [pb.Column(name="diagnosis", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["malignant", "benign"])],
-    label_column="diagnosis"))
-IMAGES = pb.DataSchema(image=pb.ImageSchema(height=28, width=28, channels=1, pixel_max=255,
-                                            class_names=[str(i) for i in range(10)]))
+TABLE = pb.DataSchema(
+    tabular=pb.TabularSchema(
+        columns=[pb.Column(name=f"x{i}", type=pb.COLUMN_TYPE_CONTINUOUS, lower=0, upper=100) for i in range(30)]
+        + [pb.Column(name="diagnosis", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["malignant", "benign"])],
+        label_column="diagnosis",
+    )
+)
+IMAGES = pb.DataSchema(
+    image=pb.ImageSchema(height=28, width=28, channels=1, pixel_max=255, class_names=[str(i) for i in range(10)])
+)
 DEFAULT_CONFIG = {"hidden": [256, 256], "latent_dim": 16}  # dp-merf's default widths
 
 
@@ -75,17 +80,26 @@ def main() -> int:
     try:
         pki = tls.init_pki(work / "pki")
         (work / "registry").mkdir()
-        registry = RegistryProcess(home=work / "registry", pki=pki, blob_url=f"file://{work / 'blobs'}",
-                                   extra_env={"SGDE_LOG_LEVEL": "WARNING"})
+        registry = RegistryProcess(
+            home=work / "registry",
+            pki=pki,
+            blob_url=f"file://{work / 'blobs'}",
+            extra_env={"SGDE_LOG_LEVEL": "WARNING"},
+        )
         registry.start()
         (work / "sampler").mkdir()
-        sampler = SamplerProcess(home=work / "sampler", pki=pki, registry=registry.address,
-                                 state_dir=work / "sampler" / "state",
-                                 extra_env={"SGDE_LOG_LEVEL": "WARNING", "SGDE_SAMPLER_MAX_SAMPLES": "10000000"})
+        sampler = SamplerProcess(
+            home=work / "sampler",
+            pki=pki,
+            registry=registry.address,
+            state_dir=work / "sampler" / "state",
+            extra_env={"SGDE_LOG_LEVEL": "WARNING", "SGDE_SAMPLER_MAX_SAMPLES": "10000000"},
+        )
         sampler.start()
         owner = user_client(registry.address, pki, work / "users")
-        clients = [Client(registry.address, sampler=sampler.address, home=owner.home, pki=pki.root)
-                   for _ in range(CLIENTS)]
+        clients = [
+            Client(registry.address, sampler=sampler.address, home=owner.home, pki=pki.root) for _ in range(CLIENTS)
+        ]
         rows_of = {"table": args.rows, "images 28x28": max(args.rows // 10, CLIENTS)}
         table = []
         for kind, schema in (("table", TABLE), ("images 28x28", IMAGES)):
@@ -108,12 +122,16 @@ def main() -> int:
             table.append((kind, rows, local, one, many, cold, warm, local_cold))
 
         print(f"\nsampler service vs in-process sampling (npy), median of {args.repeats}; machine: {machine_line()}\n")
-        print("| data | rows | in-process rows/s | service, 1 client rows/s | ratio | "
-              f"service, {CLIENTS} clients rows/s | ratio |")
+        print(
+            "| data | rows | in-process rows/s | service, 1 client rows/s | ratio | "
+            f"service, {CLIENTS} clients rows/s | ratio |"
+        )
         print("|---|---|---|---|---|---|---|")
         for kind, rows, local, one, many, *_ in table:
-            print(f"| {kind} | {rows:,} | {local:,.0f} | {one:,.0f} | {one / local:.2f} | {many:,.0f} | "
-                  f"{many / local:.2f} |")
+            print(
+                f"| {kind} | {rows:,} | {local:,.0f} | {one:,.0f} | {one / local:.2f} | {many:,.0f} | "
+                f"{many / local:.2f} |"
+            )
         print("\n| data | first sample, cold model (download + verify + compile) | warm model | in-process cold load |")
         print("|---|---|---|---|")
         for kind, *_, cold, warm, local_cold in table:

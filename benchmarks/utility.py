@@ -9,7 +9,8 @@ and 10 at delta 1e-5, 30 minutes of training per model, 60,000 class-balanced sy
 them and tested on the real test set, beside the figures published for the same task (DPDM paper, table 1).
 
 Each run goes through the product path: the data are read from files by `libsgde.io.datasets.load_dataset` against a
-PUBLIC schema, `libsgde.io.training.train` calibrates the noise and writes an artifact, and `libsgde.client.sample_local`
+PUBLIC schema, `libsgde.io.training.train` calibrates the noise and writes an artifact, and
+`libsgde.client.sample_local`
 samples that artifact file through the strict reader. The epsilon printed is the artifact's privacy report (the PLD
 accountant's figure for the noise, sampling rate and steps actually used), never the target.
 
@@ -22,6 +23,7 @@ Results are appended to DIR/results.json (default bench-out/utility); TRTR (the 
 training data: the ceiling) is computed once per data set, classifier and seed and cached in DIR/trtr.json.
 `--report` prints the tables of every run recorded in DIR/results.json without training anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,11 +65,25 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_PACKAGE = "dataset-fashion-mnist"
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 # The ten class names published with Fashion-MNIST (Xiao et al., 2017), label 0 to 9.
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DIGITS_CLASSES = [str(i) for i in range(10)]
 
 # wine (UCI; scikit-learn's load_wine): 13 chemical measurements of Italian wines from three cultivars. The bounds
@@ -76,19 +92,19 @@ DIGITS_CLASSES = [str(i) for i in range(10)]
 # set's own description lists: using those would leak the data). Units as in the UCI description. Generous bounds
 # cost a little utility (the data fill less of [0, 1]).
 WINE_BOUNDS = {
-    "alcohol": (0.0, 20.0),                       # % vol; table wines about 8 to 15, fortified up to about 20
-    "malic_acid": (0.0, 10.0),                    # g/L; grape musts hold about 1 to 9, wines less
-    "ash": (0.0, 5.0),                            # g/L; wines about 1.5 to 4
-    "alcalinity_of_ash": (0.0, 40.0),             # meq/L
-    "magnesium": (0.0, 250.0),                    # mg/L; wines about 50 to 200
-    "total_phenols": (0.0, 6.0),                  # g/L (gallic acid equivalents); reds up to about 5
-    "flavanoids": (0.0, 6.0),                     # g/L; at most the total phenols
-    "nonflavanoid_phenols": (0.0, 2.0),           # g/L; a fraction of the total phenols
-    "proanthocyanins": (0.0, 5.0),                # g/L
-    "color_intensity": (0.0, 20.0),               # sum of absorbances (A420 + A520 + A620); deep reds up to ~15-20
-    "hue": (0.0, 2.5),                            # ratio A420 / A520
-    "od280/od315_of_diluted_wines": (0.0, 5.0),   # ratio of absorbances (protein content)
-    "proline": (0.0, 3000.0),                     # mg/L; the main amino acid of wine, about 100 to 2500
+    "alcohol": (0.0, 20.0),  # % vol; table wines about 8 to 15, fortified up to about 20
+    "malic_acid": (0.0, 10.0),  # g/L; grape musts hold about 1 to 9, wines less
+    "ash": (0.0, 5.0),  # g/L; wines about 1.5 to 4
+    "alcalinity_of_ash": (0.0, 40.0),  # meq/L
+    "magnesium": (0.0, 250.0),  # mg/L; wines about 50 to 200
+    "total_phenols": (0.0, 6.0),  # g/L (gallic acid equivalents); reds up to about 5
+    "flavanoids": (0.0, 6.0),  # g/L; at most the total phenols
+    "nonflavanoid_phenols": (0.0, 2.0),  # g/L; a fraction of the total phenols
+    "proanthocyanins": (0.0, 5.0),  # g/L
+    "color_intensity": (0.0, 20.0),  # sum of absorbances (A420 + A520 + A620); deep reds up to ~15-20
+    "hue": (0.0, 2.5),  # ratio A420 / A520
+    "od280/od315_of_diluted_wines": (0.0, 5.0),  # ratio of absorbances (protein content)
+    "proline": (0.0, 3000.0),  # mg/L; the main amino acid of wine, about 100 to 2500
 }
 WINE_LABEL = "cultivar"
 WINE_CLASSES = ["class_0", "class_1", "class_2"]
@@ -111,20 +127,31 @@ DATASETS = ("fashion-mnist", "digits", "breast_cancer", "wine")
 
 # -- machine ----------------------------------------------------------------------------------------------------------
 
+
 def machine() -> dict:
     cpu = cpu_model()
     devices = jax.devices()
-    return {"cores": os.cpu_count(), "cpu": cpu, "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [d.device_kind for d in devices], "python": platform.python_version(),
-            "host": platform.node(), "load_average": [round(v, 2) for v in os.getloadavg()]}
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [d.device_kind for d in devices],
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
 
 
 def machine_line(m: dict) -> str:
-    return (f"{m['cores']} cores, {m['cpu']}, JAX {m['jax']} ({m['backend']}: {', '.join(sorted(set(m['devices'])))})"
-            f", load {m['load_average'][0]:.2f}")
+    return (
+        f"{m['cores']} cores, {m['cpu']}, JAX {m['jax']} ({m['backend']}: {', '.join(sorted(set(m['devices'])))})"
+        f", load {m['load_average'][0]:.2f}"
+    )
 
 
-# -- data sets (files read through load_dataset against public schemas) -------------------------------------------------
+# -- data sets (files read through load_dataset against public schemas) -----------------------------------------------
+
 
 class Dataset:
     def __init__(self, name, schema, train: EncodedData, x_test, y_test, image_shape=None):
@@ -132,9 +159,11 @@ class Dataset:
         self.x_test, self.y_test = x_test, y_test
         self.image_shape = image_shape
         self.num_classes = train.space.num_classes
-        self.class_names = (list(schema.image.class_names) if schema.HasField("image")
-                            else list(next(c for c in schema.tabular.columns
-                                           if c.name == schema.tabular.label_column).categories))
+        self.class_names = (
+            list(schema.image.class_names)
+            if schema.HasField("image")
+            else list(next(c for c in schema.tabular.columns if c.name == schema.tabular.label_column).categories)
+        )
 
 
 def ensure_fashion_mnist(folder: Path) -> Path:
@@ -143,8 +172,10 @@ def ensure_fashion_mnist(folder: Path) -> Path:
     if folder != FASHION_DIR:
         sys.exit(f"{folder} lacks the Fashion-MNIST files {', '.join(FASHION_FILES)}")
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        sys.exit(f"Fashion-MNIST is not installed at {folder}. Install Debian's package as root: "
-                 f"`sudo apt-get install -y {FASHION_PACKAGE}`, or give --fashion-dir with the four idx.gz files.")
+        sys.exit(
+            f"Fashion-MNIST is not installed at {folder}. Install Debian's package as root: "
+            f"`sudo apt-get install -y {FASHION_PACKAGE}`, or give --fashion-dir with the four idx.gz files."
+        )
     print(f"installing {FASHION_PACKAGE} (apt-get) ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(["apt-get", "install", "-y", FASHION_PACKAGE], env=env).returncode != 0:
@@ -156,13 +187,14 @@ def ensure_fashion_mnist(folder: Path) -> Path:
 
 
 def image_schema(h, w, pixel_max, classes) -> pb.DataSchema:
-    return pb.DataSchema(image=pb.ImageSchema(height=h, width=w, channels=1, pixel_max=pixel_max,
-                                              class_names=classes))
+    return pb.DataSchema(image=pb.ImageSchema(height=h, width=w, channels=1, pixel_max=pixel_max, class_names=classes))
 
 
 def wine_schema(feature_names) -> pb.DataSchema:
-    columns = [pb.Column(name=n, type=pb.COLUMN_TYPE_CONTINUOUS, lower=WINE_BOUNDS[n][0], upper=WINE_BOUNDS[n][1])
-               for n in feature_names]
+    columns = [
+        pb.Column(name=n, type=pb.COLUMN_TYPE_CONTINUOUS, lower=WINE_BOUNDS[n][0], upper=WINE_BOUNDS[n][1])
+        for n in feature_names
+    ]
     columns.append(pb.Column(name=WINE_LABEL, type=pb.COLUMN_TYPE_CATEGORICAL, categories=WINE_CLASSES))
     return pb.DataSchema(tabular=pb.TabularSchema(columns=columns, label_column=WINE_LABEL))
 
@@ -184,11 +216,14 @@ def load(name: str, data_dir: Path, fashion_dir: Path, seed: int) -> Dataset:
         test = load_dataset(folder / "t10k-images-idx3-ubyte.gz", schema)
         return Dataset(name, schema, train_data, test.x, test.labels, (28, 28, 1))
     from sklearn.model_selection import train_test_split
+
     if name == "digits":  # the tuning set: scikit-learn's 8x8 digits, pixels 0..16 by the format's definition
         from sklearn.datasets import load_digits
+
         d = load_digits()
-        xtr, xte, ytr, yte = train_test_split(d.images.astype(np.uint8), d.target, test_size=0.25,
-                                              random_state=seed, stratify=d.target)
+        xtr, xte, ytr, yte = train_test_split(
+            d.images.astype(np.uint8), d.target, test_size=0.25, random_state=seed, stratify=d.target
+        )
         path = data_dir / "digits_train.npz"
         np.savez_compressed(path, x=xtr, y=ytr.astype(np.int64))
         schema = image_schema(8, 8, 16, DIGITS_CLASSES)
@@ -196,12 +231,13 @@ def load(name: str, data_dir: Path, fashion_dir: Path, seed: int) -> Dataset:
         return Dataset(name, schema, load_dataset(path, schema), test.x, test.labels, (8, 8, 1))
     if name == "breast_cancer":
         from sklearn.datasets import load_breast_cancer
+
         d = load_breast_cancer()
-        names, schema, label, classes = ([str(n) for n in d.feature_names], None, "diagnosis",
-                                         ["malignant", "benign"])
+        names, schema, label, classes = ([str(n) for n in d.feature_names], None, "diagnosis", ["malignant", "benign"])
         schema = breast_cancer_schema(names)
     elif name == "wine":
         from sklearn.datasets import load_wine
+
         d = load_wine()
         names, label, classes = [str(n) for n in d.feature_names], WINE_LABEL, WINE_CLASSES
         schema = wine_schema(names)
@@ -216,6 +252,7 @@ def load(name: str, data_dir: Path, fashion_dir: Path, seed: int) -> Dataset:
 
 
 # -- a time budget -> a fixed number of steps --------------------------------------------------------------------------
+
 
 def arch_and_config(arch: str, config: dict | None) -> tuple[str, dict]:
     config = dict(config or {})
@@ -243,8 +280,7 @@ def time_step(spec: TrainSpec, schema, n: int, warmup_steps: int = 3, timed_step
         fake_n = min(n, max(padded, 1024))
         x = jnp.asarray(rng.random((fake_n, *space.shape), np.float32))
         y = jnp.asarray(rng.integers(0, max(space.num_classes, 1), fake_n).astype(np.int32))
-        step = dpsgd_step(module, optimizer, x, y, padded, spec.clip_norm, 1.0, q * n, ghost.is_ghostable(params),
-                          key)
+        step = dpsgd_step(module, optimizer, x, y, padded, spec.clip_norm, 1.0, q * n, ghost.is_ghostable(params), key)
 
         def one(state, i):
             indices = rng.integers(0, fake_n, padded).astype(np.int32)
@@ -256,11 +292,13 @@ def time_step(spec: TrainSpec, schema, n: int, warmup_steps: int = 3, timed_step
         freqs = merf.frequencies(key, dim, cfg["features"], cfg["lengthscale"])
         classes = max(space.num_classes, 1)
         target = jnp.zeros((2 * (cfg["features"] // 2), classes))
-        step = dpmerf_step(module, optimizer, target, jnp.full(classes, 1 / classes), freqs, cfg["generator_batch"],
-                           key)
+        step = dpmerf_step(
+            module, optimizer, target, jnp.full(classes, 1 / classes), freqs, cfg["generator_batch"], key
+        )
 
         def one(state, i):
             return step(state, i)
+
     t0 = time.perf_counter()
     for i in range(warmup_steps):
         state, loss = one(state, i)
@@ -296,12 +334,15 @@ def plan(spec: TrainSpec, schema, n: int, budget_s: float, max_epochs: int = 0) 
 
 # -- classifiers (libsgde.evaluate) ---------------------------------------------------------------------------------
 
+
 def evaluate(x_syn, y_syn, ds: Dataset, classifiers, seed, classifier_kw):
     """libsgde.evaluate.utility with each classifier's options from --classifier-options ({name: {option: value}})."""
     from libsgde.evaluate.utility import utility
+
     chosen = {c: dict(classifier_kw.get(c, {})) for c in classifiers}
-    return utility(x_syn, y_syn, ds.x_test, ds.y_test, ds.num_classes, classifiers=chosen, seed=seed,
-                   image_shape=ds.image_shape)
+    return utility(
+        x_syn, y_syn, ds.x_test, ds.y_test, ds.num_classes, classifiers=chosen, seed=seed, image_shape=ds.image_shape
+    )
 
 
 def trtr(ds: Dataset, classifiers, seed, classifier_kw, cache_path: Path) -> dict:
@@ -310,16 +351,23 @@ def trtr(ds: Dataset, classifiers, seed, classifier_kw, cache_path: Path) -> dic
     key = lambda c: f"{ds.name}|{c}|seed={seed}|{json.dumps(classifier_kw.get(c, {}), sort_keys=True)}"
     missing = [c for c in classifiers if key(c) not in cache]
     if missing:
-        print(f"  TRTR: training {', '.join(missing)} on the real training data ({len(ds.train):,} examples) ...",
-              flush=True)
+        print(
+            f"  TRTR: training {', '.join(missing)} on the real training data ({len(ds.train):,} examples) ...",
+            flush=True,
+        )
         for r in evaluate(ds.train.x, ds.train.labels, ds, missing, seed, classifier_kw):
-            cache[key(r.classifier)] = {"accuracy": r.tstr_accuracy, "seconds": r.seconds,
-                                        "per_class": list(map(float, r.tstr_per_class)), "machine": machine()}
+            cache[key(r.classifier)] = {
+                "accuracy": r.tstr_accuracy,
+                "seconds": r.seconds,
+                "per_class": list(map(float, r.tstr_per_class)),
+                "machine": machine(),
+            }
         cache_path.write_text(json.dumps(cache, indent=1))
     return {c: cache[key(c)] for c in classifiers}
 
 
 # -- one run ----------------------------------------------------------------------------------------------------------
+
 
 def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, classifiers) -> dict:
     raw = json.loads(args.config) if args.config else {}
@@ -332,29 +380,53 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
     # Small tables: the library's default batch (256) can exceed the data; a quarter of it is a data-free rule that
     # depends only on N (itself part of the privacy report).
     batch = args.batch_size or (min(256, max(16, n // 4)) if ds.image_shape is None else 0)
-    spec = TrainSpec(arch, epsilon, config=config or None, delta=args.delta, batch_size=batch,
-                     learning_rate=args.lr, clip_norm=args.clip_norm, epochs=args.epochs, seed=args.seed)
+    spec = TrainSpec(
+        arch,
+        epsilon,
+        config=config or None,
+        delta=args.delta,
+        batch_size=batch,
+        learning_rate=args.lr,
+        clip_norm=args.clip_norm,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
     max_epochs = args.max_epochs if args.max_epochs is not None else (0 if ds.image_shape else 200)
     started = dt.datetime.now(dt.UTC)
-    record = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "dataset": ds.name, "arch": arch_label,
-              "target_epsilon": epsilon, "dataset_size": n, "machine": machine(), "note": args.note}
+    record = {
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "dataset": ds.name,
+        "arch": arch_label,
+        "target_epsilon": epsilon,
+        "dataset_size": n,
+        "machine": machine(),
+        "note": args.note,
+    }
     fixed = args.epochs if arch == "cvae" else (config.get("generator_steps") if config else None)
     if fixed:
         plan_info = {"fixed": True}
         print(f"  {arch_label} eps {epsilon:g}: fixed {'epochs' if arch == 'cvae' else 'generator_steps'} {fixed}")
     else:
         spec, plan_info = plan(spec, ds.schema, n, args.minutes_per_model * 60, max_epochs)
-        print(f"  {arch_label} eps {epsilon:g}: step {plan_info['step_s'] * 1e3:.1f} ms (compile "
-              f"{plan_info['compile_s']:.1f} s) -> {plan_info['steps']} steps "
-              f"({'epochs %d' % plan_info['epochs'] if 'epochs' in plan_info else 'generator'}), about "
-              f"{plan_info['estimated_s'] / 60:.1f} min of the {args.minutes_per_model:g} min budget"
-              + (" (OVER the budget: one epoch is the least DP-SGD runs)"
-                 if plan_info["estimated_s"] > 60 * args.minutes_per_model else ""), flush=True)
+        print(
+            f"  {arch_label} eps {epsilon:g}: step {plan_info['step_s'] * 1e3:.1f} ms (compile "
+            f"{plan_info['compile_s']:.1f} s) -> {plan_info['steps']} steps "
+            f"({'epochs ' + str(plan_info['epochs']) if 'epochs' in plan_info else 'generator'}), about "
+            f"{plan_info['estimated_s'] / 60:.1f} min of the {args.minutes_per_model:g} min budget"
+            + (
+                " (OVER the budget: one epoch is the least DP-SGD runs)"
+                if plan_info["estimated_s"] > 60 * args.minutes_per_model
+                else ""
+            ),
+            flush=True,
+        )
     record["plan"] = plan_info
     if args.plan_only:
-        print(f"    plan only: {json.dumps({k: v for k, v in plan_info.items()}, default=str)}", flush=True)
+        print(f"    plan only: {json.dumps(dict(plan_info), default=str)}", flush=True)
         return None
-    artifact = out / "artifacts" / f"{ds.name}_{arch_label}_eps{epsilon:g}_{started.strftime('%Y%m%dT%H%M%S')}.safetensors"
+    artifact = (
+        out / "artifacts" / f"{ds.name}_{arch_label}_eps{epsilon:g}_{started.strftime('%Y%m%dT%H%M%S')}.safetensors"
+    )
     artifact.parent.mkdir(parents=True, exist_ok=True)
     last = [0.0]
 
@@ -364,21 +436,38 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
         now = time.monotonic()
         if now - last[0] >= 30 or p.step == p.total_steps:
             last[0] = now
-            print(f"    step {p.step}/{p.total_steps} loss {p.loss:.4g} eps {p.epsilon_spent:.3g} "
-                  f"{p.examples_per_second:.0f} ex/s ETA {p.eta_seconds:.0f} s", flush=True)
+            print(
+                f"    step {p.step}/{p.total_steps} loss {p.loss:.4g} eps {p.epsilon_spent:.3g} "
+                f"{p.examples_per_second:.0f} ex/s ETA {p.eta_seconds:.0f} s",
+                flush=True,
+            )
 
     t0 = time.perf_counter()
     result = train(ds.train, ds.schema, spec, artifact, on_progress=progress)
     train_s = time.perf_counter() - t0
     p = result.privacy
-    record.update(spec={"config": result.manifest.config, "training": result.manifest.training},
-                  privacy={"epsilon": p.epsilon, "delta": p.delta, "mechanism": p.mechanism,
-                           "accountant": p.accountant, "rdp_epsilon": p.rdp_epsilon,
-                           "noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
-                           "steps": p.steps, "clip_norm": p.clip_norm},
-                  train_s=train_s, artifact=str(artifact.relative_to(out)), sha256=result.sha256)
-    print(f"    trained in {train_s:.0f} s: epsilon {p.epsilon:.4g} (PLD; RDP {p.rdp_epsilon:.4g}) at delta "
-          f"{p.delta:.3g}, noise multiplier {p.noise_multiplier:.4g}, {p.steps} steps", flush=True)
+    record.update(
+        spec={"config": result.manifest.config, "training": result.manifest.training},
+        privacy={
+            "epsilon": p.epsilon,
+            "delta": p.delta,
+            "mechanism": p.mechanism,
+            "accountant": p.accountant,
+            "rdp_epsilon": p.rdp_epsilon,
+            "noise_multiplier": p.noise_multiplier,
+            "sampling_rate": p.sampling_rate,
+            "steps": p.steps,
+            "clip_norm": p.clip_norm,
+        },
+        train_s=train_s,
+        artifact=str(artifact.relative_to(out)),
+        sha256=result.sha256,
+    )
+    print(
+        f"    trained in {train_s:.0f} s: epsilon {p.epsilon:.4g} (PLD; RDP {p.rdp_epsilon:.4g}) at delta "
+        f"{p.delta:.3g}, noise multiplier {p.noise_multiplier:.4g}, {p.steps} steps",
+        flush=True,
+    )
 
     per_class = args.samples // ds.num_classes
     t0 = time.perf_counter()
@@ -396,11 +485,20 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
     if classifiers:
         ceiling = trtr(ds, classifiers, args.seed, args.classifier_kw, out / "trtr.json")
         for r in evaluate(x_syn, y_syn, ds, classifiers, args.seed, args.classifier_kw):
-            record["results"].append({"classifier": r.classifier, "tstr": r.tstr_accuracy,
-                                      "trtr": ceiling[r.classifier]["accuracy"], "seconds": r.seconds,
-                                      "tstr_per_class": list(map(float, r.tstr_per_class))})
-            print(f"    {r.classifier}: TSTR {r.tstr_accuracy:.4f} (TRTR {ceiling[r.classifier]['accuracy']:.4f}) "
-                  f"in {r.seconds:.0f} s", flush=True)
+            record["results"].append(
+                {
+                    "classifier": r.classifier,
+                    "tstr": r.tstr_accuracy,
+                    "trtr": ceiling[r.classifier]["accuracy"],
+                    "seconds": r.seconds,
+                    "tstr_per_class": list(map(float, r.tstr_per_class)),
+                }
+            )
+            print(
+                f"    {r.classifier}: TSTR {r.tstr_accuracy:.4f} (TRTR {ceiling[r.classifier]['accuracy']:.4f}) "
+                f"in {r.seconds:.0f} s",
+                flush=True,
+            )
     record["wall_s"] = (dt.datetime.now(dt.UTC) - started).total_seconds()
     return record
 
@@ -408,6 +506,7 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
 def append_record(path: Path, record: dict) -> None:
     """Append under an exclusive lock: several runs may share one --out."""
     import fcntl
+
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         records = json.loads(path.read_text()) if path.exists() else []
@@ -419,6 +518,7 @@ def append_record(path: Path, record: dict) -> None:
 
 # -- tables -----------------------------------------------------------------------------------------------------------
 
+
 def print_tables(records: list[dict]) -> None:
     if not records:
         print("no runs recorded")
@@ -427,37 +527,61 @@ def print_tables(records: list[dict]) -> None:
         mine = [r for r in records if r["dataset"] == dataset]
         names = list(dict.fromkeys(res["classifier"] for r in mine for res in r["results"]))
         print(f"\n{dataset}: TSTR accuracy % (TRTR %: the same classifier trained on the real data)")
-        print("| date | arch | settings | epsilon (report) | delta | steps | noise mult. | train min | samples | "
-              + " | ".join(f"{c} TSTR (TRTR)" for c in names) + " | sample s | classifier s | machine | note |")
+        print(
+            "| date | arch | settings | epsilon (report) | delta | steps | noise mult. | train min | samples | "
+            + " | ".join(f"{c} TSTR (TRTR)" for c in names)
+            + " | sample s | classifier s | machine | note |"
+        )
         print("|" + "---|" * (13 + len(names)))
         for r in mine:
             p = r["privacy"]
             by = {res["classifier"]: res for res in r["results"]}
             cells = [f"{100 * by[c]['tstr']:.1f} ({100 * by[c]['trtr']:.1f})" if c in by else "-" for c in names]
-            steps = p["steps"] if p["mechanism"] == "dp-sgd" else f"1 release + {r['spec']['training']['generator_steps']} gen."
-            print(f"| {r['date']} | {r['arch']} | {_settings(r)} | {p['epsilon']:.3f} | {p['delta']:.0e} | {steps} | "
-                  f"{p['noise_multiplier']:.3f} | {r['train_s'] / 60:.1f} | {r['samples']:,} | " + " | ".join(cells)
-                  + f" | {r['sample_s']:.0f} | {sum(res['seconds'] for res in r['results']):.0f} | "
-                  f"{_machine_short(r['machine'])} | {r.get('note', '')} |")
+            steps = (
+                p["steps"]
+                if p["mechanism"] == "dp-sgd"
+                else f"1 release + {r['spec']['training']['generator_steps']} gen."
+            )
+            print(
+                f"| {r['date']} | {r['arch']} | {_settings(r)} | {p['epsilon']:.3f} | {p['delta']:.0e} | {steps} | "
+                f"{p['noise_multiplier']:.3f} | {r['train_s'] / 60:.1f} | {r['samples']:,} | "
+                + " | ".join(cells)
+                + f" | {r['sample_s']:.0f} | {sum(res['seconds'] for res in r['results']):.0f} | "
+                f"{_machine_short(r['machine'])} | {r.get('note', '')} |"
+            )
         for eps, figures in PUBLISHED.get(dataset, {}).items():
-            rows = [(r, res) for r in mine if abs(r["target_epsilon"] - eps) < 1e-9 for res in r["results"]
-                    if res["classifier"] == "cnn"]
+            rows = [
+                (r, res)
+                for r in mine
+                if abs(r["target_epsilon"] - eps) < 1e-9
+                for res in r["results"]
+                if res["classifier"] == "cnn"
+            ]
             if not rows:
                 continue
-            print(f"\n{dataset}, epsilon {eps:g}, CNN accuracy %: ours beside the published record "
-                  "(ours/published; > 1: ours is better)")
+            print(
+                f"\n{dataset}, epsilon {eps:g}, CNN accuracy %: ours beside the published record "
+                "(ours/published; > 1: ours is better)"
+            )
             pub = list(figures)
-            print("| ours | epsilon (report) | train min | TSTR | TRTR (ceiling) | "
-                  + " | ".join(f"{n} {figures[n]:g}" for n in pub) + " |")
+            print(
+                "| ours | epsilon (report) | train min | TSTR | TRTR (ceiling) | "
+                + " | ".join(f"{n} {figures[n]:g}" for n in pub)
+                + " |"
+            )
             print("|" + "---|" * (5 + len(pub)))
             for r, res in rows:
                 acc = 100 * res["tstr"]
-                print(f"| {r['arch']}: {_settings(r)} | {r['privacy']['epsilon']:.3f} | {r['train_s'] / 60:.1f} | "
-                      f"{acc:.1f} | {100 * res['trtr']:.1f} | "
-                      + " | ".join(f"{acc / figures[n]:.2f}" for n in pub) + " |")
+                print(
+                    f"| {r['arch']}: {_settings(r)} | {r['privacy']['epsilon']:.3f} | {r['train_s'] / 60:.1f} | "
+                    f"{acc:.1f} | {100 * res['trtr']:.1f} | "
+                    + " | ".join(f"{acc / figures[n]:.2f}" for n in pub)
+                    + " |"
+                )
     print()
-    for line in dict.fromkeys(machine_line({**r["machine"], "load_average": [math.nan]}).rsplit(", load", 1)[0]
-                              for r in records):
+    for line in dict.fromkeys(
+        machine_line({**r["machine"], "load_average": [math.nan]}).rsplit(", load", 1)[0] for r in records
+    ):
         print(f"machine: {line}")
 
 
@@ -468,44 +592,76 @@ def _machine_short(m: dict) -> str:
 def _settings(r: dict) -> str:
     c, t = r["spec"]["config"], r["spec"]["training"]
     if r["privacy"]["mechanism"] == "dp-sgd":
-        net = (f"conv channels {c['channels']}" if c.get("network") == "conv"
-               else f"{'mlp ' if 'network' in c else ''}hidden {c['hidden']}")
-        return (f"{net} latent {c['latent_dim']} beta {c['beta']:g}, batch {t['batch_size']}, {t['epochs']} ep, "
-                f"lr {t['learning_rate']:g}, clip {r['privacy']['clip_norm']:g}")
-    return (f"hidden {c['hidden']} features {c['features']} ls {c['lengthscale']:g}, batch {c['generator_batch']}, "
-            f"lr {t['learning_rate']:g}")
+        net = (
+            f"conv channels {c['channels']}"
+            if c.get("network") == "conv"
+            else f"{'mlp ' if 'network' in c else ''}hidden {c['hidden']}"
+        )
+        return (
+            f"{net} latent {c['latent_dim']} beta {c['beta']:g}, batch {t['batch_size']}, {t['epochs']} ep, "
+            f"lr {t['learning_rate']:g}, clip {r['privacy']['clip_norm']:g}"
+        )
+    return (
+        f"hidden {c['hidden']} features {c['features']} ls {c['lengthscale']:g}, batch {c['generator_batch']}, "
+        f"lr {t['learning_rate']:g}"
+    )
 
 
 # -- main -----------------------------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--dataset", nargs="+", default=["fashion-mnist"], choices=DATASETS)
-    ap.add_argument("--arch", nargs="+", default=None,
-                    help=f"images: {', '.join(IMAGE_ARCHS)}; tables: {', '.join(TABULAR_ARCHS)} (default: all)")
+    ap.add_argument(
+        "--arch",
+        nargs="+",
+        default=None,
+        help=f"images: {', '.join(IMAGE_ARCHS)}; tables: {', '.join(TABULAR_ARCHS)} (default: all)",
+    )
     ap.add_argument("--epsilon", nargs="+", type=float, default=[1.0, 10.0])
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--minutes-per-model", type=float, default=30.0,
-                    help="training budget per model, turned into fixed steps before training")
+    ap.add_argument(
+        "--minutes-per-model",
+        type=float,
+        default=30.0,
+        help="training budget per model, turned into fixed steps before training",
+    )
     ap.add_argument("--samples", type=int, default=60000, help="synthetic examples (class-balanced)")
-    ap.add_argument("--classifier", nargs="*", default=None,
-                    help="classifiers (libsgde.evaluate.classifiers); default: all for images, mlp and logreg "
-                         "for tables; none: skip evaluation")
-    ap.add_argument("--classifier-options", default="", help='JSON {classifier: options} for make_classifier, e.g. \'{"cnn": {"epochs": 5}}\'')
+    ap.add_argument(
+        "--classifier",
+        nargs="*",
+        default=None,
+        help="classifiers (libsgde.evaluate.classifiers); default: all for images, mlp and logreg "
+        "for tables; none: skip evaluation",
+    )
+    ap.add_argument(
+        "--classifier-options",
+        default="",
+        help='JSON {classifier: options} for make_classifier, e.g. \'{"cnn": {"epochs": 5}}\'',
+    )
     ap.add_argument("--config", default="", help="architecture config as JSON (merged over the defaults)")
     ap.add_argument("--batch-size", type=int, default=0)
     ap.add_argument("--lr", type=float, default=0.0)
     ap.add_argument("--clip-norm", type=float, default=0.0)
     ap.add_argument("--epochs", type=int, default=0, help="fix DP-SGD epochs instead of planning them from the budget")
-    ap.add_argument("--max-epochs", type=int, default=None,
-                    help="cap on the planned DP-SGD epochs (default: none for images, 200 for tables)")
+    ap.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="cap on the planned DP-SGD epochs (default: none for images, 200 for tables)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--note", default="", help="free text recorded with each run")
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "utility")
     ap.add_argument("--fashion-dir", type=Path, default=FASHION_DIR)
-    ap.add_argument("--plan-only", action="store_true",
-                    help="time the step and print the planned steps for the budget, train nothing")
+    ap.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="time the step and print the planned steps for the budget, train nothing",
+    )
     ap.add_argument("--report", action="store_true", help="print the tables of DIR/results.json and stop")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -523,17 +679,23 @@ def main(argv=None) -> None:
         known = IMAGE_ARCHS if image else TABULAR_ARCHS
         for a in archs:
             if a not in known:
-                print(f"{name}: skipping --arch {a}: {'image' if image else 'tabular'} data takes "
-                      f"{', '.join(known)}", flush=True)
+                print(
+                    f"{name}: skipping --arch {a}: {'image' if image else 'tabular'} data takes {', '.join(known)}",
+                    flush=True,
+                )
         archs = [a for a in archs if a in known]
         from libsgde.evaluate.classifiers import CLASSIFIERS
+
         allowed = CLASSIFIERS["image" if image else "tabular"]
         if args.classifier is None:
             classifiers = [c for c in ("cnn", "mlp", "logreg") if c in allowed]
         else:
             classifiers = [c for c in args.classifier if c in allowed]
-        print(f"{name}: {len(ds.train):,} training and {len(ds.y_test):,} test examples; archs {archs}; "
-              f"classifiers {classifiers or 'none'}", flush=True)
+        print(
+            f"{name}: {len(ds.train):,} training and {len(ds.y_test):,} test examples; archs {archs}; "
+            f"classifiers {classifiers or 'none'}",
+            flush=True,
+        )
         for arch in archs:
             for eps in args.epsilon:
                 record = run_one(ds, arch, eps, args, args.out, classifiers)

@@ -13,16 +13,25 @@ The public API a user scripts against::
 Names load lazily, so that importing one module of the library (the schema, the accountant) does not pull in
 gRPC, JAX and the rest.
 """
+
 from __future__ import annotations
 
 import importlib
 
 _EXPORTS = {
-    "Client": "libsgde.client", "Samples": "libsgde.client", "SgdeError": "libsgde.client",
-    "VerificationError": "libsgde.client", "sample_local": "libsgde.client",
-    "TrainSpec": "libsgde.io.training", "train": "libsgde.io.training", "SpecError": "libsgde.io.training",
-    "load_generator": "libsgde.io.generator", "load_dataset": "libsgde.io.datasets", "infer_schema": "libsgde.io.datasets",
-    "schema_from_dict": "libsgde.io.schema", "schema_to_dict": "libsgde.io.schema",
+    "Client": "libsgde.client",
+    "Samples": "libsgde.client",
+    "SgdeError": "libsgde.client",
+    "VerificationError": "libsgde.client",
+    "sample_local": "libsgde.client",
+    "TrainSpec": "libsgde.io.training",
+    "train": "libsgde.io.training",
+    "SpecError": "libsgde.io.training",
+    "load_generator": "libsgde.io.generator",
+    "load_dataset": "libsgde.io.datasets",
+    "infer_schema": "libsgde.io.datasets",
+    "schema_from_dict": "libsgde.io.schema",
+    "schema_to_dict": "libsgde.io.schema",
     "evaluate_model": "libsgde.client.evaluation",  # (libsgde.evaluate is the package of the parts)
 }
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
 """Where things live and which addresses services use; every default can be overridden by environment variable."""
+
 from __future__ import annotations
 
 import os

@@ -17,6 +17,7 @@ message, field violations) wherever it is raised, and across services.
 This module imports nothing (the pure layers raise these errors too). `libsgde.wire.status` turns an error into a
 `grpc.Status` with `google.rpc` details and back, which is how servers answer and how clients read the answer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple
 
 class FieldViolation(NamedTuple):
     """One bad field: a dotted path such as ``spec.target_epsilon`` and a description saying what to change."""
+
     field: str
     description: str
 
@@ -34,10 +36,17 @@ class SgdeError(Exception):
 
     `remote` is True for an error read back from another service's answer; str() then starts with the status name,
     as a person reading a command's output expects ("NOT_FOUND: models/alice/x not found")."""
+
     status: ClassVar[str] = "UNKNOWN"
 
-    def __init__(self, message: str, violations: Iterable[tuple[str, str]] = (), *, status: str | None = None,
-                 remote: bool = False):
+    def __init__(
+        self,
+        message: str,
+        violations: Iterable[tuple[str, str]] = (),
+        *,
+        status: str | None = None,
+        remote: bool = False,
+    ):
         super().__init__(message)
         self.message = message
         self.violations = [FieldViolation(*v) for v in violations]
@@ -49,6 +58,7 @@ class SgdeError(Exception):
     def code(self) -> Any:
         """The status as a `grpc.StatusCode` (imported only when asked for)."""
         import grpc
+
         return grpc.StatusCode[self.status]
 
     def __str__(self) -> str:
@@ -59,11 +69,14 @@ class FieldError(SgdeError, ValueError):
     """INVALID_ARGUMENT naming the field at fault: ``FieldError("spec.epochs", "must be between 1 and 100000")``.
 
     `field` and `description` are those of the first violation; `many` builds one error from several."""
+
     status = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, description: str, *, message: str | None = None):
-        super().__init__(message if message is not None else (f"{field}: {description}" if field else description),
-                         [(field, description)] if field or description else [])
+        super().__init__(
+            message if message is not None else (f"{field}: {description}" if field else description),
+            [(field, description)] if field or description else [],
+        )
         self.field = field
         self.description = description
 
@@ -110,6 +123,7 @@ class Exhausted(SgdeError):
 class DataLoss(SgdeError):
     status = "DATA_LOSS"
 
+
 class Internal(SgdeError):
     status = "INTERNAL"
 
@@ -118,13 +132,26 @@ class VerificationError(DataLoss):
     """Downloaded or streamed bytes that do not match their sha256 or their owner's signature."""
 
 
-BY_STATUS: dict[str, type[SgdeError]] = {cls.status: cls for cls in (
-    FieldError, FailedPrecondition, NotFound, PermissionDenied, Unauthenticated, Unavailable, Conflict, Exhausted,
-    DataLoss, Internal)}
+BY_STATUS: dict[str, type[SgdeError]] = {
+    cls.status: cls
+    for cls in (
+        FieldError,
+        FailedPrecondition,
+        NotFound,
+        PermissionDenied,
+        Unauthenticated,
+        Unavailable,
+        Conflict,
+        Exhausted,
+        DataLoss,
+        Internal,
+    )
+}
 
 
-def from_status(status: str, message: str, violations: Iterable[tuple[str, str]] = (), *,
-                remote: bool = True) -> SgdeError:
+def from_status(
+    status: str, message: str, violations: Iterable[tuple[str, str]] = (), *, remote: bool = True
+) -> SgdeError:
     """The error of this status name, as one of the classes above where one fits (the root class otherwise)."""
     violations = list(violations)
     cls = BY_STATUS.get(status)

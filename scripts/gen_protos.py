@@ -1,7 +1,8 @@
 """Regenerate libsgde/wire/proto/ from protos/ (run after editing a .proto; a test fails when they are stale).
 
-    python scripts/gen_protos.py [--out DIR]
+python scripts/gen_protos.py [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,15 @@ def generate(out: Path) -> None:
 
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     well_known = str(resources.files("grpc_tools") / "_proto")
-    args = ["protoc", f"-I{PROTO_DIR}", f"-I{well_known}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *protos]
+    args = [
+        "protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *protos,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     # Generated code imports "sgde.v1.x_pb2"; make it relative to libsgde.wire.proto so the package is self-contained.

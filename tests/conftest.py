@@ -1,4 +1,5 @@
 """Shared pytest fixtures."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,8 @@ def s3_store(seaweed, monkeypatch) -> S3BlobStore:
         monkeypatch.setenv(name, value)
     return open_blob_store(seaweed.url(f"sgde-test-{uuid.uuid4().hex[:16]}"))
 
-from tests.support.fixtures import new_user, pki, registry  # noqa: E402,F401  (shared fixtures)
 
+from tests.support.fixtures import new_user, pki, registry  # noqa: E402,F401  (shared fixtures)
 
 # -- markers ---------------------------------------------------------------------------------------------------------
 # An integration test talks to a real server over a socket (gRPC services, SeaweedFS); a deploy test renders and checks
@@ -63,9 +64,12 @@ def _unit_tests_open_no_sockets(request, monkeypatch):
     def guarded(name):
         def call(sock, address, *args):
             if sock.family in (socket.AF_INET, socket.AF_INET6):
-                raise RuntimeError(f"{request.node.nodeid} opened a network socket ({name} {address!r}): mark it "
-                                   "@pytest.mark.integration")
+                raise RuntimeError(
+                    f"{request.node.nodeid} opened a network socket ({name} {address!r}): mark it "
+                    "@pytest.mark.integration"
+                )
             return original[name](sock, address, *args)
+
         return call
 
     monkeypatch.setattr(socket.socket, "connect", guarded("connect"))

@@ -1,4 +1,5 @@
 """The accountant: PLD beside RDP, calibration to a target, delta rules, the RDP accountant's quiet logs."""
+
 import contextlib
 import logging
 import threading
@@ -65,6 +66,7 @@ def test_a_published_setting_reproduces_its_published_epsilon():
     from dp_accounting.rdp import rdp_privacy_accountant
 
     from libsgde.ml.privacy.accounting import dpsgd_event
+
     accountant = rdp_privacy_accountant.RdpAccountant(orders=[2, 5, 10, 20, 100])
     accountant.compose(dpsgd_event(1.0, 0.01, 300))
     epsilon, order = accountant.get_epsilon_and_optimal_order(1e-5)
@@ -99,6 +101,7 @@ def absl_warnings():
 
 def test_rdp_convergence_warnings_are_dropped_and_other_absl_warnings_pass(monkeypatch):
     from absl import logging as absl_logging
+
     dropped = []
     keep = RDP_CONVERGENCE_FILTER.filter
 

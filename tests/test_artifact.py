@@ -1,4 +1,5 @@
 """libsgde.io.artifact (the strict artifact loader) and libsgde.io.schema (schema validation)."""
+
 from __future__ import annotations
 
 import copy
@@ -22,27 +23,49 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 # ---------------------------------------------------------------------------------------------------------- helpers
 
+
 def tabular_schema() -> pb.DataSchema:
-    return pb.DataSchema(tabular=pb.TabularSchema(columns=[
-        pb.Column(name="age", type=pb.COLUMN_TYPE_INTEGER, lower=0, upper=120),
-        pb.Column(name="income", type=pb.COLUMN_TYPE_CONTINUOUS, lower=-1e6, upper=1e7),
-        pb.Column(name="outcome", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["no", "yes"]),
-    ], label_column="outcome"))
+    return pb.DataSchema(
+        tabular=pb.TabularSchema(
+            columns=[
+                pb.Column(name="age", type=pb.COLUMN_TYPE_INTEGER, lower=0, upper=120),
+                pb.Column(name="income", type=pb.COLUMN_TYPE_CONTINUOUS, lower=-1e6, upper=1e7),
+                pb.Column(name="outcome", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["no", "yes"]),
+            ],
+            label_column="outcome",
+        )
+    )
 
 
 def image_schema() -> pb.DataSchema:
-    return pb.DataSchema(image=pb.ImageSchema(height=28, width=28, channels=1, pixel_max=255,
-                                              class_names=[str(i) for i in range(10)]))
+    return pb.DataSchema(
+        image=pb.ImageSchema(height=28, width=28, channels=1, pixel_max=255, class_names=[str(i) for i in range(10)])
+    )
 
 
 def dp_privacy() -> pb.PrivacyReport:
-    return pb.PrivacyReport(mechanism="dp-sgd", epsilon=3.0, delta=1e-5, accountant="pld", noise_multiplier=1.1,
-                            sampling_rate=0.01, steps=1000, clip_norm=1.0, dataset_size=60000, rdp_epsilon=3.4)
+    return pb.PrivacyReport(
+        mechanism="dp-sgd",
+        epsilon=3.0,
+        delta=1e-5,
+        accountant="pld",
+        noise_multiplier=1.1,
+        sampling_rate=0.01,
+        steps=1000,
+        clip_norm=1.0,
+        dataset_size=60000,
+        rdp_epsilon=3.4,
+    )
 
 
 def make_manifest(**overrides) -> art.Manifest:
-    kw = {"architecture": "tabular-vae", "config": {"latent_dim": 8, "hidden": [64, 64], "beta": 0.5},
-          "data_schema": tabular_schema(), "privacy": dp_privacy(), "training": {"epochs": 3, "seed": 0}}
+    kw = {
+        "architecture": "tabular-vae",
+        "config": {"latent_dim": 8, "hidden": [64, 64], "beta": 0.5},
+        "data_schema": tabular_schema(),
+        "privacy": dp_privacy(),
+        "training": {"epochs": 3, "seed": 0},
+    }
     kw.update(overrides)
     return art.build_manifest(**kw)
 
@@ -73,9 +96,14 @@ def raw_file(header, buffer: bytes = b"", length: int | None = None) -> bytes:
 
 def good_header(manifest_json: str | None = None) -> tuple[dict, bytes]:
     """A valid header dict with two F32 tensors and its 24-byte buffer."""
-    return ({"__metadata__": {art.MANIFEST_KEY: manifest_json or make_manifest().to_json()},
-             "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
-             "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}, bytes(24))
+    return (
+        {
+            "__metadata__": {art.MANIFEST_KEY: manifest_json or make_manifest().to_json()},
+            "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]},
+        },
+        bytes(24),
+    )
 
 
 def parse_all_ways(data: bytes, tmp: Path):
@@ -99,11 +127,21 @@ def valid_bytes(tmp_path_factory) -> bytes:
 
 # ------------------------------------------------------------------------------------------------------- round trip
 
-@pytest.mark.parametrize("manifest", [
-    make_manifest(),
-    make_manifest(architecture="image-vae", data_schema=image_schema(), config={}, training={},
-                  privacy=pb.PrivacyReport(mechanism="none", epsilon=math.inf)),
-], ids=["tabular-dp", "image-nodp"])
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        make_manifest(),
+        make_manifest(
+            architecture="image-vae",
+            data_schema=image_schema(),
+            config={},
+            training={},
+            privacy=pb.PrivacyReport(mechanism="none", epsilon=math.inf),
+        ),
+    ],
+    ids=["tabular-dp", "image-nodp"],
+)
 def test_round_trip(tmp_path, manifest):
     tensors = make_tensors()
     path = tmp_path / "model.safetensors"
@@ -165,7 +203,7 @@ def test_build_manifest_refuses_non_json_config():
 def test_sniffer_chunk_sizes_agree(valid_bytes, chunk):
     expected = art.parse_header(valid_bytes, len(valid_bytes))
     sniffer = art.HeaderSniffer(len(valid_bytes))
-    results = [sniffer.feed(valid_bytes[i:i + chunk]) for i in range(0, len(valid_bytes), chunk)]
+    results = [sniffer.feed(valid_bytes[i : i + chunk]) for i in range(0, len(valid_bytes), chunk)]
     found = [r for r in results if r is not None]
     assert found == [expected] and sniffer.done and sniffer.header == expected
     assert len(sniffer._buf) == 0  # nothing kept once done
@@ -177,6 +215,7 @@ def test_sniffer_not_done_before_header_complete(valid_bytes):
 
 
 # -------------------------------------------------------------------------------------------------- hostile inputs
+
 
 def _with_header(mutate):
     header, buf = good_header()
@@ -225,10 +264,12 @@ HOSTILE = {
     "missing manifest": _with_header(lambda h: _set(h, "__metadata__", {"format": "pt"})),
     "manifest not JSON": _with_header(lambda h: _set(h, f"__metadata__/{art.MANIFEST_KEY}", "{nope")),
     "manifest JSON array": _with_header(lambda h: _set(h, f"__metadata__/{art.MANIFEST_KEY}", "[]")),
-    "manifest duplicate key": _with_header(lambda h: _set(
-        h, f"__metadata__/{art.MANIFEST_KEY}", make_manifest().to_json()[:-1] + ',"training":{}}')),
-    "manifest Infinity constant": _with_header(lambda h: _set(
-        h, f"__metadata__/{art.MANIFEST_KEY}", make_manifest().to_json()[:-1] + ',"x":Infinity}')),
+    "manifest duplicate key": _with_header(
+        lambda h: _set(h, f"__metadata__/{art.MANIFEST_KEY}", make_manifest().to_json()[:-1] + ',"training":{}}')
+    ),
+    "manifest Infinity constant": _with_header(
+        lambda h: _set(h, f"__metadata__/{art.MANIFEST_KEY}", make_manifest().to_json()[:-1] + ',"x":Infinity}')
+    ),
     "wrong format": _with_manifest(lambda m: _set(m, "format", "onnx")),
     "wrong version": _with_manifest(lambda m: _set(m, "format_version", 2)),
     "version as bool": _with_manifest(lambda m: _set(m, "format_version", True)),
@@ -283,9 +324,12 @@ HOSTILE = {
     "huge dtype value": _with_header(lambda h: _set(h, "w/dtype", "F" * 100_000)),
     "float out of range": raw_file(*good_header(make_manifest(config={"x": 1.5}).to_json().replace("1.5", "1e999"))),
     "config nested too deep": _with_manifest(lambda m: _set(m, "config/x", json.loads("[" * 40 + "]" * 40))),
-    "too many tensors": raw_file({"__metadata__": {art.MANIFEST_KEY: make_manifest().to_json()},
-                                  **{f"t{i}": _tensor(shape=[0], offsets=[0, 0])
-                                     for i in range(art.MAX_TENSORS + 1)}}),
+    "too many tensors": raw_file(
+        {
+            "__metadata__": {art.MANIFEST_KEY: make_manifest().to_json()},
+            **{f"t{i}": _tensor(shape=[0], offsets=[0, 0]) for i in range(art.MAX_TENSORS + 1)},
+        }
+    ),
 }
 
 
@@ -302,7 +346,7 @@ def test_hostile_inputs_raise_artifact_error(tmp_path, data):
     with pytest.raises(ArtifactError):
         sniffer = art.HeaderSniffer(len(data))
         for i in range(0, len(data), 4096):
-            sniffer.feed(data[i:i + 4096])
+            sniffer.feed(data[i : i + 4096])
         # a stream that ends before the header is complete is refused by whoever ends the stream
         if not sniffer.done:
             raise ArtifactError("stream ended early")
@@ -364,7 +408,7 @@ def test_header_sniffer_passes_the_check_tensors_hook(valid_bytes):
     seen = []
     sniffer = art.HeaderSniffer(len(valid_bytes), check_tensors=lambda m, t: seen.append(sorted(t)))
     for i in range(0, len(valid_bytes), 100):  # the header completes in one of these chunks
-        sniffer.feed(valid_bytes[i:i + 100])
+        sniffer.feed(valid_bytes[i : i + 100])
     assert sniffer.done and seen == [sorted(make_tensors())]
 
     def refuse(manifest, tensors):
@@ -375,6 +419,7 @@ def test_header_sniffer_passes_the_check_tensors_hook(valid_bytes):
 
 
 # ------------------------------------------------------------------------------------------------------ fuzzing
+
 
 def _check_fuzzed(data: bytes):
     with tempfile.TemporaryDirectory() as d:
@@ -397,14 +442,15 @@ def test_fuzz_byte_mutations_and_truncations(valid_bytes, data):
         pos = data.draw(st.one_of(st.integers(0, header_end - 1), st.integers(0, len(buf) - 1)), label="pos")
         buf[pos] = data.draw(st.integers(0, 255), label="byte")
     if data.draw(st.booleans(), label="truncate"):
-        buf = buf[:data.draw(st.integers(0, len(buf)), label="length")]
+        buf = buf[: data.draw(st.integers(0, len(buf)), label="length")]
     _check_fuzzed(bytes(buf))
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-                     | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c,
-                                                                                                 max_size=3),
-                     max_leaves=6)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -428,6 +474,7 @@ def test_fuzz_json_value_replacement(data):
 
 
 # ------------------------------------------------------------------------------------------------------- schemas
+
 
 @pytest.mark.parametrize("schema", [tabular_schema(), image_schema()], ids=["tabular", "image"])
 def test_schema_dict_round_trip(schema):
@@ -481,23 +528,29 @@ BAD_SCHEMAS = {
     "empty name": (_tab(lambda t: setattr(t.columns[1], "name", "")), "tabular.columns[1].name"),
     "name too long": (_tab(lambda t: setattr(t.columns[1], "name", "x" * 129)), "tabular.columns[1].name"),
     "duplicate name": (_tab(lambda t: setattr(t.columns[1], "name", "age")), "tabular.columns[1].name"),
-    "type unset": (_tab(lambda t: setattr(t.columns[0], "type", pb.COLUMN_TYPE_UNSPECIFIED)),
-                   "tabular.columns[0].type"),
+    "type unset": (
+        _tab(lambda t: setattr(t.columns[0], "type", pb.COLUMN_TYPE_UNSPECIFIED)),
+        "tabular.columns[0].type",
+    ),
     "lower == upper": (_tab(lambda t: setattr(t.columns[1], "upper", -1e6)), "tabular.columns[1].upper"),
     "lower > upper": (_tab(lambda t: setattr(t.columns[0], "lower", 500)), "tabular.columns[0].upper"),
     "infinite bound": (_tab(lambda t: setattr(t.columns[1], "upper", math.inf)), "tabular.columns[1].upper"),
     "NaN bound": (_tab(lambda t: setattr(t.columns[1], "lower", math.nan)), "tabular.columns[1].lower"),
-    "integer with fractional bound": (_tab(lambda t: setattr(t.columns[0], "upper", 120.5)),
-                                      "tabular.columns[0].upper"),
-    "numeric with categories": (_tab(lambda t: t.columns[1].categories.append("a")),
-                                "tabular.columns[1].categories"),
-    "categorical without categories": (_tab(lambda t: t.columns[2].ClearField("categories")),
-                                       "tabular.columns[2].categories"),
-    "too many categories": (_tab(lambda t: t.columns[2].categories.extend(str(i) for i in range(10_000))),
-                            "tabular.columns[2].categories"),
+    "integer with fractional bound": (
+        _tab(lambda t: setattr(t.columns[0], "upper", 120.5)),
+        "tabular.columns[0].upper",
+    ),
+    "numeric with categories": (_tab(lambda t: t.columns[1].categories.append("a")), "tabular.columns[1].categories"),
+    "categorical without categories": (
+        _tab(lambda t: t.columns[2].ClearField("categories")),
+        "tabular.columns[2].categories",
+    ),
+    "too many categories": (
+        _tab(lambda t: t.columns[2].categories.extend(str(i) for i in range(10_000))),
+        "tabular.columns[2].categories",
+    ),
     "empty category": (_tab(lambda t: t.columns[2].categories.append("")), "tabular.columns[2].categories[2]"),
-    "duplicate category": (_tab(lambda t: t.columns[2].categories.append("no")),
-                           "tabular.columns[2].categories[2]"),
+    "duplicate category": (_tab(lambda t: t.columns[2].categories.append("no")), "tabular.columns[2].categories[2]"),
     "categorical with bounds": (_tab(lambda t: setattr(t.columns[2], "upper", 1)), "tabular.columns[2].lower"),
     "label column missing": (_tab(lambda t: setattr(t, "label_column", "nope")), "tabular.label_column"),
     "label column not categorical": (_tab(lambda t: setattr(t, "label_column", "age")), "tabular.label_column"),
@@ -509,8 +562,10 @@ BAD_SCHEMAS = {
     "pixel_max NaN": (_img(lambda i: setattr(i, "pixel_max", math.nan)), "image.pixel_max"),
     "empty class name": (_img(lambda i: i.class_names.append("")), "image.class_names[10]"),
     "duplicate class name": (_img(lambda i: i.class_names.append("3")), "image.class_names[10]"),
-    "too many values": (_img(lambda i: (setattr(i, "height", 4096), setattr(i, "width", 4096),
-                                        setattr(i, "channels", 3))), "image"),
+    "too many values": (
+        _img(lambda i: (setattr(i, "height", 4096), setattr(i, "width", 4096), setattr(i, "channels", 3))),
+        "image",
+    ),
 }
 
 
@@ -528,8 +583,17 @@ def test_schema_error_is_value_error():
     assert issubclass(SchemaError, ValueError) and issubclass(ArtifactError, ValueError)
 
 
-@pytest.mark.parametrize("d", [[], "x", {"tabular": 3}, {"nope": {}}, {"image": {"height": "tall"}},
-                               {"tabular": {"columns": [{"type": "NOT_A_TYPE"}]}}])
+@pytest.mark.parametrize(
+    "d",
+    [
+        [],
+        "x",
+        {"tabular": 3},
+        {"nope": {}},
+        {"image": {"height": "tall"}},
+        {"tabular": {"columns": [{"type": "NOT_A_TYPE"}]}},
+    ],
+)
 def test_schema_from_dict_refuses_malformed(d):
     with pytest.raises(SchemaError):
         schema_from_dict(d)

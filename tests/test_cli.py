@@ -1,4 +1,5 @@
 """The `sgde` command driven as a script would drive it: no terminal, passwords on stdin."""
+
 from __future__ import annotations
 
 import json
@@ -23,22 +24,32 @@ def sgde(registry, pki, tmp_path, monkeypatch):
         result = runner.invoke(main, list(args), input=stdin, catch_exceptions=False)
         assert (result.exit_code == 0) == ok, result.output
         return result.output
+
     return run
 
 
 def test_account_and_model_commands(sgde, tmp_path):
-    sgde("register", "--username", "clia", "--email", "clia@example.org", "--password-stdin",
-         stdin=f"{PASSWORD}\n{PASSWORD}\n")
-    assert "wrong username or password" in sgde("login", "--username", "clia", "--password-stdin",
-                                                 stdin="nope nope nope\n", ok=False)
+    sgde(
+        "register",
+        "--username",
+        "clia",
+        "--email",
+        "clia@example.org",
+        "--password-stdin",
+        stdin=f"{PASSWORD}\n{PASSWORD}\n",
+    )
+    assert "wrong username or password" in sgde(
+        "login", "--username", "clia", "--password-stdin", stdin="nope nope nope\n", ok=False
+    )
     sgde("login", "--username", "clia", "--password-stdin", stdin=f"{PASSWORD}\n")
     token_file = tmp_path / "home" / "token.json"
     assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
     assert json.loads(token_file.read_text())["username"] == "clia"
     assert "clia" in sgde("whoami")
     art = make_artifact(tmp_path / "m.safetensors")
-    assert "models/clia/cli-model/versions/1" in sgde("models", "push", str(art), "--name", "cli-model",
-                                                      "--tag", "demo")
+    assert "models/clia/cli-model/versions/1" in sgde(
+        "models", "push", str(art), "--name", "cli-model", "--tag", "demo"
+    )
     assert "models/clia/cli-model" in sgde("models", "list", "--tag", "demo")
     assert "dp-merf" in sgde("models", "show", "cli-model")
     out_dir = tmp_path / "pulled"

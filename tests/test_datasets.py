@@ -1,5 +1,6 @@
 """Loading CSV, npz and idx files against a schema (real data sets included), refusing hostile files, proposing
 schemas, and the `sgde schema` commands."""
+
 from __future__ import annotations
 
 import gzip
@@ -22,15 +23,26 @@ PEOPLE_CSV = "age,city,smoker\n30,Oslo,no\n41,Lima,yes\n\n200,Lima,no\n"
 
 
 def people_schema() -> pb.DataSchema:
-    return schema_from_dict({"tabular": {"label_column": "smoker", "columns": [
-        {"name": "age", "type": "COLUMN_TYPE_INTEGER", "lower": 0, "upper": 120},
-        {"name": "city", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["Oslo", "Lima"]},
-        {"name": "smoker", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["no", "yes"]}]}})
+    return schema_from_dict(
+        {
+            "tabular": {
+                "label_column": "smoker",
+                "columns": [
+                    {"name": "age", "type": "COLUMN_TYPE_INTEGER", "lower": 0, "upper": 120},
+                    {"name": "city", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["Oslo", "Lima"]},
+                    {"name": "smoker", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["no", "yes"]},
+                ],
+            }
+        }
+    )
 
 
 def image_schema(height=4, width=3, classes=2) -> pb.DataSchema:
-    return pb.DataSchema(image=pb.ImageSchema(height=height, width=width, channels=1, pixel_max=255,
-                                              class_names=[str(i) for i in range(classes)]))
+    return pb.DataSchema(
+        image=pb.ImageSchema(
+            height=height, width=width, channels=1, pixel_max=255, class_names=[str(i) for i in range(classes)]
+        )
+    )
 
 
 def write(path: Path, text: str) -> Path:
@@ -56,16 +68,22 @@ def test_csv_loads_with_clipping_and_labels(tmp_path):
     np.testing.assert_allclose(data.x, [[0.25, 1, 0], [41 / 120, 0, 1], [1, 0, 1]], rtol=1e-6)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("age,city\n30,Oslo\n", r"column 'smoker': the schema declares this column but the data lacks it"),
-    ("age,city,smoker,ssn\n30,Oslo,no,123\n", r"column 'ssn'.*declare it in the schema.*or remove it"),
-    ("", "empty"),
-    ("age,city,smoker\n", "no data rows"),
-    ("age,city,smoker\n30,Oslo\n", "line 2: has 2 fields but the header has 3"),
-    ("age,age,smoker\n30,Oslo,no\n", "more than once"),
-    ("age,city,smoker\n30,Oslo,no\n\n31,Paris,no\n", r"people.csv line 4, column 'city': 'Paris' is not a declared"),
-    ("age,city,smoker\n30,Oslo,no\n2.5,Oslo,no\n", r"line 3, column 'age': '2.5' is not an integer"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("age,city\n30,Oslo\n", r"column 'smoker': the schema declares this column but the data lacks it"),
+        ("age,city,smoker,ssn\n30,Oslo,no,123\n", r"column 'ssn'.*declare it in the schema.*or remove it"),
+        ("", "empty"),
+        ("age,city,smoker\n", "no data rows"),
+        ("age,city,smoker\n30,Oslo\n", "line 2: has 2 fields but the header has 3"),
+        ("age,age,smoker\n30,Oslo,no\n", "more than once"),
+        (
+            "age,city,smoker\n30,Oslo,no\n\n31,Paris,no\n",
+            r"people.csv line 4, column 'city': 'Paris' is not a declared",
+        ),
+        ("age,city,smoker\n30,Oslo,no\n2.5,Oslo,no\n", r"line 3, column 'age': '2.5' is not an integer"),
+    ],
+)
 def test_bad_csv_files_are_refused_saying_where(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         load_dataset(write(tmp_path / "people.csv", text), people_schema())
@@ -90,8 +108,9 @@ def test_digits_npz_loads(tmp_path):
     digits = load_digits()
     path = tmp_path / "digits.npz"
     np.savez(path, images=digits.images, labels=digits.target)
-    schema = pb.DataSchema(image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=16,
-                                                class_names=[str(i) for i in range(10)]))
+    schema = pb.DataSchema(
+        image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=16, class_names=[str(i) for i in range(10)])
+    )
     data = load_dataset(path, schema)
     assert data.x.shape == (1797, 8, 8, 1) and data.clipped == {}
     assert np.allclose(data.x[..., 0] * 16, digits.images) and np.array_equal(data.labels, digits.target)
@@ -143,9 +162,15 @@ def test_hostile_idx_files_are_refused(tmp_path):
         "dims": idx_bytes(np.zeros(0), dims=(5, 2**31, 3)),
         "huge": idx_bytes(np.zeros(0), dims=(2**32 - 1, 4, 3)),
     }
-    messages = {"truncated": "truncated or has trailing", "trailing": "truncated or has trailing",
-                "magic": "magic number is 00000801", "notidx": "magic number", "header": "truncated inside",
-                "dims": r"shape \(2147483648, 3\) but the schema declares \(4, 3\)", "huge": "over the limit"}
+    messages = {
+        "truncated": "truncated or has trailing",
+        "trailing": "truncated or has trailing",
+        "magic": "magic number is 00000801",
+        "notidx": "magic number",
+        "header": "truncated inside",
+        "dims": r"shape \(2147483648, 3\) but the schema declares \(4, 3\)",
+        "huge": "over the limit",
+    }
     for name, data in cases.items():
         (tmp_path / f"{name}.idx").write_bytes(data)
         with pytest.raises(DataError, match=messages[name]):

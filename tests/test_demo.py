@@ -1,5 +1,6 @@
 """`sgde demo --tiny`: the whole walk (services, training in the trainer, publish, sample, evaluate, figures) with tiny
 models, and a report a person can open."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_tiny_demo_writes_a_sensible_report(tmp_path):
     out = tmp_path / "report"
-    result = CliRunner().invoke(main, ["demo", "--tiny", "--out", str(out), "--epsilon", "3"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(main, ["demo", "--tiny", "--out", str(out), "--epsilon", "3"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "TSTR" in result.output and "published models/demo-" in result.output
 
@@ -27,12 +27,23 @@ def test_tiny_demo_writes_a_sensible_report(tmp_path):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name
     summary = json.loads((out / "summary.json").read_text())
-    assert {"target_epsilon", "delta", "architecture", "models", "evaluation", "timings_seconds", "sample_path",
-            "machine", "schemas"} <= set(summary)
+    assert {
+        "target_epsilon",
+        "delta",
+        "architecture",
+        "models",
+        "evaluation",
+        "timings_seconds",
+        "sample_path",
+        "machine",
+        "schemas",
+    } <= set(summary)
     assert summary["target_epsilon"] == 3 and summary["tiny"] is True
     # The sampler service served the samples: it pulled and verified both artifacts into its cache.
     assert summary["sample_path"] == "service"
-    cached = {p.name.removesuffix(".safetensors") for p in (out / "home" / "sampler" / "artifacts").glob("*.safetensors")}
+    cached = {
+        p.name.removesuffix(".safetensors") for p in (out / "home" / "sampler" / "artifacts").glob("*.safetensors")
+    }
     assert cached == {summary["models"][name]["sha256"] for name in ("digits", "breast_cancer")}
     for name in ("digits", "breast_cancer"):
         p = summary["models"][name]["privacy"]

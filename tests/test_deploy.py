@@ -1,6 +1,7 @@
 """The services as Kubernetes runs them: the plaintext health port the kubelet probes (health only, and truthful),
 a publish / sample round trip through registry, trainer and sampler started as their containers start, with the
 environment the dev overlay sets, and certificates renewed on disk (as cert-manager does) taken up without a restart."""
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,11 @@ def test_the_health_port_serves_health_and_nothing_else(tmp_path, pki):
             assert api.value.code() == grpc.StatusCode.UNIMPLEMENTED
             with pytest.raises(grpc.RpcError) as listing:
                 stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-                list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                               timeout=5))
+                list(
+                    stub.ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+                    )
+                )
             assert listing.value.code() == grpc.StatusCode.UNIMPLEMENTED
         # the API port still speaks only mutual TLS
         with pytest.raises(grpc.RpcError) as tls_only:
@@ -89,8 +93,13 @@ def test_the_registry_health_follows_its_store(tmp_path, pki, monkeypatch):
         for name, value in s3.env().items():
             monkeypatch.setenv(name, value)
         health_port = free_port()
-        _, handle = start_registry(tmp_path, pki, blob_url=s3.url(f"sgde-{uuid.uuid4().hex[:12]}"),
-                                   health_port=health_port, health_check_seconds=FAST)
+        _, handle = start_registry(
+            tmp_path,
+            pki,
+            blob_url=s3.url(f"sgde-{uuid.uuid4().hex[:12]}"),
+            health_port=health_port,
+            health_check_seconds=FAST,
+        )
         try:
             assert health_status(plain(health_port), None) == SERVING
             s3.kill()
@@ -105,8 +114,9 @@ def test_the_registry_health_follows_its_store(tmp_path, pki, monkeypatch):
 @pytest.mark.parametrize("start", [start_trainer, start_sampler], ids=["trainer", "sampler"])
 def test_trainer_and_sampler_are_ready_only_while_the_registry_answers(start, tmp_path, pki):
     registry_port, health_port = free_port(), free_port()
-    _, handle = start(tmp_path / "service", pki, plain(registry_port), health_port=health_port,
-                      health_check_seconds=FAST)
+    _, handle = start(
+        tmp_path / "service", pki, plain(registry_port), health_port=health_port, health_check_seconds=FAST
+    )
     try:
         assert health_status(plain(health_port), None) == NOT_SERVING
         assert health_status(plain(health_port), None, LIVENESS) == SERVING
@@ -122,24 +132,29 @@ def test_trainer_and_sampler_are_ready_only_while_the_registry_answers(start, tm
 
 # -- as deployed --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # subprocess forks then execs at once
 def test_round_trip_through_the_services_started_as_their_containers(tmp_path, pki, seaweed):
     """Train on the silo's data root, publish, and sample, through registry, trainer and sampler run as
     `sgde serve <service>` with the dev overlay's environment; readiness from the plaintext health ports."""
     containers = {service: container for service, (_, container) in sgde_pods(render("dev")).items()}
-    secrets = {("sgde-minio-credentials", "MINIO_ROOT_USER"): seaweed.access_key,
-               ("sgde-minio-credentials", "MINIO_ROOT_PASSWORD"): seaweed.secret_key}
+    secrets = {
+        ("sgde-minio-credentials", "MINIO_ROOT_USER"): seaweed.access_key,
+        ("sgde-minio-credentials", "MINIO_ROOT_PASSWORD"): seaweed.secret_key,
+    }
     # Not configuration but test speed: this run's shared XLA compilation cache and flags (tests/conftest.py).
     speed = {k: os.environ[k] for k in os.environ if k.startswith(("JAX_PERSISTENT_CACHE_", "XLA_FLAGS"))}
     speed["JAX_COMPILATION_CACHE_DIR"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
 
     def container(service: str, **kw) -> ContainerProcess:
         root = tmp_path / service
-        return ContainerProcess(service, root, service_pki(pki, service, root / "pki"), containers[service],
-                                extra_env=speed, **kw)
+        return ContainerProcess(
+            service, root, service_pki(pki, service, root / "pki"), containers[service], extra_env=speed, **kw
+        )
 
-    registry = container("registry", s3_endpoint=seaweed.endpoint, bucket=f"sgde-{uuid.uuid4().hex[:12]}",
-                         secrets=secrets)
+    registry = container(
+        "registry", s3_endpoint=seaweed.endpoint, bucket=f"sgde-{uuid.uuid4().hex[:12]}", secrets=secrets
+    )
     trainer = container("trainer")
     sampler = container("sampler")
     started = []
@@ -154,11 +169,11 @@ def test_round_trip_through_the_services_started_as_their_containers(tmp_path, p
         write_csv(data_root / "adult.csv")
 
         user = user_client(registry.address, pki, tmp_path / "homes")
-        with Client(registry.address, trainer=trainer.address, sampler=sampler.address, home=user.home,
-                    pki=pki.root) as alice:
+        with Client(
+            registry.address, trainer=trainer.address, sampler=sampler.address, home=user.home, pki=pki.root
+        ) as alice:
             user.close()
-            spec = tpb.TrainingSpec(architecture="dp-merf", target_epsilon=5.0, delta=1e-3, epochs=1,
-                                    batch_size=60)
+            spec = tpb.TrainingSpec(architecture="dp-merf", target_epsilon=5.0, delta=1e-3, epochs=1, batch_size=60)
             spec.config.update({**TINY_MERF, "generator_steps": 5})
             job = alice.create_job(spec, tabular_schema(), "adult.csv", "adult")
             events = list(alice.watch_job(job.name, timeout=120))
@@ -175,13 +190,22 @@ def test_round_trip_through_the_services_started_as_their_containers(tmp_path, p
 
 # -- certificate renewal ------------------------------------------------------------------------------------------
 
+
 def _issue(pki, name: str, *, expired: bool = False) -> None:
     """Rewrites <name>.crt / .key as cert-manager renews a Secret: the same names, the same CA, a new key."""
     now = datetime.now(UTC)
     window = {"not_before": now - timedelta(days=30), "not_after": now - timedelta(days=1)} if expired else {}
     dns, ips = tls.service_names(name) if name in tls.SERVICES else ([], [])
-    cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), name, dns, ips,
-                                      server=name in tls.SERVICES, client=True, **window)
+    cert, key = tls.issue_certificate(
+        pki.ca_cert.read_bytes(),
+        pki.ca_key.read_bytes(),
+        name,
+        dns,
+        ips,
+        server=name in tls.SERVICES,
+        client=True,
+        **window,
+    )
     tls.write_private(pki.key(name), key)
     tls.write_public(pki.cert(name), cert)
 

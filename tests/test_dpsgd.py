@@ -1,5 +1,6 @@
 """DP-SGD as training runs it (libsgde.ml.train.dpsgd_step) against a per-example loop reference, on a small real
 model; its pieces' bounds; Poisson batches."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,8 +45,12 @@ def problem():
     x, y = load_breast_cancer(return_X_y=True)
     x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)[:32]  # scaling is irrelevant to what is tested here
     k1, k2 = jax.random.split(jax.random.key(0))
-    params = {"w1": jax.random.normal(k1, (30, 8)) * 0.3, "b1": jnp.zeros(8),
-              "w2": jax.random.normal(k2, (8,)) * 0.3, "b2": jnp.zeros(())}
+    params = {
+        "w1": jax.random.normal(k1, (30, 8)) * 0.3,
+        "b1": jnp.zeros(8),
+        "w2": jax.random.normal(k2, (8,)) * 0.3,
+        "b2": jnp.zeros(()),
+    }
     return params, (jnp.asarray(x), jnp.asarray(y[:32], jnp.float32))
 
 
@@ -56,7 +61,7 @@ def reference(params, batch, mask, expected):
         if mask[i] == 0:
             continue
         g = jax.grad(loss)(params, (batch[0][i], batch[1][i]))
-        scale = min(1.0, C / float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g)))))
+        scale = min(1.0, C / float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree.leaves(g)))))
         total = {k: total[k] + scale * g[k] for k in total}
     return jax.tree.map(lambda v: v / expected, total)
 
@@ -85,7 +90,7 @@ def test_clipped_norms_never_exceed_c_and_padding_contributes_nothing(problem):
     summed, norms, _ = clipped_sum(loss, params, batch, mask, C)
     assert float(jnp.max(norms)) > C  # some examples really were clipped
     # Each real example adds at most C: the sum's norm is at most 16 C.
-    total = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(summed))))
+    total = float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree.leaves(summed))))
     assert total <= 16 * C + 1e-5
     garbage = (batch[0].at[16:].set(1e3), batch[1].at[16:].set(1.0))
     summed2, _, _ = clipped_sum(loss, params, garbage, mask, C)

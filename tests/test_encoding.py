@@ -1,5 +1,6 @@
 """Encoders between schema values and model space: round trips, clipping, refusals, and decoding that never leaves
 the schema whatever a generator outputs."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,31 +18,48 @@ CONTINUOUS, INTEGER, CATEGORICAL = pb.COLUMN_TYPE_CONTINUOUS, pb.COLUMN_TYPE_INT
 
 
 def people_schema() -> pb.DataSchema:
-    return schema_from_dict({"tabular": {"label_column": "smoker", "columns": [
-        {"name": "age", "type": "COLUMN_TYPE_INTEGER", "lower": 0, "upper": 120},
-        {"name": "smoker", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["no", "yes"]},
-        {"name": "income", "type": "COLUMN_TYPE_CONTINUOUS", "lower": -5, "upper": 10},
-        {"name": "city", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["Oslo", "Lima", "1"]},
-    ]}})
+    return schema_from_dict(
+        {
+            "tabular": {
+                "label_column": "smoker",
+                "columns": [
+                    {"name": "age", "type": "COLUMN_TYPE_INTEGER", "lower": 0, "upper": 120},
+                    {"name": "smoker", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["no", "yes"]},
+                    {"name": "income", "type": "COLUMN_TYPE_CONTINUOUS", "lower": -5, "upper": 10},
+                    {"name": "city", "type": "COLUMN_TYPE_CATEGORICAL", "categories": ["Oslo", "Lima", "1"]},
+                ],
+            }
+        }
+    )
 
 
 def people(**changes) -> dict[str, list]:
-    columns = {"age": ["30", "0", "120"], "smoker": ["yes", "no", "no"], "income": ["1.5", "-5", "10"],
-               "city": ["Lima", "1", "Oslo"]}
+    columns = {
+        "age": ["30", "0", "120"],
+        "smoker": ["yes", "no", "no"],
+        "income": ["1.5", "-5", "10"],
+        "city": ["Lima", "1", "Oslo"],
+    }
     columns.update(changes)
     return columns
 
 
 def image_schema(channels=1, classes=3, pixel_max=255.0) -> pb.DataSchema:
-    return pb.DataSchema(image=pb.ImageSchema(height=4, width=5, channels=channels, pixel_max=pixel_max,
-                                              class_names=[f"c{i}" for i in range(classes)]))
+    return pb.DataSchema(
+        image=pb.ImageSchema(
+            height=4, width=5, channels=channels, pixel_max=pixel_max, class_names=[f"c{i}" for i in range(classes)]
+        )
+    )
 
 
 def test_model_space_skips_the_label_column_and_counts_its_classes():
     space = model_space(people_schema())
     assert space.kind == "tabular" and space.shape == (5,) and space.num_classes == 2
-    assert space.blocks == (Block("age", "numeric", 0, 1), Block("income", "numeric", 1, 1),
-                            Block("city", "categorical", 2, 3))
+    assert space.blocks == (
+        Block("age", "numeric", 0, 1),
+        Block("income", "numeric", 1, 1),
+        Block("city", "categorical", 2, 3),
+    )
     assert model_space(image_schema(channels=3)) == ModelSpace("image", (4, 5, 3), num_classes=3)
     with pytest.raises(SchemaError):
         model_space(pb.DataSchema())
@@ -62,8 +80,9 @@ def test_tabular_encode_decode_round_trip():
     assert "smoker" not in encoder.decode(data.x)
 
 
-row_values = st.tuples(st.integers(0, 120), st.floats(-5, 10), st.sampled_from(["Oslo", "Lima", "1"]),
-                       st.sampled_from(["no", "yes"]))
+row_values = st.tuples(
+    st.integers(0, 120), st.floats(-5, 10), st.sampled_from(["Oslo", "Lima", "1"]), st.sampled_from(["no", "yes"])
+)
 
 
 @settings(max_examples=50, deadline=None)
@@ -83,15 +102,25 @@ def test_in_bound_values_survive_a_round_trip(rows):
 def schemas_and_rows(draw):
     lower = draw(st.floats(-1e6, 1e6))
     upper = lower + draw(st.floats(1e-3, 1e6))
-    ilower = draw(st.integers(-10**6, 10**6))
+    ilower = draw(st.integers(-(10**6), 10**6))
     iupper = ilower + draw(st.integers(1, 10**6))
     categories = [f"k{i}" for i in range(draw(st.integers(1, 5)))]
-    schema = pb.DataSchema(tabular=pb.TabularSchema(columns=[
-        pb.Column(name="c", type=CONTINUOUS, lower=lower, upper=upper),
-        pb.Column(name="i", type=INTEGER, lower=ilower, upper=iupper),
-        pb.Column(name="k", type=CATEGORICAL, categories=categories)]))
-    x = draw(hnp.arrays(np.float32, (draw(st.integers(1, 8)), 2 + len(categories)),
-                        elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
+    schema = pb.DataSchema(
+        tabular=pb.TabularSchema(
+            columns=[
+                pb.Column(name="c", type=CONTINUOUS, lower=lower, upper=upper),
+                pb.Column(name="i", type=INTEGER, lower=ilower, upper=iupper),
+                pb.Column(name="k", type=CATEGORICAL, categories=categories),
+            ]
+        )
+    )
+    x = draw(
+        hnp.arrays(
+            np.float32,
+            (draw(st.integers(1, 8)), 2 + len(categories)),
+            elements=st.floats(width=32, allow_nan=True, allow_infinity=True),
+        )
+    )
     return schema, x
 
 
@@ -114,8 +143,9 @@ def test_values_outside_bounds_are_clipped_and_counted():
 
 
 def test_unknown_category_names_column_row_and_the_allowed_ones():
-    with pytest.raises(DataError, match=r"column 'city', row 2: 'Paris' is not a declared category.*'Oslo', 'Lima'") \
-            as caught:
+    with pytest.raises(
+        DataError, match=r"column 'city', row 2: 'Paris' is not a declared category.*'Oslo', 'Lima'"
+    ) as caught:
         encoder_for(people_schema()).encode(people(city=["Lima", "Oslo", "Paris"]))
     assert (caught.value.column, caught.value.row) == ("city", 2)
 
@@ -129,13 +159,16 @@ def test_numbers_match_categories_spelled_as_them():
         encoder_for(schema).encode(people(city=["Lima", "Oslo", 1.0]))
 
 
-@pytest.mark.parametrize(("ages", "message", "row"), [
-    (["1", "2.5", "3"], r"'2.5' is not an integer", 1),
-    (["1", "2", "abc"], r"'abc' is not a number", 2),
-    (["", "2", "3"], r"missing values are not supported", 0),
-    ([1, float("nan"), 3], r"NaN", 1),
-    (["1", "inf", "3"], r"not a finite number", 1),
-])
+@pytest.mark.parametrize(
+    ("ages", "message", "row"),
+    [
+        (["1", "2.5", "3"], r"'2.5' is not an integer", 1),
+        (["1", "2", "abc"], r"'abc' is not a number", 2),
+        (["", "2", "3"], r"missing values are not supported", 0),
+        ([1, float("nan"), 3], r"NaN", 1),
+        (["1", "inf", "3"], r"not a finite number", 1),
+    ],
+)
 def test_bad_numbers_are_refused_naming_column_and_row(ages, message, row):
     with pytest.raises(DataError, match=message) as caught:
         encoder_for(people_schema()).encode(people(age=ages))
@@ -198,8 +231,10 @@ def test_images_of_the_wrong_shape_or_labels_are_refused():
         encoder.encode(np.full((2, 4, 5), np.nan), [0, 0])
 
 
-@pytest.mark.parametrize(("pixel_max", "dtype"), [(255, np.uint8), (16, np.uint8), (4095, np.uint16),
-                                                  (1.0, np.float32), (0.1, np.float32), (1e6, np.float32)])
+@pytest.mark.parametrize(
+    ("pixel_max", "dtype"),
+    [(255, np.uint8), (16, np.uint8), (4095, np.uint16), (1.0, np.float32), (0.1, np.float32), (1e6, np.float32)],
+)
 @settings(max_examples=20, deadline=None)
 @given(x=hnp.arrays(np.float32, (3, 4, 5, 1), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)))
 def test_decoded_images_stay_within_pixel_max(pixel_max, dtype, x):

@@ -1,4 +1,5 @@
 """The membership-inference audit flags a generator that memorised its training set and not one that did not."""
+
 from __future__ import annotations
 
 import numpy as np

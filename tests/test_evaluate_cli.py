@@ -1,5 +1,6 @@
 """`sgde evaluate` against a real registry and sampler (mutual TLS): a small generator published, sampled, judged,
 its report written and its metrics stored on the model, shown by `sgde models show` and `sgde models list`."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,12 @@ def world(registry, pki, tmp_path, monkeypatch):
     artifact = tmp_path / "judged.safetensors"
     make_generator_artifact(artifact, tabular_schema(), seed=3)  # untrained: its samples are noise
     alice.push(artifact, "judged", visibility="public")
-    for name, value in (("SGDE_HOME", str(alice.home)), ("SGDE_PKI_DIR", str(pki.root)),
-                        ("SGDE_REGISTRY_ADDRESS", registry.address), ("SGDE_SAMPLER_ADDRESS", cfg.listen)):
+    for name, value in (
+        ("SGDE_HOME", str(alice.home)),
+        ("SGDE_PKI_DIR", str(pki.root)),
+        ("SGDE_REGISTRY_ADDRESS", registry.address),
+        ("SGDE_SAMPLER_ADDRESS", cfg.listen),
+    ):
         monkeypatch.setenv(name, value)
     yield alice, artifact
     alice.close()
@@ -40,8 +45,20 @@ def test_sgde_evaluate_publishes_metrics_and_writes_a_report(world, tmp_path):
     alice, artifact = world
     train, holdout = write_csv(tmp_path / "train.csv", 150, seed=1), write_csv(tmp_path / "holdout.csv", 150, seed=2)
     report = tmp_path / "report"
-    output = run("evaluate", f"{alice.username}/judged@1", "--real", str(holdout), "--train", str(train),
-                 "--samples", "150", "--out", str(report), "--classifier", "logreg")
+    output = run(
+        "evaluate",
+        f"{alice.username}/judged@1",
+        "--real",
+        str(holdout),
+        "--train",
+        str(train),
+        "--samples",
+        "150",
+        "--out",
+        str(report),
+        "--classifier",
+        "logreg",
+    )
     assert "TSTR" in output and "logreg" in output and "privacy audit:" in output and "metrics stored" in output
     saved = json.loads((report / "report.json").read_text())
     assert saved["context"]["model"] == f"models/{alice.username}/judged/versions/1"
@@ -58,8 +75,17 @@ def test_sgde_evaluate_publishes_metrics_and_writes_a_report(world, tmp_path):
 
     # A local artifact file, without the registry's metrics; and without training data, no audit.
     before = dict(alice.get_model("judged").metrics)
-    output = run("evaluate", str(artifact), "--real", str(holdout), "--out", str(tmp_path / "local"),
-                 "--classifier", "logreg", "--no-publish")
+    output = run(
+        "evaluate",
+        str(artifact),
+        "--real",
+        str(holdout),
+        "--out",
+        str(tmp_path / "local"),
+        "--classifier",
+        "logreg",
+        "--no-publish",
+    )
     assert "audit: skipped" in output and "metrics stored" not in output
     assert json.loads((tmp_path / "local" / "report.json").read_text())["sizes"]["train"] == 0
     assert dict(alice.get_model("judged").metrics) == before
@@ -70,8 +96,17 @@ def test_sgde_evaluate_publishes_metrics_and_writes_a_report(world, tmp_path):
         env.setenv("SGDE_HOME", str(bob.home))
         refused = run("evaluate", f"{alice.username}/judged", "--real", str(holdout), ok=False)
         assert f"only its owner {alice.username}" in refused and "--no-publish" in refused
-        assert "metrics stored" not in run("evaluate", f"{alice.username}/judged", "--real", str(holdout),
-                                           "--classifier", "logreg", "--out", str(tmp_path / "bob"), "--no-publish")
+        assert "metrics stored" not in run(
+            "evaluate",
+            f"{alice.username}/judged",
+            "--real",
+            str(holdout),
+            "--classifier",
+            "logreg",
+            "--out",
+            str(tmp_path / "bob"),
+            "--no-publish",
+        )
     bob.close()
 
     wrong = tmp_path / "wrong.csv"

@@ -1,4 +1,5 @@
 """Fidelity sanity: identical data is at distance 0, shifted data at a known distance."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,12 @@ from libsgde.evaluate.fidelity import (
 from libsgde.ml.space import Block, ModelSpace
 
 # Two numeric columns and a categorical one of 3 categories; 2 classes.
-SPACE = ModelSpace("tabular", (5,), (Block("a", "numeric", 0, 1), Block("b", "numeric", 1, 1),
-                                     Block("colour", "categorical", 2, 3)), num_classes=2)
+SPACE = ModelSpace(
+    "tabular",
+    (5,),
+    (Block("a", "numeric", 0, 1), Block("b", "numeric", 1, 1), Block("colour", "categorical", 2, 3)),
+    num_classes=2,
+)
 
 
 def _table(n: int, seed: int):

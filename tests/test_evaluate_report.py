@@ -1,4 +1,5 @@
 """evaluate() on model-space data of a schema, its flat metrics, and the report folder."""
+
 from __future__ import annotations
 
 import json
@@ -11,24 +12,39 @@ from libsgde.io.encoding import encoder_for
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 PNG = b"\x89PNG\r\n\x1a\n"
-METRIC_KEYS = {"tstr.logreg", "trtr.logreg", "audit.mia_auc", "audit.dcr_share_closer_to_train", "audit.flagged",
-               "evaluate.samples"}
+METRIC_KEYS = {
+    "tstr.logreg",
+    "trtr.logreg",
+    "audit.mia_auc",
+    "audit.dcr_share_closer_to_train",
+    "audit.flagged",
+    "evaluate.samples",
+}
 
 
 def _tabular(n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     age = rng.integers(18, 90, n)
-    return {"age": age, "income": np.clip(age * 900 + rng.normal(0, 8000, n), 0, 200_000),
-            "region": rng.choice(["north", "south", "east"], n),
-            "outcome": np.where(age + rng.normal(0, 10, n) > 50, "yes", "no")}
+    return {
+        "age": age,
+        "income": np.clip(age * 900 + rng.normal(0, 8000, n), 0, 200_000),
+        "region": rng.choice(["north", "south", "east"], n),
+        "outcome": np.where(age + rng.normal(0, 10, n) > 50, "yes", "no"),
+    }
 
 
 def test_a_tabular_evaluation_and_its_report(tmp_path):
-    schema = pb.DataSchema(tabular=pb.TabularSchema(label_column="outcome", columns=[
-        pb.Column(name="age", type=pb.COLUMN_TYPE_INTEGER, lower=0, upper=120),
-        pb.Column(name="income", type=pb.COLUMN_TYPE_CONTINUOUS, lower=0, upper=200_000),
-        pb.Column(name="region", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["north", "south", "east"]),
-        pb.Column(name="outcome", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["no", "yes"])]))
+    schema = pb.DataSchema(
+        tabular=pb.TabularSchema(
+            label_column="outcome",
+            columns=[
+                pb.Column(name="age", type=pb.COLUMN_TYPE_INTEGER, lower=0, upper=120),
+                pb.Column(name="income", type=pb.COLUMN_TYPE_CONTINUOUS, lower=0, upper=200_000),
+                pb.Column(name="region", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["north", "south", "east"]),
+                pb.Column(name="outcome", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["no", "yes"]),
+            ],
+        )
+    )
     encoder = encoder_for(schema)
     train, holdout, fresh = (encoder.encode(_tabular(300, s)) for s in (1, 2, 3))
     ev = evaluate(schema, fresh, holdout, train, classifiers=["logreg"])
@@ -48,8 +64,9 @@ def test_a_tabular_evaluation_and_its_report(tmp_path):
 
 
 def test_an_image_evaluation_flags_copies_and_draws_them(tmp_path):
-    schema = pb.DataSchema(image=pb.ImageSchema(height=6, width=6, channels=1, pixel_max=255,
-                                                class_names=["dark", "light"]))
+    schema = pb.DataSchema(
+        image=pb.ImageSchema(height=6, width=6, channels=1, pixel_max=255, class_names=["dark", "light"])
+    )
     rng = np.random.default_rng(0)
     labels = np.arange(120) % 2
     images = np.clip(rng.normal(80 + 100 * labels[:, None, None], 30, (120, 6, 6)), 0, 255).astype(np.uint8)

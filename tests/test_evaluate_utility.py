@@ -1,4 +1,5 @@
 """TSTR vs TRTR on toy problems whose answer is known, and the classifiers behind them."""
+
 from __future__ import annotations
 
 import math
@@ -19,6 +20,7 @@ def _linear_task(n: int, seed: int, dim: int = 256, k: int = 4, rng_w: int = 99)
 
 def _digit_images(n: int):
     from sklearn.datasets import load_digits
+
     d = load_digits()
     return (d.images[:n, :, :, None] / 16.0).astype(np.float32), d.target[:n]
 
@@ -34,9 +36,17 @@ def test_a_generator_that_returns_the_real_data_gives_tstr_equal_to_trtr():
         assert r.seconds >= 0
 
     images, labels = _digit_images(500)
-    results = utility(images[:300], labels[:300], images[300:], labels[300:], 10, x_real=images[:300],
-                      y_real=labels[:300], image_shape=(8, 8, 1),
-                      classifiers={"cnn": {"min_steps": 150, "batch_size": 64}})
+    results = utility(
+        images[:300],
+        labels[:300],
+        images[300:],
+        labels[300:],
+        10,
+        x_real=images[:300],
+        y_real=labels[:300],
+        image_shape=(8, 8, 1),
+        classifiers={"cnn": {"min_steps": 150, "batch_size": 64}},
+    )
     (cnn,) = results
     assert cnn.classifier == "cnn" and cnn.tstr_accuracy == cnn.trtr_accuracy > 0.7
     assert cnn.tstr_per_class == cnn.trtr_per_class
@@ -51,8 +61,16 @@ def test_a_generator_of_noise_gives_chance_accuracy():
     x_noise = rng.normal(size=x_train.shape).astype(np.float32)
     y_noise = rng.integers(0, k, len(x_noise))
     # Fewer iterations than the defaults: a fit to noise never converges, and the tolerance below does not need it.
-    results = utility(x_noise, y_noise, x_test, y_test, k, x_real=x_train, y_real=y_train,
-                      classifiers={"logreg": {"max_iter": 100}, "mlp": {"max_iter": 100, "hidden": (16,)}})
+    results = utility(
+        x_noise,
+        y_noise,
+        x_test,
+        y_test,
+        k,
+        x_real=x_train,
+        y_real=y_train,
+        classifiers={"logreg": {"max_iter": 100}, "mlp": {"max_iter": 100, "hidden": (16,)}},
+    )
     # A classifier fitted on noise is independent of the real labels: over the noise its accuracy is 1/K in
     # expectation, spread by the test set's binomial error (sd sqrt(p(1-p)/n) = 0.014) and by how far a random
     # direction in 256 dimensions happens to align with the real ones (about as much again); 5 binomial sd = 0.068.

@@ -1,5 +1,6 @@
 """The Kubernetes manifests and the Dockerfile, checked offline: every overlay renders and validates against the
 Kubernetes API schemas (cert-manager's resources against theirs), and policies hold over what is rendered."""
+
 from __future__ import annotations
 
 import base64
@@ -34,7 +35,6 @@ K8S_VERSIONS = ["1.32", kubernetes_validate.latest_version()]
 CERT_MANAGER_KINDS = set(cert_manager.SCHEMAS)
 
 
-
 @pytest.fixture(params=OVERLAYS)
 def overlay(request) -> str:
     return request.param
@@ -46,6 +46,7 @@ def test_overlays_exist():
 
 # -- schemas ------------------------------------------------------------------------------------------------------
 
+
 def test_every_document_validates_strictly(overlay):
     docs = render(overlay)
     for doc in docs:
@@ -56,11 +57,23 @@ def test_every_document_validates_strictly(overlay):
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as e:
-                pytest.fail(f"{doc['kind']} {doc['metadata']['name']} (Kubernetes {version}): {e.message} at "
-                            f"{'.'.join(map(str, e.path))}")
-    assert {d["kind"] for d in docs} >= {"Namespace", "Deployment", "StatefulSet", "Service", "Secret",
-                                          "PersistentVolumeClaim", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                                          "NetworkPolicy", "Certificate", "Issuer"}
+                pytest.fail(
+                    f"{doc['kind']} {doc['metadata']['name']} (Kubernetes {version}): {e.message} at "
+                    f"{'.'.join(map(str, e.path))}"
+                )
+    assert {d["kind"] for d in docs} >= {
+        "Namespace",
+        "Deployment",
+        "StatefulSet",
+        "Service",
+        "Secret",
+        "PersistentVolumeClaim",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Certificate",
+        "Issuer",
+    }
 
 
 def test_the_validators_catch_a_misspelt_field(overlay):
@@ -70,8 +83,12 @@ def test_the_validators_catch_a_misspelt_field(overlay):
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
     certificate = copy.deepcopy(of_kind(docs, "Certificate")[0])
-    for typo in ({"dnsName": ["x"]}, {"usages": ["server-auth"]}, {"privateKey": {"algorithm": "EC"}},
-                 {"issuerRef": {"name": "x", "kind": "Issuers"}}):
+    for typo in (
+        {"dnsName": ["x"]},
+        {"usages": ["server-auth"]},
+        {"privateKey": {"algorithm": "EC"}},
+        {"issuerRef": {"name": "x", "kind": "Issuers"}},
+    ):
         broken = copy.deepcopy(certificate)
         broken["spec"].update(typo)
         with pytest.raises(jsonschema.ValidationError):
@@ -83,6 +100,7 @@ def test_the_validators_catch_a_misspelt_field(overlay):
 
 
 # -- certificates -------------------------------------------------------------------------------------------------
+
 
 def _hosts(dns: list[str], ips: list[str]) -> set[str]:
     return {*dns, *(str(ipaddress.ip_address(a)) for a in ips)}
@@ -133,6 +151,7 @@ def test_certificates_make_the_pki_the_services_read(overlay):
 
 
 # -- pods ---------------------------------------------------------------------------------------------------------
+
 
 def _security(pod, container, key):
     """A securityContext setting: the container's, else the pod's."""
@@ -195,8 +214,7 @@ def test_prometheus_scrapes_the_metrics_port(overlay):
 def test_service_ports_are_named_and_lead_to_named_container_ports(overlay):
     docs = render(overlay)
     for svc in of_kind(docs, "Service"):
-        selected = [p for p in pods(docs)
-                    if all(p.labels.get(k) == v for k, v in svc["spec"]["selector"].items())]
+        selected = [p for p in pods(docs) if all(p.labels.get(k) == v for k, v in svc["spec"]["selector"].items())]
         assert selected, svc["metadata"]["name"]
         container_ports = {p["name"] for pod in selected for c in pod.containers for p in c.get("ports", [])}
         for port in svc["spec"]["ports"]:
@@ -252,6 +270,7 @@ def test_settings_are_documented(overlay):
 
 # -- network policies ---------------------------------------------------------------------------------------------
 
+
 def _matches(selector: dict, labels: dict) -> bool:
     assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are evaluated here"
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
@@ -259,8 +278,11 @@ def _matches(selector: dict, labels: dict) -> bool:
 
 def _allowed(docs, target, port_name: str) -> set[str] | str:
     """Pods of this namespace allowed to reach `target` on its named port, or "anyone"."""
-    policies = [p for p in of_kind(docs, "NetworkPolicy") if _matches(p["spec"]["podSelector"], target.labels)
-                and "Ingress" in p["spec"]["policyTypes"]]
+    policies = [
+        p
+        for p in of_kind(docs, "NetworkPolicy")
+        if _matches(p["spec"]["podSelector"], target.labels) and "Ingress" in p["spec"]["policyTypes"]
+    ]
     assert policies, f"{target.name} is not isolated"
     allowed: set[str] = set()
     for policy in policies:
@@ -289,6 +311,7 @@ def test_only_the_trainer_and_sampler_reach_the_registry_and_only_the_registry_r
 
 
 # -- overlays -----------------------------------------------------------------------------------------------------
+
 
 def test_replicated_registries_share_their_state(overlay):
     """More than one registry needs a shared database (not SQLite) and a shared token key (not one made per pod)."""
@@ -337,6 +360,7 @@ def test_overlay_shapes(overlay):
 
 # -- Dockerfile ---------------------------------------------------------------------------------------------------
 
+
 def test_dockerfile_one_slim_non_root_image():
     stages = dockerfile_stages()
     assert len(stages) >= 2, "multi-stage: build in one stage, run from another"
@@ -364,15 +388,21 @@ def test_dockerfile_one_slim_non_root_image():
 
 
 def test_dockerignore_sends_only_what_the_image_installs():
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
     def ignored(path: str) -> bool:  # Docker's rule: the last matching pattern wins; "!" re-includes
         result = False
         for pattern in patterns:
             negate, body = pattern.startswith("!"), pattern.lstrip("!").rstrip("/")
-            if fnmatch.fnmatch(path, body) or fnmatch.fnmatch(path, body.replace("**/", "")) or \
-                    path.startswith(body + "/"):
+            if (
+                fnmatch.fnmatch(path, body)
+                or fnmatch.fnmatch(path, body.replace("**/", ""))
+                or path.startswith(body + "/")
+            ):
                 result = not negate
         return result
 

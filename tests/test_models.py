@@ -1,5 +1,6 @@
 """Generators: ghost clipping equals the per-example reference, configs are checked, and the strict reader refuses
 artifacts whose tensors do not match the architecture."""
+
 import json
 import struct
 
@@ -17,8 +18,17 @@ from libsgde.ml.privacy import dpsgd, ghost
 from libsgde.ml.space import Block, ModelSpace
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
-TABULAR = ModelSpace("tabular", (9,), (Block("a", "numeric", 0, 1), Block("b", "categorical", 1, 4),
-                                       Block("c", "numeric", 5, 1), Block("d", "categorical", 6, 3)), 3)
+TABULAR = ModelSpace(
+    "tabular",
+    (9,),
+    (
+        Block("a", "numeric", 0, 1),
+        Block("b", "categorical", 1, 4),
+        Block("c", "numeric", 5, 1),
+        Block("d", "categorical", 6, 3),
+    ),
+    3,
+)
 IMAGE = ModelSpace("image", (8, 8, 1), (), 10)
 
 
@@ -37,14 +47,16 @@ def per_example_reference(module, params, args, mask, clip):
     for i in range(len(mask)):
         if mask[i] == 0:
             continue
-        g = grad_one(params, tuple(a[i:i + 1] for a in args))
-        norm = float(jnp.sqrt(sum(jnp.sum(v ** 2) for v in jax.tree.leaves(g))))
+        g = grad_one(params, tuple(a[i : i + 1] for a in args))
+        norm = float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree.leaves(g))))
         total = jax.tree.map(lambda t, v, scale=min(1.0, clip / norm): t + v * scale, total, g)
     return total
 
 
-@pytest.mark.parametrize("space,config", [(TABULAR, {"hidden": [16, 8], "latent_dim": 3}),
-                                          (IMAGE, {"network": "mlp", "hidden": [16], "latent_dim": 2})])
+@pytest.mark.parametrize(
+    "space,config",
+    [(TABULAR, {"hidden": [16, 8], "latent_dim": 3}), (IMAGE, {"network": "mlp", "hidden": [16], "latent_dim": 2})],
+)
 def test_ghost_clipping_equals_the_per_example_loop(space, config):
     arch = get_architecture("cvae")
     config = arch.configure(config, space)
@@ -55,8 +67,11 @@ def test_ghost_clipping_equals_the_per_example_loop(space, config):
     reference = per_example_reference(module, params, args, mask, 1.0)
     for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(reference)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-    vmap_sum, vmap_norms, _ = jax.jit(lambda p, a, m: dpsgd.clipped_sum(
-        lambda p, e: module.apply({"params": p}, *(x[None] for x in e))[0], p, a, m, 1.0))(params, args, mask)
+    vmap_sum, vmap_norms, _ = jax.jit(
+        lambda p, a, m: dpsgd.clipped_sum(
+            lambda p, e: module.apply({"params": p}, *(x[None] for x in e))[0], p, a, m, 1.0
+        )
+    )(params, args, mask)
     np.testing.assert_allclose(norms[:9], vmap_norms[:9], rtol=1e-4)
     assert np.all(np.asarray(norms[9:]) == 0)  # padding has no gradient at all
 
@@ -65,6 +80,7 @@ def test_the_training_steps_ghost_and_vmap_branches_take_the_same_step():
     import optax
 
     from libsgde.ml.train import dpsgd_step
+
     arch = get_architecture("cvae")
     config = arch.configure({"hidden": [16, 8], "latent_dim": 3}, TABULAR)
     module, params = arch.module(TABULAR, config), arch.init(jax.random.key(1), TABULAR, config)
@@ -72,8 +88,12 @@ def test_the_training_steps_ghost_and_vmap_branches_take_the_same_step():
     optimizer = optax.sgd(1.0)
     state, indices = (params, optimizer.init(params)), jnp.arange(len(mask))
     assert ghost.is_ghostable(params)
-    steps = [dpsgd_step(module, optimizer, x, labels, len(mask), 1.0, 1.1, 9.0, use_ghost, jax.random.key(2))(
-        state, indices, mask, 0) for use_ghost in (True, False)]
+    steps = [
+        dpsgd_step(module, optimizer, x, labels, len(mask), 1.0, 1.1, 9.0, use_ghost, jax.random.key(2))(
+            state, indices, mask, 0
+        )
+        for use_ghost in (True, False)
+    ]
     (ghost_params, _), ghost_loss = steps[0]
     (vmap_params, _), vmap_loss = steps[1]
     np.testing.assert_allclose(ghost_loss, vmap_loss, rtol=1e-5)
@@ -88,9 +108,17 @@ def test_convolutions_are_not_ghostable_so_training_falls_back_to_vmap():
         ghost.ghost_layers(jax.eval_shape(lambda: arch.init(jax.random.key(0), IMAGE, config)))
 
 
-@pytest.mark.parametrize("raw,key", [({"latent_dim": 0}, "latent_dim"), ({"hidden": [4, "x"]}, "hidden"),
-                                     ({"hiden": [4]}, "hiden"), ({"beta": float("nan")}, "beta"),
-                                     ({"network": "resnet"}, "network"), ({"latent_dim": True}, "latent_dim")])
+@pytest.mark.parametrize(
+    "raw,key",
+    [
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"hidden": [4, "x"]}, "hidden"),
+        ({"hiden": [4]}, "hiden"),
+        ({"beta": float("nan")}, "beta"),
+        ({"network": "resnet"}, "network"),
+        ({"latent_dim": True}, "latent_dim"),
+    ],
+)
 def test_bad_configs_name_the_setting(raw, key):
     with pytest.raises(ConfigError) as e:
         get_architecture("cvae").configure(raw, IMAGE)
@@ -104,18 +132,31 @@ def test_unknown_architecture_lists_the_known_ones():
 
 # -- the strict reader's architecture check ---------------------------------------------------------------------
 
-SCHEMA = pb.DataSchema(image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=16,
-                                            class_names=[str(i) for i in range(10)]))
-PRIVACY = pb.PrivacyReport(mechanism="dp-sgd", epsilon=1.0, delta=1e-5, accountant="pld", noise_multiplier=1.0,
-                           sampling_rate=0.01, steps=10, clip_norm=1.0, dataset_size=1000, rdp_epsilon=1.1)
+SCHEMA = pb.DataSchema(
+    image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=16, class_names=[str(i) for i in range(10)])
+)
+PRIVACY = pb.PrivacyReport(
+    mechanism="dp-sgd",
+    epsilon=1.0,
+    delta=1e-5,
+    accountant="pld",
+    noise_multiplier=1.0,
+    sampling_rate=0.01,
+    steps=10,
+    clip_norm=1.0,
+    dataset_size=1000,
+    rdp_epsilon=1.1,
+)
 
 
 def artifact(tmp_path, arch_name="cvae", config=None, mutate=None, architecture=None):
     arch = get_architecture(arch_name)
     space = model_space(SCHEMA)
     config = arch.configure(config or {"hidden": [8], "latent_dim": 2, "channels": [4]}, space)
-    tensors = {k: np.asarray(v, np.float32) for k, v in
-               flatten(arch.sampling_params(arch.init(jax.random.key(0), space, config))).items()}
+    tensors = {
+        k: np.asarray(v, np.float32)
+        for k, v in flatten(arch.sampling_params(arch.init(jax.random.key(0), space, config))).items()
+    }
     tensors[CLASS_PRIOR] = np.full(10, 0.1, np.float32)
     if mutate:
         mutate(tensors)
@@ -136,12 +177,15 @@ def first_name(tensors, part):
     return sorted(k for k in tensors if part in k)[0]
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda t: t.__setitem__(first_name(t, "kernel"), np.zeros((3, 3), np.float32)), "implies F32"),
-    (lambda t: t.__setitem__("decoder/extra/kernel", np.zeros(2, np.float32)), "unexpected"),
-    (lambda t: t.pop(first_name(t, "bias")), "missing"),
-    (lambda t: t.__setitem__(CLASS_PRIOR, np.zeros(10, np.float16)), "implies F32"),
-])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda t: t.__setitem__(first_name(t, "kernel"), np.zeros((3, 3), np.float32)), "implies F32"),
+        (lambda t: t.__setitem__("decoder/extra/kernel", np.zeros(2, np.float32)), "unexpected"),
+        (lambda t: t.pop(first_name(t, "bias")), "missing"),
+        (lambda t: t.__setitem__(CLASS_PRIOR, np.zeros(10, np.float16)), "implies F32"),
+    ],
+)
 def test_tensors_that_do_not_match_the_architecture_are_refused(tmp_path, mutate, message):
     with pytest.raises(ArtifactError, match=message):
         load_generator(artifact(tmp_path, mutate=mutate))
@@ -151,13 +195,15 @@ def test_unknown_architecture_and_bad_config_are_refused(tmp_path):
     path = artifact(tmp_path)
     raw = path.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     manifest = json.loads(header["__metadata__"]["sgde.manifest"])
-    for change, field in (({"architecture": "evil-net"}, "architecture"),
-                          ({"config": {**manifest["config"], "latent_dim": 10**9}}, "config.latent_dim")):
+    for change, field in (
+        ({"architecture": "evil-net"}, "architecture"),
+        ({"config": {**manifest["config"], "latent_dim": 10**9}}, "config.latent_dim"),
+    ):
         header["__metadata__"]["sgde.manifest"] = json.dumps({**manifest, **change})
         text = json.dumps(header).encode()
-        path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+        path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
         with pytest.raises(ArtifactError) as e:
             load_generator(path)
         assert e.value.field == field
@@ -188,7 +234,11 @@ def test_a_row_does_not_depend_on_the_batch_it_was_generated_in(tmp_path, arch_n
     generator = load_generator(artifact(tmp_path, arch_name, config={"hidden": [8], "latent_dim": 2}))
     labels = np.arange(10, dtype=np.int32) % 10
     whole = generator.sample_model_space(labels, seed=4)
-    halves = np.concatenate([generator.sample_model_space(labels[:3], seed=4),
-                             generator.sample_model_space(labels[3:], seed=4, first_row=3)])
+    halves = np.concatenate(
+        [
+            generator.sample_model_space(labels[:3], seed=4),
+            generator.sample_model_space(labels[3:], seed=4, first_row=3),
+        ]
+    )
     np.testing.assert_allclose(whole, halves, rtol=1e-6, atol=1e-6)  # matmul blocking may differ by an ulp
     assert not np.array_equal(whole, generator.sample_model_space(labels, seed=5))

@@ -1,4 +1,5 @@
 """The committed stubs in libsgde/proto must be exactly what scripts/gen_protos.py makes from protos/."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ def test_stubs_are_fresh(tmp_path):
 
 def test_contract_has_every_service():
     from libsgde.wire.proto.sgde.v1 import registry_pb2, sampler_pb2, trainer_pb2
+
     assert "RegistryService" in registry_pb2.DESCRIPTOR.services_by_name
     assert "TrainerService" in trainer_pb2.DESCRIPTOR.services_by_name
     assert "SamplerService" in sampler_pb2.DESCRIPTOR.services_by_name

@@ -1,4 +1,5 @@
 """The SDK's public names load from the package root, lazily."""
+
 import subprocess
 import sys
 

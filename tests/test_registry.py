@@ -1,4 +1,5 @@
 """The registry over real mutual TLS on loopback: accounts, tokens, models, versions, visibility, errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,15 +34,28 @@ def code_of(call) -> grpc.StatusCode:
     return info.value.code
 
 
-def raw_publish(client: Client, model: str, data: bytes, *, sha: str | None = None, size: int | None = None,
-                signature: bytes | None = None, chunk: int = 1 << 20):
+def raw_publish(
+    client: Client,
+    model: str,
+    data: bytes,
+    *,
+    sha: str | None = None,
+    size: int | None = None,
+    signature: bytes | None = None,
+    chunk: int = 1 << 20,
+):
     """PublishVersion with full control over the header, to send lies."""
     sha = sha or hashlib.sha256(data).hexdigest()
     key = signing.load_signing_key(client.signing_key_path(client.username))
-    header = rpb.PublishVersionRequest.Header(model=model, sha256=sha, size_bytes=len(data) if size is None else size,
-                                              signature=signature or signing.sign_artifact(key, sha))
+    header = rpb.PublishVersionRequest.Header(
+        model=model,
+        sha256=sha,
+        size_bytes=len(data) if size is None else size,
+        signature=signature or signing.sign_artifact(key, sha),
+    )
     requests = [rpb.PublishVersionRequest(header=header)] + [
-        rpb.PublishVersionRequest(chunk=data[i:i + chunk]) for i in range(0, len(data), chunk)]
+        rpb.PublishVersionRequest(chunk=data[i : i + chunk]) for i in range(0, len(data), chunk)
+    ]
     return client.registry.PublishVersion(iter(requests), metadata=client._metadata(), timeout=30)
 
 
@@ -50,6 +64,7 @@ def blob_files(registry) -> list:
 
 
 # -- accounts and tokens -------------------------------------------------------------------------------------------
+
 
 def test_register_login_whoami(new_user):
     alice = new_user()
@@ -105,6 +120,7 @@ def test_no_expired_or_forged_token(registry, pki, tmp_path, new_user):
 
 # -- publish and download ------------------------------------------------------------------------------------------
 
+
 def test_publish_get_download_round_trip(new_user, tmp_path):
     alice = new_user()
     art = make_artifact(tmp_path / "a.safetensors", n_floats=600_000)  # ~2.3 MiB: several chunks
@@ -135,8 +151,9 @@ def test_download_resumes_from_offset(new_user, tmp_path):
     partial.write_bytes(data[:1_000_003])
     path, _ = alice.pull("resume", dest)
     assert path.read_bytes() == data and not partial.exists()
-    stream = alice.registry.DownloadVersion(rpb.DownloadVersionRequest(name=version.name, offset=len(data) - 10),
-                                            metadata=alice._metadata())
+    stream = alice.registry.DownloadVersion(
+        rpb.DownloadVersionRequest(name=version.name, offset=len(data) - 10), metadata=alice._metadata()
+    )
     chunks = [m.chunk for m in stream if m.WhichOneof("payload") == "chunk"]
     assert b"".join(chunks) == data[-10:]
 
@@ -152,8 +169,12 @@ def test_publish_with_wrong_sha_or_signature_stores_nothing(registry, new_user, 
     assert info.value.code() == CODE.INVALID_ARGUMENT
     other_key = signing.generate_signing_key()
     with pytest.raises(grpc.RpcError) as info:
-        raw_publish(alice, f"models/{alice.username}/lies", data,
-                    signature=signing.sign_artifact(other_key, hashlib.sha256(data).hexdigest()))
+        raw_publish(
+            alice,
+            f"models/{alice.username}/lies",
+            data,
+            signature=signing.sign_artifact(other_key, hashlib.sha256(data).hexdigest()),
+        )
     assert info.value.code() == CODE.INVALID_ARGUMENT and "signature" in info.value.details()
     with pytest.raises(grpc.RpcError) as info:
         raw_publish(alice, f"models/{alice.username}/lies", data, size=len(data) + 5)
@@ -167,8 +188,11 @@ def test_publish_refuses_files_that_are_not_artifacts(registry, new_user, tmp_pa
     alice = new_user()
     alice.create_model("junk")
     before = set(blob_files(registry))
-    for data in (b"hello world, not safetensors", (10**9).to_bytes(8, "little") + b"{}",
-                 make_artifact(tmp_path / "t.safetensors").read_bytes()[:-3]):
+    for data in (
+        b"hello world, not safetensors",
+        (10**9).to_bytes(8, "little") + b"{}",
+        make_artifact(tmp_path / "t.safetensors").read_bytes()[:-3],
+    ):
         with pytest.raises(grpc.RpcError) as info:
             raw_publish(alice, f"models/{alice.username}/junk", data)
         assert info.value.code() == CODE.INVALID_ARGUMENT, data[:20]
@@ -178,6 +202,7 @@ def test_publish_refuses_files_that_are_not_artifacts(registry, new_user, tmp_pa
 
 # -- the tensor check at publish: the tensors must be exactly those the manifest's architecture and config imply --
 
+
 def tiny_artifact(path: Path, edit=None) -> bytes:
     """The bytes of a tiny dp-merf artifact (hidden [8], latent_dim 2; tensors generator/dense0/kernel [4, 8],
     generator/dense0/bias [8], generator/dense1/kernel [8, 1], generator/dense1/bias [1], class_prior [2]) after
@@ -185,8 +210,13 @@ def tiny_artifact(path: Path, edit=None) -> bytes:
     schema = tabular_schema()
     config = merf_config(schema, [8])
     tensors = generator_tensors(schema, config)
-    fields = {"architecture": "dp-merf", "config": config, "data_schema": schema, "training": {"note": "test"},
-              "privacy": pb.PrivacyReport(mechanism="none", epsilon=float("inf"))}
+    fields = {
+        "architecture": "dp-merf",
+        "config": config,
+        "data_schema": schema,
+        "training": {"note": "test"},
+        "privacy": pb.PrivacyReport(mechanism="none", epsilon=float("inf")),
+    }
     if edit:
         edit(tensors, fields)
     write_artifact(path, tensors, build_manifest(**fields))
@@ -223,23 +253,27 @@ def test_publish_refuses_a_missing_tensor(registry, new_user, tmp_path):
 
 
 def test_publish_refuses_an_extra_tensor(registry, new_user, tmp_path):
-    data = tiny_artifact(tmp_path / "a.safetensors",
-                         lambda t, m: t.update({"generator/dense2/kernel": np.zeros((1, 1), np.float32)}))
+    data = tiny_artifact(
+        tmp_path / "a.safetensors", lambda t, m: t.update({"generator/dense2/kernel": np.zeros((1, 1), np.float32)})
+    )
     error = publish_refused(registry, new_user(), "extra-tensor", data)
     assert "missing [], unexpected ['generator/dense2/kernel']" in error.details()
 
 
 def test_publish_refuses_a_tensor_of_the_wrong_shape(registry, new_user, tmp_path):
-    data = tiny_artifact(tmp_path / "a.safetensors",
-                         lambda t, m: t.update({"generator/dense0/kernel": np.zeros((4, 9), np.float32)}))
+    data = tiny_artifact(
+        tmp_path / "a.safetensors", lambda t, m: t.update({"generator/dense0/kernel": np.zeros((4, 9), np.float32)})
+    )
     error = publish_refused(registry, new_user(), "wrong-shape", data)
     assert "tensor 'generator/dense0/kernel' is F32[4, 9]" in error.details()
     assert "implies F32[4, 8]" in error.details()
 
 
 def test_publish_refuses_a_tensor_of_the_wrong_dtype(registry, new_user, tmp_path):
-    data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: t.update(
-        {"generator/dense0/bias": t["generator/dense0/bias"].astype(np.float16)}))
+    data = tiny_artifact(
+        tmp_path / "a.safetensors",
+        lambda t, m: t.update({"generator/dense0/bias": t["generator/dense0/bias"].astype(np.float16)}),
+    )
     error = publish_refused(registry, new_user(), "wrong-dtype", data)
     assert "tensor 'generator/dense0/bias' is F16[8]" in error.details() and "implies F32[8]" in error.details()
 
@@ -265,8 +299,11 @@ def test_publish_refuses_a_config_value_out_of_range(registry, new_user, tmp_pat
 def test_publish_refuses_a_config_that_implies_other_shapes(registry, new_user, tmp_path):
     data = tiny_artifact(tmp_path / "a.safetensors", lambda t, m: m["config"].update(hidden=[16]))  # tensors: [8]
     error = publish_refused(registry, new_user(), "other-shapes", data)
-    assert re.search(r"tensor 'generator/dense0/(kernel|bias)' is F32\[(4, )?8\]; architecture 'dp-merf' with this "
-                     r"config implies F32\[(4, )?16\]", error.details()), error.details()
+    assert re.search(
+        r"tensor 'generator/dense0/(kernel|bias)' is F32\[(4, )?8\]; architecture 'dp-merf' with this "
+        r"config implies F32\[(4, )?16\]",
+        error.details(),
+    ), error.details()
 
 
 def test_publish_refuses_a_different_schema(new_user, tmp_path):
@@ -291,6 +328,7 @@ def test_size_limit(tmp_path, pki, new_user):
 
 
 # -- visibility ----------------------------------------------------------------------------------------------------
+
 
 def test_private_models_are_invisible_to_others(new_user, tmp_path):
     alice, bob = new_user(), new_user()
@@ -357,11 +395,11 @@ def test_list_filters_and_pagination(new_user, tmp_path):
     evens = [m.name for m in bob.list_models(owner=alice.username, tag="even")]
     assert evens == [f"models/{alice.username}/m{i}" for i in (0, 2, 4)]
     assert list(bob.list_models(owner=alice.username, data_kind=pb.DATA_KIND_IMAGE)) == []
-    first = bob.registry.ListModels(rpb.ListModelsRequest(owner=alice.username, page_size=2),
-                                    metadata=bob._metadata())
+    first = bob.registry.ListModels(rpb.ListModelsRequest(owner=alice.username, page_size=2), metadata=bob._metadata())
     with pytest.raises(grpc.RpcError) as info:  # a token from another listing
-        bob.registry.ListModels(rpb.ListModelsRequest(tag="odd", page_token=first.next_page_token),
-                                metadata=bob._metadata())
+        bob.registry.ListModels(
+            rpb.ListModelsRequest(tag="odd", page_token=first.next_page_token), metadata=bob._metadata()
+        )
     assert info.value.code() == CODE.INVALID_ARGUMENT
 
 
@@ -376,9 +414,13 @@ def test_metrics_are_set_by_the_owner_and_validated(new_user, tmp_path):
     assert dict(bob.get_model(name).metrics) == dict(model.metrics)  # visible to whoever sees the model
     assert dict(alice.set_metrics("judged", {"x": 1}, merge=False).metrics) == {"x": 1.0}
 
-    for bad, field in (({"Upper.Case": 1.0}, "model.metrics"), ({"nan": float("nan")}, "model.metrics"),
-                       ({"inf": float("inf")}, "model.metrics"), ({"k" * 65: 1.0}, "model.metrics"),
-                       ({f"m{i}": 1.0 for i in range(201)}, "model.metrics")):
+    for bad, field in (
+        ({"Upper.Case": 1.0}, "model.metrics"),
+        ({"nan": float("nan")}, "model.metrics"),
+        ({"inf": float("inf")}, "model.metrics"),
+        ({"k" * 65: 1.0}, "model.metrics"),
+        ({f"m{i}": 1.0 for i in range(201)}, "model.metrics"),
+    ):
         with pytest.raises(SgdeError) as info:
             alice.set_metrics("judged", bad, merge=False)
         assert info.value.code == CODE.INVALID_ARGUMENT and [f for f, _ in info.value.violations] == [field]

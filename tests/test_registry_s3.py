@@ -1,4 +1,5 @@
 """The registry as its own process, backed by a real S3 server (SeaweedFS): faults, restarts and load."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,15 +63,19 @@ def test_s3_dying_mid_publish_gives_unavailable_and_changes_nothing(tmp_path, pk
             data = make_artifact(tmp_path / "big.safetensors", n_floats=1_500_000, seed=9).read_bytes()
             sha = hashlib.sha256(data).hexdigest()
             key = signing.load_signing_key(alice.signing_key_path(alice.username))
-            header = rpb.PublishVersionRequest.Header(model=f"models/{alice.username}/fragile", sha256=sha,
-                                                      size_bytes=len(data), signature=signing.sign_artifact(key, sha))
+            header = rpb.PublishVersionRequest.Header(
+                model=f"models/{alice.username}/fragile",
+                sha256=sha,
+                size_bytes=len(data),
+                signature=signing.sign_artifact(key, sha),
+            )
 
             def requests_killing_s3():
                 yield rpb.PublishVersionRequest(header=header)
                 for i, start in enumerate(range(0, len(data), CHUNK_SIZE)):
                     if i == 2:
                         s3.kill()
-                    yield rpb.PublishVersionRequest(chunk=data[start:start + CHUNK_SIZE])
+                    yield rpb.PublishVersionRequest(chunk=data[start : start + CHUNK_SIZE])
 
             with pytest.raises(grpc.RpcError) as info:
                 alice.registry.PublishVersion(requests_killing_s3(), metadata=alice._metadata(), timeout=60)
@@ -102,4 +107,3 @@ def test_32_concurrent_publishes_and_downloads(s3_registry, pki, tmp_path):
         assert all(pool.map(round_trip, range(32)))
     for client in clients:
         client.close()
-

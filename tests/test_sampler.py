@@ -4,6 +4,7 @@ refusals (visibility, limits, formats), a tampered cache never served, cancellat
 `sample_local` equal to the service, and `sgde sample`.
 
 One tiny model is trained once for the module; the library-level checks (buckets, formats) use untrained artifacts."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,9 @@ from tests.support.trainer import TINY_MERF, start_trainer, trainer_client, wait
 pytestmark = pytest.mark.integration  # real servers on loopback sockets
 
 CODE = grpc.StatusCode
-IMAGE_SCHEMA = pb.DataSchema(image=pb.ImageSchema(height=4, width=3, channels=1, class_names=["a", "b", "c"],
-                                                  pixel_max=255))
+IMAGE_SCHEMA = pb.DataSchema(
+    image=pb.ImageSchema(height=4, width=3, channels=1, class_names=["a", "b", "c"], pixel_max=255)
+)
 
 
 def metric(name: str, **labels) -> float:
@@ -56,14 +58,20 @@ class World:
         self.registry, self.pki, self.root = registry, pki, root
         self.trainer_cfg, self.trainer = start_trainer(root / "trainer", pki, registry.address)
         self.sampler_cfg, self.sampler = start_sampler(root / "sampler", pki, registry.address)
-        self.alice = self.client(trainer_client(user_client(registry.address, pki, root / "homes"),
-                                                self.trainer_cfg.listen))
+        self.alice = self.client(
+            trainer_client(user_client(registry.address, pki, root / "homes"), self.trainer_cfg.listen)
+        )
         self.bob = self.client(user_client(registry.address, pki, root / "homes"))
         self.carol = self.client(user_client(registry.address, pki, root / "homes"))
 
     def client(self, user: Client, sampler: str | None = None) -> Client:
-        client = Client(user.address, trainer=user.trainer_address, sampler=sampler or self.sampler_cfg.listen,
-                        home=user.home, pki=user.pki.root)
+        client = Client(
+            user.address,
+            trainer=user.trainer_address,
+            sampler=sampler or self.sampler_cfg.listen,
+            home=user.home,
+            pki=user.pki.root,
+        )
         user.close()
         return client
 
@@ -97,8 +105,13 @@ def world(tmp_path_factory, pki, registry):
 
 def placeholder_artifact(root: Path) -> Path:
     """A well-formed artifact of no known architecture: the registry refuses it at publish, the sampler at load."""
-    manifest = build_manifest("placeholder", {"n": 64}, tabular_schema(),
-                              pb.PrivacyReport(mechanism="none", epsilon=float("inf")), {"note": "test"})
+    manifest = build_manifest(
+        "placeholder",
+        {"n": 64},
+        tabular_schema(),
+        pb.PrivacyReport(mechanism="none", epsilon=float("inf")),
+        {"note": "test"},
+    )
     write_artifact(root / "placeholder.safetensors", {"w": np.zeros(64, np.float32)}, manifest)
     return root / "placeholder.safetensors"
 
@@ -115,10 +128,10 @@ def refusal(call) -> SgdeError:
 
 # -- end to end ---------------------------------------------------------------------------------------------------
 
+
 def test_stream_is_reproducible_checked_and_inside_the_schema(world):
     bob, model = world.bob, world.adult.rsplit("/versions/", 1)[0]  # the model's name: its latest version
-    messages = raw_stream(bob, model=model, num_samples=3000, seed=7, format=spb.OUTPUT_FORMAT_NPY,
-                          chunk_samples=1000)
+    messages = raw_stream(bob, model=model, num_samples=3000, seed=7, format=spb.OUTPUT_FORMAT_NPY, chunk_samples=1000)
     first, chunks, last = messages[0], messages[1:-1], messages[-1]
     meta = first.metadata
     assert first.WhichOneof("payload") == "metadata"
@@ -152,9 +165,12 @@ def test_stream_is_reproducible_checked_and_inside_the_schema(world):
     assert as_csv.values["age"].tolist() == rows["age"].tolist()
     assert as_csv.values["label"].tolist() == rows["label"].tolist()
     results: list[str] = []
-    threads = [threading.Thread(target=lambda: results.append(bob.sample(model, 3000, seed=7, format="csv",
-                                                                         chunk_samples=1000).sha256))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(bob.sample(model, 3000, seed=7, format="csv", chunk_samples=1000).sha256)
+        )
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -198,8 +214,12 @@ def test_images_stream_as_one_npy_array(world, tmp_path):
 
 def test_refusals(world):
     bob, carol = world.bob, world.carol
-    for name in (world.adult, f"{world.alice.username}/adult", f"{world.alice.username}/adult@1",
-                 "models/nobody/nothing"):  # carol may not see alice's model: as if it did not exist
+    for name in (
+        world.adult,
+        f"{world.alice.username}/adult",
+        f"{world.alice.username}/adult@1",
+        "models/nobody/nothing",
+    ):  # carol may not see alice's model: as if it did not exist
         error = refusal(lambda name=name: carol.sample(name, 10))
         assert error.code == CODE.NOT_FOUND and "not found" in str(error), error
 
@@ -207,6 +227,7 @@ def test_refusals(world):
         with pytest.raises(grpc.RpcError) as info:
             raw_stream(bob, **{"model": world.adult, "num_samples": 10, **fields})
         from libsgde.wire.status import field_violations
+
         return info.value.code(), [f for f, _ in field_violations(info.value)], info.value.details()
 
     code, fields, details = violations(num_samples=1_000_001)
@@ -239,8 +260,10 @@ def test_parquet_where_pyarrow_is_installed(world):
 def test_sample_local_matches_the_service_and_out_is_atomic(world, tmp_path):
     bob = world.bob
     path, _ = bob.pull(world.adult, tmp_path / "adult.safetensors")
-    for request in ({"num_samples": 1234, "seed": 3, "format": "csv"},
-                    {"class_counts": {"no": 300, "yes": 50}, "seed": -5, "format": "npy", "chunk_samples": 100}):
+    for request in (
+        {"num_samples": 1234, "seed": 3, "format": "csv"},
+        {"class_counts": {"no": 300, "yes": 50}, "seed": -5, "format": "npy", "chunk_samples": 100},
+    ):
         served = bob.sample(world.adult, out=tmp_path / f"served.{request['format']}", **request)
         local = sample_local(path, **request)
         assert local.sha256 == served.sha256 and local.data == served.path.read_bytes()
@@ -266,8 +289,10 @@ def test_a_tampered_cache_is_detected_and_never_served(world):
     assert load_generator(cached) is not None  # the strict reader alone would not notice
 
     # A sampler started afresh on the same cache (a restart) must not trust the file.
-    corrupt, downloads = metric("sgde_sampler_cache_events_total", event="corrupt"), \
-        metric("sgde_sampler_cache_events_total", event="download")
+    corrupt, downloads = (
+        metric("sgde_sampler_cache_events_total", event="corrupt"),
+        metric("sgde_sampler_cache_events_total", event="download"),
+    )
     cfg, handle = start_sampler(world.root / "sampler", world.pki, world.registry.address)
     try:
         restarted = Client(bob.address, sampler=cfg.listen, home=bob.home, pki=bob.pki.root)
@@ -284,29 +309,36 @@ def test_a_tampered_cache_is_detected_and_never_served(world):
 def test_cancel_and_deadline_stop_generation(world):
     bob = world.bob
     request = spb.SampleRequest(model=world.adult, num_samples=1_000_000, seed=1, chunk_samples=64)
-    samples, cancelled = metric("sgde_sampler_samples_total"), metric("sgde_sampler_requests_total",
-                                                                     outcome="cancelled")
+    samples, cancelled = (
+        metric("sgde_sampler_samples_total"),
+        metric("sgde_sampler_requests_total", outcome="cancelled"),
+    )
     stream = bob.sampler.Sample(request, metadata=bob._metadata(), timeout=120)
     for message in stream:
         if message.samples_done > 0:
             break
     stream.cancel()
-    wait_for(lambda: metric("sgde_sampler_requests_total", outcome="cancelled") > cancelled, timeout=30,
-             what="the sampler to see the cancellation")
+    wait_for(
+        lambda: metric("sgde_sampler_requests_total", outcome="cancelled") > cancelled,
+        timeout=30,
+        what="the sampler to see the cancellation",
+    )
     generated = metric("sgde_sampler_samples_total") - samples
     assert 0 < generated < 100_000, generated  # it stopped, far from the million asked for
     time.sleep(0.5)
     assert metric("sgde_sampler_samples_total") - samples == generated
 
-    samples, deadline = metric("sgde_sampler_samples_total"), metric("sgde_sampler_requests_total",
-                                                                    outcome="deadline")
+    samples, deadline = metric("sgde_sampler_samples_total"), metric("sgde_sampler_requests_total", outcome="deadline")
     request.chunk_samples = 1  # a million steps: far more than a second
     with pytest.raises(grpc.RpcError) as info:
         for _ in bob.sampler.Sample(request, metadata=bob._metadata(), timeout=1.5):
             pass
     assert info.value.code() == CODE.DEADLINE_EXCEEDED
-    wait_for(lambda: metric("sgde_sampler_requests_total", outcome="deadline") > deadline, timeout=30,
-             what="the sampler to see the deadline")
+    wait_for(
+        lambda: metric("sgde_sampler_requests_total", outcome="deadline") > deadline,
+        timeout=30,
+        what="the sampler to see the deadline",
+    )
     assert metric("sgde_sampler_samples_total") - samples < 100_000
 
 
@@ -340,8 +372,9 @@ def test_sampler_process_configured_by_environment(world, tmp_path):
     """`python -m services.sampler` reads its settings from the environment, and another process gives the same
     bytes for the same request."""
     bob = world.bob
-    process = SamplerProcess(tmp_path, world.pki, world.registry.address, tmp_path / "state",
-                             {"SGDE_SAMPLER_MAX_SAMPLES": "100"})
+    process = SamplerProcess(
+        tmp_path, world.pki, world.registry.address, tmp_path / "state", {"SGDE_SAMPLER_MAX_SAMPLES": "100"}
+    )
     process.start()
     try:
         with Client(bob.address, sampler=process.address, home=bob.home, pki=bob.pki.root) as other:
@@ -358,15 +391,22 @@ def test_up_starts_and_stops_all_three(tmp_path):
     ports = {service: free_port() for service in ("registry", "trainer", "sampler")}
     env = {**os.environ, "SGDE_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
     for service, port in ports.items():
-        env.update({f"SGDE_{service.upper()}_ADDRESS": f"127.0.0.1:{port}",
-                    f"SGDE_{service.upper()}_METRICS_PORT": "0"})
+        env.update(
+            {f"SGDE_{service.upper()}_ADDRESS": f"127.0.0.1:{port}", f"SGDE_{service.upper()}_METRICS_PORT": "0"}
+        )
     env.pop("SGDE_PKI_DIR", None)
     env.pop("SGDE_REGISTRY_ADDRESS")  # the trainer and sampler follow the registry `up` starts
     env["SGDE_REGISTRY_LISTEN"] = f"127.0.0.1:{ports['registry']}"
-    proc = subprocess.Popen([sys.executable, "-c", "from libsgde.cli import main; main()", "up"], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from libsgde.cli import main; main()", "up"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         from libsgde.security import tls
+
         pki = tls.PkiPaths(tmp_path / "pki")
         wait_for(lambda: pki.cert("client").exists() and pki.key("client").exists(), timeout=60, what="the PKI")
         for port in ports.values():
@@ -383,10 +423,16 @@ def test_up_starts_and_stops_all_three(tmp_path):
 
 # -- the library --------------------------------------------------------------------------------------------------
 
+
 def test_buckets_compile_once_and_rows_depend_on_their_number_only(tmp_path):
-    schema = pb.DataSchema(tabular=pb.TabularSchema(columns=[
-        pb.Column(name="x", type=pb.COLUMN_TYPE_CONTINUOUS, lower=-1, upper=1),
-        pb.Column(name="kind", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["a", "b,c", 'say "hi"'])]))
+    schema = pb.DataSchema(
+        tabular=pb.TabularSchema(
+            columns=[
+                pb.Column(name="x", type=pb.COLUMN_TYPE_CONTINUOUS, lower=-1, upper=1),
+                pb.Column(name="kind", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["a", "b,c", 'say "hi"']),
+            ]
+        )
+    )
     make_generator_artifact(tmp_path / "g.safetensors", schema)
     sampler = sampling.CompiledSampler(load_generator(tmp_path / "g.safetensors"))
     assert sampling.plan_labels(sampler.generator, 10, None, 0) is None  # unconditional
@@ -412,8 +458,11 @@ def test_buckets_compile_once_and_rows_depend_on_their_number_only(tmp_path):
 
 
 def test_npy_headers_read_back_with_numpy():
-    for dtype, shape in ((np.dtype([("ünïcode", "<f8"), ("b", "<U3")]), (7,)), (np.dtype("<u2"), (2, 3, 4, 1)),
-                         (np.dtype([(f"c{i:05d}", "<i8") for i in range(4000)]), (1,))):
+    for dtype, shape in (
+        (np.dtype([("ünïcode", "<f8"), ("b", "<U3")]), (7,)),
+        (np.dtype("<u2"), (2, 3, 4, 1)),
+        (np.dtype([(f"c{i:05d}", "<i8") for i in range(4000)]), (1,)),
+    ):
         header = formats.npy_header(dtype, shape)
         body = np.zeros(shape, dtype)
         assert len(header) % 64 == 0

@@ -1,4 +1,5 @@
 """libsgde.security: the development PKI and a real mutual-TLS handshake, passwords, tokens, artifact signatures."""
+
 from __future__ import annotations
 
 import base64
@@ -182,9 +183,18 @@ PEER_METHOD = "/sgde.test.Peer/CommonName"
 def server(pki):
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), srv)
-    srv.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("sgde.test.Peer", {
-        "CommonName": grpc.unary_unary_rpc_method_handler(
-            lambda request, context: (tls.peer_common_name(context) or "").encode())})])
+    srv.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "sgde.test.Peer",
+                {
+                    "CommonName": grpc.unary_unary_rpc_method_handler(
+                        lambda request, context: (tls.peer_common_name(context) or "").encode()
+                    )
+                },
+            )
+        ]
+    )
     port = srv.add_secure_port("127.0.0.1:0", tls.server_credentials(pki, "registry"))
     srv.start()
     yield f"127.0.0.1:{port}"
@@ -221,8 +231,14 @@ def test_no_client_certificate_refused(server, pki):
 
 def test_expired_client_certificate_refused(server, pki):
     now = datetime.now(UTC)
-    cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), "client", server=False,
-                                      not_before=now - timedelta(days=30), not_after=now - timedelta(days=1))
+    cert, key = tls.issue_certificate(
+        pki.ca_cert.read_bytes(),
+        pki.ca_key.read_bytes(),
+        "client",
+        server=False,
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
     _refused(server, grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), key, cert))
 
 
@@ -239,14 +255,17 @@ def test_client_refuses_a_server_of_another_ca(server, tmp_path):
 GOOD_PASSWORD = "correct horse battery staple"
 
 
-@pytest.mark.parametrize("password, fragment", [
-    ("short1!", "too short"),
-    ("x" * 257 + "y", "too long"),
-    ("my-Alice-account-pw", "username"),
-    ("aaaaaaaaaaaa", "repeated"),
-    ("Password123", "common"),
-    ("QWERTYUIOP", "common"),
-])
+@pytest.mark.parametrize(
+    "password, fragment",
+    [
+        ("short1!", "too short"),
+        ("x" * 257 + "y", "too long"),
+        ("my-Alice-account-pw", "username"),
+        ("aaaaaaaaaaaa", "repeated"),
+        ("Password123", "common"),
+        ("QWERTYUIOP", "common"),
+    ],
+)
 def test_password_policy_refuses(password, fragment):
     with pytest.raises(auth.PasswordPolicyError, match=fragment):
         auth.check_password_policy(password, "alice")
@@ -277,20 +296,26 @@ def test_verify_password(encoded):
 
 def test_verify_password_with_other_parameters():
     salt = b"s" * 16
-    digest = hashlib.scrypt(b"cheap parameters!", salt=salt, n=2 ** 4, r=8, p=1, dklen=32)
+    digest = hashlib.scrypt(b"cheap parameters!", salt=salt, n=2**4, r=8, p=1, dklen=32)
     encoded = f"scrypt$4$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
     assert auth.verify_password("cheap parameters!", encoded)  # stored parameters are honoured
     assert not auth.verify_password("other", encoded)
 
 
-@pytest.mark.parametrize("bad", [
-    "", "scrypt", "scrypt$15$8$1$", "bcrypt$15$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,
-    "scrypt$x$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,
-    "scrypt$40$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,  # absurd cost: refused without computing
-    "scrypt$4$8$1$not*base64$" + "A" * 44,
-    "scrypt$4$8$1$c2FsdHNhbHRzYWx0c2FsdA==$QUFB",  # digest too short
-    None,
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "scrypt",
+        "scrypt$15$8$1$",
+        "bcrypt$15$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,
+        "scrypt$x$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,
+        "scrypt$40$8$1$c2FsdHNhbHRzYWx0c2FsdA==$" + "A" * 44,  # absurd cost: refused without computing
+        "scrypt$4$8$1$not*base64$" + "A" * 44,
+        "scrypt$4$8$1$c2FsdHNhbHRzYWx0c2FsdA==$QUFB",  # digest too short
+        None,
+    ],
+)
 def test_verify_password_malformed(bad):
     assert auth.verify_password(GOOD_PASSWORD, bad) is False
 
@@ -301,7 +326,7 @@ def test_burn_password_check_runs():
 
 def test_lockout_schedule():
     assert [auth.lockout_seconds(n) for n in range(0, 12)] == [0, 0, 0, 0, 0, 30, 60, 120, 240, 480, 900, 900]
-    assert auth.lockout_seconds(10 ** 6) == 900
+    assert auth.lockout_seconds(10**6) == 900
     assert auth.lockout_seconds(-1) == 0
 
 
@@ -319,8 +344,15 @@ def _b64url(data: bytes) -> str:
 
 def _claims(**overrides) -> dict:
     now = int(datetime.now(UTC).timestamp())
-    claims = {"sub": "alice", "iss": "sgde-registry", "aud": "sgde", "iat": now, "nbf": now, "exp": now + 600,
-              "jti": "abc"}
+    claims = {
+        "sub": "alice",
+        "iss": "sgde-registry",
+        "aud": "sgde",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": "abc",
+    }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -337,12 +369,21 @@ def test_token_round_trip(token_key):
     claims = auth.TokenVerifier(issuer.public_key).verify(token)
     assert claims.username == "alice" and claims.expires_at == expires
     assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
-    assert claims.token_id and claims.token_id != auth.TokenVerifier(token_key.public_key()).verify(
-        issuer.issue("alice")[0]).token_id
+    assert (
+        claims.token_id
+        and claims.token_id != auth.TokenVerifier(token_key.public_key()).verify(issuer.issue("alice")[0]).token_id
+    )
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "EdDSA" and header["kid"]
     assert set(jwt.decode(token, options={"verify_signature": False})) == {
-        "sub", "iss", "aud", "iat", "nbf", "exp", "jti"}
+        "sub",
+        "iss",
+        "aud",
+        "iat",
+        "nbf",
+        "exp",
+        "jti",
+    }
 
 
 def test_expired_token(token_key):
@@ -351,7 +392,8 @@ def test_expired_token(token_key):
     _refuse(verifier, token, "token expired: run `sgde login` again")
     # within the leeway, a token that just expired still passes
     just, _ = auth.TokenIssuer(token_key, lifetime=timedelta(seconds=10)).issue(
-        "alice", now=datetime.now(UTC) - timedelta(seconds=12))
+        "alice", now=datetime.now(UTC) - timedelta(seconds=12)
+    )
     assert verifier.verify(just).username == "alice"
 
 
@@ -363,8 +405,7 @@ def test_forged_and_misdirected_tokens(token_key):
     _refuse(verifier, elsewhere, "wrong audience")
     other_issuer, _ = auth.TokenIssuer(token_key, issuer="someone-else").issue("alice")
     _refuse(verifier, other_issuer, "wrong issuer")
-    future = jwt.encode(_claims(nbf=int(datetime.now(UTC).timestamp()) + 3600), token_key,
-                        algorithm="EdDSA")
+    future = jwt.encode(_claims(nbf=int(datetime.now(UTC).timestamp()) + 3600), token_key, algorithm="EdDSA")
     _refuse(verifier, future, "not valid yet")
     no_jti = jwt.encode(_claims(jti=None), token_key, algorithm="EdDSA")
     _refuse(verifier, no_jti, "'jti'")
@@ -377,8 +418,9 @@ def test_algorithm_confusion_refused(token_key):
     payload = _b64url(json.dumps(_claims()).encode())
     unsigned = f"{_b64url(json.dumps({'alg': 'none', 'typ': 'JWT'}).encode())}.{payload}."
     _refuse(verifier, unsigned, "algorithm not allowed")
-    public_pem = token_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = token_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     public_raw = token_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     for secret in (public_pem, public_raw):
         signing_input = f"{_b64url(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}.{payload}"
@@ -448,14 +490,19 @@ def test_artifact_message():
             signing.artifact_message(bad)
 
 
-@pytest.mark.parametrize("raw", [
-    b"", bytes(31), bytes(33),
-    bytes(32),  # small order (4)
-    bytes.fromhex("01" + "00" * 31),  # the identity
-    bytes.fromhex("ec" + "ff" * 30 + "7f"),  # order 2
-    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),  # order 8
-    bytes.fromhex("ed" + "ff" * 30 + "7f"),  # not canonical (y = p)
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        bytes(31),
+        bytes(33),
+        bytes(32),  # small order (4)
+        bytes.fromhex("01" + "00" * 31),  # the identity
+        bytes.fromhex("ec" + "ff" * 30 + "7f"),  # order 2
+        bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),  # order 8
+        bytes.fromhex("ed" + "ff" * 30 + "7f"),  # not canonical (y = p)
+    ],
+)
 def test_parse_public_key_refuses(raw):
     with pytest.raises(ValueError):
         signing.parse_public_key(raw)

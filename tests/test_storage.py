@@ -1,4 +1,5 @@
 """BlobStore against a real directory and a real S3 server (SeaweedFS)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,7 @@ def chunked(data: bytes, size: int = CHUNK_SIZE, fail_after: int | None = None):
     for n, start in enumerate(range(0, len(data), size)):
         if fail_after is not None and n == fail_after:
             raise ClientGone("the client went away")
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 def read_all(store, sha: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> bytes:
@@ -66,6 +67,7 @@ def store(request, tmp_path):
 
 
 # -- both backends ----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [0, 1, CHUNK_SIZE, 3 * CHUNK_SIZE + 17])
 def test_round_trip(store, size):
@@ -219,6 +221,7 @@ def test_concurrent_transfers(store):
 
 # -- file backend -----------------------------------------------------------------------------------------------
 
+
 def test_file_layout_and_url(tmp_path):
     store = open_blob_store((tmp_path / "b s").as_uri())
     assert isinstance(store, FileBlobStore) and store.root == tmp_path / "b s"
@@ -237,13 +240,21 @@ def test_file_check_fails_when_root_is_gone(tmp_path):
 
 
 def test_bad_urls():
-    for url in ("http://x", "file://host/path", "file:relative", "s3://b?endpoint=h:1&bogus=1",
-                "s3://b?secure=maybe", "s3:///?endpoint=h:1", "s3://b/path"):
+    for url in (
+        "http://x",
+        "file://host/path",
+        "file:relative",
+        "s3://b?endpoint=h:1&bogus=1",
+        "s3://b?secure=maybe",
+        "s3:///?endpoint=h:1",
+        "s3://b/path",
+    ):
         with pytest.raises(ValueError):
             open_blob_store(url)
 
 
 # -- S3 backend -------------------------------------------------------------------------------------------------
+
 
 def test_s3_url_parsing(monkeypatch):
     monkeypatch.setenv("SGDE_S3_ACCESS_KEY", "ak")

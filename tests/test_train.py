@@ -1,5 +1,6 @@
 """train(): each architecture learns on small real data, spends exactly the privacy it reports, is reproducible for
 a (secret, seed), and resumes from a checkpoint to the very same artifact."""
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
@@ -13,8 +14,10 @@ from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 SECRET = b"test secret, never use a fixed one in production"
-TINY = {"cvae": {"hidden": [32], "latent_dim": 4}, "dp-merf": {"hidden": [32], "features": 200,
-                                                              "generator_steps": 60, "generator_batch": 64}}
+TINY = {
+    "cvae": {"hidden": [32], "latent_dim": 4},
+    "dp-merf": {"hidden": [32], "features": 200, "generator_steps": 60, "generator_batch": 64},
+}
 TINY_IMAGE = {"cvae": {**TINY["cvae"], "network": "mlp"}, "dp-merf": TINY["dp-merf"]}
 
 
@@ -31,8 +34,9 @@ def cancer():
 @pytest.fixture(scope="module")
 def digits():
     d = load_digits()
-    schema = pb.DataSchema(image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=16,
-                                                class_names=[str(i) for i in range(10)]))
+    schema = pb.DataSchema(
+        image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=16, class_names=[str(i) for i in range(10)])
+    )
     return schema, encoder_for(schema).encode(d.images, d.target)
 
 
@@ -40,10 +44,24 @@ def run(dataset, arch, tmp_path, epsilon=4.0, config=None, **kw):
     schema, data = dataset
     events = []
     tiny = TINY_IMAGE if schema.HasField("image") else TINY
-    spec = TrainSpec(arch, epsilon, config=config or tiny[arch], epochs=kw.pop("epochs", 3), batch_size=64,
-                     learning_rate=kw.pop("learning_rate", 3e-3), seed=kw.pop("seed", 1))
-    result = train(data, schema, spec, tmp_path / f"{arch}.safetensors", on_progress=events.append,
-                   secret=kw.pop("secret", SECRET), **kw)
+    spec = TrainSpec(
+        arch,
+        epsilon,
+        config=config or tiny[arch],
+        epochs=kw.pop("epochs", 3),
+        batch_size=64,
+        learning_rate=kw.pop("learning_rate", 3e-3),
+        seed=kw.pop("seed", 1),
+    )
+    result = train(
+        data,
+        schema,
+        spec,
+        tmp_path / f"{arch}.safetensors",
+        on_progress=events.append,
+        secret=kw.pop("secret", SECRET),
+        **kw,
+    )
     return result, events
 
 
@@ -57,7 +75,11 @@ def test_each_architecture_learns_and_samples_inside_the_schema(arch, dataset, r
     assert events[-1].step == events[-1].total_steps
     # The reported epsilon is the accountant's, at most the target and not far below it (calibrated, not wasted).
     p = result.privacy
-    assert p.mechanism == {"cvae": "dp-sgd", "dp-merf": "dp-merf"}[arch] and p.accountant == "pld" and p.dataset_size == len(data[1])
+    assert (
+        p.mechanism == {"cvae": "dp-sgd", "dp-merf": "dp-merf"}[arch]
+        and p.accountant == "pld"
+        and p.dataset_size == len(data[1])
+    )
     assert 7.5 < p.epsilon <= 8.0 and p.rdp_epsilon >= p.epsilon
     assert abs(events[-1].epsilon_spent - p.epsilon) < 1e-9
     generator = load_generator(result.path)
@@ -115,11 +137,19 @@ def test_checkpoint_of_another_spec_is_not_resumed(cancer, tmp_path):
     assert not events[0].message.startswith("resumed")
 
 
-@pytest.mark.parametrize("change,field", [
-    ({"target_epsilon": 0.0}, "spec.target_epsilon"), ({"target_epsilon": float("nan")}, "spec.target_epsilon"),
-    ({"delta": 1 / 500}, "spec.delta"), ({"architecture": "gan"}, "spec.architecture"),
-    ({"config": {"latent_dim": -1}}, "spec.config.latent_dim"), ({"batch_size": 10_000}, "spec.batch_size"),
-    ({"clip_norm": -1.0}, "spec.clip_norm"), ({"epochs": -2}, "spec.epochs")])
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"target_epsilon": 0.0}, "spec.target_epsilon"),
+        ({"target_epsilon": float("nan")}, "spec.target_epsilon"),
+        ({"delta": 1 / 500}, "spec.delta"),
+        ({"architecture": "gan"}, "spec.architecture"),
+        ({"config": {"latent_dim": -1}}, "spec.config.latent_dim"),
+        ({"batch_size": 10_000}, "spec.batch_size"),
+        ({"clip_norm": -1.0}, "spec.clip_norm"),
+        ({"epochs": -2}, "spec.epochs"),
+    ],
+)
 def test_bad_specs_name_the_field(cancer, change, field):
     schema, data = cancer
     spec = TrainSpec(**{"architecture": "cvae", "target_epsilon": 1.0, **change})
@@ -138,11 +168,21 @@ def test_defaults_are_filled_and_delta_stays_below_one_over_n(cancer):
 
 
 def test_spec_survives_the_proto_round_trip():
-    spec = TrainSpec("dp-merf", 2.5, config={"hidden": [64, 32], "lengthscale": 1.5}, delta=1e-6, epochs=3,
-                     batch_size=128, clip_norm=0.5, learning_rate=1e-3, seed=9)
+    spec = TrainSpec(
+        "dp-merf",
+        2.5,
+        config={"hidden": [64, 32], "lengthscale": 1.5},
+        delta=1e-6,
+        epochs=3,
+        batch_size=128,
+        clip_norm=0.5,
+        learning_rate=1e-3,
+        seed=9,
+    )
     again = train_spec_from_proto(train_spec_to_proto(spec))
-    assert check_spec(again, pb.DataSchema(image=pb.ImageSchema(height=4, width=4, channels=1, pixel_max=1))) \
-        == check_spec(spec, pb.DataSchema(image=pb.ImageSchema(height=4, width=4, channels=1, pixel_max=1)))
+    assert check_spec(
+        again, pb.DataSchema(image=pb.ImageSchema(height=4, width=4, channels=1, pixel_max=1))
+    ) == check_spec(spec, pb.DataSchema(image=pb.ImageSchema(height=4, width=4, channels=1, pixel_max=1)))
 
 
 def test_dpmerf_release_has_sensitivity_one():
@@ -150,6 +190,7 @@ def test_dpmerf_release_has_sensitivity_one():
     import jax
 
     from libsgde.ml.privacy import merf
+
     freqs = merf.frequencies(jax.random.key(0), 30, 100, 2.0)
     x = jax.random.uniform(jax.random.key(1), (50, 30))
     phi = merf.feature_map(x, freqs)

@@ -2,6 +2,7 @@
 isolation between users; cancel; queueing; SIGKILL and resume; and `sgde train` end to end.
 
 Models are tiny (a few hundred parameters, 60 rows) so that every job trains in seconds."""
+
 from __future__ import annotations
 
 import hashlib
@@ -97,8 +98,11 @@ def test_train_watch_publish_and_isolation(user, trainer, tmp_path):
     assert again.name == job.name  # an idempotent retry, not a second job
 
     # Bob sees none of it: not the job, not the dataset.
-    for call in (lambda: bob.get_job(job.name), lambda: bob.cancel_job(job.name),
-                 lambda: list(bob.watch_job(job.name))):
+    for call in (
+        lambda: bob.get_job(job.name),
+        lambda: bob.cancel_job(job.name),
+        lambda: list(bob.watch_job(job.name)),
+    ):
         assert refusal(call).code == CODE.NOT_FOUND
     assert job.name not in [j.name for j in bob.list_jobs()]
     error = refusal(lambda: bob.create_job(tiny_spec(), schema, dataset.name, "steal"))
@@ -116,15 +120,17 @@ def test_train_watch_publish_and_isolation(user, trainer, tmp_path):
     assert done.privacy.dataset_size == 60 and done.start_time is not None and done.end_time >= done.start_time
     assert refusal(lambda: bob.publish_job(job.name)).code == CODE.NOT_FOUND
     with pytest.raises(grpc.RpcError) as info:
-        bob.trainer.PublishJobResult(tpb.PublishJobResultRequest(name=job.name, signature=b"x" * 64),
-                                     metadata=bob._metadata(), timeout=10)
+        bob.trainer.PublishJobResult(
+            tpb.PublishJobResultRequest(name=job.name, signature=b"x" * 64), metadata=bob._metadata(), timeout=10
+        )
     assert info.value.code() == CODE.NOT_FOUND
 
     # A signature by another key: the registry refuses it, the job stays SUCCEEDED for a retry.
     wrong = signing.sign_artifact(signing.generate_signing_key(), done.artifact_sha256)
     with pytest.raises(grpc.RpcError) as info:
-        alice.trainer.PublishJobResult(tpb.PublishJobResultRequest(name=job.name, signature=wrong),
-                                       metadata=alice._metadata(), timeout=30)
+        alice.trainer.PublishJobResult(
+            tpb.PublishJobResultRequest(name=job.name, signature=wrong), metadata=alice._metadata(), timeout=30
+        )
     assert info.value.code() == CODE.INVALID_ARGUMENT and "signature" in info.value.details()
     assert alice.get_job(job.name).state == S.JOB_STATE_SUCCEEDED
 
@@ -147,8 +153,9 @@ def test_bad_requests_are_refused_at_submit(user, trainer, tmp_path):
     schema = tabular_schema()
 
     def fields(spec=None, data_schema=None, data=None, model="bad-specs") -> list[str]:
-        error = refusal(lambda: alice.create_job(spec or tiny_spec(), data_schema or schema, data or dataset.name,
-                                                 model))
+        error = refusal(
+            lambda: alice.create_job(spec or tiny_spec(), data_schema or schema, data or dataset.name, model)
+        )
         assert error.code == CODE.INVALID_ARGUMENT, error
         return [f for f, _ in error.violations]
 
@@ -177,8 +184,14 @@ def test_bad_requests_are_refused_at_submit(user, trainer, tmp_path):
     root = trainer.data_root
     secret = write_csv(root.parent / "outside.csv")
     (root / "link.csv").symlink_to(secret)
-    for reference in ("../outside.csv", str(secret), "link.csv", "nothing-here.csv", "datasets/0123456789abcdef",
-                      "s3://bucket/key.csv"):
+    for reference in (
+        "../outside.csv",
+        str(secret),
+        "link.csv",
+        "nothing-here.csv",
+        "datasets/0123456789abcdef",
+        "s3://bucket/key.csv",
+    ):
         assert fields(data=reference) == ["dataset"], reference
     error = refusal(lambda: alice.create_job(tiny_spec(), schema, "../outside.csv", "bad-specs"))
     assert "outside the trainer's data root" in str(error)
@@ -192,20 +205,27 @@ def test_bad_requests_are_refused_at_submit(user, trainer, tmp_path):
     data = b"age,label\n30,no\n"
     header = tpb.UploadDatasetRequest.Header(filename="x.csv", size_bytes=len(data), sha256="0" * 64)
     with pytest.raises(grpc.RpcError) as info:
-        alice.trainer.UploadDataset(iter([tpb.UploadDatasetRequest(header=header), tpb.UploadDatasetRequest(
-            chunk=data)]), metadata=alice._metadata(), timeout=10)
+        alice.trainer.UploadDataset(
+            iter([tpb.UploadDatasetRequest(header=header), tpb.UploadDatasetRequest(chunk=data)]),
+            metadata=alice._metadata(),
+            timeout=10,
+        )
     assert info.value.code() == CODE.INVALID_ARGUMENT
-    bad_name = tpb.UploadDatasetRequest.Header(filename="../x.csv", size_bytes=len(data),
-                                               sha256=hashlib.sha256(data).hexdigest())
+    bad_name = tpb.UploadDatasetRequest.Header(
+        filename="../x.csv", size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
     with pytest.raises(grpc.RpcError) as info:
-        alice.trainer.UploadDataset(iter([tpb.UploadDatasetRequest(header=bad_name)]), metadata=alice._metadata(),
-                                    timeout=10)
+        alice.trainer.UploadDataset(
+            iter([tpb.UploadDatasetRequest(header=bad_name)]), metadata=alice._metadata(), timeout=10
+        )
     assert info.value.code() == CODE.INVALID_ARGUMENT
-    too_big = tpb.UploadDatasetRequest.Header(filename="x.csv", size_bytes=trainer.max_dataset_bytes + 1,
-                                              sha256="0" * 64)
+    too_big = tpb.UploadDatasetRequest.Header(
+        filename="x.csv", size_bytes=trainer.max_dataset_bytes + 1, sha256="0" * 64
+    )
     with pytest.raises(grpc.RpcError) as info:
-        alice.trainer.UploadDataset(iter([tpb.UploadDatasetRequest(header=too_big)]), metadata=alice._metadata(),
-                                    timeout=10)
+        alice.trainer.UploadDataset(
+            iter([tpb.UploadDatasetRequest(header=too_big)]), metadata=alice._metadata(), timeout=10
+        )
     assert info.value.code() == CODE.RESOURCE_EXHAUSTED
     assert sorted((trainer.state_dir / "datasets").iterdir()) == before
 
@@ -238,8 +258,13 @@ def test_queue_and_cancel(user, trainer):
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # subprocess forks then execs at once
 def test_sigkill_mid_job_resumes_from_checkpoint(registry, pki, tmp_path):
-    proc = TrainerProcess(tmp_path, pki, registry.address, tmp_path / "state",
-                          {"SGDE_TRAINER_CHECKPOINT_SECONDS": "0.2", "SGDE_LOG_LEVEL": "WARNING"})
+    proc = TrainerProcess(
+        tmp_path,
+        pki,
+        registry.address,
+        tmp_path / "state",
+        {"SGDE_TRAINER_CHECKPOINT_SECONDS": "0.2", "SGDE_LOG_LEVEL": "WARNING"},
+    )
     proc.start()
     try:
         alice = trainer_client(user_client(registry.address, pki, tmp_path), proc.address)
@@ -278,23 +303,56 @@ def test_cli_train_publishes(registry, pki, trainer, tmp_path, monkeypatch):
         return result.output
 
     username = f"cli{os.urandom(4).hex()}"
-    sgde("register", "--username", username, "--email", f"{username}@example.org", "--password-stdin",
-         stdin=f"{PASSWORD}\n{PASSWORD}\n")
+    sgde(
+        "register",
+        "--username",
+        username,
+        "--email",
+        f"{username}@example.org",
+        "--password-stdin",
+        stdin=f"{PASSWORD}\n{PASSWORD}\n",
+    )
     sgde("login", "--username", username, "--password-stdin", stdin=f"{PASSWORD}\n")
     csv = write_csv(tmp_path / "people.csv")
     schema_file = tmp_path / "schema.json"
     schema_file.write_text(json.dumps(schema_to_dict(tabular_schema())))
-    output = sgde("train", "--data", str(csv), "--schema", str(schema_file), "--arch", "dp-merf", "--epsilon", "5",
-                  "--delta", "1e-3", "--config", json.dumps({**TINY_MERF, "generator_steps": 20}),
-                  "--publish", "people")
+    output = sgde(
+        "train",
+        "--data",
+        str(csv),
+        "--schema",
+        str(schema_file),
+        "--arch",
+        "dp-merf",
+        "--epsilon",
+        "5",
+        "--delta",
+        "1e-3",
+        "--config",
+        json.dumps({**TINY_MERF, "generator_steps": 20}),
+        "--publish",
+        "people",
+    )
     assert f"published models/{username}/people/versions/1: epsilon" in output and "(dp-merf)" in output
     listing = sgde("jobs", "list")
     assert "published" in listing and "dp-merf" in listing
     job = next(line.split()[1] for line in listing.splitlines() if "jobs/" in line)
     assert f"models/{username}/people/versions/1" in sgde("jobs", "show", job)
     assert "published" in sgde("jobs", "publish", job, ok=False)
-    assert "spec.target_epsilon" in sgde("train", "--data", str(csv), "--schema", str(schema_file), "--arch", "cvae",
-                                         "--epsilon", "0", "--publish", "people", ok=False)
+    assert "spec.target_epsilon" in sgde(
+        "train",
+        "--data",
+        str(csv),
+        "--schema",
+        str(schema_file),
+        "--arch",
+        "cvae",
+        "--epsilon",
+        "0",
+        "--publish",
+        "people",
+        ok=False,
+    )
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the S3 server starts as a subprocess

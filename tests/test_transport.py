@@ -1,4 +1,5 @@
 """What reaches the registry's port: only mutual TLS with a certificate of our CA; grpcurl can inspect it."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def test_mutual_tls_works(registry, pki):
 
 
 def _refused(address: str, credentials: grpc.ChannelCredentials | None) -> None:
-    channel = (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address))
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
     with channel, pytest.raises(grpc.RpcError) as info:
         health_check(channel)
     assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -55,9 +56,15 @@ def test_certificate_from_another_ca_refused(registry, pki):
 
 def test_expired_client_certificate_refused(registry, pki):
     now = datetime.now(UTC)
-    cert, key = tls.issue_certificate(pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), "old-client",
-                                      server=False, client=True, not_before=now - timedelta(days=30),
-                                      not_after=now - timedelta(days=1))
+    cert, key = tls.issue_certificate(
+        pki.ca_cert.read_bytes(),
+        pki.ca_key.read_bytes(),
+        "old-client",
+        server=False,
+        client=True,
+        not_before=now - timedelta(days=30),
+        not_after=now - timedelta(days=1),
+    )
     _refused(registry.address, grpc.ssl_channel_credentials(pki.ca_cert.read_bytes(), key, cert))
 
 
@@ -67,8 +74,15 @@ def test_client_refuses_a_server_from_another_ca(registry, tmp_path):
 
 
 def _grpcurl(pki, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [grpcurl_binary(), "-cacert", str(pki.ca_cert), "-cert", str(pki.cert("client")),
-           "-key", str(pki.key("client"))]
+    cmd = [
+        grpcurl_binary(),
+        "-cacert",
+        str(pki.ca_cert),
+        "-cert",
+        str(pki.cert("client")),
+        "-key",
+        str(pki.key("client")),
+    ]
     if token:
         cmd += ["-H", f"authorization: Bearer {token}"]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=30)
@@ -80,22 +94,28 @@ def test_grpcurl_lists_describes_and_calls(registry, pki, new_user):
     services = listed.stdout.split()
     assert "sgde.v1.RegistryService" in services and "grpc.health.v1.Health" in services
     described = _grpcurl(pki, registry.address, "describe", "sgde.v1.RegistryService")
-    assert described.returncode == 0 and "rpc PublishVersion ( stream .sgde.v1.PublishVersionRequest )" in \
-        described.stdout
+    assert (
+        described.returncode == 0 and "rpc PublishVersion ( stream .sgde.v1.PublishVersionRequest )" in described.stdout
+    )
     alice = new_user()
     whoami = _grpcurl(pki, registry.address, "sgde.v1.RegistryService/WhoAmI", token=alice._token)
     assert whoami.returncode == 0, whoami.stderr
     assert json.loads(whoami.stdout)["username"] == alice.username
     refused = _grpcurl(pki, registry.address, "sgde.v1.RegistryService/WhoAmI")
     assert refused.returncode != 0 and "Unauthenticated" in refused.stderr
-    bad = _grpcurl(pki, "-d", '{"name": "models/../etc"}', registry.address, "sgde.v1.RegistryService/GetModel",
-                   token=alice._token)
+    bad = _grpcurl(
+        pki, "-d", '{"name": "models/../etc"}', registry.address, "sgde.v1.RegistryService/GetModel", token=alice._token
+    )
     assert "InvalidArgument" in bad.stderr
 
 
 def test_grpcurl_without_client_certificate_fails(registry, pki):
-    result = subprocess.run([grpcurl_binary(), "-cacert", str(pki.ca_cert), registry.address, "list"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [grpcurl_binary(), "-cacert", str(pki.ca_cert), registry.address, "list"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
 
 
@@ -104,6 +124,7 @@ def test_metrics_endpoint_counts_calls(tmp_path, pki):
 
     from tests.support.fixtures import start_registry
     from tests.support.services import free_port
+
     port = free_port()
     running, handle = start_registry(tmp_path / "reg", pki, metrics_port=port)
     try:
@@ -111,6 +132,7 @@ def test_metrics_endpoint_counts_calls(tmp_path, pki):
             from google.protobuf import empty_pb2
 
             from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
+
             with pytest.raises(grpc.RpcError):
                 registry_pb2_grpc.RegistryServiceStub(channel).WhoAmI(empty_pb2.Empty(), timeout=5)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

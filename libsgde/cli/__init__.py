@@ -1,5 +1,6 @@
 """The `sgde` command: a thin face over libsgde.client, one module per command group. The services start through
 their entry points (libsgde.server.launch); the CLI imports none of them."""
+
 from __future__ import annotations
 
 from libsgde.cli import accounts, certs, demo, evaluate, jobs, models, sample, schema, services  # noqa: F401

@@ -1,4 +1,5 @@
 """`sgde register`, `login`, `logout`, `whoami`."""
+
 from __future__ import annotations
 
 import click
@@ -15,11 +16,14 @@ from libsgde.cli.common import _client, _read_password, handles_errors, main, ou
 def register(ctx, username: str, email: str, password_stdin: bool) -> None:
     """Create an account; your signing key is made here and never leaves this machine."""
     from libsgde.security.signing import fingerprint
+
     password = _read_password(password_stdin, confirm=True)
     with _client(ctx) as client:
         user = client.register(username, email, password)
-        out.print(f"registered {user.username}; signing key {fingerprint(user.signing_public_key)} "
-                  f"in {client.signing_key_path(username)}")
+        out.print(
+            f"registered {user.username}; signing key {fingerprint(user.signing_public_key)} "
+            f"in {client.signing_key_path(username)}"
+        )
 
 
 @main.command()
@@ -51,6 +55,7 @@ def logout(ctx) -> None:
 def whoami(ctx) -> None:
     """Show who the saved token belongs to."""
     from libsgde.security.signing import fingerprint
+
     with _client(ctx) as client:
         user = client.whoami()
         out.print(f"{user.username} <{user.email}> signing key {fingerprint(user.signing_public_key)}")

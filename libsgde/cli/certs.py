@@ -1,4 +1,5 @@
 """`sgde certs`: development certificates for mutual TLS."""
+
 from __future__ import annotations
 
 import click
@@ -18,5 +19,6 @@ def certs() -> None:
 def certs_init(names: tuple[str, ...], force: bool) -> None:
     """Make a development CA and certificates for registry, trainer, sampler and clients under $SGDE_HOME/pki."""
     from libsgde.security.tls import init_pki
+
     paths = init_pki(config.pki_dir(), names, force=force)
     out.print(f"PKI ready in {paths.root} (CA: {paths.ca_cert})")

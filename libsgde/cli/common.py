@@ -1,4 +1,5 @@
 """What every `sgde` command shares: the top-level group, the consoles, and turning errors into one red line."""
+
 from __future__ import annotations
 
 import functools
@@ -20,21 +21,25 @@ def _fail(message: str, code: int = 1) -> None:
 
 def handles_errors(fn):
     """Turns the SDK's errors into one red line and exit status 1 instead of a traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from libsgde.errors import SgdeError
         from libsgde.security.tls import PkiError
+
         try:
             return fn(*args, **kwargs)
         except (SgdeError, PkiError) as e:
             _fail(str(e))
         except FileNotFoundError as e:
             _fail(f"{e.filename}: no such file")
+
     return wrapper
 
 
 def _client(ctx: click.Context):
     from libsgde.client import Client
+
     return Client(ctx.obj.get("registry"), trainer=ctx.obj.get("trainer"), sampler=ctx.obj.get("sampler"))
 
 
@@ -50,9 +55,16 @@ def _read_password(stdin: bool, confirm: bool = False) -> str:
 
 
 def _transfer_bar(description: str) -> Progress:
-    return Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
-                    disable=not console.is_terminal)
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
 @click.group()

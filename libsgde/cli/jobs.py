@@ -1,4 +1,5 @@
 """`sgde train` and `sgde jobs`: DP training in the silo's trainer, then signing and publishing here."""
+
 from __future__ import annotations
 
 import sys
@@ -13,6 +14,7 @@ from libsgde.cli.common import _client, _fail, _transfer_bar, console, handles_e
 
 def _state(state: int) -> str:
     from libsgde.wire.convert import job_state_text
+
     return job_state_text(state)
 
 
@@ -24,16 +26,29 @@ def _duration(seconds: float) -> str:
 def _watch(client, name: str):
     """Shows the job's progress live (a bar on a terminal, its messages otherwise) until it ends; returns the job."""
     from rich.progress import MofNCompleteColumn, TextColumn
-    bar = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[stats]}"), console=console, disable=not console.is_terminal)
+
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=console,
+        disable=not console.is_terminal,
+    )
     try:
         with bar:
             task = bar.add_task(name, total=None, stats="")
             for event in client.watch_job(name):
                 if event.total_steps:
-                    bar.update(task, total=event.total_steps, completed=event.step, stats=(
-                        f"epoch {event.epoch}  loss {event.loss:.4g}  epsilon {event.epsilon_spent:.3g}  "
-                        f"{event.examples_per_second:,.0f} ex/s  ETA {_duration(event.eta_seconds)}"))
+                    bar.update(
+                        task,
+                        total=event.total_steps,
+                        completed=event.step,
+                        stats=(
+                            f"epoch {event.epoch}  loss {event.loss:.4g}  epsilon {event.epsilon_spent:.3g}  "
+                            f"{event.examples_per_second:,.0f} ex/s  ETA {_duration(event.eta_seconds)}"
+                        ),
+                    )
                 else:
                     bar.update(task, stats=_state(event.state))
                 if event.message:
@@ -47,6 +62,7 @@ def _watch(client, name: str):
 def _report_end(job) -> None:
     """One line for a job that ended; exit status 1 unless it succeeded (or was published)."""
     from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+
     if job.state == tpb.JOB_STATE_FAILED:
         _fail(f"{job.name} failed: {job.error}")
     if job.state == tpb.JOB_STATE_CANCELLED:
@@ -54,17 +70,32 @@ def _report_end(job) -> None:
 
 
 def _published(job) -> str:
-    return (f"published {job.published_version}: epsilon {job.privacy.epsilon:.4g} at delta {job.privacy.delta:.3g} "
-            f"({job.privacy.mechanism})")
+    return (
+        f"published {job.published_version}: epsilon {job.privacy.epsilon:.4g} at delta {job.privacy.delta:.3g} "
+        f"({job.privacy.mechanism})"
+    )
 
 
 @main.command("train")
-@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Data file to upload to the trainer (.csv, .npz, MNIST-style idx .gz).")
-@click.option("--dataset", "dataset_ref", help="Data already in the silo instead: datasets/ID (uploaded before), a "
-                                               "path under the trainer's data root, or s3://BUCKET/KEY.")
-@click.option("--schema", "schema_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The data schema (JSON; see `sgde schema infer`).")
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Data file to upload to the trainer (.csv, .npz, MNIST-style idx .gz).",
+)
+@click.option(
+    "--dataset",
+    "dataset_ref",
+    help="Data already in the silo instead: datasets/ID (uploaded before), a "
+    "path under the trainer's data root, or s3://BUCKET/KEY.",
+)
+@click.option(
+    "--schema",
+    "schema_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The data schema (JSON; see `sgde schema infer`).",
+)
 @click.option("--arch", required=True, help="Architecture, e.g. cvae or dp-merf.")
 @click.option("--epsilon", type=float, required=True, help="Target epsilon of the (epsilon, delta) guarantee.")
 @click.option("--delta", type=float, default=0.0, help="Default: 1e-5 or 1/(10 N), whichever is smaller.")
@@ -73,14 +104,28 @@ def _published(job) -> str:
 @click.option("--clip-norm", type=float, default=0.0, help="Per-example clipping norm (default 1).")
 @click.option("--lr", "learning_rate", type=float, default=0.0, help="Learning rate (default 1e-3).")
 @click.option("--seed", type=int, default=0, help="Initialisation seed (public, recorded in the model).")
-@click.option("--config", "config_json", help='Architecture settings as JSON, e.g. \'{"hidden": [64, 64]}\'.')
+@click.option("--config", "config_json", help="Architecture settings as JSON, e.g. '{\"hidden\": [64, 64]}'.")
 @click.option("--publish", "model", required=True, help="Model to publish to: NAME or YOU/NAME (made if missing).")
 @click.option("--no-wait", is_flag=True, help="Submit and print the job's name; do not watch or publish.")
 @click.pass_context
 @handles_errors
-def train_command(ctx, data_file: Path | None, dataset_ref: str | None, schema_file: Path, arch: str,
-                  epsilon: float, delta: float, epochs: int, batch_size: int, clip_norm: float, learning_rate: float,
-                  seed: int, config_json: str | None, model: str, no_wait: bool) -> None:
+def train_command(
+    ctx,
+    data_file: Path | None,
+    dataset_ref: str | None,
+    schema_file: Path,
+    arch: str,
+    epsilon: float,
+    delta: float,
+    epochs: int,
+    batch_size: int,
+    clip_norm: float,
+    learning_rate: float,
+    seed: int,
+    config_json: str | None,
+    model: str,
+    no_wait: bool,
+) -> None:
     """Train a differentially private generator in the silo's trainer, then sign and publish it.
 
     The data goes to the trainer only (inside the silo); what reaches the registry is the trained model, signed
@@ -89,14 +134,23 @@ def train_command(ctx, data_file: Path | None, dataset_ref: str | None, schema_f
 
     from libsgde.io.schema import SchemaError, schema_from_dict
     from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+
     if (data_file is None) == (dataset_ref is None):
         _fail("give the data: --data FILE (uploaded) or --dataset REF (already in the silo)")
     try:
         schema = schema_from_dict(json.loads(schema_file.read_text()))
     except (ValueError, SchemaError) as e:  # not JSON, or not a valid schema
         _fail(f"{schema_file}: {e}")
-    spec = tpb.TrainingSpec(architecture=arch, target_epsilon=epsilon, delta=delta, epochs=epochs,
-                            batch_size=batch_size, clip_norm=clip_norm, learning_rate=learning_rate, seed=seed)
+    spec = tpb.TrainingSpec(
+        architecture=arch,
+        target_epsilon=epsilon,
+        delta=delta,
+        epochs=epochs,
+        batch_size=batch_size,
+        clip_norm=clip_norm,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
     if config_json:
         try:
             settings = json.loads(config_json)
@@ -135,15 +189,22 @@ def jobs() -> None:
 def jobs_list(ctx, state: str | None) -> None:
     """Your jobs, newest first."""
     from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
+
     table = Table("state", "model", "architecture", "progress", "epsilon")
     table.columns.insert(0, Column("job", no_wrap=True, min_width=21))  # the whole name: it is what commands take
     with _client(ctx) as client:
         for job in client.list_jobs(state=tpb.JobState.Value(f"JOB_STATE_{state.upper()}") if state else 0):
             p = job.latest_progress
-            table.add_row(job.name, _state(job.state), job.publish_model.rsplit("/", 1)[-1], job.spec.architecture,
-                          f"{p.step}/{p.total_steps}" if p.total_steps else "",
-                          f"{job.privacy.epsilon:.3g}" if job.privacy is not None else
-                          (f"{p.epsilon_spent:.3g} of {job.spec.target_epsilon:g}" if p.total_steps else ""))
+            table.add_row(
+                job.name,
+                _state(job.state),
+                job.publish_model.rsplit("/", 1)[-1],
+                job.spec.architecture,
+                f"{p.step}/{p.total_steps}" if p.total_steps else "",
+                f"{job.privacy.epsilon:.3g}"
+                if job.privacy is not None
+                else (f"{p.epsilon_spent:.3g} of {job.spec.target_epsilon:g}" if p.total_steps else ""),
+            )
     out.print(table)
 
 
@@ -154,24 +215,39 @@ def jobs_list(ctx, state: str | None) -> None:
 def jobs_show(ctx, job: str) -> None:
     """A job: its spec, state, progress, privacy report, error."""
     import dataclasses
+
     with _client(ctx) as client:
         j = client.get_job(job)
     out.print(f"[bold]{j.name}[/]  {_state(j.state)}  (owner {j.owner})")
     out.print(f"dataset {j.dataset} -> {j.publish_model}")
+
     def plain(v):  # Struct numbers are doubles: show 8, not 8.0
-        return (int(v) if isinstance(v, float) and v.is_integer() else [plain(x) for x in v] if isinstance(v, list)
-                else {k: plain(x) for k, x in sorted(v.items())} if isinstance(v, dict) else v)
+        return (
+            int(v)
+            if isinstance(v, float) and v.is_integer()
+            else [plain(x) for x in v]
+            if isinstance(v, list)
+            else {k: plain(x) for k, x in sorted(v.items())}
+            if isinstance(v, dict)
+            else v
+        )
+
     spec = plain({k: v for k, v in dataclasses.asdict(j.spec).items() if v not in (None, "", 0)})  # as set
     out.print("spec: " + ", ".join(f"{k}={v}" for k, v in spec.items()), highlight=False)
     p = j.latest_progress
     if p.total_steps:
-        out.print(f"progress: step {p.step}/{p.total_steps}, epoch {p.epoch}, loss {p.loss:.4g}, epsilon spent "
-                  f"{p.epsilon_spent:.3g}", highlight=False)
+        out.print(
+            f"progress: step {p.step}/{p.total_steps}, epoch {p.epoch}, loss {p.loss:.4g}, epsilon spent "
+            f"{p.epsilon_spent:.3g}",
+            highlight=False,
+        )
     if j.privacy is not None:
         pr = j.privacy
-        out.print(f"privacy: epsilon {pr.epsilon:.4g} at delta {pr.delta:.3g} ({pr.mechanism}, {pr.accountant}; "
-                  f"noise multiplier {pr.noise_multiplier:.4g}, {pr.steps} steps, N = {pr.dataset_size})",
-                  highlight=False)
+        out.print(
+            f"privacy: epsilon {pr.epsilon:.4g} at delta {pr.delta:.3g} ({pr.mechanism}, {pr.accountant}; "
+            f"noise multiplier {pr.noise_multiplier:.4g}, {pr.steps} steps, N = {pr.dataset_size})",
+            highlight=False,
+        )
     if j.artifact_sha256:
         out.print(f"artifact sha256 {j.artifact_sha256}")
     if j.published_version:
@@ -187,6 +263,7 @@ def jobs_show(ctx, job: str) -> None:
 def jobs_watch(ctx, job: str) -> None:
     """Follow a job's progress until it ends."""
     from libsgde.client import job_name
+
     with _client(ctx) as client:
         j = _watch(client, job_name(job))
     _report_end(j)
@@ -201,8 +278,7 @@ def jobs_cancel(ctx, job: str) -> None:
     """Cancel a queued or running job."""
     with _client(ctx) as client:
         j = client.cancel_job(job)
-    out.print(f"{j.name} {_state(j.state)}" + (" (stopping)" if _state(j.state) == "running" else ""),
-              highlight=False)
+    out.print(f"{j.name} {_state(j.state)}" + (" (stopping)" if _state(j.state) == "running" else ""), highlight=False)
 
 
 @jobs.command("publish")

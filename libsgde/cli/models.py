@@ -1,4 +1,5 @@
 """`sgde models`: browse, publish, fetch, share and delete models."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,12 +48,25 @@ def models_list(ctx, owner: str, tag: str, kind: str | None) -> None:
     with _client(ctx) as client:
         listed = list(client.list_models(owner=owner, tag=tag, data_kind=DATA_KINDS[kind] if kind else 0))
         # The whole name (it is what commands take); the other columns wrap.
-        table = Table(Column("name", no_wrap=True, min_width=max((len(m.name) for m in listed), default=4)),
-                      "kind", "versions", "visibility", "tags", "evaluation", "description")
+        table = Table(
+            Column("name", no_wrap=True, min_width=max((len(m.name) for m in listed), default=4)),
+            "kind",
+            "versions",
+            "visibility",
+            "tags",
+            "evaluation",
+            "description",
+        )
         for m in listed:
-            table.add_row(m.name, m.data_kind.text,
-                          str(m.latest_version), m.visibility.text,
-                          ",".join(m.tags), _evaluation_summary(m.metrics), m.description[:60])
+            table.add_row(
+                m.name,
+                m.data_kind.text,
+                str(m.latest_version),
+                m.visibility.text,
+                ",".join(m.tags),
+                _evaluation_summary(m.metrics),
+                m.description[:60],
+            )
     out.print(table)
 
 
@@ -64,8 +78,10 @@ def models_show(ctx, model: str) -> None:
     """A model and its versions."""
     with _client(ctx) as client:
         m = client.get_model(model)
-        out.print(f"[bold]{m.name}[/]  {m.visibility.text}"
-                  + (f" (shared with {', '.join(m.shared_with)})" if m.shared_with else ""))
+        out.print(
+            f"[bold]{m.name}[/]  {m.visibility.text}"
+            + (f" (shared with {', '.join(m.shared_with)})" if m.shared_with else "")
+        )
         if m.description:
             out.print(m.description)
         if m.tags:
@@ -77,8 +93,14 @@ def models_show(ctx, model: str) -> None:
             out.print(metrics)
         table = Table("version", "architecture", "epsilon, delta", "size", "sha256", "created")
         for v in client.list_versions(m.name):
-            table.add_row(str(v.number), v.architecture, _epsilon(v.privacy), f"{v.size_bytes:,}",
-                          v.sha256[:16], f"{v.create_time:%Y-%m-%d %H:%M}" if v.create_time else "")
+            table.add_row(
+                str(v.number),
+                v.architecture,
+                _epsilon(v.privacy),
+                f"{v.size_bytes:,}",
+                v.sha256[:16],
+                f"{v.create_time:%Y-%m-%d %H:%M}" if v.create_time else "",
+            )
         out.print(table)
 
 
@@ -94,8 +116,14 @@ def models_push(ctx, file: Path, model: str, description: str, tags: tuple[str, 
     """Publish an artifact as the next version of a model (signed with your key)."""
     with _client(ctx) as client, _transfer_bar("push") as bar:
         task = bar.add_task(f"push {file.name}", total=file.stat().st_size)
-        version = client.push(file, model, description=description, tags=list(tags), visibility=visibility,
-                              progress=lambda done, total: bar.update(task, completed=done))
+        version = client.push(
+            file,
+            model,
+            description=description,
+            tags=list(tags),
+            visibility=visibility,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
     out.print(f"published {version.name} (sha256 {version.sha256})")
 
 
@@ -127,8 +155,7 @@ def models_share(ctx, model: str, users: tuple[str, ...], visibility: str | None
         m = client.share(model, list(users)) if users else client.get_model(model)
         if visibility:
             m = client.update_model(model, visibility=visibility)
-    out.print(f"{m.name}: {m.visibility.text}"
-              + (f", shared with {', '.join(m.shared_with)}" if m.shared_with else ""))
+    out.print(f"{m.name}: {m.visibility.text}" + (f", shared with {', '.join(m.shared_with)}" if m.shared_with else ""))
 
 
 @models.command("delete")

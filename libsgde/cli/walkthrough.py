@@ -3,8 +3,8 @@
 On data that ships with scikit-learn (digits: 8x8 images, 10 classes; breast_cancer: 30 measurements and a diagnosis),
 in a fresh $SGDE_HOME under the report folder, the demo
 
-1. starts the registry, the trainer and the sampler on free loopback ports (libsgde.server.launch), over mutual TLS with a
-   fresh development PKI, in this process; they stop at the end, on an error and on Ctrl-C too;
+1. starts the registry, the trainer and the sampler on free loopback ports (libsgde.server.launch), over mutual TLS
+   with a fresh development PKI, in this process; they stop at the end, on an error and on Ctrl-C too;
 2. registers and logs in a user and writes each data set to a file (a held-out split kept aside), with a schema whose
    bounds are PUBLIC facts, never read from the data;
 3. trains one DP generator per data set in the trainer service (upload, CreateJob, watch, then sign here and publish),
@@ -17,6 +17,7 @@ in a fresh $SGDE_HOME under the report folder, the demo
 
 `run_demo(out, tiny=True)` is the same walk with tiny models and few samples, for the tests.
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,18 +67,27 @@ DIGITS_CLASSES = [str(i) for i in range(10)]
 # texture is the standard deviation of grey levels, at most 100; the shape ratios are small dimensionless numbers
 # given limits of 0.5 to 2. Generous limits cost some utility (the data fill less of [0, 1]); that is the price of not
 # looking.
-BREAST_CANCER_LIMITS = {"radius": 50.0, "texture": 100.0, "perimeter": 400.0, "area": 8000.0, "smoothness": 0.5,
-                        "compactness": 2.0, "concavity": 2.0, "concave points": 1.0, "symmetry": 1.0,
-                        "fractal dimension": 0.5}
+BREAST_CANCER_LIMITS = {
+    "radius": 50.0,
+    "texture": 100.0,
+    "perimeter": 400.0,
+    "area": 8000.0,
+    "smoothness": 0.5,
+    "compactness": 2.0,
+    "concavity": 2.0,
+    "concave points": 1.0,
+    "symmetry": 1.0,
+    "fractal dimension": 0.5,
+}
 BREAST_CANCER_LABEL = "diagnosis"
 BREAST_CANCER_CLASSES = ["malignant", "benign"]  # scikit-learn's target 0 and 1
-MARGINAL_COLUMNS = ["mean radius", "mean texture", "mean area", "mean smoothness", "mean concavity",
-                    "worst perimeter"]
+MARGINAL_COLUMNS = ["mean radius", "mean texture", "mean area", "mean smoothness", "mean concavity", "worst perimeter"]
 
 # Settings for `tiny`: a job trains in a second or two.
-TINY_CONFIG = {"dp-merf": {"hidden": [32], "latent_dim": 4, "features": 200, "generator_steps": 60,
-                           "generator_batch": 64},
-               "cvae": {"hidden": [16], "latent_dim": 2}}
+TINY_CONFIG = {
+    "dp-merf": {"hidden": [32], "latent_dim": 4, "features": 200, "generator_steps": 60, "generator_batch": 64},
+    "cvae": {"hidden": [16], "latent_dim": 2},
+}
 
 
 def breast_cancer_upper(column: str) -> float:
@@ -88,15 +98,19 @@ def breast_cancer_upper(column: str) -> float:
 
 
 def digits_schema() -> pb.DataSchema:
-    return pb.DataSchema(image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=DIGITS_PIXEL_MAX,
-                                              class_names=DIGITS_CLASSES))
+    return pb.DataSchema(
+        image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=DIGITS_PIXEL_MAX, class_names=DIGITS_CLASSES)
+    )
 
 
 def breast_cancer_schema(feature_names: list[str]) -> pb.DataSchema:
-    columns = [pb.Column(name=name, type=pb.COLUMN_TYPE_CONTINUOUS, lower=0.0, upper=breast_cancer_upper(name))
-               for name in feature_names]
-    columns.append(pb.Column(name=BREAST_CANCER_LABEL, type=pb.COLUMN_TYPE_CATEGORICAL,
-                             categories=BREAST_CANCER_CLASSES))
+    columns = [
+        pb.Column(name=name, type=pb.COLUMN_TYPE_CONTINUOUS, lower=0.0, upper=breast_cancer_upper(name))
+        for name in feature_names
+    ]
+    columns.append(
+        pb.Column(name=BREAST_CANCER_LABEL, type=pb.COLUMN_TYPE_CATEGORICAL, categories=BREAST_CANCER_CLASSES)
+    )
     return pb.DataSchema(tabular=pb.TabularSchema(columns=columns, label_column=BREAST_CANCER_LABEL))
 
 
@@ -104,6 +118,7 @@ def breast_cancer_schema(feature_names: list[str]) -> pb.DataSchema:
 class Split:
     """One data set as the demo holds it: the training split (what the silo trains on), the held-out real test split,
     the file uploaded to the trainer and its schema."""
+
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
@@ -144,6 +159,7 @@ def prepare_data(folder: Path, seed: int) -> dict[str, Split]:
 
 # -- services -------------------------------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -174,15 +190,23 @@ def services(home: Path, pki: tls.PkiPaths, log: Log) -> Iterator[Addresses]:
     (their config's defaults, not the caller's environment); stopped on the way out (normal end, error or Ctrl-C),
     callers first so that streams end and jobs stop while the registry still answers."""
     from libsgde.server import launch
+
     listen = {name: f"127.0.0.1:{_free_port()}" for name in launch.ORDER}
     common = {"pki": pki, "metrics_port": 0, "health_port": 0}
-    running = launch.start_embedded({
-        "registry": {"listen": listen["registry"], "database_url": f"sqlite:///{home / 'registry' / 'registry.db'}",
-                     "blob_url": (home / "registry" / "blobs").as_uri(),
-                     "token_key": home / "registry" / "token-signing.pem", **common},
-        "trainer": {"listen": listen["trainer"], "state_dir": home / "trainer", **common},
-        "sampler": {"listen": listen["sampler"], "state_dir": home / "sampler", **common},
-    }, environment=False)
+    running = launch.start_embedded(
+        {
+            "registry": {
+                "listen": listen["registry"],
+                "database_url": f"sqlite:///{home / 'registry' / 'registry.db'}",
+                "blob_url": (home / "registry" / "blobs").as_uri(),
+                "token_key": home / "registry" / "token-signing.pem",
+                **common,
+            },
+            "trainer": {"listen": listen["trainer"], "state_dir": home / "trainer", **common},
+            "sampler": {"listen": listen["sampler"], "state_dir": home / "sampler", **common},
+        },
+        environment=False,
+    )
     try:
         for name in launch.ORDER:
             log(f"{name} on {listen[name]}")
@@ -194,12 +218,14 @@ def services(home: Path, pki: tls.PkiPaths, log: Log) -> Iterator[Addresses]:
 
 # -- training -------------------------------------------------------------------------------------------------------
 
+
 class DemoError(SgdeError):
     """The demo cannot go on; the message says why."""
 
 
 def _spec(arch: str, split: Split, epsilon: float, delta: float, tiny: bool, seed: int):
     from libsgde.io.training import TrainSpec
+
     config = dict(TINY_CONFIG[arch]) if tiny else None  # None: the architecture's defaults
     extra = {"epochs": 1, "batch_size": 64} if tiny and arch == "cvae" else {}
     return TrainSpec(arch, epsilon, config=config, delta=delta, seed=seed, **extra)
@@ -209,16 +235,20 @@ def train_and_publish(client: Client, split: Split, spec, model: str, log: Log) 
     """Upload, CreateJob, watch (progress printed about every tenth of the run), sign here and publish."""
     dataset = client.upload_dataset(split.path)
     job = client.create_job(spec, split.schema, dataset, model)
-    log(f"  {split.name}: uploaded {split.path.name} ({dataset.size_bytes:,} bytes) as {dataset.name}; "
-        f"{job.name} ({spec.architecture}, target epsilon {spec.target_epsilon:g})")
+    log(
+        f"  {split.name}: uploaded {split.path.name} ({dataset.size_bytes:,} bytes) as {dataset.name}; "
+        f"{job.name} ({spec.architecture}, target epsilon {spec.target_epsilon:g})"
+    )
     next_tenth = 1
     for event in client.watch_job(job.name):
         if event.message:
             log(f"  {split.name}: {event.message}")
         if event.total_steps and event.step and event.step * 10 >= next_tenth * event.total_steps:
             next_tenth = event.step * 10 // event.total_steps + 1
-            log(f"  {split.name}: step {event.step}/{event.total_steps}  loss {event.loss:.4g}  "
-                f"epsilon {event.epsilon_spent:.3g}  ETA {event.eta_seconds:.0f} s")
+            log(
+                f"  {split.name}: step {event.step}/{event.total_steps}  loss {event.loss:.4g}  "
+                f"epsilon {event.epsilon_spent:.3g}  ETA {event.eta_seconds:.0f} s"
+            )
     job = client.get_job(job.name)
     if job.state != JobState.SUCCEEDED:
         raise DemoError(f"training {split.name} ended {job_state_text(job.state)}: {job.error or 'no error given'}")
@@ -228,34 +258,42 @@ def train_and_publish(client: Client, split: Split, spec, model: str, log: Log) 
 
 def _privacy(version: ModelVersion) -> dict:
     p = version.privacy
-    return {"epsilon": p.epsilon, "delta": p.delta, "mechanism": p.mechanism, "accountant": p.accountant,
-            "rdp_epsilon": p.rdp_epsilon, "noise_multiplier": p.noise_multiplier, "dataset_size": p.dataset_size}
+    return {
+        "epsilon": p.epsilon,
+        "delta": p.delta,
+        "mechanism": p.mechanism,
+        "accountant": p.accountant,
+        "rdp_epsilon": p.rdp_epsilon,
+        "noise_multiplier": p.noise_multiplier,
+        "dataset_size": p.dataset_size,
+    }
 
 
 # -- sampling -------------------------------------------------------------------------------------------------------
+
 
 def _digits_labels(n: int) -> np.ndarray:
     """n labels, class-balanced (the first n % 10 classes get one more)."""
     return np.sort(np.arange(n, dtype=np.int32) % len(DIGITS_CLASSES))
 
 
-def pull_and_sample(client: Client, version: str, dest: Path, n: int, seed: int,
-                 labels: np.ndarray | None = None):
+def pull_and_sample(client: Client, version: str, dest: Path, n: int, seed: int, labels: np.ndarray | None = None):
     """Pulls the version (sha256 and the owner's signature verified) and samples it here."""
     from libsgde.io.generator import load_generator
+
     path, _ = client.pull(version, dest)
     return load_generator(path).sample(n, seed=seed, labels=labels)
 
 
-def sample_service(client: Client, version: str, n: int, seed: int, class_names: list[str],
-                   labels: np.ndarray | None = None):
+def sample_service(
+    client: Client, version: str, n: int, seed: int, class_names: list[str], labels: np.ndarray | None = None
+):
     """Asks the sampler service (`Client.sample`, NPY, checked against its sha256); returns what
     `Generator.sample` returns: values (images [n, H, W, C], or {column: array}) and int32 labels. With `labels`,
     exactly that many of each class (grouped by class)."""
     counts = None
     if labels is not None:
-        counts = {class_names[k]: int(c) for k, c in enumerate(np.bincount(labels, minlength=len(class_names)))
-                  if c}
+        counts = {class_names[k]: int(c) for k, c in enumerate(np.bincount(labels, minlength=len(class_names))) if c}
     samples = client.sample(version, 0 if counts else n, seed=seed, class_counts=counts, format="npy")
     return samples.values, np.asarray(samples.labels, np.int32)
 
@@ -273,28 +311,51 @@ def _as_images(x: np.ndarray) -> np.ndarray:
 
 def evaluate_digits(split: Split, images: np.ndarray, labels: np.ndarray) -> dict:
     """TSTR vs TRTR with logistic regression, per class too (libsgde.evaluate.utility)."""
-    [r] = utility(_as_images(images), labels, _as_images(split.x_test), split.y_test, len(DIGITS_CLASSES),
-                  x_real=_as_images(split.x_train), y_real=split.y_train, classifiers=["logreg"],
-                  image_shape=(8, 8, 1))
+    [r] = utility(
+        _as_images(images),
+        labels,
+        _as_images(split.x_test),
+        split.y_test,
+        len(DIGITS_CLASSES),
+        x_real=_as_images(split.x_train),
+        y_real=split.y_train,
+        classifiers=["logreg"],
+        image_shape=(8, 8, 1),
+    )
     name = CLASSIFIER_NAMES[r.classifier]
-    return {"classifier": name, "test_size": len(split.y_test), "tstr": {name: r.tstr_accuracy},
-            "trtr": {name: r.trtr_accuracy},
-            "per_class": {"classes": DIGITS_CLASSES, "tstr": r.tstr_per_class, "trtr": r.trtr_per_class}}
+    return {
+        "classifier": name,
+        "test_size": len(split.y_test),
+        "tstr": {name: r.tstr_accuracy},
+        "trtr": {name: r.trtr_accuracy},
+        "per_class": {"classes": DIGITS_CLASSES, "tstr": r.tstr_per_class, "trtr": r.trtr_per_class},
+    }
 
 
 def evaluate_breast_cancer(split: Split, values: dict, labels: np.ndarray, tiny: bool) -> dict:
     """TSTR vs TRTR with logistic regression and an MLP (libsgde.evaluate.utility)."""
     x_syn = np.stack([np.asarray(values[name], np.float64) for name in split.feature_names], axis=1)
-    results = utility(x_syn, labels, split.x_test, split.y_test, len(BREAST_CANCER_CLASSES),
-                      x_real=split.x_train, y_real=split.y_train,
-                      classifiers={"logreg": {}, "mlp": {"max_iter": 50 if tiny else 500}})
-    return {"classifiers": sorted(CLASSIFIER_NAMES[r.classifier] for r in results), "test_size": len(split.y_test),
-            "tstr": {CLASSIFIER_NAMES[r.classifier]: r.tstr_accuracy for r in results},
-            "trtr": {CLASSIFIER_NAMES[r.classifier]: r.trtr_accuracy for r in results},
-            "synthetic_class_counts": dict(zip(BREAST_CANCER_CLASSES, np.bincount(labels, minlength=2).tolist()))}
+    results = utility(
+        x_syn,
+        labels,
+        split.x_test,
+        split.y_test,
+        len(BREAST_CANCER_CLASSES),
+        x_real=split.x_train,
+        y_real=split.y_train,
+        classifiers={"logreg": {}, "mlp": {"max_iter": 50 if tiny else 500}},
+    )
+    return {
+        "classifiers": sorted(CLASSIFIER_NAMES[r.classifier] for r in results),
+        "test_size": len(split.y_test),
+        "tstr": {CLASSIFIER_NAMES[r.classifier]: r.tstr_accuracy for r in results},
+        "trtr": {CLASSIFIER_NAMES[r.classifier]: r.trtr_accuracy for r in results},
+        "synthetic_class_counts": dict(zip(BREAST_CANCER_CLASSES, np.bincount(labels, minlength=2).tolist())),
+    }
 
 
 # -- figures --------------------------------------------------------------------------------------------------------
+
 
 def plot_digits(path: Path, images: np.ndarray, labels: np.ndarray, title: str, per_class: int = 10) -> None:
     """One row per class, up to `per_class` synthetic images each."""
@@ -310,8 +371,13 @@ def plot_digits(path: Path, images: np.ndarray, labels: np.ndarray, title: str, 
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if j < len(chosen):
-                ax.imshow(images[chosen[j]].reshape(8, 8), cmap="gray_r", vmin=0, vmax=DIGITS_PIXEL_MAX,
-                          interpolation="nearest")
+                ax.imshow(
+                    images[chosen[j]].reshape(8, 8),
+                    cmap="gray_r",
+                    vmin=0,
+                    vmax=DIGITS_PIXEL_MAX,
+                    interpolation="nearest",
+                )
             if j == 0:
                 ax.set_ylabel(DIGITS_CLASSES[c], rotation=0, labelpad=10, va="center")
     fig.suptitle(title, fontsize=10)
@@ -331,8 +397,9 @@ def plot_marginals(path: Path, split: Split, values: dict, title: str) -> None:
         top = min(high, 1.1 * max(np.quantile(real, 0.995), np.quantile(synthetic, 0.995), high / 100))
         bins = np.linspace(0.0, top, 41)
         ax.hist(real, bins=bins, density=True, alpha=0.55, label=f"real (n={len(real)})", color="tab:blue")
-        ax.hist(synthetic, bins=bins, density=True, alpha=0.55, label=f"synthetic (n={len(synthetic)})",
-                color="tab:orange")
+        ax.hist(
+            synthetic, bins=bins, density=True, alpha=0.55, label=f"synthetic (n={len(synthetic)})", color="tab:orange"
+        )
         ax.set_title(f"{name}  (public range 0 to {high:g})", fontsize=9)
         ax.set_yticks([])
     axes[0].legend(fontsize=8)
@@ -342,10 +409,16 @@ def plot_marginals(path: Path, split: Split, values: dict, title: str) -> None:
 
 # -- the walk -------------------------------------------------------------------------------------------------------
 
+
 def _machine() -> dict:
-    info: dict[str, object] = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
     try:
         import jax
+
         info["jax"] = jax.__version__
         info["jax_devices"] = [str(d) for d in jax.devices()]
     except Exception as e:  # noqa: BLE001 - an informational field
@@ -368,8 +441,18 @@ class _Timer:
             self.seconds[name] = round(time.perf_counter() - started, 2)
 
 
-def run_demo(out: Path, log: Log = print, *, epsilon: float = 5.0, delta: float = 1e-5, arch: str = "dp-merf",
-             samples: int = 2000, tiny: bool = False, seed: int = 0, sample_via: str = "service") -> dict:
+def run_demo(
+    out: Path,
+    log: Log = print,
+    *,
+    epsilon: float = 5.0,
+    delta: float = 1e-5,
+    arch: str = "dp-merf",
+    samples: int = 2000,
+    tiny: bool = False,
+    seed: int = 0,
+    sample_via: str = "service",
+) -> dict:
     """The walk described in the module docstring; returns what summary.json holds.
 
     `samples` synthetic rows / images per data set (100 with `tiny` unless given smaller); `sample_via` "service"
@@ -394,8 +477,15 @@ def run_demo(out: Path, log: Log = print, *, epsilon: float = 5.0, delta: float 
     with services(home, pki, log) as addresses, ExitStack() as stack:
         timer.seconds["start_services"] = round(time.perf_counter() - started, 2)
         use_service = sample_via == "service"
-        client = stack.enter_context(Client(addresses.registry, trainer=addresses.trainer, sampler=addresses.sampler,
-                                            home=home / "user", pki=pki.root))
+        client = stack.enter_context(
+            Client(
+                addresses.registry,
+                trainer=addresses.trainer,
+                sampler=addresses.sampler,
+                home=home / "user",
+                pki=pki.root,
+            )
+        )
         user = f"demo-{secrets.token_hex(3)}"
         password = secrets.token_urlsafe(18)
         registered = client.register(user, f"{user}@example.org", password)
@@ -405,8 +495,10 @@ def run_demo(out: Path, log: Log = print, *, epsilon: float = 5.0, delta: float 
         with timer.phase("prepare_data"):
             data = prepare_data(out / "data", seed)
         for split in data.values():
-            log(f"{split.name}: {len(split.y_train)} training examples in {split.path.relative_to(out)}, "
-                f"{len(split.y_test)} held out; schema {split.name}.schema.json (public bounds)")
+            log(
+                f"{split.name}: {len(split.y_train)} training examples in {split.path.relative_to(out)}, "
+                f"{len(split.y_test)} held out; schema {split.name}.schema.json (public bounds)"
+            )
 
         versions: dict[str, ModelVersion] = {}
         for name, split in data.items():
@@ -415,63 +507,101 @@ def run_demo(out: Path, log: Log = print, *, epsilon: float = 5.0, delta: float 
                 spec = _spec(arch, split, epsilon, delta, tiny, seed)
                 job, version = train_and_publish(client, split, spec, f"{name.replace('_', '-')}-{arch}", log)
             versions[name] = version
-            models[name] = {"version": version.name, "architecture": version.architecture, "job": job.name,
-                            "sha256": version.sha256, "size_bytes": version.size_bytes,
-                            "privacy": _privacy(version)}
+            models[name] = {
+                "version": version.name,
+                "architecture": version.architecture,
+                "job": job.name,
+                "sha256": version.sha256,
+                "size_bytes": version.size_bytes,
+                "privacy": _privacy(version),
+            }
             p = version.privacy
-            log(f"published {version.name} (signed by {user}): epsilon {p.epsilon:.4g} at delta {p.delta:.3g}, "
+            log(
+                f"published {version.name} (signed by {user}): epsilon {p.epsilon:.4g} at delta {p.delta:.3g}, "
                 f"mechanism {p.mechanism}, accountant {p.accountant} (RDP cross-check {p.rdp_epsilon:.4g}), "
-                f"N = {p.dataset_size}")
+                f"N = {p.dataset_size}"
+            )
             if p.epsilon > epsilon + 1e-9:
                 raise DemoError(f"{version.name} reports epsilon {p.epsilon} above the target {epsilon}")
 
-        path = ("the sampler service (Client.sample)" if use_service
-                else "Client.pull + load_generator (verified, sampled here)")
+        path = (
+            "the sampler service (Client.sample)"
+            if use_service
+            else "Client.pull + load_generator (verified, sampled here)"
+        )
         with timer.phase("sample"):
             log(f"sampling {samples} per data set via {path}")
             labels = _digits_labels(samples)
             if use_service:
-                images, d_labels = sample_service(client, versions["digits"].name, samples, seed + 1,
-                                                    DIGITS_CLASSES, labels)
-                c_values, c_labels = sample_service(client, versions["breast_cancer"].name, samples, seed + 2,
-                                                    BREAST_CANCER_CLASSES)
+                images, d_labels = sample_service(
+                    client, versions["digits"].name, samples, seed + 1, DIGITS_CLASSES, labels
+                )
+                c_values, c_labels = sample_service(
+                    client, versions["breast_cancer"].name, samples, seed + 2, BREAST_CANCER_CLASSES
+                )
             else:
                 pulled = out / "pulled"
                 pulled.mkdir(exist_ok=True)
                 images, d_labels = pull_and_sample(client, versions["digits"].name, pulled, samples, seed + 1, labels)
-                c_values, c_labels = pull_and_sample(client, versions["breast_cancer"].name, pulled, samples,
-                                                  seed + 2)
+                c_values, c_labels = pull_and_sample(client, versions["breast_cancer"].name, pulled, samples, seed + 2)
                 log(f"pulled both artifacts into {pulled.relative_to(out)}: sha256 and {user}'s signature verified")
         with timer.phase("evaluate"):
             evaluation["digits"] = evaluate_digits(data["digits"], images, d_labels)
             evaluation["breast_cancer"] = evaluate_breast_cancer(data["breast_cancer"], c_values, c_labels, tiny)
         for name, ev in evaluation.items():
-            log(f"{name}: " + ", ".join(f"{clf} TSTR {ev['tstr'][clf]:.3f} vs TRTR {ev['trtr'][clf]:.3f}"
-                                        for clf in ev["tstr"]))
+            log(
+                f"{name}: "
+                + ", ".join(f"{clf} TSTR {ev['tstr'][clf]:.3f} vs TRTR {ev['trtr'][clf]:.3f}" for clf in ev["tstr"])
+            )
         with timer.phase("figures"):
             eps_d, eps_c = versions["digits"].privacy.epsilon, versions["breast_cancer"].privacy.epsilon
-            plot_digits(out / "digits_samples.png", images, d_labels,
-                        f"synthetic digits, one row per class\n{versions['digits'].name}\n({arch}, epsilon "
-                        f"{eps_d:.3g}, delta {delta:g})")
-            plot_marginals(out / "breast_cancer_marginals.png", data["breast_cancer"], c_values,
-                           f"breast_cancer: real training split vs synthetic ({arch}, epsilon {eps_c:.3g}, "
-                           f"delta {delta:g})")
+            plot_digits(
+                out / "digits_samples.png",
+                images,
+                d_labels,
+                f"synthetic digits, one row per class\n{versions['digits'].name}\n({arch}, epsilon "
+                f"{eps_d:.3g}, delta {delta:g})",
+            )
+            plot_marginals(
+                out / "breast_cancer_marginals.png",
+                data["breast_cancer"],
+                c_values,
+                f"breast_cancer: real training split vs synthetic ({arch}, epsilon {eps_c:.3g}, delta {delta:g})",
+            )
         log("stopping the services")
     seconds = round(time.perf_counter() - started, 2)
     summary = {
-        "target_epsilon": epsilon, "delta": delta, "architecture": arch, "tiny": tiny, "seed": seed,
-        "samples_per_dataset": samples, "sample_path": "service" if use_service else "local",
-        "sample_path_detail": path, "services": asdict(addresses), "user": user, "models": models,
+        "target_epsilon": epsilon,
+        "delta": delta,
+        "architecture": arch,
+        "tiny": tiny,
+        "seed": seed,
+        "samples_per_dataset": samples,
+        "sample_path": "service" if use_service else "local",
+        "sample_path_detail": path,
+        "services": asdict(addresses),
+        "user": user,
+        "models": models,
         "evaluation": evaluation,
-        "schemas": {"digits": {"pixel_max": DIGITS_PIXEL_MAX,
-                               "source": "the format's definition: pixels are counts 0..16"},
-                    "breast_cancer": {"lower": 0.0, "upper": {n: breast_cancer_upper(n)
-                                                              for n in data["breast_cancer"].feature_names},
-                                      "source": "public domain limits written as constants in libsgde/cli/walkthrough.py, "
-                                                "not the data's maxima"}},
-        "timings_seconds": {**timer.seconds, "total": seconds}, "machine": _machine(),
-        "files": ["summary.md", "summary.json", "digits_samples.png", "breast_cancer_marginals.png",
-                  "data/digits.schema.json", "data/breast_cancer.schema.json"],
+        "schemas": {
+            "digits": {"pixel_max": DIGITS_PIXEL_MAX, "source": "the format's definition: pixels are counts 0..16"},
+            "breast_cancer": {
+                "lower": 0.0,
+                "upper": {n: breast_cancer_upper(n) for n in data["breast_cancer"].feature_names},
+                "source": "public domain limits written as constants in libsgde/cli/walkthrough.py, "
+                "not the data's maxima",
+            },
+        },
+        "timings_seconds": {**timer.seconds, "total": seconds},
+        "machine": _machine(),
+        "files": [
+            "summary.md",
+            "summary.json",
+            "digits_samples.png",
+            "breast_cancer_marginals.png",
+            "data/digits.schema.json",
+            "data/breast_cancer.schema.json",
+        ],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(_markdown(summary))
@@ -480,41 +610,73 @@ def run_demo(out: Path, log: Log = print, *, epsilon: float = 5.0, delta: float 
 
 
 def _markdown(s: dict) -> str:
-    lines = ["# SGDE demo", "",
-             f"Two DP generators ({s['architecture']}), trained in the trainer service at a target epsilon of "
-             f"{s['target_epsilon']:g} (delta {s['delta']:g}), signed by {s['user']}, published to the registry, "
-             f"then sampled ({s['samples_per_dataset']} per data set) via {s['sample_path_detail']}."
-             + (" **Tiny settings**: a smoke test, not a measure of quality." if s["tiny"] else ""), "",
-             "## Privacy (as the registry's versions report it)", "",
-             "| data set | version | mechanism | epsilon | delta | accountant | RDP epsilon | N |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# SGDE demo",
+        "",
+        f"Two DP generators ({s['architecture']}), trained in the trainer service at a target epsilon of "
+        f"{s['target_epsilon']:g} (delta {s['delta']:g}), signed by {s['user']}, published to the registry, "
+        f"then sampled ({s['samples_per_dataset']} per data set) via {s['sample_path_detail']}."
+        + (" **Tiny settings**: a smoke test, not a measure of quality." if s["tiny"] else ""),
+        "",
+        "## Privacy (as the registry's versions report it)",
+        "",
+        "| data set | version | mechanism | epsilon | delta | accountant | RDP epsilon | N |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in s["models"].items():
         p = m["privacy"]
-        lines.append(f"| {name} | `{m['version']}` | {p['mechanism']} | {p['epsilon']:.4g} | {p['delta']:.3g} | "
-                     f"{p['accountant']} | {p['rdp_epsilon']:.4g} | {p['dataset_size']} |")
-    lines += ["", "## Utility: train on synthetic, test on real (TSTR) vs train on real (TRTR)", "",
-              "Held-out real test splits (25%, never seen by the generators).", "",
-              "| data set | classifier | TSTR | TRTR |", "|---|---|---|---|"]
+        lines.append(
+            f"| {name} | `{m['version']}` | {p['mechanism']} | {p['epsilon']:.4g} | {p['delta']:.3g} | "
+            f"{p['accountant']} | {p['rdp_epsilon']:.4g} | {p['dataset_size']} |"
+        )
+    lines += [
+        "",
+        "## Utility: train on synthetic, test on real (TSTR) vs train on real (TRTR)",
+        "",
+        "Held-out real test splits (25%, never seen by the generators).",
+        "",
+        "| data set | classifier | TSTR | TRTR |",
+        "|---|---|---|---|",
+    ]
     for name, ev in s["evaluation"].items():
         for clf in ev["tstr"]:
             lines.append(f"| {name} | {clf.replace('_', ' ')} | {ev['tstr'][clf]:.3f} | {ev['trtr'][clf]:.3f} |")
     pc = s["evaluation"]["digits"]["per_class"]
-    lines += ["", "Digits, accuracy per class (logistic regression):", "",
-              "| class | " + " | ".join(pc["classes"]) + " |", "|---|" + "---|" * len(pc["classes"]),
-              "| TSTR | " + " | ".join(f"{v:.2f}" for v in pc["tstr"]) + " |",
-              "| TRTR | " + " | ".join(f"{v:.2f}" for v in pc["trtr"]) + " |", "",
-              "![synthetic digits](digits_samples.png)", "", "![breast_cancer marginals](breast_cancer_marginals.png)",
-              "", "## Schemas: public bounds, not read from the data", "",
-              f"- digits: 8x8 grey images, pixel_max {s['schemas']['digits']['pixel_max']}: "
-              f"{s['schemas']['digits']['source']}.",
-              "- breast_cancer: every column >= 0; upper bounds are round domain limits written as constants in "
-              "`libsgde/demo.py` (`BREAST_CANCER_LIMITS`), NOT the data's maxima: "
-              + ", ".join(f"{k} {v:g}" for k, v in s["schemas"]["breast_cancer"]["upper"].items()) + ".",
-              "", "## Timings", "", "| phase | seconds |", "|---|---|"]
+    lines += [
+        "",
+        "Digits, accuracy per class (logistic regression):",
+        "",
+        "| class | " + " | ".join(pc["classes"]) + " |",
+        "|---|" + "---|" * len(pc["classes"]),
+        "| TSTR | " + " | ".join(f"{v:.2f}" for v in pc["tstr"]) + " |",
+        "| TRTR | " + " | ".join(f"{v:.2f}" for v in pc["trtr"]) + " |",
+        "",
+        "![synthetic digits](digits_samples.png)",
+        "",
+        "![breast_cancer marginals](breast_cancer_marginals.png)",
+        "",
+        "## Schemas: public bounds, not read from the data",
+        "",
+        f"- digits: 8x8 grey images, pixel_max {s['schemas']['digits']['pixel_max']}: "
+        f"{s['schemas']['digits']['source']}.",
+        "- breast_cancer: every column >= 0; upper bounds are round domain limits written as constants in "
+        "`libsgde/demo.py` (`BREAST_CANCER_LIMITS`), NOT the data's maxima: "
+        + ", ".join(f"{k} {v:g}" for k, v in s["schemas"]["breast_cancer"]["upper"].items())
+        + ".",
+        "",
+        "## Timings",
+        "",
+        "| phase | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in s["timings_seconds"].items()]
     m = s["machine"]
-    lines += ["", f"Machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, JAX {m.get('jax')} "
-                  f"({', '.join(m.get('jax_devices', []))}).", ""]
+    lines += [
+        "",
+        f"Machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, JAX {m.get('jax')} "
+        f"({', '.join(m.get('jax_devices', []))}).",
+        "",
+    ]
     return "\n".join(lines)
 
 

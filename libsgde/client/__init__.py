@@ -20,6 +20,7 @@ One module a concern: `registry` (accounts, models, versions, verified transfers
 (the sampler), `local` (no server), `session` (the `Client` that joins them with the user's files), `names`.
 Failures raise the classes of libsgde.errors (`NotFound`, `FieldError`, ...), re-exported here.
 """
+
 from __future__ import annotations
 
 from libsgde.client.local import sample_local
@@ -30,5 +31,16 @@ from libsgde.client.session import Client, token_expiry
 from libsgde.client.transfers import publish_requests
 from libsgde.errors import SgdeError, VerificationError
 
-__all__ = ["Client", "RegistrySession", "Samples", "SgdeError", "VerificationError", "job_name", "model_name",
-           "publish_requests", "sample_local", "token_expiry", "version_name"]
+__all__ = [
+    "Client",
+    "RegistrySession",
+    "Samples",
+    "SgdeError",
+    "VerificationError",
+    "job_name",
+    "model_name",
+    "publish_requests",
+    "sample_local",
+    "token_expiry",
+    "version_name",
+]

@@ -1,6 +1,7 @@
 """Evaluating a published generator end to end, as `sgde evaluate` does: synthetic samples from the sampler (or from
 a local artifact file), real files loaded against the model's schema, `evaluate`, the report folder, and the flat
 metrics stored on the model in the registry."""
+
 from __future__ import annotations
 
 import re
@@ -46,9 +47,18 @@ def _version_number(version: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def evaluate_model(client, model: str, holdout_path: Path, *, train_path: Path | None = None,
-                   num_samples: int | None = None, seed: int = 0, out: Path | None = None,
-                   classifiers: list[str] | None = None, publish: bool = True) -> ModelEvaluation:
+def evaluate_model(
+    client,
+    model: str,
+    holdout_path: Path,
+    *,
+    train_path: Path | None = None,
+    num_samples: int | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    classifiers: list[str] | None = None,
+    publish: bool = True,
+) -> ModelEvaluation:
     """Evaluates MODEL (a registry reference: MODEL, MODEL@N, .../versions/N; or the path of a local artifact file)
     against the real `holdout_path` (records the generator never saw) and, when given, its training data
     `train_path` (TRTR and the privacy audit need it).
@@ -67,8 +77,10 @@ def evaluate_model(client, model: str, holdout_path: Path, *, train_path: Path |
     else:
         entry = client.get_model(_model_of(model))
         if publish and entry.owner != client.username:  # said now, not after minutes of evaluation
-            raise PermissionDenied(f"only its owner {entry.owner} may store metrics on {entry.name}; evaluate it "
-                                   "with publish off (sgde evaluate --no-publish)")
+            raise PermissionDenied(
+                f"only its owner {entry.owner} may store metrics on {entry.name}; evaluate it "
+                "with publish off (sgde evaluate --no-publish)"
+            )
         schema = entry.data_schema
         if not schema.WhichOneof("kind"):
             raise FailedPrecondition(f"{model} has no published version to evaluate yet")
@@ -84,9 +96,14 @@ def evaluate_model(client, model: str, holdout_path: Path, *, train_path: Path |
     stem = Path(model).stem if local else source.removeprefix("models/").split("/versions/")[0].replace("/", "-")
     folder = Path(out) if out is not None else Path(f"evaluation-{stem}" + (f"-v{number}" if number else ""))
     privacy = samples.metadata.privacy
-    context = {"model": source, "artifact_sha256": samples.metadata.artifact_sha256, "seed": seed,
-               "holdout_file": str(holdout_path), "train_file": None if train_path is None else str(train_path),
-               "privacy": {"mechanism": privacy.mechanism, "epsilon": privacy.epsilon, "delta": privacy.delta}}
+    context = {
+        "model": source,
+        "artifact_sha256": samples.metadata.artifact_sha256,
+        "seed": seed,
+        "holdout_file": str(holdout_path),
+        "train_file": None if train_path is None else str(train_path),
+        "privacy": {"mechanism": privacy.mechanism, "epsilon": privacy.epsilon, "delta": privacy.delta},
+    }
     files = write_report(ev, folder, holdout, synthetic, train, title=f"Evaluation of {source}", context=context)
     metrics = ev.metrics()
     if number is not None:

@@ -1,4 +1,5 @@
 """The trainer's calls (training runs inside the silo): upload data, create, watch, cancel and publish jobs."""
+
 from __future__ import annotations
 
 import uuid
@@ -32,15 +33,17 @@ class Jobs(RegistrySession):
     def signing_key_path(self, username: str) -> Path:
         raise NotImplementedError  # Client knows where the user's keys are
 
-    def upload_dataset(self, path: str | Path, progress: Progress | None = None,
-                       timeout: float | None = None) -> Dataset:
+    def upload_dataset(
+        self, path: str | Path, progress: Progress | None = None, timeout: float | None = None
+    ) -> Dataset:
         """Uploads a data file (.csv, .npz, MNIST-style .gz) into the trainer's own storage, checked against its
         sha256 there; returns the Dataset, whose name ("datasets/...") a job can train on. The file stays in the
         silo: the trainer never passes it on."""
         path = Path(path)
         size = path.stat().st_size
-        header = tpb.UploadDatasetRequest.Header(filename=path.name, size_bytes=size,
-                                                 sha256=file_digest(path).hexdigest())
+        header = tpb.UploadDatasetRequest.Header(
+            filename=path.name, size_bytes=size, sha256=file_digest(path).hexdigest()
+        )
 
         def requests() -> Iterator[tpb.UploadDatasetRequest]:
             yield tpb.UploadDatasetRequest(header=header)
@@ -48,13 +51,21 @@ class Jobs(RegistrySession):
                 yield tpb.UploadDatasetRequest(chunk=block)
 
         try:
-            return dataset_from_proto(self.trainer.UploadDataset(requests(), metadata=self._metadata(),
-                                                                 timeout=timeout))
+            return dataset_from_proto(
+                self.trainer.UploadDataset(requests(), metadata=self._metadata(), timeout=timeout)
+            )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
-    def create_job(self, spec: Any, schema: pb.DataSchema, dataset: str | Dataset, publish_model: str,
-                   request_id: str | None = None, timeout: float | None = 600.0) -> Job:
+    def create_job(
+        self,
+        spec: Any,
+        schema: pb.DataSchema,
+        dataset: str | Dataset,
+        publish_model: str,
+        request_id: str | None = None,
+        timeout: float | None = 600.0,
+    ) -> Job:
         """Submits a training job. `spec` is a libsgde.TrainSpec or a TrainingSpec message (0 / empty fields
         mean the default); `dataset` an uploaded Dataset (or its name), a path under the trainer's data root or
         "s3://bucket/key" in the silo's store; `publish_model` the model the result goes to ("name",
@@ -65,9 +76,13 @@ class Jobs(RegistrySession):
         if isinstance(dataset, Dataset):
             dataset = dataset.name
         me = self._username if "/" in publish_model else self._me()
-        request = tpb.CreateJobRequest(spec=spec, data_schema=schema, dataset=str(dataset),
-                                       publish_model=model_name(publish_model, me),
-                                       request_id=request_id or uuid.uuid4().hex)
+        request = tpb.CreateJobRequest(
+            spec=spec,
+            data_schema=schema,
+            dataset=str(dataset),
+            publish_model=model_name(publish_model, me),
+            request_id=request_id or uuid.uuid4().hex,
+        )
         return job_from_proto(self._call(self.trainer.CreateJob, request, timeout=timeout))
 
     def get_job(self, name: str) -> Job:
@@ -75,14 +90,16 @@ class Jobs(RegistrySession):
 
     def list_jobs(self, state: tpb.JobState = tpb.JOB_STATE_UNSPECIFIED, page_size: int = 100) -> Iterator[Job]:
         """Your jobs, newest first (only those in `state`, if given)."""
-        return self._pages(self.trainer.ListJobs, tpb.ListJobsRequest(page_size=page_size, state=state), "jobs",
-                           job_from_proto)
+        return self._pages(
+            self.trainer.ListJobs, tpb.ListJobsRequest(page_size=page_size, state=state), "jobs", job_from_proto
+        )
 
     def watch_job(self, name: str, timeout: float | None = None) -> Iterator[ProgressEvent]:
         """The job's progress until it ends: first the notable events so far (and the latest progress), then live
         events; the last one carries the final state. Stop iterating to stop watching (the job goes on)."""
-        stream = self.trainer.WatchJob(tpb.WatchJobRequest(name=job_name(name)), metadata=self._metadata(),
-                                       timeout=timeout)
+        stream = self.trainer.WatchJob(
+            tpb.WatchJobRequest(name=job_name(name)), metadata=self._metadata(), timeout=timeout
+        )
         with cancelling(stream):
             try:
                 yield from map(progress_from_proto, stream)
@@ -102,6 +119,10 @@ class Jobs(RegistrySession):
             where = f" as {job.published_version}" if job.published_version else ""
             raise FailedPrecondition(f"{job.name} is {state}{where}; only a succeeded job can be published")
         key = signing.load_signing_key(self.signing_key_path(self._me()))
-        return job_from_proto(self._call(self.trainer.PublishJobResult, tpb.PublishJobResultRequest(
-            name=job.name, signature=signing.sign_artifact(key, job.artifact_sha256)), timeout=timeout))
-
+        return job_from_proto(
+            self._call(
+                self.trainer.PublishJobResult,
+                tpb.PublishJobResultRequest(name=job.name, signature=signing.sign_artifact(key, job.artifact_sha256)),
+                timeout=timeout,
+            )
+        )

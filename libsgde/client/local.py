@@ -1,5 +1,6 @@
 """Sampling a pulled artifact with no server: the same bytes, and so the same values, as the sampler streams for the
 same request."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -17,10 +18,17 @@ from libsgde.wire.convert import privacy_from_proto
 COMPILED = CompiledCache(capacity=4)  # the last few compiled generators of this process, by artifact sha256
 
 
-def sample_local(path: str | Path, num_samples: int = 0, seed: int = 0,
-                 class_counts: Mapping[str, int] | None = None, *, format: str = "npy",
-                 out: str | Path | None = None, chunk_samples: int = 0,
-                 progress: Progress | None = None) -> Samples:
+def sample_local(
+    path: str | Path,
+    num_samples: int = 0,
+    seed: int = 0,
+    class_counts: Mapping[str, int] | None = None,
+    *,
+    format: str = "npy",
+    out: str | Path | None = None,
+    chunk_samples: int = 0,
+    progress: Progress | None = None,
+) -> Samples:
     """Samples from an artifact file (one `Client.pull` verified) with no server: the same bytes, and so the same
     values, as the sampler streams for the same request (num_samples or class_counts, seed, format,
     chunk_samples). Loads through the strict reader; the last few compiled generators are kept, by sha256."""
@@ -43,7 +51,13 @@ def sample_local(path: str | Path, num_samples: int = 0, seed: int = 0,
                 progress(done, total)
 
     digest, data = collect(pieces(), out, lambda _: None)
-    metadata = SampleMetadata("", sha, OutputFormat(FORMATS[fmt]), total, sampler.schema,
-                              privacy_from_proto(generator.manifest.privacy),
-                              label_counts(labels, generator.space.num_classes))
+    metadata = SampleMetadata(
+        "",
+        sha,
+        OutputFormat(FORMATS[fmt]),
+        total,
+        sampler.schema,
+        privacy_from_proto(generator.manifest.privacy),
+        label_counts(labels, generator.space.num_classes),
+    )
     return Samples(metadata, digest, fmt, data, Path(out) if out is not None else None)

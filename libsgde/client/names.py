@@ -1,4 +1,5 @@
 """Resource names from what people type: 'alice/digits', 'digits' (yours), 'alice/digits@3', 'jobs/ID' or 'ID'."""
+
 from __future__ import annotations
 
 from libsgde.errors import FieldError

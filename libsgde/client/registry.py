@@ -5,6 +5,7 @@ and the transfers of artifacts, verified before a file appears.
 acting for a user builds one over its own channel with the token that user forwarded
 (`libsgde.server.gate.RegistryGate.session_for`): the same calls and checks, no files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,9 @@ T = TypeVar("T")
 
 
 class RegistrySession:
-    def __init__(self, channel: grpc.Channel, token: str | None = None, username: str | None = None,
-                 timeout: float = 30.0):
+    def __init__(
+        self, channel: grpc.Channel, token: str | None = None, username: str | None = None, timeout: float = 30.0
+    ):
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
         self.timeout = timeout
         self._token = token
@@ -73,23 +75,40 @@ class RegistrySession:
 
     # -- models ------------------------------------------------------------------------------------------------
 
-    def list_models(self, owner: str = "", tag: str = "", data_kind: pb.DataKind = pb.DATA_KIND_UNSPECIFIED,
-                    page_size: int = 100
-                    ) -> Iterator[Model]:
-        return self._pages(self.registry.ListModels, rpb.ListModelsRequest(
-            owner=owner, tag=tag, data_kind=data_kind, page_size=page_size), "models", model_from_proto)
+    def list_models(
+        self, owner: str = "", tag: str = "", data_kind: pb.DataKind = pb.DATA_KIND_UNSPECIFIED, page_size: int = 100
+    ) -> Iterator[Model]:
+        return self._pages(
+            self.registry.ListModels,
+            rpb.ListModelsRequest(owner=owner, tag=tag, data_kind=data_kind, page_size=page_size),
+            "models",
+            model_from_proto,
+        )
 
     def get_model(self, ref: str) -> Model:
-        return model_from_proto(self._call(self.registry.GetModel,
-                                           rpb.GetModelRequest(name=model_name(ref, self._username))))
+        return model_from_proto(
+            self._call(self.registry.GetModel, rpb.GetModelRequest(name=model_name(ref, self._username)))
+        )
 
-    def create_model(self, model_id: str, description: str = "", tags: list[str] | None = None,
-                     visibility: str = "private", shared_with: list[str] | None = None,
-                     data_schema: pb.DataSchema | None = None) -> Model:
-        model = pb.Model(description=description, tags=tags or [], visibility=VISIBILITIES[visibility],
-                         shared_with=shared_with or [], data_schema=data_schema)
-        return model_from_proto(self._call(self.registry.CreateModel,
-                                           rpb.CreateModelRequest(model_id=model_id, model=model)))
+    def create_model(
+        self,
+        model_id: str,
+        description: str = "",
+        tags: list[str] | None = None,
+        visibility: str = "private",
+        shared_with: list[str] | None = None,
+        data_schema: pb.DataSchema | None = None,
+    ) -> Model:
+        model = pb.Model(
+            description=description,
+            tags=tags or [],
+            visibility=VISIBILITIES[visibility],
+            shared_with=shared_with or [],
+            data_schema=data_schema,
+        )
+        return model_from_proto(
+            self._call(self.registry.CreateModel, rpb.CreateModelRequest(model_id=model_id, model=model))
+        )
 
     def update_model(self, ref: str, **changes: Any) -> Model:
         """Changes description, tags, visibility ('private' | 'shared' | 'public'), shared_with or metrics (the whole
@@ -97,8 +116,12 @@ class RegistrySession:
         if "visibility" in changes:
             changes["visibility"] = VISIBILITIES[changes["visibility"]]
         model = pb.Model(name=model_name(ref, self._username), **changes)
-        return model_from_proto(self._call(self.registry.UpdateModel, rpb.UpdateModelRequest(
-            model=model, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)))))
+        return model_from_proto(
+            self._call(
+                self.registry.UpdateModel,
+                rpb.UpdateModelRequest(model=model, update_mask=field_mask_pb2.FieldMask(paths=sorted(changes))),
+            )
+        )
 
     def set_metrics(self, ref: str, metrics: Mapping[str, float], *, merge: bool = True) -> Model:
         """Stores evaluation results on a model (owner only): keys of 1-64 characters in a-z 0-9 _ . : / -, finite
@@ -131,33 +154,57 @@ class RegistrySession:
 
     # -- versions ----------------------------------------------------------------------------------------------
 
-    def publish_signed(self, path: str | Path, name: str, sha256: str, signature: bytes, *, create: bool = True,
-                       progress: Progress | None = None, timeout: float | None = None,
-                       **create_args: Any) -> ModelVersion:
+    def publish_signed(
+        self,
+        path: str | Path,
+        name: str,
+        sha256: str,
+        signature: bytes,
+        *,
+        create: bool = True,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+        **create_args: Any,
+    ) -> ModelVersion:
         """Streams an artifact whose sha256 is already signed to PublishVersion of model `name` (made first when
         `create` and missing). `Client.push` signs and calls this; the trainer calls it with a forwarded token and
         the signature its user made on their own machine."""
         path = Path(path)
         if create:
             self.ensure_model(name, **create_args)
-        header = rpb.PublishVersionRequest.Header(model=name, sha256=sha256, size_bytes=path.stat().st_size,
-                                                  signature=signature)
+        header = rpb.PublishVersionRequest.Header(
+            model=name, sha256=sha256, size_bytes=path.stat().st_size, signature=signature
+        )
         try:
-            return version_from_proto(self.registry.PublishVersion(
-                publish_requests(header, path, progress), metadata=self._metadata(), timeout=timeout))
+            return version_from_proto(
+                self.registry.PublishVersion(
+                    publish_requests(header, path, progress), metadata=self._metadata(), timeout=timeout
+                )
+            )
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
 
     def get_version(self, ref: str) -> ModelVersion:
-        return version_from_proto(self._call(self.registry.GetVersion,
-                                             rpb.GetVersionRequest(name=version_name(ref, self._username))))
+        return version_from_proto(
+            self._call(self.registry.GetVersion, rpb.GetVersionRequest(name=version_name(ref, self._username)))
+        )
 
     def list_versions(self, ref: str) -> Iterator[ModelVersion]:
-        return self._pages(self.registry.ListVersions, rpb.ListVersionsRequest(
-            parent=model_name(ref, self._username)), "versions", version_from_proto)
+        return self._pages(
+            self.registry.ListVersions,
+            rpb.ListVersionsRequest(parent=model_name(ref, self._username)),
+            "versions",
+            version_from_proto,
+        )
 
-    def pull(self, ref: str, dest: str | Path | None = None, *, progress: Progress | None = None,
-             timeout: float | None = None) -> tuple[Path, ModelVersion]:
+    def pull(
+        self,
+        ref: str,
+        dest: str | Path | None = None,
+        *,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Path, ModelVersion]:
         """Downloads a version (latest by default), resuming a partial download, and verifies its sha256 and its
         owner's signature before it appears at `dest` (default: ./<owner>-<model>-v<n>.safetensors)."""
         version = self.get_version(ref)
@@ -174,8 +221,8 @@ class RegistrySession:
         digest = file_digest(partial) if offset else hashlib.sha256()  # hashed as it arrives: no second read
         try:
             stream = self.registry.DownloadVersion(
-                rpb.DownloadVersionRequest(name=version.name, offset=offset), metadata=self._metadata(),
-                timeout=timeout)
+                rpb.DownloadVersionRequest(name=version.name, offset=offset), metadata=self._metadata(), timeout=timeout
+            )
             with open(partial, "ab") as f:
                 for message in stream:
                     if message.WhichOneof("payload") == "version":
@@ -201,9 +248,12 @@ class RegistrySession:
         sha = sha or file_digest(path).hexdigest()
         if sha != version.sha256:
             path.unlink(missing_ok=True)
-            raise VerificationError(f"downloaded bytes hash to {sha}, expected {version.sha256}; the partial file "
-                                    "was removed, pull again")
+            raise VerificationError(
+                f"downloaded bytes hash to {sha}, expected {version.sha256}; the partial file was removed, pull again"
+            )
         user = self._call(self.registry.GetUser, rpb.GetUserRequest(name=f"users/{owner}"))
         if not signing.verify_artifact(user.signing_public_key, sha, version.signature):
-            raise VerificationError(f"the signature of {version.name} does not verify with {owner}'s key "
-                                    f"({signing.fingerprint(user.signing_public_key)}); do not use this file")
+            raise VerificationError(
+                f"the signature of {version.name} does not verify with {owner}'s key "
+                f"({signing.fingerprint(user.signing_public_key)}); do not use this file"
+            )

@@ -1,5 +1,6 @@
 """Synthetic data from the sampler service, checked against the sha256 the stream announces, and what it decodes
 to (`Samples`)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -51,6 +52,7 @@ class Samples:
     @cached_property
     def _decoded(self) -> tuple[Any, Any]:
         from libsgde.io.formats import read_samples
+
         source = self.data if self.data is not None else self.path
         assert source is not None
         return read_samples(source, self.format, self.metadata.data_schema, list(self.metadata.class_counts))
@@ -66,6 +68,7 @@ class Samples:
     @property
     def class_names(self) -> list[str]:
         from libsgde.io.sampling import class_names
+
         return class_names(self.metadata.data_schema)
 
     def to_dataframe(self) -> Any:
@@ -98,9 +101,19 @@ class Sampling(RegistrySession):
     def sampler(self) -> sampler_pb2_grpc.SamplerServiceStub:
         raise NotImplementedError  # Client opens the sampler's channel
 
-    def sample(self, model: str, num_samples: int = 0, *, seed: int = 0,
-               class_counts: Mapping[str, int] | None = None, format: str = "npy", out: str | Path | None = None,
-               progress: Progress | None = None, chunk_samples: int = 0, timeout: float | None = None) -> Samples:
+    def sample(
+        self,
+        model: str,
+        num_samples: int = 0,
+        *,
+        seed: int = 0,
+        class_counts: Mapping[str, int] | None = None,
+        format: str = "npy",
+        out: str | Path | None = None,
+        progress: Progress | None = None,
+        chunk_samples: int = 0,
+        timeout: float | None = None,
+    ) -> Samples:
         """Synthetic samples streamed by the sampler from a model version (MODEL, MODEL@N or .../versions/N; the
         latest by default): `num_samples` of them (classes drawn from the model's class prior), or exactly
         `class_counts` ({class name: count}; the output is grouped by class in the schema's class order).
@@ -110,9 +123,14 @@ class Sampling(RegistrySession):
         is called as samples arrive. Stopping early (Ctrl-C) cancels the call, and the sampler stops generating."""
         fmt = checked_format(format)
         me = self._username if "/" in model else self._me()
-        request = spb.SampleRequest(model=version_name(model, me), num_samples=num_samples, seed=seed,
-                                    class_counts=dict(class_counts or {}), format=FORMATS[fmt],
-                                    chunk_samples=chunk_samples)
+        request = spb.SampleRequest(
+            model=version_name(model, me),
+            num_samples=num_samples,
+            seed=seed,
+            class_counts=dict(class_counts or {}),
+            format=FORMATS[fmt],
+            chunk_samples=chunk_samples,
+        )
         state: dict = {}
 
         def pieces(stream: Any) -> Iterator[bytes]:
@@ -135,8 +153,10 @@ class Sampling(RegistrySession):
             if "sha256" not in state:
                 raise Unavailable("the sample stream ended before its last message; nothing was kept, try again")
             if state["sha256"] != digest:
-                raise VerificationError(f"the sampled bytes hash to {digest}, the sampler announced "
-                                        f"{state['sha256']}; nothing was kept, try again")
+                raise VerificationError(
+                    f"the sampled bytes hash to {digest}, the sampler announced "
+                    f"{state['sha256']}; nothing was kept, try again"
+                )
 
         with cancelling(self.sampler.Sample(request, metadata=self._metadata(), timeout=timeout)) as stream:
             try:

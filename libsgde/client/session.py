@@ -1,5 +1,6 @@
 """`Client`: the SDK's one object. A registry session (libsgde.client.registry) with the user's own files under
 $SGDE_HOME (certificates, the saved token, signing keys), plus the trainer's and the sampler's calls."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,18 @@ class Client(Jobs, Sampling):
     """A connection to the registry (and, when used, the trainer and the sampler) over mutual TLS, acting for the
     user whose token is under $SGDE_HOME."""
 
-    def __init__(self, registry: str | None = None, *, trainer: str | None = None, sampler: str | None = None,
-                 home: Path | None = None, pki: Path | None = None, identity: str = tls.CLIENT,
-                 token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        registry: str | None = None,
+        *,
+        trainer: str | None = None,
+        sampler: str | None = None,
+        home: Path | None = None,
+        pki: Path | None = None,
+        identity: str = tls.CLIENT,
+        token: str | None = None,
+        timeout: float = 30.0,
+    ):
         self.home = Path(home) if home else config.sgde_home()
         self.pki = tls.PkiPaths(Path(pki) if pki else (self.home / "pki" if home else config.pki_dir()))
         self.address = registry or config.service_address("registry")
@@ -107,34 +117,65 @@ class Client(Jobs, Sampling):
             key = signing.generate_signing_key()
             key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             signing.save_signing_key(key, key_path)
-        return user_from_proto(self._call(self.registry.Register, rpb.RegisterRequest(
-            username=username, email=email, password=password,
-            signing_public_key=signing.public_key_bytes(key)), auth=False))
+        return user_from_proto(
+            self._call(
+                self.registry.Register,
+                rpb.RegisterRequest(
+                    username=username, email=email, password=password, signing_public_key=signing.public_key_bytes(key)
+                ),
+                auth=False,
+            )
+        )
 
     def login(self, username: str, password: str, save: bool = True) -> Session:
-        reply = session_from_proto(self._call(self.registry.Login,
-                                              rpb.LoginRequest(username=username, password=password), auth=False))
+        reply = session_from_proto(
+            self._call(self.registry.Login, rpb.LoginRequest(username=username, password=password), auth=False)
+        )
         self._token, self._username = reply.access_token, username
         if save:
-            write_private(self.token_path, json.dumps({
-                "registry": self.address, "username": username, "access_token": reply.access_token,
-                "expires": reply.expire_time.isoformat() if reply.expire_time else None}).encode())
+            write_private(
+                self.token_path,
+                json.dumps(
+                    {
+                        "registry": self.address,
+                        "username": username,
+                        "access_token": reply.access_token,
+                        "expires": reply.expire_time.isoformat() if reply.expire_time else None,
+                    }
+                ).encode(),
+            )
         return reply
 
     def logout(self) -> None:
         self._token = self._username = None
         self.token_path.unlink(missing_ok=True)
 
-    def push(self, path: str | Path, ref: str, *, create: bool = True, progress: Progress | None = None,
-             timeout: float | None = None, **create_args: Any) -> ModelVersion:
+    def push(
+        self,
+        path: str | Path,
+        ref: str,
+        *,
+        create: bool = True,
+        progress: Progress | None = None,
+        timeout: float | None = None,
+        **create_args: Any,
+    ) -> ModelVersion:
         """Publishes an artifact file as the next version of a model (made first when `create` and missing).
         The file's sha256 is signed with the caller's signing key."""
         path = Path(path)
         me = self._me()
         key = signing.load_signing_key(self.signing_key_path(me))
         sha = file_digest(path).hexdigest()
-        return self.publish_signed(path, model_name(ref, me), sha, signing.sign_artifact(key, sha), create=create,
-                                   progress=progress, timeout=timeout, **create_args)
+        return self.publish_signed(
+            path,
+            model_name(ref, me),
+            sha,
+            signing.sign_artifact(key, sha),
+            create=create,
+            progress=progress,
+            timeout=timeout,
+            **create_args,
+        )
 
 
 def token_expiry(home: Path | None = None) -> datetime | None:

@@ -1,5 +1,6 @@
 """Moving files over gRPC streams: chunks of at most 1 MiB, hashed as they pass, and outputs that appear only once
 they are whole and verified."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,9 @@ def file_chunks(path: Path, progress: Progress | None, size: int) -> Iterator[by
                 progress(done, size)
 
 
-def publish_requests(header: rpb.PublishVersionRequest.Header, path: Path,
-                     progress: Progress | None = None) -> Iterator[rpb.PublishVersionRequest]:
+def publish_requests(
+    header: rpb.PublishVersionRequest.Header, path: Path, progress: Progress | None = None
+) -> Iterator[rpb.PublishVersionRequest]:
     """The PublishVersion request stream: the header, then the file in chunks of at most 1 MiB."""
     yield rpb.PublishVersionRequest(header=header)
     for block in file_chunks(path, progress, header.size_bytes):

@@ -1,5 +1,6 @@
 """Resource names and identifiers shared by the services (one definition, so that every service accepts and refuses
 the same names)."""
+
 import re
 
 USERNAME_RE = re.compile(r"^[a-z][a-z0-9_-]{2,31}$")

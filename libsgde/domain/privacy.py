@@ -1,5 +1,6 @@
 """A model's privacy report: the (epsilon, delta) guarantee an accountant computed from the mechanism actually run,
 with the mechanism's parameters (so that anyone can recompute it)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

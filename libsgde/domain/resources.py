@@ -6,6 +6,7 @@ numbers (`job.state == JobState.SUCCEEDED`), times are timezone-aware datetimes 
 lists. A data schema stays the contract's DataSchema message (`schema`), which the whole library validates and
 encodes from. `libsgde.wire.convert` builds these from messages.
 """
+
 from __future__ import annotations
 
 import enum
@@ -66,6 +67,7 @@ class User:
 @dataclass(frozen=True)
 class Session:
     """What a login gives: the bearer token, when it expires, and who it is for."""
+
     access_token: str
     expire_time: datetime | None
     user: User | None

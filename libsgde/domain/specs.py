@@ -1,5 +1,6 @@
 """What a user asks a training run for. Zero fields mean "the default" (filled in by `libsgde.io.training.check_spec`,
 which knows the data size)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

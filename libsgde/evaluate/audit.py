@@ -25,6 +25,7 @@ Verdict (`flagged`), any of:
   exact copies of training records exceed those of held-out records by more than COPY_MARGIN of the samples.
 Not flagged is no proof of privacy (the accountant's epsilon is the guarantee); flagged is evidence of memorisation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,20 @@ import numpy as np
 
 from libsgde.evaluate.fidelity import nearest_neighbours
 
-__all__ = ["AUC_MARGIN", "AuditResult", "COPY_DECIMALS", "COPY_MARGIN", "P_VALUE", "SHARE_MARGIN", "audit",
-           "audit_records", "auc_lower_bound", "copy_share", "roc_curve", "tpr_at_fpr"]
+__all__ = [
+    "AUC_MARGIN",
+    "AuditResult",
+    "COPY_DECIMALS",
+    "COPY_MARGIN",
+    "P_VALUE",
+    "SHARE_MARGIN",
+    "audit",
+    "audit_records",
+    "auc_lower_bound",
+    "copy_share",
+    "roc_curve",
+    "tpr_at_fpr",
+]
 
 AUC_MARGIN = 0.02
 SHARE_MARGIN = 0.02
@@ -44,10 +57,12 @@ P_VALUE = 1e-3
 COPY_MARGIN = 0.01
 CALIBRATION_FLOOR = 1e-8  # added to distances before their logarithm (an exact copy is at 0)
 COPY_DECIMALS = 6  # records equal after rounding to this many decimals (model space is [0, 1]) are copies
-RULE = (f"flagged when either membership-inference attack's AUC has a one-sided 95% lower bound > "
-        f"{0.5 + AUC_MARGIN}, or the share of synthetic samples closer to a training record than to a held-out one "
-        f"is > {0.5 + SHARE_MARGIN} with binomial p < {P_VALUE:g}, or exact copies of training records exceed those "
-        f"of held-out records by more than {COPY_MARGIN:.0%} of the samples")
+RULE = (
+    f"flagged when either membership-inference attack's AUC has a one-sided 95% lower bound > "
+    f"{0.5 + AUC_MARGIN}, or the share of synthetic samples closer to a training record than to a held-out one "
+    f"is > {0.5 + SHARE_MARGIN} with binomial p < {P_VALUE:g}, or exact copies of training records exceed those "
+    f"of held-out records by more than {COPY_MARGIN:.0%} of the samples"
+)
 
 
 @dataclass
@@ -105,6 +120,7 @@ def roc_curve(member_scores: np.ndarray, non_member_scores: np.ndarray) -> tuple
 def _auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> float:
     """P(member score > non-member score) + P(equal) / 2 (Mann-Whitney, ties by average rank)."""
     from scipy.stats import rankdata
+
     ranks = rankdata(np.concatenate([member_scores, non_member_scores]))
     n1, n0 = len(member_scores), len(non_member_scores)
     return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
@@ -112,9 +128,10 @@ def _auc(member_scores: np.ndarray, non_member_scores: np.ndarray) -> float:
 
 def auc_lower_bound(auc: float, n_members: int, n_non_members: int, z: float = 1.645) -> float:
     """AUC - z * SE, with Hanley and McNeil's (1982) standard error (z 1.645: one-sided 95%)."""
-    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
-    variance = (auc * (1 - auc) + (n_members - 1) * (q1 - auc ** 2)
-                + (n_non_members - 1) * (q2 - auc ** 2)) / (n_members * n_non_members)
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (n_members - 1) * (q1 - auc**2) + (n_non_members - 1) * (q2 - auc**2)) / (
+        n_members * n_non_members
+    )
     return float(auc - z * math.sqrt(max(variance, 0.0)))
 
 
@@ -163,8 +180,9 @@ def audit(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray, *, seed
     fpr, tpr = roc_curve(-d_members, -d_non_members)
     auc = _auc(-d_members, -d_non_members)
     lower = auc_lower_bound(auc, n, n)
-    _, d_reference = nearest_neighbours(np.concatenate([members, non_members]),
-                                        np.concatenate([members, non_members]), exclude_self=True)
+    _, d_reference = nearest_neighbours(
+        np.concatenate([members, non_members]), np.concatenate([members, non_members]), exclude_self=True
+    )
     calibrated = np.log(d_reference + CALIBRATION_FLOOR) - np.log(np.r_[d_members, d_non_members] + CALIBRATION_FLOOR)
     c_fpr, c_tpr = roc_curve(calibrated[:n], calibrated[n:])
     c_auc = _auc(calibrated[:n], calibrated[n:])
@@ -183,22 +201,43 @@ def audit(train: np.ndarray, holdout: np.ndarray, synthetic: np.ndarray, *, seed
     reasons = []
     for what, a, low in (("", auc, lower), (" (calibrated per record)", c_auc, c_lower)):
         if low > 0.5 + AUC_MARGIN:
-            reasons.append(f"membership inference{what} works: AUC {a:.3f} (95% lower bound {low:.3f} > "
-                           f"{0.5 + AUC_MARGIN})")
+            reasons.append(
+                f"membership inference{what} works: AUC {a:.3f} (95% lower bound {low:.3f} > {0.5 + AUC_MARGIN})"
+            )
     if share > 0.5 + SHARE_MARGIN and p_value < P_VALUE:
-        reasons.append(f"{share:.1%} of synthetic samples lie closer to a training record than to a held-out one "
-                       f"(binomial p = {p_value:.2g})")
+        reasons.append(
+            f"{share:.1%} of synthetic samples lie closer to a training record than to a held-out one "
+            f"(binomial p = {p_value:.2g})"
+        )
     if copies_train - copies_holdout > COPY_MARGIN:
-        reasons.append(f"{copies_train:.1%} of synthetic samples copy a training record "
-                       f"({copies_holdout:.1%} a held-out one)")
+        reasons.append(
+            f"{copies_train:.1%} of synthetic samples copy a training record ({copies_holdout:.1%} a held-out one)"
+        )
     return AuditResult(
-        members=n, non_members=n, synthetic=len(synthetic), mia_auc=auc, mia_auc_lower=lower,
-        mia_tpr_at_fpr_1pct=tpr_at_fpr(fpr, tpr, 0.01), mia_tpr_at_fpr_01pct=tpr_at_fpr(fpr, tpr, 0.001),
-        mia_calibrated_auc=c_auc, mia_calibrated_auc_lower=c_lower,
+        members=n,
+        non_members=n,
+        synthetic=len(synthetic),
+        mia_auc=auc,
+        mia_auc_lower=lower,
+        mia_tpr_at_fpr_1pct=tpr_at_fpr(fpr, tpr, 0.01),
+        mia_tpr_at_fpr_01pct=tpr_at_fpr(fpr, tpr, 0.001),
+        mia_calibrated_auc=c_auc,
+        mia_calibrated_auc_lower=c_lower,
         mia_calibrated_tpr_at_fpr_1pct=tpr_at_fpr(c_fpr, c_tpr, 0.01),
-        dcr_train_median=float(np.median(dcr_train)), dcr_holdout_median=float(np.median(dcr_holdout)),
-        dcr_train_p5=float(np.percentile(dcr_train, 5)), dcr_holdout_p5=float(np.percentile(dcr_holdout, 5)),
-        dcr_share_closer_to_train=share, dcr_p_value=p_value, exact_copies_train=copies_train,
-        exact_copies_holdout=copies_holdout, flagged=bool(reasons), reasons=reasons,
-        roc_fpr=fpr, roc_tpr=tpr, calibrated_roc_fpr=c_fpr, calibrated_roc_tpr=c_tpr, dcr_train=dcr_train,
-        dcr_holdout=dcr_holdout)
+        dcr_train_median=float(np.median(dcr_train)),
+        dcr_holdout_median=float(np.median(dcr_holdout)),
+        dcr_train_p5=float(np.percentile(dcr_train, 5)),
+        dcr_holdout_p5=float(np.percentile(dcr_holdout, 5)),
+        dcr_share_closer_to_train=share,
+        dcr_p_value=p_value,
+        exact_copies_train=copies_train,
+        exact_copies_holdout=copies_holdout,
+        flagged=bool(reasons),
+        reasons=reasons,
+        roc_fpr=fpr,
+        roc_tpr=tpr,
+        calibrated_roc_fpr=c_fpr,
+        calibrated_roc_tpr=c_tpr,
+        dcr_train=dcr_train,
+        dcr_holdout=dcr_holdout,
+    )

@@ -5,6 +5,7 @@ Every classifier takes x float32 [N, D] (tabular) or [N, H, W, C] with pixels in
 accepted too when `image_shape` is given) and y int [N] in [0, num_classes). A training set holding a single class
 predicts that class (a generator that collapsed onto one label still gets a score: the share of that class).
 """
+
 from __future__ import annotations
 
 import math
@@ -78,6 +79,7 @@ class SklearnClassifier(_ConstantWhenOneClass):
     def _fit(self, x, y, num_classes):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
+
         self._pipeline = make_pipeline(StandardScaler(), self._make_estimator())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence warnings: the test accuracy says how good the fit is
@@ -93,9 +95,18 @@ class CNNClassifier(_ConstantWhenOneClass):
 
     Trains for `epochs` passes over the data but at least `min_steps` steps (small data sets still get a real fit)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], *, seed: int = 0, epochs: int = 2, batch_size: int = 128,
-                 learning_rate: float = 1e-3, min_steps: int = 300, channels: tuple[int, int] = (32, 64),
-                 hidden: int = 128):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        *,
+        seed: int = 0,
+        epochs: int = 2,
+        batch_size: int = 128,
+        learning_rate: float = 1e-3,
+        min_steps: int = 300,
+        channels: tuple[int, int] = (32, 64),
+        hidden: int = 128,
+    ):
         if len(image_shape) != 3 or min(image_shape) < 1:
             raise ValueError(f"image_shape is (height, width, channels) (got {image_shape})")
         if epochs < 1 or batch_size < 1 or min_steps < 0 or not (learning_rate > 0 and math.isfinite(learning_rate)):
@@ -124,7 +135,7 @@ class CNNClassifier(_ConstantWhenOneClass):
         for _ in range(steps):
             if position + batch > len(x):  # a fresh shuffle per epoch; the remainder is dropped (static shapes)
                 order, position = rng.permutation(len(x)), 0
-            chosen = order[position:position + batch]
+            chosen = order[position : position + batch]
             position += batch
             params, state = _train_step(module, self.learning_rate, params, state, x[chosen], y[chosen])
         self._params = params
@@ -134,10 +145,10 @@ class CNNClassifier(_ConstantWhenOneClass):
         chunk = 512
         out = []
         for start in range(0, len(x), chunk):
-            part = x[start:start + chunk]
+            part = x[start : start + chunk]
             padded = np.zeros((chunk,) + self.image_shape, np.float32)  # one compiled shape for every chunk
-            padded[:len(part)] = part
-            out.append(np.asarray(_logits(self._module, self._params, padded))[:len(part)].argmax(axis=1))
+            padded[: len(part)] = part
+            out.append(np.asarray(_logits(self._module, self._params, padded))[: len(part)].argmax(axis=1))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
@@ -163,6 +174,7 @@ class _ConvNet(nn.Module):
 def _train_step(module: _ConvNet, learning_rate: float, params, state, x, y):
     def loss(p):
         return optax.softmax_cross_entropy_with_integer_labels(module.apply(p, x), y).mean()
+
     grads = jax.grad(loss)(params)
     updates, state = optax.adam(learning_rate).update(grads, state, params)
     return optax.apply_updates(params, updates), state
@@ -175,22 +187,38 @@ def _logits(module: _ConvNet, params, x):
 
 def _logreg(seed: int, image: bool, max_iter: int | None = None, C: float = 1.0):
     from sklearn.linear_model import LogisticRegression
+
     return lambda: LogisticRegression(max_iter=max_iter or (300 if image else 2000), C=C, random_state=seed)
 
 
-def _mlp(seed: int, image: bool, hidden: tuple[int, ...] | None = None, max_iter: int | None = None,
-         batch_size: int | None = None, learning_rate: float = 1e-3, alpha: float = 1e-4):
+def _mlp(
+    seed: int,
+    image: bool,
+    hidden: tuple[int, ...] | None = None,
+    max_iter: int | None = None,
+    batch_size: int | None = None,
+    learning_rate: float = 1e-3,
+    alpha: float = 1e-4,
+):
     from sklearn.neural_network import MLPClassifier
+
     # Images: one hidden layer of 256 and early stopping on a 10% split keep 60k x 784 to about a minute.
     hidden = tuple(hidden) if hidden else ((256,) if image else (32,))
     batch: int | str = batch_size or (256 if image else "auto")  # auto: min(200, N)
-    return lambda: MLPClassifier(hidden, max_iter=max_iter or (30 if image else 500), batch_size=batch,
-                                 learning_rate_init=learning_rate, alpha=alpha, early_stopping=image,
-                                 random_state=seed)
+    return lambda: MLPClassifier(
+        hidden,
+        max_iter=max_iter or (30 if image else 500),
+        batch_size=batch,
+        learning_rate_init=learning_rate,
+        alpha=alpha,
+        early_stopping=image,
+        random_state=seed,
+    )
 
 
-def make_classifier(name: str, *, image_shape: tuple[int, int, int] | None = None, seed: int = 0,
-                    **options) -> Classifier:
+def make_classifier(
+    name: str, *, image_shape: tuple[int, int, int] | None = None, seed: int = 0, **options
+) -> Classifier:
     """A fresh, unfitted classifier by name ("logreg", "mlp", "cnn"); `image_shape` (H, W, C) for image data.
 
     Options: logreg: max_iter, C; mlp: hidden, max_iter, batch_size, learning_rate, alpha; cnn: epochs, batch_size,
@@ -198,8 +226,10 @@ def make_classifier(name: str, *, image_shape: tuple[int, int, int] | None = Non
     image = image_shape is not None
     allowed = CLASSIFIERS["image" if image else "tabular"]
     if name not in allowed:
-        raise ValueError(f"unknown classifier {name!r} for {'image' if image else 'tabular'} data; choose one of "
-                         f"{', '.join(allowed)}")
+        raise ValueError(
+            f"unknown classifier {name!r} for {'image' if image else 'tabular'} data; choose one of "
+            f"{', '.join(allowed)}"
+        )
     if name == "cnn":
         assert image_shape is not None  # "cnn" is allowed for image data only
         return CNNClassifier(image_shape, seed=seed, **options)

@@ -11,6 +11,7 @@ Images (float32 [N, H, W, C] in [0, 1]): the per-class mean image, real and synt
 two; and the nearest real neighbour (Euclidean in pixel space) of a few synthetic images, with its distance as an
 RMS per pixel.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,8 +20,17 @@ import numpy as np
 
 from libsgde.ml.space import ModelSpace
 
-__all__ = ["ColumnDistance", "ImageFidelity", "TabularFidelity", "correlation_features", "image_fidelity",
-           "nearest_neighbours", "tabular_fidelity", "total_variation", "wasserstein_1d"]
+__all__ = [
+    "ColumnDistance",
+    "ImageFidelity",
+    "TabularFidelity",
+    "correlation_features",
+    "image_fidelity",
+    "nearest_neighbours",
+    "tabular_fidelity",
+    "total_variation",
+    "wasserstein_1d",
+]
 
 MAX_CORRELATION_FEATURES = 400  # beyond this the matrix is not computed (wide one-hot blocks); the marginals are
 
@@ -76,8 +86,9 @@ def total_variation(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return float(0.5 * np.abs(p - q).sum())
 
 
-def correlation_features(x: np.ndarray, labels: np.ndarray | None, space: ModelSpace,
-                         category_names: dict[str, list[str]] | None = None) -> tuple[np.ndarray, list[str]]:
+def correlation_features(
+    x: np.ndarray, labels: np.ndarray | None, space: ModelSpace, category_names: dict[str, list[str]] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Model-space rows, with the label's one-hot indicators appended, and a name for each feature ("column" for a
     numeric column, "column=category" for an indicator; categories by index unless `category_names` has them, the
     label's under "label")."""
@@ -99,7 +110,7 @@ def correlation_features(x: np.ndarray, labels: np.ndarray | None, space: ModelS
 def _correlation(features: np.ndarray) -> np.ndarray:
     """Pearson correlations; a constant feature correlates 0 with everything (and 1 with itself)."""
     centred = features - features.mean(axis=0)
-    scale = np.sqrt((centred ** 2).sum(axis=0))
+    scale = np.sqrt((centred**2).sum(axis=0))
     constant = scale < 1e-12
     centred[:, constant] = 0.0
     scale[constant] = 1.0
@@ -109,9 +120,14 @@ def _correlation(features: np.ndarray) -> np.ndarray:
     return np.clip(corr, -1.0, 1.0)
 
 
-def tabular_fidelity(real_x: np.ndarray, real_labels: np.ndarray | None, syn_x: np.ndarray,
-                     syn_labels: np.ndarray | None, space: ModelSpace,
-                     category_names: dict[str, list[str]] | None = None) -> TabularFidelity:
+def tabular_fidelity(
+    real_x: np.ndarray,
+    real_labels: np.ndarray | None,
+    syn_x: np.ndarray,
+    syn_labels: np.ndarray | None,
+    space: ModelSpace,
+    category_names: dict[str, list[str]] | None = None,
+) -> TabularFidelity:
     """Per-column distances and the correlation difference of two model-space tables of the same `space`.
 
     `category_names` (optional): column (and "label") -> category names, for the features' names."""
@@ -139,13 +155,21 @@ def tabular_fidelity(real_x: np.ndarray, real_labels: np.ndarray | None, syn_x: 
         upper = np.triu_indices(len(feature_names), k=1)
         diff = np.abs(real_corr - syn_corr)[upper]
         mean_diff, max_diff = float(diff.mean()), float(diff.max())
-    return TabularFidelity(columns, float(np.mean(distances)) if distances else 0.0,
-                           float(np.max(distances)) if distances else 0.0, feature_names, real_corr, syn_corr,
-                           mean_diff, max_diff)
+    return TabularFidelity(
+        columns,
+        float(np.mean(distances)) if distances else 0.0,
+        float(np.max(distances)) if distances else 0.0,
+        feature_names,
+        real_corr,
+        syn_corr,
+        mean_diff,
+        max_diff,
+    )
 
 
-def nearest_neighbours(queries: np.ndarray, references: np.ndarray, max_block: int = 1 << 24, *,
-                       exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    queries: np.ndarray, references: np.ndarray, max_block: int = 1 << 24, *, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the index of its nearest reference row and the Euclidean distance to it (rows are
     flattened). Brute force in chunks of queries, with at most `max_block` distances in memory at once: the
     neighbour is found with float32 BLAS (|q|^2 - 2 q.r + |r|^2), and its distance recomputed exactly in float64, so
@@ -159,22 +183,29 @@ def nearest_neighbours(queries: np.ndarray, references: np.ndarray, max_block: i
     if exclude_self and len(q) != len(r):
         raise ValueError("exclude_self needs the queries to be the references")
     q32, r32 = q.astype(np.float32), r.astype(np.float32)
-    r_sq = (r32 ** 2).sum(axis=1)
+    r_sq = (r32**2).sum(axis=1)
     chunk = max(1, max_block // len(r))
     index = np.empty(len(q), np.int64)
     for start in range(0, len(q), chunk):
-        part = q32[start:start + chunk]
+        part = q32[start : start + chunk]
         d2 = r_sq[None, :] - 2.0 * (part @ r32.T)  # + |q|^2, the same along each row, does not move the argmin
         if exclude_self:
             rows = np.arange(len(part))
             d2[rows, start + rows] = np.inf
-        index[start:start + chunk] = d2.argmin(axis=1)
+        index[start : start + chunk] = d2.argmin(axis=1)
     return index, np.sqrt(((q - r[index]) ** 2).sum(axis=1))
 
 
-def image_fidelity(real: np.ndarray, real_labels: np.ndarray | None, synthetic: np.ndarray,
-                   syn_labels: np.ndarray | None, *, neighbours_real: np.ndarray | None = None,
-                   shown_per_class: int = 4, seed: int = 0) -> ImageFidelity:
+def image_fidelity(
+    real: np.ndarray,
+    real_labels: np.ndarray | None,
+    synthetic: np.ndarray,
+    syn_labels: np.ndarray | None,
+    *,
+    neighbours_real: np.ndarray | None = None,
+    shown_per_class: int = 4,
+    seed: int = 0,
+) -> ImageFidelity:
     """Per-class mean images and their RMS difference; the nearest image of `neighbours_real` (default `real`) to a
     few synthetic images per class (chosen at random by `seed`)."""
     real, synthetic = np.asarray(real, np.float32), np.asarray(synthetic, np.float32)
@@ -184,10 +215,14 @@ def image_fidelity(real: np.ndarray, real_labels: np.ndarray | None, synthetic: 
     real_labels = np.asarray(real_labels) if conditional else np.full(len(real), -1)
     syn_labels = np.asarray(syn_labels) if conditional else np.full(len(synthetic), -1)
     classes = [int(c) for c in np.unique(real_labels) if np.any(syn_labels == c)]
-    real_means = np.stack([real[real_labels == c].mean(axis=0) for c in classes]) if classes else \
-        np.zeros((0,) + real.shape[1:], np.float32)
-    syn_means = np.stack([synthetic[syn_labels == c].mean(axis=0) for c in classes]) if classes else \
-        np.zeros_like(real_means)
+    real_means = (
+        np.stack([real[real_labels == c].mean(axis=0) for c in classes])
+        if classes
+        else np.zeros((0,) + real.shape[1:], np.float32)
+    )
+    syn_means = (
+        np.stack([synthetic[syn_labels == c].mean(axis=0) for c in classes]) if classes else np.zeros_like(real_means)
+    )
     rms = [float(np.sqrt(np.mean((a - b) ** 2))) for a, b in zip(real_means, syn_means)]
     rng = np.random.default_rng(seed)
     shown: list[int] = []
@@ -197,5 +232,13 @@ def image_fidelity(real: np.ndarray, real_labels: np.ndarray | None, synthetic: 
     reference = real if neighbours_real is None else np.asarray(neighbours_real, np.float32)
     index, distance = nearest_neighbours(synthetic[shown], reference) if shown else (np.zeros(0), np.zeros(0))
     pixels = int(np.prod(real.shape[1:]))
-    return ImageFidelity(classes, real_means, syn_means, rms, float(np.mean(rms)) if rms else float("nan"),
-                         shown, [int(i) for i in index], [float(d / np.sqrt(pixels)) for d in distance])
+    return ImageFidelity(
+        classes,
+        real_means,
+        syn_means,
+        rms,
+        float(np.mean(rms)) if rms else float("nan"),
+        shown,
+        [int(i) for i in index],
+        [float(d / np.sqrt(pixels)) for d in distance],
+    )

@@ -7,6 +7,7 @@ before any byte of the buffer is read; nothing in a file is ever executed (no pi
 
 BF16 tensors load as ``ml_dtypes.bfloat16`` arrays (the dtype JAX uses), so they round-trip unchanged.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,10 +38,15 @@ MAX_TENSORS = 4096
 MAX_RANK = 8
 MAX_ARTIFACT_BYTES = 1 << 30
 ALLOWED_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "I32": 4, "I64": 8, "U8": 1}
-_NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
-                 "I32": np.dtype("<i4"), "I64": np.dtype("<i8"), "U8": np.dtype("u1")}
-_CODE_OF_NAME = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int32": "I32", "int64": "I64",
-                 "uint8": "U8"}
+_NUMPY_DTYPES = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I32": np.dtype("<i4"),
+    "I64": np.dtype("<i8"),
+    "U8": np.dtype("u1"),
+}
+_CODE_OF_NAME = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int32": "I32", "int64": "I64", "uint8": "U8"}
 _TENSOR_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,256}")
 _ARCHITECTURE = re.compile(r"[a-z][a-z0-9-]{0,63}")
 _MECHANISM = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -80,16 +86,26 @@ class Manifest:
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, compact, ASCII); protos in their proto3 JSON form."""
-        return _manifest_json(self.format_version, self.architecture, self.config, self.data_schema, self.privacy,
-                              self.training)
+        return _manifest_json(
+            self.format_version, self.architecture, self.config, self.data_schema, self.privacy, self.training
+        )
 
 
 def _manifest_json(version, architecture, config, data_schema, privacy, training) -> str:
-    return json.dumps({
-        "format": FORMAT, "format_version": version, "architecture": architecture, "config": config,
-        "data_schema": schema_to_dict(data_schema), "training": training,
-        "privacy": json_format.MessageToDict(privacy, preserving_proto_field_name=True),
-    }, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(
+        {
+            "format": FORMAT,
+            "format_version": version,
+            "architecture": architecture,
+            "config": config,
+            "data_schema": schema_to_dict(data_schema),
+            "training": training,
+            "privacy": json_format.MessageToDict(privacy, preserving_proto_field_name=True),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        allow_nan=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -145,8 +161,7 @@ def _strict_json(data: bytes | str, what: str) -> Any:
 
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants,
-                          parse_float=finite_float)
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants, parse_float=finite_float)
     except ArtifactError:
         raise
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -159,8 +174,10 @@ def header_length(prefix8: bytes | bytearray) -> int:
         raise ArtifactError(f"file is truncated: it has {len(prefix8)} bytes, fewer than the 8-byte header length")
     n = int.from_bytes(prefix8[:8], "little")
     if n > MAX_HEADER_BYTES:
-        raise ArtifactError(f"declared header length {n} is over the limit of {MAX_HEADER_BYTES} bytes; "
-                            "this is not an SGDE artifact (or it is corrupt)")
+        raise ArtifactError(
+            f"declared header length {n} is over the limit of {MAX_HEADER_BYTES} bytes; "
+            "this is not an SGDE artifact (or it is corrupt)"
+        )
     return n
 
 
@@ -177,8 +194,10 @@ def parse_header(prefix: bytes, total_size: int, check_tensors: TensorCheck | No
         raise ArtifactError(f"safetensors header must be a JSON object, not {type(header).__name__}")
     meta = header.pop("__metadata__", None)
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise ArtifactError("safetensors header has no __metadata__ object of strings; write artifacts with "
-                            "libsgde.io.artifact.write_artifact")
+        raise ArtifactError(
+            "safetensors header has no __metadata__ object of strings; write artifacts with "
+            "libsgde.io.artifact.write_artifact"
+        )
     if MANIFEST_KEY not in meta:
         raise ArtifactError(f"__metadata__ has no {MANIFEST_KEY!r}: this safetensors file is not an SGDE artifact")
     tensors = _parse_tensors(header, total_size - data_offset)
@@ -200,11 +219,14 @@ def _parse_tensors(entries: dict, buffer_len: int) -> dict[str, TensorInfo]:
         dtype, shape, offsets = e["dtype"], e["shape"], e["data_offsets"]
         if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
             raise ArtifactError(f"tensor {name!r} has dtype {_short(dtype)}; allowed: {', '.join(ALLOWED_DTYPES)}")
-        if (not isinstance(shape, list) or len(shape) > MAX_RANK
-                or not all(type(d) is int and d >= 0 for d in shape)):
+        if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(type(d) is int and d >= 0 for d in shape):
             raise ArtifactError(f"tensor {name!r} shape must be a list of at most {MAX_RANK} integers >= 0")
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
             raise ArtifactError(f"tensor {name!r} data_offsets must be [begin, end] with 0 <= begin <= end")
         begin, end = offsets
         nbytes = math.prod(shape) * ALLOWED_DTYPES[dtype]
@@ -219,8 +241,10 @@ def _parse_tensors(entries: dict, buffer_len: int) -> dict[str, TensorInfo]:
             raise ArtifactError(f"tensor {t.name!r} at byte {t.begin} {what} (expected byte {pos})")
         pos = t.end
     if pos != buffer_len:
-        raise ArtifactError(f"tensors cover {pos} bytes but the data buffer has {buffer_len}: the file is "
-                            f"{'truncated' if pos > buffer_len else 'followed by extra bytes'}")
+        raise ArtifactError(
+            f"tensors cover {pos} bytes but the data buffer has {buffer_len}: the file is "
+            f"{'truncated' if pos > buffer_len else 'followed by extra bytes'}"
+        )
     return tensors
 
 
@@ -235,8 +259,11 @@ def _manifest_from_dict(raw: Any) -> Manifest:
         raise ArtifactError(f"manifest format is {_short(raw['format'])}, expected {FORMAT!r}", "format")
     version = raw["format_version"]
     if type(version) is not int or version != FORMAT_VERSION:
-        raise ArtifactError(f"artifact format_version {_short(version)} is not supported (this sgde reads version "
-                            f"{FORMAT_VERSION}); upgrade sgde or re-export the model", "format_version")
+        raise ArtifactError(
+            f"artifact format_version {_short(version)} is not supported (this sgde reads version "
+            f"{FORMAT_VERSION}); upgrade sgde or re-export the model",
+            "format_version",
+        )
     arch = raw["architecture"]
     if not isinstance(arch, str) or not _ARCHITECTURE.fullmatch(arch):
         raise ArtifactError(f"architecture {_short(arch)} must match {_ARCHITECTURE.pattern}", "architecture")
@@ -317,8 +344,9 @@ class HeaderSniffer:
             if self._need == 8:
                 self._need = 8 + header_length(self._buf)
                 if self._need > self.total_size:
-                    raise ArtifactError(f"declared header length {self._need - 8} is larger than the upload "
-                                        f"({self.total_size} bytes)")
+                    raise ArtifactError(
+                        f"declared header length {self._need - 8} is larger than the upload ({self.total_size} bytes)"
+                    )
                 continue
             self.header = parse_header(bytes(self._buf), self.total_size, self._check)
             self._buf = bytearray()
@@ -339,8 +367,9 @@ def read_header(path: Path, check_tensors: TensorCheck | None = None) -> Artifac
         return _read_header(f, os.fstat(f.fileno()).st_size, check_tensors)
 
 
-def load_artifact(path: Path, max_bytes: int = MAX_ARTIFACT_BYTES, check_tensors: TensorCheck | None = None
-                  ) -> tuple[ArtifactHeader, dict[str, np.ndarray]]:
+def load_artifact(
+    path: Path, max_bytes: int = MAX_ARTIFACT_BYTES, check_tensors: TensorCheck | None = None
+) -> tuple[ArtifactHeader, dict[str, np.ndarray]]:
     """Strictly parse the header, then read the tensors (little-endian, in their declared dtype and shape)."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -356,13 +385,17 @@ def load_artifact(path: Path, max_bytes: int = MAX_ARTIFACT_BYTES, check_tensors
     arrays = {}
     for t in header.tensors.values():
         dt = _NUMPY_DTYPES[t.dtype]
-        arrays[t.name] = np.frombuffer(buf, dt, count=(t.end - t.begin) // dt.itemsize, offset=t.begin
-                                       ).reshape(t.shape) if t.end > t.begin else np.zeros(t.shape, dt)
+        arrays[t.name] = (
+            np.frombuffer(buf, dt, count=(t.end - t.begin) // dt.itemsize, offset=t.begin).reshape(t.shape)
+            if t.end > t.begin
+            else np.zeros(t.shape, dt)
+        )
     return header, arrays
 
 
-def build_manifest(architecture: str, config: dict, data_schema: pb.DataSchema, privacy: pb.PrivacyReport,
-                   training: dict) -> Manifest:
+def build_manifest(
+    architecture: str, config: dict, data_schema: pb.DataSchema, privacy: pb.PrivacyReport, training: dict
+) -> Manifest:
     """A validated manifest (checked exactly as the parser checks one); config and training must be plain JSON."""
     try:
         text = _manifest_json(FORMAT_VERSION, architecture, config, data_schema, privacy, training)

@@ -4,6 +4,7 @@ Bytes go to a unique temporary file beside the target (created with the final mo
 by others, not even for a moment), are fsynced, and only then renamed over the target; the directory is fsynced so
 that the rename survives a crash too. An error inside the block leaves the old file (or none) and no temporary.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,7 @@
 A checkpoint is private to the silo (it holds the secret that drives the DP noise): mode 0600, never published.
 It is only resumed by the run with the same fingerprint (spec, schema and data).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ def load_checkpoint(directory: Path, fingerprint: str) -> Checkpoint | None:
     if not path.exists():
         return None
     from safetensors import safe_open
+
     with safe_open(path, "np") as f:
         meta = json.loads((f.metadata() or {}).get(META_KEY, "{}"))
     if meta.get("fingerprint") != fingerprint:

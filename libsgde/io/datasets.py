@@ -4,6 +4,7 @@ Files are untrusted: sizes are checked before memory is allocated, npz archives 
 malformed is a `DataError` that says what to fix. Formats: CSV (tabular; the first row names the columns), npz
 (images in an array `x` or `images`, labels in `y` or `labels`) and MNIST-style idx files (optionally gzipped).
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,16 +24,25 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 DEFAULT_MAX_BYTES = 2 * 1024**3  # raw data read from one file (decompressed); model space is up to 4x that for bytes
 MAX_INFERRED_CATEGORIES = 1000
 IMAGE_KEYS, LABEL_KEYS = ("x", "images"), ("y", "labels")
-IDX_DTYPES: dict[int, np.dtype] = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-PRIVACY_WARNING = ("PRIVACY: the bounds, categories and class names in this schema were read from the data itself and "
-                   "are NOT private: they reveal e.g. the smallest and largest values and every rare category. "
-                   "Replace them with public knowledge (e.g. age 0 to 120, the official list of categories) before "
-                   "training a private model.")
+IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype("u1"),
+    0x09: np.dtype("i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+PRIVACY_WARNING = (
+    "PRIVACY: the bounds, categories and class names in this schema were read from the data itself and "
+    "are NOT private: they reveal e.g. the smallest and largest values and every rare category. "
+    "Replace them with public knowledge (e.g. age 0 to 120, the official list of categories) before "
+    "training a private model."
+)
 
 
-def load_dataset(path: Path, schema: pb.DataSchema, *, labels_path: Path | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> EncodedData:
+def load_dataset(
+    path: Path, schema: pb.DataSchema, *, labels_path: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> EncodedData:
     """Read `path` (.csv, .npz, or idx[.gz]) and encode it with `schema`. An idx images file finds its labels file by
     replacing ``images-idx3`` with ``labels-idx1`` in its name unless `labels_path` is given."""
     path = Path(path)
@@ -41,8 +51,10 @@ def load_dataset(path: Path, schema: pb.DataSchema, *, labels_path: Path | None 
     declared = schema.WhichOneof("kind")
     if (kind == "csv") != (declared == "tabular"):
         what = "a CSV (tabular) file" if kind == "csv" else "an image file"
-        raise DataError(f"{path.name} is {what} but the schema declares {declared} data; give a file of that kind "
-                        "or the schema that belongs to this file")
+        raise DataError(
+            f"{path.name} is {what} but the schema declares {declared} data; give a file of that kind "
+            "or the schema that belongs to this file"
+        )
     if isinstance(encoder, TabularEncoder):
         _, columns, lines = _read_csv(path, max_bytes, encoder)
         try:
@@ -65,8 +77,10 @@ def _file_kind(path: Path) -> str:
         return "npz"
     if name.endswith((".gz", ".idx", "-ubyte")):
         return "idx"
-    raise DataError(f"{path.name}: unknown file type; give a .csv file (tabular data), or an .npz or MNIST-style idx "
-                    "file (.idx, -ubyte, .gz) of images")
+    raise DataError(
+        f"{path.name}: unknown file type; give a .csv file (tabular data), or an .npz or MNIST-style idx "
+        "file (.idx, -ubyte, .gz) of images"
+    )
 
 
 def _read_csv(path: Path, max_bytes: int, encoder: TabularEncoder | None = None):
@@ -96,8 +110,9 @@ def _read_csv(path: Path, max_bytes: int, encoder: TabularEncoder | None = None)
                 if not fields:
                     continue  # a blank line
                 if len(fields) != len(header):
-                    raise DataError(f"has {len(fields)} fields but the header has {len(header)}",
-                                    where=f"{path.name} line {line}")
+                    raise DataError(
+                        f"has {len(fields)} fields but the header has {len(header)}", where=f"{path.name} line {line}"
+                    )
                 for values, value in zip(columns, fields):
                     values.append(value)
                 lines.append(line)
@@ -110,8 +125,14 @@ def _read_csv(path: Path, max_bytes: int, encoder: TabularEncoder | None = None)
     return header, dict(zip(header, columns)), lines
 
 
-def _read_image_file(path: Path, kind: str, labels_path: Path | None, max_bytes: int,
-                     shapes: set[tuple[int, ...]] | None, need_labels: bool):
+def _read_image_file(
+    path: Path,
+    kind: str,
+    labels_path: Path | None,
+    max_bytes: int,
+    shapes: set[tuple[int, ...]] | None,
+    need_labels: bool,
+):
     """(images, labels or None) from an npz or idx file; `shapes` are the allowed per-image shapes (None: any)."""
     if kind == "npz":
         arrays = _read_npz(path, max_bytes)
@@ -123,8 +144,10 @@ def _read_image_file(path: Path, kind: str, labels_path: Path | None, max_bytes:
             labels_path = path.with_name(guess)
     if labels_path is None:
         if need_labels:
-            raise DataError(f"{path.name}: the schema declares classes but no labels file is known; name it like the "
-                            "images file with labels-idx1 for images-idx3, or give labels_path")
+            raise DataError(
+                f"{path.name}: the schema declares classes but no labels file is known; name it like the "
+                "images file with labels-idx1 for images-idx3, or give labels_path"
+            )
         return images, None
     labels = _read_idx(Path(labels_path), max_bytes, (1,), {()}, "labels")
     if len(labels) != len(images):
@@ -149,8 +172,10 @@ def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
                     chosen[role] = found[0]
                     _check_npy_header(archive, members[found[0]], path.name, max_bytes)
             if "images" not in chosen:
-                raise DataError(f"{path.name} has no array named {' or '.join(IMAGE_KEYS)} (it has "
-                                f"{sorted(members)[:10]}); save the images as x=...")
+                raise DataError(
+                    f"{path.name} has no array named {' or '.join(IMAGE_KEYS)} (it has "
+                    f"{sorted(members)[:10]}); save the images as x=..."
+                )
         with np.load(path, allow_pickle=False) as npz:
             return {role: npz[key] for role, key in chosen.items()}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as e:
@@ -161,8 +186,10 @@ def _read_npz(path: Path, max_bytes: int) -> dict[str, np.ndarray]:
 
 def _check_npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, max_bytes: int) -> None:
     if info.file_size > max_bytes:
-        raise DataError(f"{name}: array {info.filename} is {info.file_size:,} bytes uncompressed, over the limit of "
-                        f"{max_bytes:,}; raise max_bytes")
+        raise DataError(
+            f"{name}: array {info.filename} is {info.file_size:,} bytes uncompressed, over the limit of "
+            f"{max_bytes:,}; raise max_bytes"
+        )
     with archive.open(info) as f:
         version = np.lib.format.read_magic(f)
         if version not in ((1, 0), (2, 0)):
@@ -170,39 +197,49 @@ def _check_npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read_header(f)
     if dtype.hasobject:
-        raise DataError(f"{name}: array {info.filename} holds Python objects (pickles), which are refused; save "
-                        "plain numeric arrays")
+        raise DataError(
+            f"{name}: array {info.filename} holds Python objects (pickles), which are refused; save "
+            "plain numeric arrays"
+        )
     if math.prod(shape) * dtype.itemsize > info.file_size:
         raise DataError(f"{name}: array {info.filename} declares shape {shape} but holds fewer bytes; it is truncated")
 
 
-def _read_idx(path: Path, max_bytes: int, ndims: tuple[int, ...], shapes: set[tuple[int, ...]] | None,
-              what: str) -> np.ndarray:
+def _read_idx(
+    path: Path, max_bytes: int, ndims: tuple[int, ...], shapes: set[tuple[int, ...]] | None, what: str
+) -> np.ndarray:
     """An idx array (gzipped if the name ends in .gz); dims are checked against `shapes`, `max_bytes` and the file
     size before anything is allocated."""
     gzipped = path.name.lower().endswith(".gz")
     try:
-        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as f:
+        with gzip.open(path, "rb") if gzipped else path.open("rb") as f:
             magic = f.read(4)
             if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in IDX_DTYPES or magic[3] not in ndims:
                 expected = " or ".join(f"0x0000 08 {n:02x}" for n in ndims)
-                raise DataError(f"{path.name} is not an idx file of {what}: its magic number is {magic.hex()}, "
-                                f"expected {expected}")
+                raise DataError(
+                    f"{path.name} is not an idx file of {what}: its magic number is {magic.hex()}, expected {expected}"
+                )
             dtype, ndim = IDX_DTYPES[magic[2]], magic[3]
             raw_dims = f.read(4 * ndim)
             if len(raw_dims) < 4 * ndim:
                 raise DataError(f"{path.name} is truncated inside its header")
             dims = struct.unpack(f">{ndim}I", raw_dims)
             if shapes is not None and dims[1:] not in shapes:
-                raise DataError(f"{path.name} holds {what} of shape {dims[1:]} but the schema declares "
-                                f"{' or '.join(str(s) for s in sorted(shapes))}")
+                raise DataError(
+                    f"{path.name} holds {what} of shape {dims[1:]} but the schema declares "
+                    f"{' or '.join(str(s) for s in sorted(shapes))}"
+                )
             nbytes = math.prod(dims) * dtype.itemsize
             if nbytes > max_bytes:
-                raise DataError(f"{path.name} declares {dims} {what}: {nbytes:,} bytes, over the limit of "
-                                f"{max_bytes:,}; raise max_bytes if that is right")
+                raise DataError(
+                    f"{path.name} declares {dims} {what}: {nbytes:,} bytes, over the limit of "
+                    f"{max_bytes:,}; raise max_bytes if that is right"
+                )
             if not gzipped and path.stat().st_size != 4 + 4 * ndim + nbytes:
-                raise DataError(f"{path.name} is {path.stat().st_size:,} bytes but its header declares "
-                                f"{4 + 4 * ndim + nbytes:,}; it is truncated or has trailing data")
+                raise DataError(
+                    f"{path.name} is {path.stat().st_size:,} bytes but its header declares "
+                    f"{4 + 4 * ndim + nbytes:,}; it is truncated or has trailing data"
+                )
             data = f.read(nbytes)
             if len(data) < nbytes:
                 raise DataError(f"{path.name} is truncated: {len(data):,} of {nbytes:,} data bytes")
@@ -213,8 +250,9 @@ def _read_idx(path: Path, max_bytes: int, ndims: tuple[int, ...], shapes: set[tu
     return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-def infer_schema(path: Path, label_column: str | None = None, *,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[pb.DataSchema, list[str]]:
+def infer_schema(
+    path: Path, label_column: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[pb.DataSchema, list[str]]:
     """A first-draft schema read from a data file, and warnings to act on. The first warning is always that the
     draft is NOT private: its bounds and categories come from the data and must be replaced by public knowledge."""
     path = Path(path)
@@ -224,13 +262,18 @@ def infer_schema(path: Path, label_column: str | None = None, *,
         header, columns, _ = _read_csv(path, max_bytes)
         if label_column is not None and label_column not in columns:
             raise DataError(f"{path.name} has no column {label_column!r} to use as the label (it has {header[:10]})")
-        schema = pb.DataSchema(tabular=pb.TabularSchema(
-            columns=[_infer_column(n, columns[n], n == label_column, warnings) for n in header],
-            label_column=label_column or ""))
+        schema = pb.DataSchema(
+            tabular=pb.TabularSchema(
+                columns=[_infer_column(n, columns[n], n == label_column, warnings) for n in header],
+                label_column=label_column or "",
+            )
+        )
     else:
         if label_column is not None:
-            raise DataError("a label column is for CSV files; image labels come from the file's y or labels array "
-                            "(or the labels-idx1 file)")
+            raise DataError(
+                "a label column is for CSV files; image labels come from the file's y or labels array "
+                "(or the labels-idx1 file)"
+            )
         schema = pb.DataSchema(image=_infer_image(path, kind, max_bytes, warnings))
     validate_schema(schema)
     return schema, warnings
@@ -247,8 +290,10 @@ def _as_numbers(values: list[str]) -> np.ndarray | None:
 def _infer_column(name: str, values: list[str], is_label: bool, warnings: list[str]) -> pb.Column:
     present = [v for v in values if v.strip()]
     if len(present) < len(values):
-        warnings.append(f"column {name!r} has {len(values) - len(present)} empty values: missing values are not "
-                        "supported yet; fill or drop those rows before training")
+        warnings.append(
+            f"column {name!r} has {len(values) - len(present)} empty values: missing values are not "
+            "supported yet; fill or drop those rows before training"
+        )
     if not present:
         raise DataError("has no values to infer a type from; drop it or declare it by hand", column=name)
     numbers = _as_numbers(present)
@@ -257,15 +302,20 @@ def _infer_column(name: str, values: list[str], is_label: bool, warnings: list[s
         lower, upper = float(numbers.min()), float(numbers.max())
         if lower == upper:
             upper = lower + 1
-            warnings.append(f"column {name!r} holds one value only ({lower:g}); its bounds were widened to "
-                            f"[{lower:g}, {upper:g}]")
-        return pb.Column(name=name, type=pb.COLUMN_TYPE_INTEGER if integer else pb.COLUMN_TYPE_CONTINUOUS,
-                         lower=lower, upper=upper)
+            warnings.append(
+                f"column {name!r} holds one value only ({lower:g}); its bounds were widened to [{lower:g}, {upper:g}]"
+            )
+        return pb.Column(
+            name=name, type=pb.COLUMN_TYPE_INTEGER if integer else pb.COLUMN_TYPE_CONTINUOUS, lower=lower, upper=upper
+        )
     distinct = set(present)
     if len(distinct) > MAX_INFERRED_CATEGORIES:
-        raise DataError(f"has {len(distinct):,} distinct values, more than {MAX_INFERRED_CATEGORIES} categories; it "
-                        "looks like an identifier, free text, or numbers with some text in them: drop the column, "
-                        "fix its values, or declare it by hand", column=name)
+        raise DataError(
+            f"has {len(distinct):,} distinct values, more than {MAX_INFERRED_CATEGORIES} categories; it "
+            "looks like an identifier, free text, or numbers with some text in them: drop the column, "
+            "fix its values, or declare it by hand",
+            column=name,
+        )
     ordered = sorted(distinct, key=float) if numbers is not None else sorted(distinct)
     return pb.Column(name=name, type=pb.COLUMN_TYPE_CATEGORICAL, categories=ordered)
 
@@ -275,8 +325,10 @@ def _infer_image(path: Path, kind: str, max_bytes: int, warnings: list[str]) -> 
     if images.ndim == 3:
         images = images[..., np.newaxis]
     if images.ndim != 4 or images.shape[3] not in IMAGE_CHANNELS or images.dtype.kind not in "uif":
-        raise DataError(f"{path.name}: expected numeric images of shape (N, H, W) or (N, H, W, C) with C in "
-                        f"{IMAGE_CHANNELS}, got {images.dtype} {images.shape}")
+        raise DataError(
+            f"{path.name}: expected numeric images of shape (N, H, W) or (N, H, W, C) with C in "
+            f"{IMAGE_CHANNELS}, got {images.dtype} {images.shape}"
+        )
     if len(images) == 0:
         raise DataError(f"{path.name} holds no images")
     if images.dtype == np.uint8:
@@ -286,19 +338,23 @@ def _infer_image(path: Path, kind: str, max_bytes: int, warnings: list[str]) -> 
         if not math.isfinite(top):
             raise DataError(f"{path.name}: the images hold NaN or infinite pixels; fix them first")
         pixel_max = 1.0 if top <= 1 else float(math.ceil(top))
-        warnings.append(f"pixel_max {pixel_max:g} was read from the data (its largest pixel); if the format has a "
-                        "known range (e.g. 65535 for 16-bit images) declare that instead")
-    schema = pb.ImageSchema(height=images.shape[1], width=images.shape[2], channels=images.shape[3],
-                            pixel_max=pixel_max)
+        warnings.append(
+            f"pixel_max {pixel_max:g} was read from the data (its largest pixel); if the format has a "
+            "known range (e.g. 65535 for 16-bit images) declare that instead"
+        )
+    schema = pb.ImageSchema(
+        height=images.shape[1], width=images.shape[2], channels=images.shape[3], pixel_max=pixel_max
+    )
     if labels is None:
-        warnings.append("no labels found (an array y or labels, or a labels-idx1 file): the schema declares no "
-                        "classes, so generation will be unconditional")
+        warnings.append(
+            "no labels found (an array y or labels, or a labels-idx1 file): the schema declares no "
+            "classes, so generation will be unconditional"
+        )
         return schema
     labels = np.asarray(labels)
     if labels.shape[:1] != images.shape[:1]:
         raise DataError(f"{path.name} has {len(labels)} labels for {len(images)} images; give one label per image")
-    if (labels.ndim != 1 or labels.dtype.kind not in "uif" or not np.all(labels == np.floor(labels))
-            or labels.min() < 0):
+    if labels.ndim != 1 or labels.dtype.kind not in "uif" or not np.all(labels == np.floor(labels)) or labels.min() < 0:
         raise DataError(f"{path.name}: labels must be class indices 0, 1, ... (got {labels.dtype} {labels.shape})")
     classes = int(labels.max()) + 1
     if classes > MAX_CATEGORIES:

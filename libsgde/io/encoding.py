@@ -6,6 +6,7 @@ Bounds and categories come from the schema (public), never from the data. Model 
   label column (if any) is not in the row: it is the int32 label (its category index).
 - image: float32 [H, W, C] in [0, 1] (pixel / pixel_max); the label is the class index.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 @dataclass
 class EncodedData:
     """A dataset in model space. `labels` is None when the schema declares no label."""
+
     x: np.ndarray  # float32 [N, *space.shape]
     labels: np.ndarray | None  # int32 [N]
     space: ModelSpace
@@ -37,8 +39,11 @@ class DataError(ValueError):
     """Data that does not fit its schema. `column` and `row` (0-based) say where, when known; `detail` says what."""
 
     def __init__(self, detail: str, *, column: str | None = None, row: int | None = None, where: str | None = None):
-        parts = [where, None if column is None else f"column {column!r}",
-                 None if row is None or where is not None else f"row {row}"]
+        parts = [
+            where,
+            None if column is None else f"column {column!r}",
+            None if row is None or where is not None else f"row {row}",
+        ]
         location = ", ".join(p for p in parts if p)
         super().__init__(f"{location}: {detail}" if location else detail)
         self.detail, self.column, self.row = detail, column, row
@@ -87,11 +92,20 @@ def _category_index(col: pb.Column) -> Callable[[object, int], int]:
         if len(hits) == 1:
             return hits.pop()
         if hits:
-            raise DataError(f"{_short(value)} matches several categories ({sorted(col.categories[h] for h in hits)});"
-                            " give the value as a string", column=col.name, row=row)
+            raise DataError(
+                f"{_short(value)} matches several categories ({sorted(col.categories[h] for h in hits)});"
+                " give the value as a string",
+                column=col.name,
+                row=row,
+            )
         allowed = ", ".join(repr(c) for c in col.categories[:10]) + (", ..." if len(col.categories) > 10 else "")
-        raise DataError(f"{_short(value)} is not a declared category (allowed: {allowed}); add it to the schema's "
-                        "categories or fix the value", column=col.name, row=row)
+        raise DataError(
+            f"{_short(value)} is not a declared category (allowed: {allowed}); add it to the schema's "
+            "categories or fix the value",
+            column=col.name,
+            row=row,
+        )
+
     return match
 
 
@@ -105,23 +119,32 @@ def _parse_numbers(col: pb.Column, values: Sequence) -> np.ndarray:
         numbers = np.empty(len(values), np.float64)
         for row, value in enumerate(values):
             if value is None or (isinstance(value, str) and not value.strip()):
-                raise DataError("missing value; missing values are not supported yet: fill or drop the row",
-                                column=col.name, row=row)
+                raise DataError(
+                    "missing value; missing values are not supported yet: fill or drop the row",
+                    column=col.name,
+                    row=row,
+                )
             try:
                 numbers[row] = float(value)
             except (ValueError, TypeError):
                 raise DataError(f"{_short(value)} is not a number", column=col.name, row=row) from None
             if np.isnan(numbers[row]):
-                raise DataError("missing value (NaN); missing values are not supported yet: fill or drop the row",
-                                column=col.name, row=row)
+                raise DataError(
+                    "missing value (NaN); missing values are not supported yet: fill or drop the row",
+                    column=col.name,
+                    row=row,
+                )
             if not np.isfinite(numbers[row]):
                 raise DataError(f"{_short(value)} is not a finite number", column=col.name, row=row)
     if col.type == pb.COLUMN_TYPE_INTEGER:
         fractional = np.flatnonzero(numbers != np.round(numbers))
         if fractional.size:
             row = int(fractional[0])
-            raise DataError(f"{_short(values[row])} is not an integer; declare the column continuous or fix the "
-                            "value", column=col.name, row=row)
+            raise DataError(
+                f"{_short(values[row])} is not an integer; declare the column continuous or fix the value",
+                column=col.name,
+                row=row,
+            )
     return numbers
 
 
@@ -133,8 +156,9 @@ class TabularEncoder:
         self.space = model_space(pb.DataSchema(tabular=schema))
         for i, col in enumerate(schema.columns):
             if col.type == pb.COLUMN_TYPE_INTEGER and max(abs(col.lower), abs(col.upper)) > MAX_EXACT_INTEGER:
-                raise SchemaError(f"tabular.columns[{i}]", "integer bounds beyond 2**53 are not exact; declare the "
-                                  "column continuous")
+                raise SchemaError(
+                    f"tabular.columns[{i}]", "integer bounds beyond 2**53 are not exact; declare the column continuous"
+                )
         self._blocks = {b.name: b for b in self.space.blocks}
 
     def check_columns(self, names: Sequence[str]) -> None:
@@ -142,9 +166,12 @@ class TabularEncoder:
         declared = {col.name for col in self.schema.columns}
         for name in names:
             if name not in declared:
-                raise DataError("the data has this column but the schema does not declare it: declare it in the "
-                                "schema (with public bounds or categories) or remove it from the data; training on "
-                                "undeclared data is a privacy mistake", column=name)
+                raise DataError(
+                    "the data has this column but the schema does not declare it: declare it in the "
+                    "schema (with public bounds or categories) or remove it from the data; training on "
+                    "undeclared data is a privacy mistake",
+                    column=name,
+                )
         given = set(names)
         for col in self.schema.columns:
             if col.name not in given:
@@ -157,8 +184,11 @@ class TabularEncoder:
         n = len(columns[self.schema.columns[0].name])
         for name, values in columns.items():
             if len(values) != n:
-                raise DataError(f"has {len(values)} values but column {self.schema.columns[0].name!r} has {n}; "
-                                "give every column the same number of rows", column=name)
+                raise DataError(
+                    f"has {len(values)} values but column {self.schema.columns[0].name!r} has {n}; "
+                    "give every column the same number of rows",
+                    column=name,
+                )
         if n == 0:
             raise DataError("the data has no rows")
         x = np.zeros((n, self.space.shape[0]), np.float32)
@@ -195,7 +225,7 @@ class TabularEncoder:
                 continue
             block = self._blocks[col.name]
             if block.kind == "categorical":
-                chosen = np.argmax(x[:, block.start:block.start + block.width], axis=1)
+                chosen = np.argmax(x[:, block.start : block.start + block.width], axis=1)
                 decoded[col.name] = np.asarray(list(col.categories), dtype=object)[chosen]
                 continue
             values = np.clip(col.lower + x[:, block.start] * (col.upper - col.lower), col.lower, col.upper)
@@ -208,12 +238,12 @@ class TabularEncoder:
     def _label_names(col: pb.Column, labels: np.ndarray, n: int) -> np.ndarray:
         labels = np.asarray(labels)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"expected {n} integer labels, got {labels.dtype} of shape {labels.shape}",
-                            column=col.name)
+            raise DataError(f"expected {n} integer labels, got {labels.dtype} of shape {labels.shape}", column=col.name)
         bad = np.flatnonzero((labels < 0) | (labels >= len(col.categories)))
         if bad.size:
-            raise DataError(f"label {labels[bad[0]]} is outside [0, {len(col.categories)})", column=col.name,
-                            row=int(bad[0]))
+            raise DataError(
+                f"label {labels[bad[0]]} is outside [0, {len(col.categories)})", column=col.name, row=int(bad[0])
+            )
         return np.asarray(list(col.categories), dtype=object)[labels]
 
 
@@ -262,8 +292,11 @@ class ImageEncoder:
             raise DataError(f"expected {n} integer labels, got {labels.dtype} of shape {labels.shape}")
         bad = np.flatnonzero(~((labels >= 0) & (labels < k) & (labels == np.floor(labels))))
         if bad.size:
-            raise DataError(f"label {_short(labels[bad[0]].item())} is not a class index in [0, {k}); class names: "
-                            f"{list(self.schema.class_names)[:10]}", row=int(bad[0]))
+            raise DataError(
+                f"label {_short(labels[bad[0]].item())} is not a class index in [0, {k}); class names: "
+                f"{list(self.schema.class_names)[:10]}",
+                row=int(bad[0]),
+            )
         return labels.astype(np.int32)
 
     def decode(self, x: np.ndarray) -> np.ndarray:

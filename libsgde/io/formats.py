@@ -15,6 +15,7 @@
 
 The bytes depend only on the values (and, for Parquet, the pyarrow version): the same request gives the same bytes.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,6 +37,7 @@ SUFFIXES = {".csv": "csv", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet
 
 class FormatUnavailable(SamplingError):
     """The format is valid for the data but this installation cannot write it (Parquet without pyarrow)."""
+
     status = "FAILED_PRECONDITION"
 
 
@@ -69,9 +71,12 @@ def check_format(fmt: str | int, kind: str | pb.DataSchema) -> str:
             import pyarrow
             import pyarrow.parquet  # noqa: F401
         except ImportError:
-            raise FormatUnavailable("format", "parquet needs the pyarrow package, which this installation lacks "
-                                              "(pip install pyarrow, where the sampling runs); or ask for csv or "
-                                              "npy") from None
+            raise FormatUnavailable(
+                "format",
+                "parquet needs the pyarrow package, which this installation lacks "
+                "(pip install pyarrow, where the sampling runs); or ask for csv or "
+                "npy",
+            ) from None
     return name
 
 
@@ -84,8 +89,11 @@ MAX_NPY_HEADER = 1 << 24  # what read_samples accepts (a schema's 4096 columns w
 def npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
     """The .npy header (format 1.0, or 2.0 / 3.0 when it is too long or not Latin-1) of an array of this dtype
     and shape, as numpy writes it, so that `np.load` reads the concatenated chunks."""
-    d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-         "shape": tuple(int(s) for s in shape)}
+    d = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(int(s) for s in shape),
+    }
     text = "{" + "".join(f"'{k}': {d[k]!r}, " for k in sorted(d)) + "}"
     for version, fmt, encoding in (((1, 0), "<H", "latin1"), ((2, 0), "<I", "latin1"), ((3, 0), "<I", "utf8")):
         try:
@@ -116,6 +124,7 @@ def tabular_dtype(schema: pb.DataSchema) -> np.dtype:
 def image_dtype(schema: pb.DataSchema) -> np.dtype:
     """The decoded pixel dtype (libsgde.io.encoding.ImageEncoder.decode), little-endian."""
     from libsgde.io.encoding import ImageEncoder
+
     im = schema.image
     probe = ImageEncoder(im).decode(np.zeros((1, im.height, im.width, im.channels), np.float32))
     return probe.dtype.newbyteorder("<")
@@ -171,8 +180,11 @@ class CsvWriter(Writer):
     def __init__(self, schema: pb.DataSchema, total: int):
         super().__init__(schema, total)
         self.columns = list(schema.tabular.columns)
-        self._categories = {col.name: {c: _csv_field(c) for c in col.categories} for col in self.columns
-                            if col.type == pb.COLUMN_TYPE_CATEGORICAL}
+        self._categories = {
+            col.name: {c: _csv_field(c) for c in col.categories}
+            for col in self.columns
+            if col.type == pb.COLUMN_TYPE_CATEGORICAL
+        }
 
     def begin(self) -> bytes:
         return (",".join(_csv_field(col.name) for col in self.columns) + "\n").encode()
@@ -222,6 +234,7 @@ class ParquetWriter(Writer):
         super().__init__(schema, total)
         import pyarrow as pa
         import pyarrow.parquet as pq
+
         self._pa = pa
         types = {pb.COLUMN_TYPE_CATEGORICAL: pa.string(), pb.COLUMN_TYPE_INTEGER: pa.int64()}
         self.columns = list(schema.tabular.columns)
@@ -231,9 +244,15 @@ class ParquetWriter(Writer):
 
     def write(self, values) -> bytes:
         pa = self._pa
-        arrays = [pa.array(np.asarray(values[col.name]).tolist() if col.type == pb.COLUMN_TYPE_CATEGORICAL
-                           else np.asarray(values[col.name]), type=field.type)
-                  for col, field in zip(self.columns, self.arrow_schema)]
+        arrays = [
+            pa.array(
+                np.asarray(values[col.name]).tolist()
+                if col.type == pb.COLUMN_TYPE_CATEGORICAL
+                else np.asarray(values[col.name]),
+                type=field.type,
+            )
+            for col, field in zip(self.columns, self.arrow_schema)
+        ]
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.arrow_schema))
         return self._sink.take()
 
@@ -248,9 +267,14 @@ def writer(fmt: str | int, schema: pb.DataSchema, total: int) -> Writer:
     return {"csv": CsvWriter, "npy": NpyWriter, "parquet": ParquetWriter}[name](schema, total)
 
 
-def encode_stream(sampler: CompiledSampler, labels_or_n: np.ndarray | int, seed: int, fmt: str | int,
-                  chunk_samples: int = 0, should_stop: Callable[[], bool] | None = None
-                  ) -> Iterator[tuple[bytes, int]]:
+def encode_stream(
+    sampler: CompiledSampler,
+    labels_or_n: np.ndarray | int,
+    seed: int,
+    fmt: str | int,
+    chunk_samples: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[bytes, int]]:
     """A request's output as (bytes, samples done so far) pieces: the format's header, one piece per chunk, its
     footer. Empty pieces are skipped. Ends early (without a footer) when `should_stop` says so."""
     total = int(labels_or_n) if isinstance(labels_or_n, (int, np.integer)) else len(labels_or_n)
@@ -272,6 +296,7 @@ def encode_stream(sampler: CompiledSampler, labels_or_n: np.ndarray | int, seed:
 
 
 # -- reading back -------------------------------------------------------------------------------------------------
+
 
 def _label_indices(schema: pb.DataSchema, names: np.ndarray) -> np.ndarray:
     t = schema.tabular
@@ -308,8 +333,11 @@ def _read_npy(data: bytes, schema: pb.DataSchema, class_counts):
     values = {}
     for col in schema.tabular.columns:
         field = array[col.name]
-        values[col.name] = (field.astype(object) if col.type == pb.COLUMN_TYPE_CATEGORICAL
-                            else field.astype(np.int64 if col.type == pb.COLUMN_TYPE_INTEGER else np.float64))
+        values[col.name] = (
+            field.astype(object)
+            if col.type == pb.COLUMN_TYPE_CATEGORICAL
+            else field.astype(np.int64 if col.type == pb.COLUMN_TYPE_INTEGER else np.float64)
+        )
     return _tabular_result(schema, values)
 
 
@@ -333,6 +361,7 @@ def _read_csv(data: bytes, schema: pb.DataSchema):
 
 def _read_parquet(data: bytes, schema: pb.DataSchema):
     import pyarrow.parquet as pq
+
     table = pq.read_table(io.BytesIO(data))
     values = {}
     for col in schema.tabular.columns:
@@ -340,13 +369,13 @@ def _read_parquet(data: bytes, schema: pb.DataSchema):
         if col.type == pb.COLUMN_TYPE_CATEGORICAL:
             values[col.name] = np.asarray(column.to_pylist(), dtype=object)
         else:
-            values[col.name] = column.to_numpy().astype(np.int64 if col.type == pb.COLUMN_TYPE_INTEGER
-                                                        else np.float64)
+            values[col.name] = column.to_numpy().astype(np.int64 if col.type == pb.COLUMN_TYPE_INTEGER else np.float64)
     return _tabular_result(schema, values)
 
 
-def read_samples(source: bytes | str | Path, fmt: str | int, schema: pb.DataSchema,
-                 class_counts: Mapping | list[int] | None = None):
+def read_samples(
+    source: bytes | str | Path, fmt: str | int, schema: pb.DataSchema, class_counts: Mapping | list[int] | None = None
+):
     """(values, labels) of sampled output, in the types the encoder decodes to: tabular -> ({column: array}, with
     the label column as str; int32 label indices or None), images -> ([N, H, W, C], labels). Image files carry no
     labels: give the per-class counts (schema order; SampleMetadata.class_counts) to rebuild them, since the output

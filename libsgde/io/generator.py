@@ -1,5 +1,6 @@
 """A generator loaded from an artifact: the strict reader's architecture check, and sampling in model space or in
 the schema's own values."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,13 +32,18 @@ def check_tensors(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
     expected = artifact_tensor_shapes(arch, space, config)
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise ArtifactError(f"tensors do not match architecture {arch.name!r} with this config: "
-                            f"missing {missing[:5]}, unexpected {extra[:5]}")
+        raise ArtifactError(
+            f"tensors do not match architecture {arch.name!r} with this config: "
+            f"missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     for name, shape in expected.items():
         t = tensors[name]
         if t.dtype != "F32" or t.shape != shape:
-            raise ArtifactError(f"tensor {name!r} is {t.dtype}{list(t.shape)}; architecture {arch.name!r} with "
-                                f"this config implies F32{list(shape)}")
+            raise ArtifactError(
+                f"tensor {name!r} is {t.dtype}{list(t.shape)}; architecture {arch.name!r} with "
+                f"this config implies F32{list(shape)}"
+            )
+
 
 class Generator:
     """A generator loaded from an artifact: samples in model space, or decoded into the schema's own values."""
@@ -50,8 +56,9 @@ class Generator:
         self.encoder = encoder_for(self.manifest.data_schema)
         self.class_prior = np.asarray(tensors[CLASS_PRIOR], np.float64)
         self.params = jax.tree.map(jnp.asarray, unflatten({k: v for k, v in tensors.items() if k != CLASS_PRIOR}))
-        self._generate = jax.jit(lambda p, keys, labels: self.architecture.generate(p, keys, labels, self.space,
-                                                                                    self.config))
+        self._generate = jax.jit(
+            lambda p, keys, labels: self.architecture.generate(p, keys, labels, self.space, self.config)
+        )
 
     def labels(self, n: int, seed: int) -> np.ndarray:
         """n labels drawn from the class prior (all zeros for an unconditional model)."""

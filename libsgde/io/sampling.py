@@ -15,6 +15,7 @@ bytes every time, whoever else is sampling at once:
 
 Pure library: no gRPC, no I/O. `libsgde.io.formats` turns the decoded chunks into CSV, NPY or Parquet bytes.
 """
+
 from __future__ import annotations
 
 import threading
@@ -61,14 +62,17 @@ def check_class_counts(schema: pb.DataSchema, class_counts: Mapping[str, int]) -
     total of zero."""
     names = class_names(schema)
     if not names:
-        raise SamplingError("class_counts", "this model is unconditional (its schema declares no classes); ask "
-                                            "for num_samples instead")
+        raise SamplingError(
+            "class_counts", "this model is unconditional (its schema declares no classes); ask for num_samples instead"
+        )
     unknown = sorted(set(class_counts) - set(names))
     if unknown:
         shown = ", ".join(repr(u[:60]) for u in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
         allowed = ", ".join(repr(n) for n in names[:20]) + (", ..." if len(names) > 20 else "")
-        raise SamplingError("class_counts", f"unknown class{'es' if len(unknown) > 1 else ''} {shown}; the "
-                                            f"schema's classes are {allowed}")
+        raise SamplingError(
+            "class_counts",
+            f"unknown class{'es' if len(unknown) > 1 else ''} {shown}; the schema's classes are {allowed}",
+        )
     negative = sorted(name for name, count in class_counts.items() if int(count) < 0)
     if negative:
         raise SamplingError("class_counts", f"counts must be >= 0 (negative for {', '.join(map(repr, negative))})")
@@ -78,8 +82,7 @@ def check_class_counts(schema: pb.DataSchema, class_counts: Mapping[str, int]) -
     return counts
 
 
-def plan_labels(generator, num_samples: int, class_counts: Mapping[str, int] | None, seed: int
-                ) -> np.ndarray | None:
+def plan_labels(generator, num_samples: int, class_counts: Mapping[str, int] | None, seed: int) -> np.ndarray | None:
     """The int32 labels [N] of a request, grouped by class in the schema's class order (see the module docstring).
 
     With `class_counts` ({class name: count}; `num_samples` is then ignored) the counts are exactly those; without,
@@ -120,8 +123,11 @@ def row_bytes(schema: pb.DataSchema) -> int:
     """Bytes of one sample in NPY output (see libsgde.io.formats)."""
     if schema.WhichOneof("kind") == "image":
         im = schema.image
-        pixel = 1 if float(im.pixel_max).is_integer() and 2 <= im.pixel_max <= 255 else (
-            2 if float(im.pixel_max).is_integer() and 2 <= im.pixel_max <= 65535 else 4)
+        pixel = (
+            1
+            if float(im.pixel_max).is_integer() and 2 <= im.pixel_max <= 255
+            else (2 if float(im.pixel_max).is_integer() and 2 <= im.pixel_max <= 65535 else 4)
+        )
         return im.height * im.width * im.channels * pixel
     total = 0
     for col in schema.tabular.columns:
@@ -139,8 +145,7 @@ def default_chunk_samples(schema: pb.DataSchema) -> int:
 
 def check_chunk_samples(chunk_samples: int) -> int:
     if chunk_samples < 0 or chunk_samples > MAX_CHUNK_SAMPLES:
-        raise SamplingError("chunk_samples", f"must be between 1 and {MAX_CHUNK_SAMPLES} (0 lets the sampler "
-                                             "choose)")
+        raise SamplingError("chunk_samples", f"must be between 1 and {MAX_CHUNK_SAMPLES} (0 lets the sampler choose)")
     return int(chunk_samples)
 
 
@@ -148,13 +153,17 @@ def check_chunk_samples(chunk_samples: int) -> int:
 class Chunk:
     """One decoded chunk: `values` as the encoder decodes them (tabular: column -> array, the label column
     included; images: [n, H, W, C]), `labels` int32 [n] (None when unconditional), and where it starts."""
+
     values: dict[str, np.ndarray] | np.ndarray
     labels: np.ndarray | None
     start: int
 
     def __len__(self) -> int:
-        return int(len(self.labels) if self.labels is not None else (
-            len(self.values) if isinstance(self.values, np.ndarray) else len(next(iter(self.values.values())))))
+        return int(
+            len(self.labels)
+            if self.labels is not None
+            else (len(self.values) if isinstance(self.values, np.ndarray) else len(next(iter(self.values.values()))))
+        )
 
 
 class CompiledSampler:
@@ -190,8 +199,12 @@ class CompiledSampler:
             with self._compile_lock:
                 fn = self._compiled.get(bucket)
                 if fn is None:
-                    fn = self._jit.lower(self.generator.params, seed_key(0), jax.ShapeDtypeStruct((), jnp.uint32),
-                                         jax.ShapeDtypeStruct((bucket,), jnp.int32)).compile()
+                    fn = self._jit.lower(
+                        self.generator.params,
+                        seed_key(0),
+                        jax.ShapeDtypeStruct((), jnp.uint32),
+                        jax.ShapeDtypeStruct((bucket,), jnp.int32),
+                    ).compile()
                     self._compiled[bucket] = fn
         return fn
 
@@ -202,15 +215,15 @@ class CompiledSampler:
         key = seed_key(seed)
         parts = []
         for start in range(0, len(labels), self.max_bucket):
-            part = labels[start:start + self.max_bucket]
+            part = labels[start : start + self.max_bucket]
             bucket = bucket_size(len(part), self.max_bucket)
             padded = np.zeros(bucket, np.int32)
-            padded[:len(part)] = part
+            padded[: len(part)] = part
             row = first_row + start
             if row + bucket > 1 << 32:
                 raise SamplingError("num_samples", "rows are numbered with 32 bits: ask for fewer samples")
             out = self._executable(bucket)(self.generator.params, key, np.uint32(row), padded)
-            parts.append(np.asarray(out)[:len(part)])
+            parts.append(np.asarray(out)[: len(part)])
         if not parts:
             return np.zeros((0, *self.space.shape), np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -219,8 +232,13 @@ class CompiledSampler:
         encoder = self.generator.encoder
         return encoder.decode(x) if self.space.kind == "image" else encoder.decode(x, labels)
 
-    def iter_chunks(self, labels_or_n: np.ndarray | int, seed: int, chunk_samples: int = 0,
-                    should_stop: Callable[[], bool] | None = None) -> Iterator[Chunk]:
+    def iter_chunks(
+        self,
+        labels_or_n: np.ndarray | int,
+        seed: int,
+        chunk_samples: int = 0,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Chunk]:
         """Decoded chunks of a request, in order. `labels_or_n`: planned labels (see `plan_labels`), or a number of
         samples (labels then planned from the class prior with `seed`; none for an unconditional model).
         `chunk_samples` 0 means `default_chunk_samples`. `should_stop` is asked before each chunk: True ends the
@@ -237,7 +255,7 @@ class CompiledSampler:
             if should_stop is not None and should_stop():
                 return
             size = min(chunk, n - start)
-            part = labels[start:start + size] if labels is not None else np.zeros(size, np.int32)
+            part = labels[start : start + size] if labels is not None else np.zeros(size, np.int32)
             x = self.model_space(part, seed, start)
             yield Chunk(self.decode(x, part if conditional else None), part if conditional else None, start)
 
@@ -266,6 +284,7 @@ class CompiledCache:
         if found is not None:
             return found
         from libsgde.io.generator import load_generator
+
         sampler = CompiledSampler(load_generator(path))
         with self._lock:
             self._items[sha256] = sampler

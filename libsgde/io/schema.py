@@ -3,6 +3,7 @@
 This module validates schemas and converts them to and from JSON dicts. Every check raises `SchemaError`, which names
 the offending field as a dotted path (``tabular.columns[2].upper``) and says what to change.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,9 @@ def _validate_tabular(t: pb.TabularSchema) -> None:
         elif col.type == pb.COLUMN_TYPE_CATEGORICAL:
             _validate_categories(col, at)
         else:
-            raise SchemaError(f"{at}.type", "set the type: COLUMN_TYPE_CONTINUOUS, COLUMN_TYPE_INTEGER or "
-                                            "COLUMN_TYPE_CATEGORICAL")
+            raise SchemaError(
+                f"{at}.type", "set the type: COLUMN_TYPE_CONTINUOUS, COLUMN_TYPE_INTEGER or COLUMN_TYPE_CATEGORICAL"
+            )
     if t.label_column:
         label_index = seen.get(t.label_column)
         if label_index is None:
@@ -80,16 +82,21 @@ def _validate_bounds(col: pb.Column, at: str) -> None:
         if col.type == pb.COLUMN_TYPE_INTEGER and not float(v).is_integer():
             raise SchemaError(f"{at}.{side}", f"an integer column needs integer bounds (got {v})")
     if not col.lower < col.upper:
-        raise SchemaError(f"{at}.upper", f"must be greater than lower ({col.lower}); declare the public range "
-                                         "the values can take, not one taken from the data")
+        raise SchemaError(
+            f"{at}.upper",
+            f"must be greater than lower ({col.lower}); declare the public range "
+            "the values can take, not one taken from the data",
+        )
     if col.categories:
         raise SchemaError(f"{at}.categories", "only categorical columns have categories")
 
 
 def _validate_categories(col: pb.Column, at: str) -> None:
     if not 1 <= len(col.categories) <= MAX_CATEGORIES:
-        raise SchemaError(f"{at}.categories", f"a categorical column needs 1 to {MAX_CATEGORIES} categories "
-                                              f"(got {len(col.categories)})")
+        raise SchemaError(
+            f"{at}.categories",
+            f"a categorical column needs 1 to {MAX_CATEGORIES} categories (got {len(col.categories)})",
+        )
     _check_unique_names(col.categories, f"{at}.categories")
     if col.lower != 0 or col.upper != 0:
         raise SchemaError(f"{at}.lower", "a categorical column has no bounds; leave lower and upper at 0")
@@ -103,8 +110,9 @@ def _validate_image(im: pb.ImageSchema) -> None:
     if im.channels not in IMAGE_CHANNELS:
         raise SchemaError("image.channels", f"must be 1 (grey), 3 (RGB) or 4 (RGBA) (got {im.channels})")
     if not (math.isfinite(im.pixel_max) and im.pixel_max > 0):
-        raise SchemaError("image.pixel_max", f"must be a finite number > 0, e.g. 255 for 8-bit images "
-                                             f"(got {im.pixel_max})")
+        raise SchemaError(
+            "image.pixel_max", f"must be a finite number > 0, e.g. 255 for 8-bit images (got {im.pixel_max})"
+        )
     _check_unique_names(im.class_names, "image.class_names")
     values = im.height * im.width * im.channels
     if values > MAX_IMAGE_VALUES:

@@ -8,6 +8,7 @@ reproduces an artifact byte for byte. The secret is kept in the checkpoint (mode
 continues the same noise stream. Resuming never spends privacy twice: only the final parameters are released, and
 the steps before the checkpoint are not run again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,16 @@ from libsgde.ml.train import CHECKPOINT_EVERY_S, Progress, Run, TrainingCancelle
 from libsgde.wire.convert import privacy_to_proto
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
-__all__ = ["CHECKPOINT_EVERY_S", "Progress", "SpecError", "TrainResult", "TrainSpec", "TrainingCancelled",
-           "check_spec", "train"]
+__all__ = [
+    "CHECKPOINT_EVERY_S",
+    "Progress",
+    "SpecError",
+    "TrainResult",
+    "TrainSpec",
+    "TrainingCancelled",
+    "check_spec",
+    "train",
+]
 
 
 class SpecError(FieldError):
@@ -61,11 +70,13 @@ def check_spec(spec: TrainSpec, schema: pb.DataSchema, dataset_size: int | None 
         arch = get_architecture(spec.architecture)
         config = arch.configure(_plain(spec.config), space)
     except ConfigError as e:
-        raise SpecError("spec.architecture" if e.key == "architecture" else f"spec.config.{e.key}",
-                        e.description) from None
+        raise SpecError(
+            "spec.architecture" if e.key == "architecture" else f"spec.config.{e.key}", e.description
+        ) from None
     if not (math.isfinite(spec.target_epsilon) and 0 < spec.target_epsilon <= 1000):
-        raise SpecError("spec.target_epsilon", f"must be in (0, 1000] (got {spec.target_epsilon}); 1 to 10 are "
-                                               "common choices")
+        raise SpecError(
+            "spec.target_epsilon", f"must be in (0, 1000] (got {spec.target_epsilon}); 1 to 10 are common choices"
+        )
     filled = {k: getattr(spec, k) or v for k, v in DEFAULTS.items()}
     if not spec.delta and dataset_size:
         filled["delta"] = min(DEFAULTS["delta"], 0.1 / dataset_size)
@@ -104,10 +115,18 @@ def _plain(config: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: fix(v) for k, v in config.items()}
 
 
-def train(data: EncodedData, schema: pb.DataSchema, spec: TrainSpec, out_path: Path, *,
-          on_progress: Callable[[Progress], None] | None = None, checkpoint_dir: Path | None = None,
-          should_stop: Callable[[], bool] | None = None, secret: bytes | None = None,
-          checkpoint_every_s: float = CHECKPOINT_EVERY_S) -> TrainResult:
+def train(
+    data: EncodedData,
+    schema: pb.DataSchema,
+    spec: TrainSpec,
+    out_path: Path,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    secret: bytes | None = None,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+) -> TrainResult:
     """Train a DP generator and write its artifact to `out_path` (see the module docstring for randomness).
 
     Deterministic for (secret, spec.seed). With `checkpoint_dir`, resumes from a checkpoint of the same spec and
@@ -122,11 +141,19 @@ def train(data: EncodedData, schema: pb.DataSchema, spec: TrainSpec, out_path: P
         assert folder is not None
         ckpt.save_checkpoint(folder, fingerprint, step, run_secret, state, extra)
 
-    run = Run(data.x, data.labels, data.space, spec, arch, secret if secret is not None else os.urandom(32),
-              on_progress=on_progress or (lambda p: None), should_stop=should_stop or (lambda: False),
-              save_checkpoint=save if folder else None,
-              resumed=ckpt.load_checkpoint(folder, fingerprint) if folder else None,
-              checkpoint_every_s=checkpoint_every_s)
+    run = Run(
+        data.x,
+        data.labels,
+        data.space,
+        spec,
+        arch,
+        secret if secret is not None else os.urandom(32),
+        on_progress=on_progress or (lambda p: None),
+        should_stop=should_stop or (lambda: False),
+        save_checkpoint=save if folder else None,
+        resumed=ckpt.load_checkpoint(folder, fingerprint) if folder else None,
+        checkpoint_every_s=checkpoint_every_s,
+    )
     outcome = arch.mechanism.train(run)
     tensors = {k: np.asarray(v, np.float32) for k, v in flatten(arch.sampling_params(outcome.params)).items()}
     tensors[CLASS_PRIOR] = np.asarray(outcome.class_prior, np.float32)

@@ -5,6 +5,7 @@ output, whose gradient is dL/dy). For y_i = x_i W + b, example i's gradient is (
 so its squared norm is ||x_i||^2 ||g_i||^2 + ||g_i||^2: per-example norms without per-example gradients
 (libsgde.ml.privacy.ghost).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -16,6 +17,7 @@ GHOST_GRADS = "ghost_grads"  # collection of zero perturbations on Dense outputs
 
 class Dense(nn.Module):
     """y = x W + b on [batch, features] inputs, ghost-clipping aware (otherwise the same as flax's Dense)."""
+
     features: int
 
     @nn.compact
@@ -28,6 +30,7 @@ class Dense(nn.Module):
 
 class MLP(nn.Module):
     """Ghost-aware Dense layers with ReLU between them (none after the last)."""
+
     widths: tuple[int, ...]
 
     @nn.compact

@@ -7,6 +7,7 @@ mechanism; nothing else chooses a loop by a string.
 - `MeanEmbeddingRelease` (dp-merf): one Gaussian release of a sum of norm-1 vectors (libsgde.ml.privacy.merf); the
   generator then trains on the release alone, at no further cost.
 """
+
 from __future__ import annotations
 
 import abc
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 class Mechanism(abc.ABC):
     """A privacy mechanism: its name (the manifest's `privacy.mechanism`), calibration, event, report and loop."""
+
     name: ClassVar[str]
 
     def check(self, spec: TrainSpec, dataset_size: int) -> None:
@@ -42,14 +44,29 @@ class Mechanism(abc.ABC):
     def event(self, noise_multiplier: float, sampling_rate: float, steps: int) -> DpEvent:
         """The dp-accounting event of a run with these parameters."""
 
-    def report(self, noise_multiplier: float, sampling_rate: float, steps: int, clip_norm: float,
-               dataset_size: int, delta: float) -> PrivacyReport:
+    def report(
+        self,
+        noise_multiplier: float,
+        sampling_rate: float,
+        steps: int,
+        clip_norm: float,
+        dataset_size: int,
+        delta: float,
+    ) -> PrivacyReport:
         """The privacy report of a run with these parameters: PLD epsilon, and RDP as a cross-check."""
         event = self.event(noise_multiplier, sampling_rate, steps)
         return PrivacyReport(
-            mechanism=self.name, epsilon=accounting.event_pld_epsilon(event, delta), delta=delta, accountant="pld",
-            noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, steps=steps, clip_norm=clip_norm,
-            dataset_size=dataset_size, rdp_epsilon=accounting.event_rdp_epsilon(event, delta))
+            mechanism=self.name,
+            epsilon=accounting.event_pld_epsilon(event, delta),
+            delta=delta,
+            accountant="pld",
+            noise_multiplier=noise_multiplier,
+            sampling_rate=sampling_rate,
+            steps=steps,
+            clip_norm=clip_norm,
+            dataset_size=dataset_size,
+            rdp_epsilon=accounting.event_rdp_epsilon(event, delta),
+        )
 
     @abc.abstractmethod
     def train(self, run: Run) -> TrainOutcome:
@@ -85,17 +102,33 @@ class DPSGD(Mechanism):
         state = run.restore((params, optimizer.init(params)))
         padded = dpsgd.padded_batch_size(n, q)
         use_ghost = ghost.is_ghostable(params)
-        step_fn = dpsgd_step(module, optimizer, jnp.asarray(run.x), jnp.asarray(run.labels), padded,
-                             spec.clip_norm, sigma, q * n, use_ghost, run.mechanism_key)
+        step_fn = dpsgd_step(
+            module,
+            optimizer,
+            jnp.asarray(run.x),
+            jnp.asarray(run.labels),
+            padded,
+            spec.clip_norm,
+            sigma,
+            q * n,
+            use_ghost,
+            run.mechanism_key,
+        )
 
         steps_per_epoch = n / spec.batch_size
         epsilon, epsilon_at = 0.0, -math.inf
-        run.report(run.start_step, total, int(run.start_step / steps_per_epoch), 0.0,
-                   accounting.pld_epsilon(sigma, q, run.start_step, spec.delta) if run.start_step else 0.0, 0,
-                   (f"resumed from step {run.start_step}; " if run.resumed else "")
-                   + f"noise multiplier {sigma:.4g} for epsilon {spec.target_epsilon:g} at delta {spec.delta:.3g} "
-                   f"({total} steps, sampling rate {q:.4g}, {'ghost' if use_ghost else 'vmap'} clipping)",
-                   force=True)
+        run.report(
+            run.start_step,
+            total,
+            int(run.start_step / steps_per_epoch),
+            0.0,
+            accounting.pld_epsilon(sigma, q, run.start_step, spec.delta) if run.start_step else 0.0,
+            0,
+            (f"resumed from step {run.start_step}; " if run.resumed else "")
+            + f"noise multiplier {sigma:.4g} for epsilon {spec.target_epsilon:g} at delta {spec.delta:.3g} "
+            f"({total} steps, sampling rate {q:.4g}, {'ghost' if use_ghost else 'vmap'} clipping)",
+            force=True,
+        )
         for step in range(run.start_step, total):
             rng = np.random.default_rng([run.batch_seed, step])
             indices, mask = dpsgd.poisson_batch(rng, n, q, padded)
@@ -103,15 +136,26 @@ class DPSGD(Mechanism):
             done = step + 1
             if time.monotonic() - epsilon_at >= EPSILON_EVERY_S or done == total:
                 epsilon, epsilon_at = accounting.pld_epsilon(sigma, q, done, spec.delta), time.monotonic()
-            run.report(done, total, int(done / steps_per_epoch), float(loss), epsilon, spec.batch_size,
-                       force=done == total)
+            run.report(
+                done, total, int(done / steps_per_epoch), float(loss), epsilon, spec.batch_size, force=done == total
+            )
             if done < total:
                 run.maybe_checkpoint(done, state)
-        training = {"steps": total, "epochs": spec.epochs, "batch_size": spec.batch_size,
-                    "learning_rate": spec.learning_rate, "seed": spec.seed,
-                    "clipping": "ghost" if use_ghost else "vmap", "optimizer": "adam"}
-        return TrainOutcome(state[0], _uniform_prior(space.num_classes),
-                            self.report(sigma, q, total, spec.clip_norm, n, spec.delta), training)
+        training = {
+            "steps": total,
+            "epochs": spec.epochs,
+            "batch_size": spec.batch_size,
+            "learning_rate": spec.learning_rate,
+            "seed": spec.seed,
+            "clipping": "ghost" if use_ghost else "vmap",
+            "optimizer": "adam",
+        }
+        return TrainOutcome(
+            state[0],
+            _uniform_prior(space.num_classes),
+            self.report(sigma, q, total, spec.clip_norm, n, spec.delta),
+            training,
+        )
 
 
 class MeanEmbeddingRelease(Mechanism):
@@ -119,8 +163,9 @@ class MeanEmbeddingRelease(Mechanism):
 
     def event(self, noise_multiplier: float, sampling_rate: float = 1.0, steps: int = 1) -> DpEvent:
         if sampling_rate != 1.0 or steps != 1:
-            raise FieldError("privacy", "a mean-embedding release is one release of the whole data "
-                                        "(sampling rate 1, 1 step)")
+            raise FieldError(
+                "privacy", "a mean-embedding release is one release of the whole data (sampling rate 1, 1 step)"
+            )
         return accounting.gaussian_event(noise_multiplier)
 
     def train(self, run: Run) -> TrainOutcome:
@@ -137,8 +182,9 @@ class MeanEmbeddingRelease(Mechanism):
             emb, counts = jnp.asarray(run.resumed.extra["embedding"]), jnp.asarray(run.resumed.extra["counts"])
         else:
             onehot = jax.nn.one_hot(jnp.asarray(run.labels), classes)
-            emb, counts = merf.noisy_release(run.mechanism_key, jnp.asarray(run.x).reshape(n, dim), onehot,
-                                             freqs, sigma)
+            emb, counts = merf.noisy_release(
+                run.mechanism_key, jnp.asarray(run.x).reshape(n, dim), onehot, freqs, sigma
+            )
         prior = merf.class_prior(counts)
         target = emb / jnp.maximum(jnp.sum(jnp.maximum(counts, 0.0)), 1.0)
         module = run.arch.module(space, config)
@@ -149,11 +195,19 @@ class MeanEmbeddingRelease(Mechanism):
         step_fn = dpmerf_step(module, optimizer, target, prior, freqs, batch, jax.random.fold_in(run.init_key, 1))
 
         privacy = self.report(sigma, 1.0, 1, 1.0, n, spec.delta)
-        run.report(run.start_step, total, 0, 0.0, privacy.epsilon, 0,
-                   (f"resumed from step {run.start_step}; " if run.resumed else "")
-                   + f"released the mean embedding once with noise multiplier {sigma:.4g} (epsilon "
-                   f"{privacy.epsilon:.4g} at delta {spec.delta:.3g}); the generator now trains at no further "
-                   "privacy cost", force=True)
+        run.report(
+            run.start_step,
+            total,
+            0,
+            0.0,
+            privacy.epsilon,
+            0,
+            (f"resumed from step {run.start_step}; " if run.resumed else "")
+            + f"released the mean embedding once with noise multiplier {sigma:.4g} (epsilon "
+            f"{privacy.epsilon:.4g} at delta {spec.delta:.3g}); the generator now trains at no further "
+            "privacy cost",
+            force=True,
+        )
         extra = {"embedding": np.asarray(emb), "counts": np.asarray(counts)}
         for step in range(run.start_step, total):
             state, loss = step_fn(state, step)
@@ -161,8 +215,12 @@ class MeanEmbeddingRelease(Mechanism):
             run.report(done, total, 0, float(loss), privacy.epsilon, batch, force=done == total)
             if done < total:
                 run.maybe_checkpoint(done, state, extra)
-        training = {"generator_steps": total, "learning_rate": spec.learning_rate, "seed": spec.seed,
-                    "optimizer": "adam"}
+        training = {
+            "generator_steps": total,
+            "learning_rate": spec.learning_rate,
+            "seed": spec.seed,
+            "optimizer": "adam",
+        }
         return TrainOutcome(state[0], np.asarray(prior), privacy, training)
 
 

@@ -4,6 +4,7 @@
 the (output, state) pair that `mutable` asks for; the wrappers say which, once. Below `architectures` and `privacy`,
 so both can import it.
 """
+
 from __future__ import annotations
 
 from typing import Any, cast

@@ -5,6 +5,7 @@ Randomness. The parameters' initialisation follows `spec.seed` (public, recorded
 randomness (Poisson batches, DP noise, the VAE's sampling noise) comes from a SECRET key: a public seed would let
 anyone regenerate the noise and subtract it, voiding the guarantee.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,6 +55,7 @@ class Progress:
 class Checkpoint:
     """A saved state of a run: its step, its secret, the state's leaves in tree order, and mechanism extras (such
     as DP-MERF's released embedding, which must never be released twice)."""
+
     step: int
     secret: bytes
     leaves: list[np.ndarray]
@@ -64,14 +66,16 @@ class Checkpoint:
         leaves, tree = jax.tree.flatten(template)
         if len(leaves) != len(self.leaves) or any(np.shape(a) != np.shape(b) for a, b in zip(leaves, self.leaves)):
             raise ValueError("the checkpoint does not match this model; delete it to start over")
-        return jax.tree.unflatten(tree, [jnp.asarray(v, dtype=np.asarray(t).dtype)
-                                         for v, t in zip(self.leaves, leaves)])
+        return jax.tree.unflatten(
+            tree, [jnp.asarray(v, dtype=np.asarray(t).dtype) for v, t in zip(self.leaves, leaves)]
+        )
 
 
 @dataclass
 class TrainOutcome:
     """What a mechanism's loop returns: the trained parameters, the class prior [max(K, 1)], the privacy report
     and what the manifest records of the training."""
+
     params: Params
     class_prior: np.ndarray
     privacy: PrivacyReport
@@ -85,10 +89,21 @@ State = tuple[Params, optax.OptState]  # what a jitted step carries: (parameters
 class Run:
     """One training run: inputs, callbacks, the resumed checkpoint (if any) and the keys derived from the secret."""
 
-    def __init__(self, x: np.ndarray, labels: np.ndarray | None, space: ModelSpace, spec: TrainSpec,
-                 arch: Architecture, secret: bytes, *, on_progress: Callable[[Progress], None],
-                 should_stop: Callable[[], bool], save_checkpoint: SaveCheckpoint | None = None,
-                 resumed: Checkpoint | None = None, checkpoint_every_s: float = CHECKPOINT_EVERY_S):
+    def __init__(
+        self,
+        x: np.ndarray,
+        labels: np.ndarray | None,
+        space: ModelSpace,
+        spec: TrainSpec,
+        arch: Architecture,
+        secret: bytes,
+        *,
+        on_progress: Callable[[Progress], None],
+        should_stop: Callable[[], bool],
+        save_checkpoint: SaveCheckpoint | None = None,
+        resumed: Checkpoint | None = None,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    ):
         self.x, self.space, self.spec, self.arch = x, space, spec, arch
         self.labels = labels if labels is not None else np.zeros(len(x), np.int32)
         self.on_progress, self.should_stop, self.save_checkpoint = on_progress, should_stop, save_checkpoint
@@ -108,8 +123,17 @@ class Run:
     def restore(self, state: Any) -> Any:
         return self.resumed.restore(state) if self.resumed else state
 
-    def report(self, step: int, total: int, epoch: int, loss: float, epsilon: float, examples: float,
-               message: str = "", force: bool = False) -> None:
+    def report(
+        self,
+        step: int,
+        total: int,
+        epoch: int,
+        loss: float,
+        epsilon: float,
+        examples: float,
+        message: str = "",
+        force: bool = False,
+    ) -> None:
         now = time.monotonic()
         first_step = step == self.start_step + 1  # always shown: the first loss, and a first rate
         if not (force or first_step) and now - self.last_report < PROGRESS_EVERY_S:
@@ -130,9 +154,18 @@ class Run:
             raise TrainingCancelled(f"stopped at step {step}")
 
 
-def dpsgd_step(module: nn.Module, optimizer: optax.GradientTransformation, x_all: jax.Array, y_all: jax.Array,
-               padded: int, clip_norm: float, noise_multiplier: float, expected_batch_size: float, use_ghost: bool,
-               mechanism_key: jax.Array) -> Callable[[State, np.ndarray, np.ndarray, int], tuple[State, jax.Array]]:
+def dpsgd_step(
+    module: nn.Module,
+    optimizer: optax.GradientTransformation,
+    x_all: jax.Array,
+    y_all: jax.Array,
+    padded: int,
+    clip_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: float,
+    use_ghost: bool,
+    mechanism_key: jax.Array,
+) -> Callable[[State, np.ndarray, np.ndarray, int], tuple[State, jax.Array]]:
     """The jitted DP-SGD step: (state, indices, mask, step) -> (state, mean loss of the real examples).
 
     Gathers the padded Poisson batch from the data on the device, clips per example (ghost clipping or vmap),
@@ -160,8 +193,15 @@ def dpsgd_step(module: nn.Module, optimizer: optax.GradientTransformation, x_all
     return step_fn
 
 
-def dpmerf_step(module: nn.Module, optimizer: optax.GradientTransformation, target: jax.Array, prior: jax.Array,
-                freqs: jax.Array, batch: int, train_key: jax.Array) -> Callable[[State, int], tuple[State, jax.Array]]:
+def dpmerf_step(
+    module: nn.Module,
+    optimizer: optax.GradientTransformation,
+    target: jax.Array,
+    prior: jax.Array,
+    freqs: jax.Array,
+    batch: int,
+    train_key: jax.Array,
+) -> Callable[[State, int], tuple[State, jax.Array]]:
     """The jitted DP-MERF generator step: (state, step) -> (state, loss). Post-processing of the released
     embedding `target` [F, K]: it never touches the private data."""
     classes = target.shape[1]

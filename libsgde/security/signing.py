@@ -4,6 +4,7 @@ A user's private key stays on their machine (PEM PKCS8, mode 0600); the registry
 What is signed is the artifact's sha256 behind a domain-separation prefix, so a signature over an artifact can
 never be replayed as a signature over anything else.
 """
+
 from __future__ import annotations
 
 import base64
@@ -38,8 +39,7 @@ def save_signing_key(key: Ed25519PrivateKey, path: Path) -> None:
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to replace a signing key")
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     write_private(path, pem, exclusive=True)
 
 
@@ -49,12 +49,15 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     try:
         st = path.stat()
         if os.name == "posix" and st.st_mode & 0o077:
-            raise SigningKeyError(f"signing key {path} is accessible by group or others "
-                                  f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod 600 {path}`")
+            raise SigningKeyError(
+                f"signing key {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):o}): run `chmod 600 {path}`"
+            )
         data = path.read_bytes()
     except FileNotFoundError:
-        raise SigningKeyError(f"no signing key at {path}: it is made when you register; copy it from the machine "
-                              "you registered on") from None
+        raise SigningKeyError(
+            f"no signing key at {path}: it is made when you register; copy it from the machine you registered on"
+        ) from None
     except PermissionError:
         raise SigningKeyError(f"signing key {path} is not readable by this user") from None
     try:
@@ -73,7 +76,7 @@ def public_key_bytes(key: Ed25519PrivateKey) -> bytes:
 
 # Ed25519 points, to refuse public keys that are not canonical, not on the curve, or of small order (such a key
 # makes signatures that verify for many messages).
-_P = 2 ** 255 - 19
+_P = 2**255 - 19
 _D = -121665 * pow(121666, -1, _P) % _P
 _SQRT_M1 = pow(2, (_P - 1) // 4, _P)
 

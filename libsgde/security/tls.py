@@ -6,6 +6,7 @@ keys are created 0600 and every file is written atomically (temp file + rename),
 key behind. In a cluster, cert-manager issues the same kind of certificates; `credentials_from_files` reads them
 from wherever they are mounted.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,8 +80,10 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
-        raise PkiError(f"{what} {path} is missing: run `sgde certs init` "
-                       "(or point SGDE_PKI_DIR at the directory that holds the certificates)") from None
+        raise PkiError(
+            f"{what} {path} is missing: run `sgde certs init` "
+            "(or point SGDE_PKI_DIR at the directory that holds the certificates)"
+        ) from None
     except PermissionError:
         raise PkiError(f"{what} {path} is not readable by this user") from None
 
@@ -89,8 +92,9 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _utc(t: datetime) -> datetime:
@@ -100,28 +104,54 @@ def _utc(t: datetime) -> datetime:
 def make_ca(common_name: str = "SGDE development CA", days: int = 3650) -> tuple[bytes, bytes]:
     """A self-signed EC P-256 CA that may sign leaf certificates only (pathlen 0). Returns (cert_pem, key_pem)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SGDE"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SGDE"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    )
     now = datetime.now(UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(ski, critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, dns_names: Sequence[str] = (),
-                      ip_addresses: Sequence[str] = (), *, server: bool = True, client: bool = True, days: int = 825,
-                      not_before: datetime | None = None, not_after: datetime | None = None) -> tuple[bytes, bytes]:
+def issue_certificate(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    common_name: str,
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[str] = (),
+    *,
+    server: bool = True,
+    client: bool = True,
+    days: int = 825,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> tuple[bytes, bytes]:
     """An EC P-256 leaf certificate signed by the CA. Returns (cert_pem, key_pem).
 
     `server` / `client` choose the extended key usages; `not_before` / `not_after` override the validity window
@@ -137,27 +167,50 @@ def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, d
     end = _utc(not_after) if not_after else start + CLOCK_SKEW + timedelta(days=days)
     if end <= start:
         raise ValueError("not_after must be later than not_before")
-    usages = [oid for oid, wanted in ((ExtendedKeyUsageOID.SERVER_AUTH, server),
-                                      (ExtendedKeyUsageOID.CLIENT_AUTH, client)) if wanted]
+    usages = [
+        oid
+        for oid, wanted in ((ExtendedKeyUsageOID.SERVER_AUTH, server), (ExtendedKeyUsageOID.CLIENT_AUTH, client))
+        if wanted
+    ]
     try:
         ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
     except x509.ExtensionNotFound:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SGDE"),
-                                        x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-               .issuer_name(ca_cert.subject)
-               .public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                            crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-               .add_extension(aki, critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SGDE"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(aki, critical=False)
+    )
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     if sans:  # an empty SAN extension is invalid (RFC 5280); a pure client certificate may have none
@@ -186,8 +239,7 @@ def split_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
 def service_names(service: str, extra_names: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """The (dns_names, ip_addresses) a service certificate carries."""
     dns, ips = split_names(extra_names)
-    return (_unique(["localhost", service, f"sgde-{service}", *dns]),
-            _unique(["127.0.0.1", "::1", *ips]))
+    return (_unique(["localhost", service, f"sgde-{service}", *dns]), _unique(["127.0.0.1", "::1", *ips]))
 
 
 def _unique(items: Sequence[str]) -> list[str]:
@@ -199,8 +251,10 @@ def _cert_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return [], []
-    return ([n.lower() for n in san.get_values_for_type(x509.DNSName)],
-            [str(a) for a in san.get_values_for_type(x509.IPAddress)])
+    return (
+        [n.lower() for n in san.get_values_for_type(x509.DNSName)],
+        [str(a) for a in san.get_values_for_type(x509.IPAddress)],
+    )
 
 
 def _usable(paths: PkiPaths, name: str, ca: x509.Certificate, dns: Sequence[str], ips: Sequence[str]) -> bool:
@@ -274,15 +328,18 @@ def init_pki(root: Path, extra_names: Sequence[str] = (), *, force: bool = False
             raise PkiError(f"{paths.ca_cert} is not a PEM certificate: run `sgde certs init --force`") from None
 
         wanted: list[tuple[str, list[str], list[str], bool]] = [
-            (s, *service_names(s, extra_names), True) for s in SERVICES]
+            (s, *service_names(s, extra_names), True) for s in SERVICES
+        ]
         wanted.append((CLIENT, [CLIENT], [], False))
         for name, dns, ips, server in wanted:
             if not reissue_all and _usable(paths, name, ca, dns, ips):
                 continue
             if ca_key_pem is None:
-                raise PkiError(f"{paths.cert(name)} must be (re)issued but the CA key {paths.ca_key} is missing "
-                               f"or does not match {paths.ca_cert.name}: "
-                               "run `sgde certs init --force` to make a new CA")
+                raise PkiError(
+                    f"{paths.cert(name)} must be (re)issued but the CA key {paths.ca_key} is missing "
+                    f"or does not match {paths.ca_cert.name}: "
+                    "run `sgde certs init --force` to make a new CA"
+                )
             if not force and paths.cert(name).exists():  # keep the names it already had
                 with contextlib.suppress(Exception):
                     old_dns, old_ips = _cert_names(x509.load_pem_x509_certificate(paths.cert(name).read_bytes()))
@@ -301,8 +358,9 @@ def credentials_from_files(ca: Path, cert: Path, key: Path) -> tuple[bytes, byte
     return _read(ca, "CA certificate"), _read(cert, "certificate"), _read(key, "private key")
 
 
-def _renewed(ca: Path, cert: Path, key: Path, loaded: tuple[bytes, bytes, bytes]
-             ) -> Callable[[], tuple[bytes, bytes, bytes] | None]:
+def _renewed(
+    ca: Path, cert: Path, key: Path, loaded: tuple[bytes, bytes, bytes]
+) -> Callable[[], tuple[bytes, bytes, bytes] | None]:
     """A function that returns the files' (ca, cert, key) when they differ from the last ones it saw (starting
     from `loaded`), else None. A set it cannot read, or whose key does not match its certificate (caught while
     being rewritten), counts as no change: the previous one stays in use."""
@@ -317,6 +375,7 @@ def _renewed(ca: Path, cert: Path, key: Path, loaded: tuple[bytes, bytes, bytes]
             return None
         last[0] = pems
         return pems
+
     return renewed
 
 
@@ -357,8 +416,9 @@ def channel_credentials(paths: PkiPaths, identity: str = CLIENT) -> grpc.Channel
     return channel_credentials_from_files(paths.ca_cert, paths.cert(identity), paths.key(identity))
 
 
-def renewable_channel_credentials(paths: PkiPaths, identity: str
-                                  ) -> tuple[grpc.ChannelCredentials, Callable[[], grpc.ChannelCredentials | None]]:
+def renewable_channel_credentials(
+    paths: PkiPaths, identity: str
+) -> tuple[grpc.ChannelCredentials, Callable[[], grpc.ChannelCredentials | None]]:
     """Client credentials from the files now, and a function that returns new ones once the files have changed
     (a renewed certificate), else None. gRPC cannot change a channel's credentials: a long-lived client (a service
     calling the registry) calls it now and then and opens a new channel with what it returns."""

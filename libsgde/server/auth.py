@@ -5,6 +5,7 @@ username and the most common passwords, and a memory-hard hash (scrypt) whose pa
 can rise later. Tokens are short-lived JWTs signed with Ed25519 (EdDSA) by the registry; verifiers accept EdDSA
 only, which shuts out `alg: none` and the HS256-with-the-public-key confusion.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,14 +30,50 @@ MAX_PASSWORD_LENGTH = 256
 
 # The most common passwords long enough to pass the length rule (shorter ones fail it anyway), and words of this
 # service. Compared case-insensitively.
-COMMON_PASSWORDS = frozenset({
-    "password123", "password1234", "password12345", "password123!", "password1!", "passw0rd123", "p@ssw0rd123",
-    "1234567890", "12345678910", "0987654321", "123456789a", "1234567890a", "abc1234567", "abcdefghij",
-    "qwertyuiop", "qwerty1234", "qwerty12345", "qwerty123456", "1q2w3e4r5t", "1qaz2wsx3edc", "qazwsxedc123",
-    "asdfghjkl1", "zxcvbnm123", "iloveyou12", "iloveyou123", "letmein123", "welcome123", "changeme123",
-    "administrator", "admin12345", "princess123", "football123", "baseball123", "sunshine123", "superman123",
-    "monkey12345", "dragon12345", "trustno1234", "sgdepassword", "sgde123456",
-})
+COMMON_PASSWORDS = frozenset(
+    {
+        "password123",
+        "password1234",
+        "password12345",
+        "password123!",
+        "password1!",
+        "passw0rd123",
+        "p@ssw0rd123",
+        "1234567890",
+        "12345678910",
+        "0987654321",
+        "123456789a",
+        "1234567890a",
+        "abc1234567",
+        "abcdefghij",
+        "qwertyuiop",
+        "qwerty1234",
+        "qwerty12345",
+        "qwerty123456",
+        "1q2w3e4r5t",
+        "1qaz2wsx3edc",
+        "qazwsxedc123",
+        "asdfghjkl1",
+        "zxcvbnm123",
+        "iloveyou12",
+        "iloveyou123",
+        "letmein123",
+        "welcome123",
+        "changeme123",
+        "administrator",
+        "admin12345",
+        "princess123",
+        "football123",
+        "baseball123",
+        "sunshine123",
+        "superman123",
+        "monkey12345",
+        "dragon12345",
+        "trustno1234",
+        "sgdepassword",
+        "sgde123456",
+    }
+)
 
 # scrypt: n = 2**15, r = 8 needs 128 * r * n = 32 MiB.
 SCRYPT_LOG2_N = 15
@@ -59,8 +96,9 @@ def check_password_policy(password: str, username: str) -> None:
     """Raises PasswordPolicyError unless `password` is acceptable for `username` (NIST SP 800-63B style)."""
     password = _normalise(password)
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise PasswordPolicyError(f"too short: use at least {MIN_PASSWORD_LENGTH} characters "
-                                  "(a few unrelated words make a good passphrase)")
+        raise PasswordPolicyError(
+            f"too short: use at least {MIN_PASSWORD_LENGTH} characters (a few unrelated words make a good passphrase)"
+        )
     if len(password) > MAX_PASSWORD_LENGTH:
         raise PasswordPolicyError(f"too long: use at most {MAX_PASSWORD_LENGTH} characters")
     lowered = password.casefold()
@@ -78,8 +116,9 @@ def _b64(data: bytes) -> str:
 
 def _scrypt(password: str, salt: bytes, log2_n: int, r: int, p: int, dklen: int) -> bytes:
     n = 1 << log2_n
-    return hashlib.scrypt(_normalise(password).encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=dklen,
-                          maxmem=128 * r * n * p + (16 << 20))
+    return hashlib.scrypt(
+        _normalise(password).encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=128 * r * n * p + (16 << 20)
+    )
 
 
 def hash_password(password: str) -> str:
@@ -98,8 +137,14 @@ def verify_password(password: str, encoded: str) -> bool:
         expected = base64.b64decode(hash_b64, validate=True)
     except (AttributeError, ValueError, TypeError):
         return False
-    if (scheme != "scrypt" or not 1 <= log2_n_i <= _MAX_LOG2_N or not 1 <= r_i <= _MAX_R
-            or not 1 <= p_i <= _MAX_P or len(salt) < 8 or not 16 <= len(expected) <= 64):
+    if (
+        scheme != "scrypt"
+        or not 1 <= log2_n_i <= _MAX_LOG2_N
+        or not 1 <= r_i <= _MAX_R
+        or not 1 <= p_i <= _MAX_P
+        or len(salt) < 8
+        or not 16 <= len(expected) <= 64
+    ):
         return False
     try:
         actual = _scrypt(password, salt, log2_n_i, r_i, p_i, len(expected))
@@ -155,8 +200,13 @@ def key_id(public_key: Ed25519PublicKey) -> str:
 class TokenIssuer:
     """Issues signed, expiring bearer tokens (JWT, EdDSA) for users who have logged in."""
 
-    def __init__(self, private_key: Ed25519PrivateKey, issuer: str = "sgde-registry", audience: str = "sgde",
-                 lifetime: timedelta = timedelta(hours=1)):
+    def __init__(
+        self,
+        private_key: Ed25519PrivateKey,
+        issuer: str = "sgde-registry",
+        audience: str = "sgde",
+        lifetime: timedelta = timedelta(hours=1),
+    ):
         if lifetime <= timedelta(0):
             raise ValueError("token lifetime must be positive")
         self._key = private_key
@@ -178,8 +228,15 @@ class TokenIssuer:
             now = now.replace(tzinfo=UTC)
         iat = int(now.timestamp())
         exp = iat + int(self.lifetime.total_seconds())
-        payload = {"sub": username, "iss": self.issuer, "aud": self.audience, "iat": iat, "nbf": iat, "exp": exp,
-                   "jti": secrets.token_urlsafe(16)}
+        payload = {
+            "sub": username,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "iat": iat,
+            "nbf": iat,
+            "exp": exp,
+            "jti": secrets.token_urlsafe(16),
+        }
         token = jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
         return token, datetime.fromtimestamp(exp, UTC)
 
@@ -190,8 +247,13 @@ _RELOGIN = "run `sgde login` again"
 class TokenVerifier:
     """Checks bearer tokens: EdDSA signature by the registry's key, issuer, audience, time window, required claims."""
 
-    def __init__(self, public_key: Ed25519PublicKey, issuer: str = "sgde-registry", audience: str = "sgde",
-                 leeway_seconds: float = 5):
+    def __init__(
+        self,
+        public_key: Ed25519PublicKey,
+        issuer: str = "sgde-registry",
+        audience: str = "sgde",
+        leeway_seconds: float = 5,
+    ):
         self._key = public_key
         self.issuer = issuer
         self.audience = audience
@@ -201,14 +263,19 @@ class TokenVerifier:
         if not isinstance(token, str) or not token or len(token) > 8192:
             raise InvalidToken(f"malformed token: {_RELOGIN}")
         try:
-            claims = jwt.decode(token, self._key, algorithms=[ALGORITHM], audience=self.audience, issuer=self.issuer,
-                                leeway=self.leeway,
-                                options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"], "strict_aud": True})
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"], "strict_aud": True},
+            )
         except jwt.ExpiredSignatureError:
             raise InvalidToken(f"token expired: {_RELOGIN}") from None
         except jwt.InvalidSignatureError:
-            raise InvalidToken("token signature invalid (not issued by this registry's key): "
-                               f"{_RELOGIN}") from None
+            raise InvalidToken(f"token signature invalid (not issued by this registry's key): {_RELOGIN}") from None
         except jwt.InvalidAlgorithmError:
             raise InvalidToken(f"token algorithm not allowed (only {ALGORITHM}): {_RELOGIN}") from None
         except jwt.InvalidAudienceError:
@@ -239,8 +306,9 @@ def load_or_create_token_key(path: Path) -> Ed25519PrivateKey:
             data = path.read_bytes()
         except FileNotFoundError:
             key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
             try:
                 write_private(path, pem, exclusive=True)
             except FileExistsError:  # another process made it first: use theirs
@@ -249,11 +317,12 @@ def load_or_create_token_key(path: Path) -> Ed25519PrivateKey:
         try:
             loaded = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path} is not a PEM private key ({e}); remove it to make a new one "
-                             "(every issued token becomes invalid)") from None
+            raise ValueError(
+                f"{path} is not a PEM private key ({e}); remove it to make a new one "
+                "(every issued token becomes invalid)"
+            ) from None
         if not isinstance(loaded, Ed25519PrivateKey):
-            raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key; remove it to make a new "
-                             "one")
+            raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 key; remove it to make a new one")
         return loaded
     raise RuntimeError(f"could not read or create {path}")  # pragma: no cover
 

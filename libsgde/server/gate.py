@@ -2,6 +2,7 @@
 registry, WhoAmI over mutual TLS with the service's own certificate, the answer remembered briefly), and a registry
 session acting with that user's forwarded token over the same channel (the trainer's publishes, the sampler's
 downloads)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,9 +24,15 @@ class RegistryGate:
     """`renewed()`, if given, returns new credentials once the service's certificate files have changed (cert-manager
     renewed them; see tls.renewable_channel_credentials): each `check()` asks, and moves to a new channel with them."""
 
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials, cache_seconds: float = 30.0,
-                 timeout: float = 10.0, max_entries: int = 10_000,
-                 renewed: Callable[[], grpc.ChannelCredentials | None] | None = None):
+    def __init__(
+        self,
+        address: str,
+        credentials: grpc.ChannelCredentials,
+        cache_seconds: float = 30.0,
+        timeout: float = 10.0,
+        max_entries: int = 10_000,
+        renewed: Callable[[], grpc.ChannelCredentials | None] | None = None,
+    ):
         self.address = address
         self.channel = secure_channel(address, credentials)
         self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
@@ -68,14 +75,17 @@ class RegistryGate:
             if hit and hit[1] > now:
                 return hit[0]
         try:
-            user = self.stub.WhoAmI(empty_pb2.Empty(), metadata=[("authorization", f"Bearer {token}")],
-                                    timeout=self.timeout)
+            user = self.stub.WhoAmI(
+                empty_pb2.Empty(), metadata=[("authorization", f"Bearer {token}")], timeout=self.timeout
+            )
         except grpc.RpcError as e:
             code = e.code()
             if code == grpc.StatusCode.UNAUTHENTICATED:
                 raise errors.Unauthenticated(f"the registry refused the token: {e.details()}") from None
-            raise errors.Unavailable(f"cannot check the token with the registry at {self.address}: "
-                                     f"{code.name if code else 'ERROR'}: {e.details()}") from None
+            raise errors.Unavailable(
+                f"cannot check the token with the registry at {self.address}: "
+                f"{code.name if code else 'ERROR'}: {e.details()}"
+            ) from None
         with self._lock:
             if len(self._cache) >= self.max_entries:
                 self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
@@ -87,6 +97,7 @@ class RegistryGate:
     def check(self) -> None:
         """Raises unless the registry answers (for the health watcher); first moves to renewed credentials."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
+
         self._renew()
         reply = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:

@@ -7,6 +7,7 @@ health servicer and nothing else (no API, no reflection). Its overall status (""
 the server can serve (its dependencies are checked every few seconds: readiness); the `liveness` name says only that
 the process answers, so that a dead dependency takes pods out of the Service without restarting them all.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ log = logging.getLogger("sgde")
 
 
 RPC_TOTAL = Counter("sgde_rpc_total", "Finished RPCs", ["service", "method", "code"])
-RPC_SECONDS = Histogram("sgde_rpc_seconds", "RPC latency in seconds", ["service", "method"],
-                        buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60, 600))
+RPC_SECONDS = Histogram(
+    "sgde_rpc_seconds",
+    "RPC latency in seconds",
+    ["service", "method"],
+    buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2, 10, 60, 600),
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,8 +49,12 @@ class JsonFormatter(logging.Formatter):
     _skip = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"time": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                "msg": record.getMessage()}
+        line = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         line.update({k: v for k, v in vars(record).items() if k not in self._skip})
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
@@ -78,8 +87,11 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         full = handler_call_details.method
         wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
-        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
-            "stream" if handler.response_streaming else "unary")
+        kind = (
+            ("stream" if handler.request_streaming else "unary")
+            + "_"
+            + ("stream" if handler.response_streaming else "unary")
+        )
         behaviour = getattr(handler, f"{kind}")
         return handler._replace(**{kind: wrap(behaviour, method, full)})
 
@@ -94,9 +106,18 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
         RPC_TOTAL.labels(self.service, method, code_name).inc()
         RPC_SECONDS.labels(self.service, method).observe(seconds)
         level = logging.ERROR if code_name in ("INTERNAL", "UNKNOWN") else logging.INFO
-        log.log(level, "rpc", extra={"service": self.service, "method": full, "code": code_name,
-                                     "ms": round(seconds * 1000, 2), "peer": _peer_cn(context),
-                                     "detail": str(error) if error is not None else None})
+        log.log(
+            level,
+            "rpc",
+            extra={
+                "service": self.service,
+                "method": full,
+                "code": code_name,
+                "ms": round(seconds * 1000, 2),
+                "peer": _peer_cn(context),
+                "detail": str(error) if error is not None else None,
+            },
+        )
 
     @contextmanager
     def _observed(self, method: str, full: str, context) -> Iterator[None]:
@@ -120,12 +141,14 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
         def call(request, context):
             with self._observed(method, full, context):
                 return behaviour(request, context)
+
         return call
 
     def _wrap_stream(self, behaviour: Callable, method: str, full: str) -> Callable:
         def call(request, context) -> Iterator:
             with self._observed(method, full, context):
                 yield from behaviour(request, context)
+
         return call
 
 
@@ -173,9 +196,11 @@ def _host(address: str) -> str:
 
 def _start_health_server(servicer: health.HealthServicer, address: str) -> tuple[grpc.Server, int]:
     """A plaintext server for the kubelet's probes that registers only `servicer`: the API is not there."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
-                         options=[("grpc.max_receive_message_length", 4096), ("grpc.so_reuseport", 0)],
-                         maximum_concurrent_rpcs=16)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
+        options=[("grpc.max_receive_message_length", 4096), ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=16,
+    )
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port(address)
     if port == 0:
@@ -215,10 +240,19 @@ def watch_health(handle: ServerHandle, check: Callable[[], object], every: float
     handle.on_stop.append(stop.set)
 
 
-def start_server(*, service: str, address: str, credentials: grpc.ServerCredentials,
-                 add_servicers: Callable[[grpc.Server], list[str]], metrics_port: int = 0, health_port: int = 0,
-                 health_check: Callable[[], object] | None = None, health_every: float = 5.0,
-                 handle_type: type[ServerHandle] = ServerHandle, max_workers: int = 64) -> ServerHandle:
+def start_server(
+    *,
+    service: str,
+    address: str,
+    credentials: grpc.ServerCredentials,
+    add_servicers: Callable[[grpc.Server], list[str]],
+    metrics_port: int = 0,
+    health_port: int = 0,
+    health_check: Callable[[], object] | None = None,
+    health_every: float = 5.0,
+    handle_type: type[ServerHandle] = ServerHandle,
+    max_workers: int = 64,
+) -> ServerHandle:
     """Starts a gRPC server on `address` that only speaks mutual TLS.
 
     `add_servicers(server)` registers the service implementations and returns their full names (for health
@@ -230,16 +264,19 @@ def start_server(*, service: str, address: str, credentials: grpc.ServerCredenti
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
         interceptors=[_ObservingInterceptor(service)],
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.so_reuseport", 0)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
         maximum_concurrent_rpcs=max_workers * 4,
     )
     names = add_servicers(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
     port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}: is another server using it?")
@@ -250,8 +287,7 @@ def start_server(*, service: str, address: str, credentials: grpc.ServerCredenti
     server.start()
     if health_port:
         try:
-            probe_server, handle.health_port = _start_health_server(health_servicer,
-                                                                    f"{_host(address)}:{health_port}")
+            probe_server, handle.health_port = _start_health_server(health_servicer, f"{_host(address)}:{health_port}")
         except BaseException:
             server.stop(0)
             raise
@@ -262,8 +298,16 @@ def start_server(*, service: str, address: str, credentials: grpc.ServerCredenti
         handle.set_serving(True)
     else:
         watch_health(handle, health_check, health_every, service)
-    log.info("serving", extra={"service": service, "address": address, "port": port, "metrics_port": metrics_port,
-                               "health_port": handle.health_port})
+    log.info(
+        "serving",
+        extra={
+            "service": service,
+            "address": address,
+            "port": port,
+            "metrics_port": metrics_port,
+            "health_port": handle.health_port,
+        },
+    )
     return handle
 
 

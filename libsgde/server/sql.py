@@ -1,5 +1,6 @@
 """SQL engines for the services' metadata: SQLite (the embedded default) set up for safe concurrent writes, or any
 SQLAlchemy URL (PostgreSQL in a cluster)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -12,8 +13,9 @@ from sqlalchemy import event
 def open_engine(url: str, metadata: sa.MetaData) -> sa.Engine:
     """An engine on `url` with the tables of `metadata` created if missing."""
     is_sqlite = url.startswith("sqlite")
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
-                              pool_pre_ping=not is_sqlite)
+    engine = sa.create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite
+    )
     if is_sqlite:
         _sqlite_setup(engine)
     metadata.create_all(engine)

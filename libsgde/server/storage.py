@@ -3,6 +3,7 @@
 Blobs are keyed by their sha256. A put streams the bytes through, checks length and hash, and only then makes the
 blob visible, so a reader never sees a partial or wrong blob and a failed upload never damages a good one.
 """
+
 from __future__ import annotations
 
 import abc
@@ -31,6 +32,7 @@ class BlobNotFound(StorageError, NotFound):
 
 class BlobIntegrityError(StorageError):
     """The uploaded bytes do not match the announced size or sha256; nothing was stored."""
+
     status = "INVALID_ARGUMENT"
 
 
@@ -225,9 +227,18 @@ class _VerifyingReader:
 class S3BlobStore(BlobStore):
     """Blobs as objects `<prefix>sha256/<hex>` in one bucket, over the minio SDK."""
 
-    def __init__(self, bucket: str, endpoint: str = "s3.amazonaws.com", *, secure: bool = True,
-                 region: str | None = None, prefix: str = "", access_key: str | None = None,
-                 secret_key: str | None = None, ca_file: str | None = None):
+    def __init__(
+        self,
+        bucket: str,
+        endpoint: str = "s3.amazonaws.com",
+        *,
+        secure: bool = True,
+        region: str | None = None,
+        prefix: str = "",
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        ca_file: str | None = None,
+    ):
         import certifi
         import urllib3
         from minio import Minio
@@ -240,12 +251,17 @@ class S3BlobStore(BlobStore):
         # minio's default pool waits 5 minutes and retries 5 times; a dead server must fail in seconds instead.
         # maxsize: many concurrent transfers share this client, each holding one connection.
         http = urllib3.PoolManager(
-            maxsize=64, timeout=urllib3.Timeout(connect=3, read=60),
-            retries=urllib3.Retry(total=2, connect=1, read=1, backoff_factor=0.2,
-                                  status_forcelist=(500, 502, 503, 504)),
-            cert_reqs="CERT_REQUIRED", ca_certs=ca_file or os.environ.get("SSL_CERT_FILE") or certifi.where())
-        self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
-                             region=region, http_client=http)
+            maxsize=64,
+            timeout=urllib3.Timeout(connect=3, read=60),
+            retries=urllib3.Retry(
+                total=2, connect=1, read=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
+            ),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=ca_file or os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        )
+        self._client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http
+        )
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 
@@ -262,12 +278,16 @@ class S3BlobStore(BlobStore):
         if secure not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"secure must be true or false, not {secure!r}")
         env = os.environ.get
-        return cls(parts.netloc, params.get("endpoint") or "s3.amazonaws.com",
-                   secure=secure in ("true", "1", "yes"), region=params.get("region") or None,
-                   prefix=params.get("prefix", ""),
-                   access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
-                   secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
-                   ca_file=env("SGDE_S3_CA_FILE"))
+        return cls(
+            parts.netloc,
+            params.get("endpoint") or "s3.amazonaws.com",
+            secure=secure in ("true", "1", "yes"),
+            region=params.get("region") or None,
+            prefix=params.get("prefix", ""),
+            access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
+            secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
+            ca_file=env("SGDE_S3_CA_FILE"),
+        )
 
     def _key(self, sha256: str) -> str:
         return f"{self.prefix}sha256/{_check_key(sha256)}"
@@ -290,7 +310,8 @@ class S3BlobStore(BlobStore):
                 raise StorageUnavailable(
                     f"S3 at {self.endpoint} refused {what} ({e.code}); check the credentials in SGDE_S3_ACCESS_KEY "
                     f"and SGDE_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and their rights on "
-                    f"bucket {self.bucket}") from e
+                    f"bucket {self.bucket}"
+                ) from e
             raise StorageUnavailable(f"S3 at {self.endpoint} failed {what}: {e.code}: {e.message}") from e
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
             raise StorageUnavailable(
@@ -320,8 +341,14 @@ class S3BlobStore(BlobStore):
                 self._ensure_bucket()
                 # Sequential parts (num_parallel_uploads=1): no upload thread can still be sending a part after
                 # minio aborts a failed multipart upload, and memory stays at one part per transfer.
-                self._client.put_object(self.bucket, key, reader, length=-1, part_size=_PART_SIZE,  # type: ignore[arg-type]  # file-like: read(n)
-                                        num_parallel_uploads=1)
+                self._client.put_object(
+                    self.bucket,
+                    key,
+                    reader,  # type: ignore[arg-type]  # minio reads it through read(n) only: a file-like suffices
+                    length=-1,
+                    part_size=_PART_SIZE,
+                    num_parallel_uploads=1,
+                )
         except (_SourceFailed, StorageUnavailable) as e:
             # minio aborts the multipart upload, then re-raises; if the abort failed too, the first failure (the
             # sender's own error or bad bytes) is further down the chain, and it is the one to report.

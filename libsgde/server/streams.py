@@ -1,4 +1,5 @@
 """Helpers for gRPC streams: reading ahead, and the header an upload stream starts with."""
+
 from __future__ import annotations
 
 import queue

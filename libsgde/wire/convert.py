@@ -1,4 +1,5 @@
 """The one place domain types become protobuf messages and back, with enum names and timestamps."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,10 +26,17 @@ def privacy_from_proto(message: pb.PrivacyReport) -> PrivacyReport:
 
 
 def train_spec_from_proto(spec: tpb.TrainingSpec) -> TrainSpec:
-    return TrainSpec(architecture=spec.architecture, target_epsilon=spec.target_epsilon,
-                     config=json_format.MessageToDict(spec.config) if spec.HasField("config") else None,
-                     delta=spec.delta, epochs=spec.epochs, batch_size=spec.batch_size, clip_norm=spec.clip_norm,
-                     learning_rate=spec.learning_rate, seed=spec.seed)
+    return TrainSpec(
+        architecture=spec.architecture,
+        target_epsilon=spec.target_epsilon,
+        config=json_format.MessageToDict(spec.config) if spec.HasField("config") else None,
+        delta=spec.delta,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        clip_norm=spec.clip_norm,
+        learning_rate=spec.learning_rate,
+        seed=spec.seed,
+    )
 
 
 def train_spec_to_proto(spec: TrainSpec) -> tpb.TrainingSpec:
@@ -66,6 +74,7 @@ def job_state_text(state: int) -> str:
 
 # -- resources (what the SDK returns) ------------------------------------------------------------------------------
 
+
 def time_from_proto(stamp: timestamp_pb2.Timestamp) -> datetime | None:
     """A timezone-aware datetime, or None for an unset timestamp."""
     return stamp.ToDatetime(UTC) if stamp.seconds or stamp.nanos else None
@@ -76,20 +85,41 @@ def user_from_proto(m: rpb.User) -> res.User:
 
 
 def session_from_proto(m: rpb.LoginResponse) -> res.Session:
-    return res.Session(m.access_token, time_from_proto(m.expire_time),
-                       user_from_proto(m.user) if m.HasField("user") else None)
+    return res.Session(
+        m.access_token, time_from_proto(m.expire_time), user_from_proto(m.user) if m.HasField("user") else None
+    )
 
 
 def model_from_proto(m: pb.Model) -> res.Model:
-    return res.Model(m.name, m.owner, m.description, list(m.tags), m.data_schema, res.DataKind(m.data_kind),
-                     res.Visibility(m.visibility), list(m.shared_with), m.latest_version,
-                     time_from_proto(m.create_time), time_from_proto(m.update_time), dict(m.metrics))
+    return res.Model(
+        m.name,
+        m.owner,
+        m.description,
+        list(m.tags),
+        m.data_schema,
+        res.DataKind(m.data_kind),
+        res.Visibility(m.visibility),
+        list(m.shared_with),
+        m.latest_version,
+        time_from_proto(m.create_time),
+        time_from_proto(m.update_time),
+        dict(m.metrics),
+    )
 
 
 def version_from_proto(m: pb.ModelVersion) -> res.ModelVersion:
-    return res.ModelVersion(m.name, m.number, m.sha256, m.size_bytes, bytes(m.signature), m.architecture,
-                            res.DataKind(m.data_kind), privacy_from_proto(m.privacy), time_from_proto(m.create_time),
-                            m.manifest_json)
+    return res.ModelVersion(
+        m.name,
+        m.number,
+        m.sha256,
+        m.size_bytes,
+        bytes(m.signature),
+        m.architecture,
+        res.DataKind(m.data_kind),
+        privacy_from_proto(m.privacy),
+        time_from_proto(m.create_time),
+        m.manifest_json,
+    )
 
 
 def dataset_from_proto(m: tpb.Dataset) -> res.Dataset:
@@ -97,18 +127,48 @@ def dataset_from_proto(m: tpb.Dataset) -> res.Dataset:
 
 
 def progress_from_proto(m: tpb.ProgressEvent) -> res.ProgressEvent:
-    return res.ProgressEvent(m.job, res.JobState(m.state), m.step, m.total_steps, m.epoch, m.loss, m.epsilon_spent,
-                             m.examples_per_second, m.eta_seconds, m.message, time_from_proto(m.time))
+    return res.ProgressEvent(
+        m.job,
+        res.JobState(m.state),
+        m.step,
+        m.total_steps,
+        m.epoch,
+        m.loss,
+        m.epsilon_spent,
+        m.examples_per_second,
+        m.eta_seconds,
+        m.message,
+        time_from_proto(m.time),
+    )
 
 
 def job_from_proto(m: tpb.Job) -> res.Job:
-    return res.Job(m.name, m.owner, res.JobState(m.state), train_spec_from_proto(m.spec), m.data_schema, m.dataset,
-                   m.publish_model, m.published_version, m.artifact_sha256,
-                   privacy_from_proto(m.privacy) if m.HasField("privacy") else None,
-                   progress_from_proto(m.latest_progress), m.error, time_from_proto(m.create_time),
-                   time_from_proto(m.start_time), time_from_proto(m.end_time))
+    return res.Job(
+        m.name,
+        m.owner,
+        res.JobState(m.state),
+        train_spec_from_proto(m.spec),
+        m.data_schema,
+        m.dataset,
+        m.publish_model,
+        m.published_version,
+        m.artifact_sha256,
+        privacy_from_proto(m.privacy) if m.HasField("privacy") else None,
+        progress_from_proto(m.latest_progress),
+        m.error,
+        time_from_proto(m.create_time),
+        time_from_proto(m.start_time),
+        time_from_proto(m.end_time),
+    )
 
 
 def sample_metadata_from_proto(m: spb.SampleMetadata) -> res.SampleMetadata:
-    return res.SampleMetadata(m.version, m.artifact_sha256, res.OutputFormat(m.format), m.num_samples,
-                              m.data_schema, privacy_from_proto(m.privacy), list(m.class_counts))
+    return res.SampleMetadata(
+        m.version,
+        m.artifact_sha256,
+        res.OutputFormat(m.format),
+        m.num_samples,
+        m.data_schema,
+        privacy_from_proto(m.privacy),
+        list(m.class_counts),
+    )

@@ -1,12 +1,15 @@
 """The contract's size limits, in one place: messages of at most 4 MiB, large payloads in chunks of at most 1 MiB."""
+
 from __future__ import annotations
 
 import grpc
 
 MAX_MESSAGE_BYTES = 4 << 20
 CHUNK_SIZE = 1 << 20
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 
 
 def secure_channel(address: str, credentials: grpc.ChannelCredentials) -> grpc.Channel:

@@ -1,5 +1,6 @@
 """Errors on the wire: an SgdeError becomes a `grpc.Status` (code, message, google.rpc BadRequest field violations)
 and a failed call becomes the SgdeError of its code again, so an error that crosses services keeps its meaning."""
+
 from __future__ import annotations
 
 import grpc
@@ -14,8 +15,11 @@ def to_status(error: SgdeError) -> grpc.Status:
     """The rich status a server aborts a call with."""
     detail = status_pb2.Status(code=error.code.value[0], message=error.message)
     if error.violations:
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in error.violations])
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in error.violations
+            ]
+        )
         packed = any_pb2.Any()
         packed.Pack(bad)
         detail.details.append(packed)

@@ -2,6 +2,7 @@
 
 Every method is one short transaction. Blobs live elsewhere (libsgde.server.storage); this module only records them.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 metadata = sa.MetaData()
 
 users = sa.Table(
-    "users", metadata,
+    "users",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("username", sa.String(32), nullable=False, unique=True),
     sa.Column("email", sa.String(254), nullable=False),
@@ -28,7 +30,8 @@ users = sa.Table(
 )
 
 models = sa.Table(
-    "models", metadata,
+    "models",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("model_id", sa.String(64), nullable=False),
@@ -44,20 +47,23 @@ models = sa.Table(
 )
 
 model_tags = sa.Table(
-    "model_tags", metadata,
+    "model_tags",
+    metadata,
     sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("tag", sa.String(32), primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),
 )
 
 model_shares = sa.Table(
-    "model_shares", metadata,
+    "model_shares",
+    metadata,
     sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), primary_key=True),
 )
 
 versions = sa.Table(
-    "versions", metadata,
+    "versions",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="CASCADE"), nullable=False),
     sa.Column("number", sa.Integer, nullable=False),
@@ -135,9 +141,17 @@ class Catalogue(SqlStore):
         now = time.time()
         try:
             with self._tx() as conn:
-                conn.execute(users.insert().values(
-                    username=username, email=email, password_hash=password_hash, signing_public_key=public_key,
-                    created_at=now, failed_logins=0, locked_until=0.0))
+                conn.execute(
+                    users.insert().values(
+                        username=username,
+                        email=email,
+                        password_hash=password_hash,
+                        signing_public_key=public_key,
+                        created_at=now,
+                        failed_logins=0,
+                        locked_until=0.0,
+                    )
+                )
         except sa.exc.IntegrityError as e:
             raise Conflict(f"username {username!r} is taken") from e
         user = self.get_user(username)
@@ -155,8 +169,11 @@ class Catalogue(SqlStore):
             if success:
                 conn.execute(users.update().where(users.c.id == user_id).values(failed_logins=0, locked_until=0.0))
                 return 0
-            conn.execute(users.update().where(users.c.id == user_id).values(
-                failed_logins=users.c.failed_logins + 1, locked_until=time.time() + lock_for))
+            conn.execute(
+                users.update()
+                .where(users.c.id == user_id)
+                .values(failed_logins=users.c.failed_logins + 1, locked_until=time.time() + lock_for)
+            )
             return conn.execute(sa.select(users.c.failed_logins).where(users.c.id == user_id)).scalar_one()
 
     def usernames_to_ids(self, conn: sa.Connection, names: list[str]) -> dict[str, int]:
@@ -166,8 +183,12 @@ class Catalogue(SqlStore):
     # -- models ------------------------------------------------------------------------------------------------
 
     def _model_rows(self, conn: sa.Connection, where, limit: int | None = None) -> list[ModelRow]:
-        q = (sa.select(models, users.c.username.label("owner"))
-             .join(users, users.c.id == models.c.owner_id).where(where).order_by(models.c.id))
+        q = (
+            sa.select(models, users.c.username.label("owner"))
+            .join(users, users.c.id == models.c.owner_id)
+            .where(where)
+            .order_by(models.c.id)
+        )
         if limit is not None:
             q = q.limit(limit)
         rows = conn.execute(q).mappings().all()
@@ -175,35 +196,70 @@ class Catalogue(SqlStore):
             return []
         ids = [r["id"] for r in rows]
         tags: dict[int, list[str]] = {i: [] for i in ids}
-        for r in conn.execute(sa.select(model_tags).where(model_tags.c.model_id.in_(ids))
-                              .order_by(model_tags.c.position)):
+        for r in conn.execute(
+            sa.select(model_tags).where(model_tags.c.model_id.in_(ids)).order_by(model_tags.c.position)
+        ):
             tags[r.model_id].append(r.tag)
         shares: dict[int, list[str]] = {i: [] for i in ids}
-        for r in conn.execute(sa.select(model_shares.c.model_id, users.c.username)
-                              .join(users, users.c.id == model_shares.c.user_id)
-                              .where(model_shares.c.model_id.in_(ids)).order_by(users.c.username)):
+        for r in conn.execute(
+            sa.select(model_shares.c.model_id, users.c.username)
+            .join(users, users.c.id == model_shares.c.user_id)
+            .where(model_shares.c.model_id.in_(ids))
+            .order_by(users.c.username)
+        ):
             shares[r.model_id].append(r.username)
         out = []
         for r in rows:
             schema = pb.DataSchema.FromString(r["data_schema"]) if r["data_schema"] else None
-            out.append(ModelRow(
-                id=r["id"], owner=r["owner"], owner_id=r["owner_id"], model_id=r["model_id"],
-                description=r["description"], tags=tags[r["id"]], visibility=r["visibility"],
-                data_kind=r["data_kind"], data_schema=schema, latest_version=r["latest_version"],
-                shared_with=shares[r["id"]], metrics=json.loads(r["metrics"]),
-                created_at=r["created_at"], updated_at=r["updated_at"]))
+            out.append(
+                ModelRow(
+                    id=r["id"],
+                    owner=r["owner"],
+                    owner_id=r["owner_id"],
+                    model_id=r["model_id"],
+                    description=r["description"],
+                    tags=tags[r["id"]],
+                    visibility=r["visibility"],
+                    data_kind=r["data_kind"],
+                    data_schema=schema,
+                    latest_version=r["latest_version"],
+                    shared_with=shares[r["id"]],
+                    metrics=json.loads(r["metrics"]),
+                    created_at=r["created_at"],
+                    updated_at=r["updated_at"],
+                )
+            )
         return out
 
-    def create_model(self, owner: UserRow, model_id: str, description: str, tags: list[str], visibility: int,
-                     shared_with: list[str], schema: pb.DataSchema | None, data_kind: int) -> ModelRow:
+    def create_model(
+        self,
+        owner: UserRow,
+        model_id: str,
+        description: str,
+        tags: list[str],
+        visibility: int,
+        shared_with: list[str],
+        schema: pb.DataSchema | None,
+        data_kind: int,
+    ) -> ModelRow:
         now = time.time()
         try:
             with self._tx() as conn:
                 share_ids = self._share_ids(conn, shared_with)
-                new_id = conn.execute(models.insert().values(
-                    owner_id=owner.id, model_id=model_id, description=description, visibility=visibility,
-                    data_kind=data_kind, data_schema=schema.SerializeToString(deterministic=True) if schema else None,
-                    latest_version=0, metrics="{}", created_at=now, updated_at=now)).inserted_primary_key[0]
+                new_id = conn.execute(
+                    models.insert().values(
+                        owner_id=owner.id,
+                        model_id=model_id,
+                        description=description,
+                        visibility=visibility,
+                        data_kind=data_kind,
+                        data_schema=schema.SerializeToString(deterministic=True) if schema else None,
+                        latest_version=0,
+                        metrics="{}",
+                        created_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]
                 self._set_tags(conn, new_id, tags)
                 self._set_shares(conn, new_id, share_ids)
         except sa.exc.IntegrityError as e:
@@ -222,8 +278,9 @@ class Catalogue(SqlStore):
     def _set_tags(self, conn: sa.Connection, model_pk: int, tags: list[str]) -> None:
         conn.execute(model_tags.delete().where(model_tags.c.model_id == model_pk))
         if tags:
-            conn.execute(model_tags.insert(), [{"model_id": model_pk, "tag": t, "position": i}
-                                               for i, t in enumerate(tags)])
+            conn.execute(
+                model_tags.insert(), [{"model_id": model_pk, "tag": t, "position": i} for i, t in enumerate(tags)]
+            )
 
     def _set_shares(self, conn: sa.Connection, model_pk: int, user_ids: list[int]) -> None:
         conn.execute(model_shares.delete().where(model_shares.c.model_id == model_pk))
@@ -239,12 +296,15 @@ class Catalogue(SqlStore):
     def visible_to(user_id: int):
         """SQL condition: the model is visible to this user."""
         shared = sa.select(model_shares.c.model_id).where(model_shares.c.user_id == user_id)
-        return sa.or_(models.c.owner_id == user_id,
-                      models.c.visibility == pb.VISIBILITY_PUBLIC,
-                      sa.and_(models.c.visibility == pb.VISIBILITY_SHARED, models.c.id.in_(shared)))
+        return sa.or_(
+            models.c.owner_id == user_id,
+            models.c.visibility == pb.VISIBILITY_PUBLIC,
+            sa.and_(models.c.visibility == pb.VISIBILITY_SHARED, models.c.id.in_(shared)),
+        )
 
-    def list_models(self, viewer_id: int, after_id: int, limit: int, owner: str = "", tag: str = "",
-                    data_kind: int = 0) -> list[ModelRow]:
+    def list_models(
+        self, viewer_id: int, after_id: int, limit: int, owner: str = "", tag: str = "", data_kind: int = 0
+    ) -> list[ModelRow]:
         cond = [self.visible_to(viewer_id), models.c.id > after_id]
         if owner:
             cond.append(users.c.username == owner)
@@ -255,9 +315,16 @@ class Catalogue(SqlStore):
         with self._tx() as conn:
             return self._model_rows(conn, sa.and_(*cond), limit)
 
-    def update_model(self, model: ModelRow, *, description: str | None = None, tags: list[str] | None = None,
-                     visibility: int | None = None, shared_with: list[str] | None = None,
-                     metrics: dict[str, float] | None = None) -> ModelRow:
+    def update_model(
+        self,
+        model: ModelRow,
+        *,
+        description: str | None = None,
+        tags: list[str] | None = None,
+        visibility: int | None = None,
+        shared_with: list[str] | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> ModelRow:
         values: dict = {"updated_at": time.time()}
         if metrics is not None:  # the whole map is replaced, as a field mask naming a map field means
             values["metrics"] = json.dumps(metrics, sort_keys=True)
@@ -290,43 +357,79 @@ class Catalogue(SqlStore):
 
     # -- versions ----------------------------------------------------------------------------------------------
 
-    def add_version(self, model: ModelRow, *, sha256: str, size_bytes: int, signature: bytes, architecture: str,
-                    data_kind: int, privacy: pb.PrivacyReport, manifest_json: str,
-                    schema: pb.DataSchema) -> int:
+    def add_version(
+        self,
+        model: ModelRow,
+        *,
+        sha256: str,
+        size_bytes: int,
+        signature: bytes,
+        architecture: str,
+        data_kind: int,
+        privacy: pb.PrivacyReport,
+        manifest_json: str,
+        schema: pb.DataSchema,
+    ) -> int:
         """Allocates the next number and records the version in one transaction; sets the model's schema if it
         had none. Raises Gone if the model was deleted meanwhile."""
         now = time.time()
         with self._tx() as conn:
-            bumped = conn.execute(models.update().where(models.c.id == model.id).values(
-                latest_version=models.c.latest_version + 1, updated_at=now,
-                data_kind=data_kind,
-                data_schema=sa.func.coalesce(models.c.data_schema, schema.SerializeToString(deterministic=True))))
+            bumped = conn.execute(
+                models.update()
+                .where(models.c.id == model.id)
+                .values(
+                    latest_version=models.c.latest_version + 1,
+                    updated_at=now,
+                    data_kind=data_kind,
+                    data_schema=sa.func.coalesce(models.c.data_schema, schema.SerializeToString(deterministic=True)),
+                )
+            )
             if bumped.rowcount != 1:
                 raise Gone(model.model_id)
             number = conn.execute(sa.select(models.c.latest_version).where(models.c.id == model.id)).scalar_one()
-            conn.execute(versions.insert().values(
-                model_id=model.id, number=number, sha256=sha256, size_bytes=size_bytes, signature=signature,
-                architecture=architecture, data_kind=data_kind,
-                privacy=privacy.SerializeToString(deterministic=True), manifest_json=manifest_json, created_at=now))
+            conn.execute(
+                versions.insert().values(
+                    model_id=model.id,
+                    number=number,
+                    sha256=sha256,
+                    size_bytes=size_bytes,
+                    signature=signature,
+                    architecture=architecture,
+                    data_kind=data_kind,
+                    privacy=privacy.SerializeToString(deterministic=True),
+                    manifest_json=manifest_json,
+                    created_at=now,
+                )
+            )
         return number
 
-    def _version_rows(self, conn: sa.Connection, model: ModelRow, where, limit: int | None = None
-                      ) -> list[VersionRow]:
+    def _version_rows(self, conn: sa.Connection, model: ModelRow, where, limit: int | None = None) -> list[VersionRow]:
         q = sa.select(versions).where(versions.c.model_id == model.id, where).order_by(versions.c.number)
         if limit is not None:
             q = q.limit(limit)
-        return [VersionRow(model=model, number=r["number"], sha256=r["sha256"], size_bytes=r["size_bytes"],
-                           signature=r["signature"], architecture=r["architecture"], data_kind=r["data_kind"],
-                           privacy=pb.PrivacyReport.FromString(r["privacy"]), manifest_json=r["manifest_json"],
-                           created_at=r["created_at"])
-                for r in conn.execute(q).mappings()]
+        return [
+            VersionRow(
+                model=model,
+                number=r["number"],
+                sha256=r["sha256"],
+                size_bytes=r["size_bytes"],
+                signature=r["signature"],
+                architecture=r["architecture"],
+                data_kind=r["data_kind"],
+                privacy=pb.PrivacyReport.FromString(r["privacy"]),
+                manifest_json=r["manifest_json"],
+                created_at=r["created_at"],
+            )
+            for r in conn.execute(q).mappings()
+        ]
 
     def get_version(self, model: ModelRow, number: int | None) -> VersionRow | None:
         """Version `number` of the model, or its newest when number is None."""
         with self._tx() as conn:
             if number is None:
-                number = conn.execute(sa.select(sa.func.max(versions.c.number))
-                                      .where(versions.c.model_id == model.id)).scalar()
+                number = conn.execute(
+                    sa.select(sa.func.max(versions.c.number)).where(versions.c.model_id == model.id)
+                ).scalar()
                 if number is None:
                     return None
             rows = self._version_rows(conn, model, versions.c.number == number)
@@ -338,5 +441,6 @@ class Catalogue(SqlStore):
 
     def sha256_in_use(self, sha256: str) -> bool:
         with self._tx() as conn:
-            return conn.execute(sa.select(versions.c.id).where(versions.c.sha256 == sha256).limit(1)).first() \
-                is not None
+            return (
+                conn.execute(sa.select(versions.c.id).where(versions.c.sha256 == sha256).limit(1)).first() is not None
+            )

@@ -11,6 +11,7 @@ Configuration comes from arguments or environment variables (so Kubernetes manif
   SGDE_REGISTRY_HEALTH_CHECK_SECONDS  how often the database and the blob store are checked (default 5)
   SGDE_PKI_DIR                CA and certificates (default $SGDE_HOME/pki)
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,19 +74,28 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
     store = open_blob_store(cfg.blob_url)
     key = auth.load_or_create_token_key(cfg.token_key)
     servicer = RegistryServicer(
-        catalogue, store, auth.TokenIssuer(key), auth.TokenVerifier(key.public_key()),
-        RegistrySettings(max_version_bytes=cfg.max_version_bytes))
+        catalogue,
+        store,
+        auth.TokenIssuer(key),
+        auth.TokenVerifier(key.public_key()),
+        RegistrySettings(max_version_bytes=cfg.max_version_bytes),
+    )
 
     def add(server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
     # The first status comes from a real check of the database and the store, before any port answers SERVING.
-    return serving.start_server(service="registry", address=cfg.listen,
-                                credentials=tls.server_credentials(cfg.pki, "registry"), add_servicers=add,
-                                metrics_port=cfg.metrics_port, health_port=cfg.health_port,
-                                health_check=lambda: _dependencies(catalogue, store),
-                                health_every=cfg.health_check_seconds)
+    return serving.start_server(
+        service="registry",
+        address=cfg.listen,
+        credentials=tls.server_credentials(cfg.pki, "registry"),
+        add_servicers=add,
+        metrics_port=cfg.metrics_port,
+        health_port=cfg.health_port,
+        health_check=lambda: _dependencies(catalogue, store),
+        health_every=cfg.health_check_seconds,
+    )
 
 
 def main() -> None:

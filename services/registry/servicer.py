@@ -1,4 +1,5 @@
 """RegistryService: validates requests, authorises the caller, and calls the catalogue and the blob store."""
+
 from __future__ import annotations
 
 import base64
@@ -64,8 +65,9 @@ def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
 def _parse_version_name(name: str) -> tuple[str, str, int | None]:
     m = VERSION_NAME_RE.match(name)
     if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
-        raise errors.FieldError("name", "expected models/{owner}/{model}/versions/{n|latest}, "
-                                        f"got {name[:200]!r}")
+        raise errors.FieldError(
+            "name", f"expected models/{{owner}}/{{model}}/versions/{{n|latest}}, got {name[:200]!r}"
+        )
     if m[3] == "latest":
         return m[1], m[2], None
     if not re.fullmatch(r"[0-9]{1,10}", m[3]) or not 0 < int(m[3]) < 2**31:
@@ -101,6 +103,7 @@ def _check_tensors(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
     Imported at first use: it imports JAX and flax (architectures compute their tensor shapes with jax.eval_shape),
     which would add seconds to the registry's start-up."""
     from libsgde.io.generator import check_tensors
+
     check_tensors(manifest, tensors)
 
 
@@ -111,8 +114,14 @@ def _page_size(size: int) -> int:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, catalogue: Catalogue, store: BlobStore, issuer: auth.TokenIssuer,
-                 verifier: auth.TokenVerifier, settings: RegistrySettings = RegistrySettings()):
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        store: BlobStore,
+        issuer: auth.TokenIssuer,
+        verifier: auth.TokenVerifier,
+        settings: RegistrySettings = RegistrySettings(),
+    ):
         self.catalogue = catalogue
         self.store = store
         self.issuer = issuer
@@ -144,8 +153,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     @staticmethod
     def _can_see(user: UserRow, model: ModelRow) -> bool:
-        return (model.owner_id == user.id or model.visibility == pb.VISIBILITY_PUBLIC
-                or (model.visibility == pb.VISIBILITY_SHARED and user.username in model.shared_with))
+        return (
+            model.owner_id == user.id
+            or model.visibility == pb.VISIBILITY_PUBLIC
+            or (model.visibility == pb.VISIBILITY_SHARED and user.username in model.shared_with)
+        )
 
     def _visible_model(self, user: UserRow, name: str, field: str = "name") -> ModelRow:
         owner, model_id = _parse_model_name(name, field)
@@ -170,35 +182,55 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     @staticmethod
     def _user_message(user: UserRow, viewer: UserRow | None) -> rpb.User:
-        return rpb.User(name=f"users/{user.username}", username=user.username,
-                        email=user.email if viewer is not None and viewer.id == user.id else "",
-                        signing_public_key=user.signing_public_key, create_time=_ts(user.created_at))
+        return rpb.User(
+            name=f"users/{user.username}",
+            username=user.username,
+            email=user.email if viewer is not None and viewer.id == user.id else "",
+            signing_public_key=user.signing_public_key,
+            create_time=_ts(user.created_at),
+        )
 
     @staticmethod
     def _model_message(model: ModelRow, viewer: UserRow) -> pb.Model:
         return pb.Model(
-            name=f"models/{model.owner}/{model.model_id}", owner=model.owner, description=model.description,
-            tags=model.tags, data_schema=model.data_schema, data_kind=model.data_kind, visibility=model.visibility,
+            name=f"models/{model.owner}/{model.model_id}",
+            owner=model.owner,
+            description=model.description,
+            tags=model.tags,
+            data_schema=model.data_schema,
+            data_kind=model.data_kind,
+            visibility=model.visibility,
             shared_with=model.shared_with if model.owner_id == viewer.id else [],
-            latest_version=model.latest_version, create_time=_ts(model.created_at),
-            update_time=_ts(model.updated_at), metrics=model.metrics)
+            latest_version=model.latest_version,
+            create_time=_ts(model.created_at),
+            update_time=_ts(model.updated_at),
+            metrics=model.metrics,
+        )
 
     @staticmethod
     def _version_message(version: VersionRow) -> pb.ModelVersion:
         m = version.model
         return pb.ModelVersion(
-            name=f"models/{m.owner}/{m.model_id}/versions/{version.number}", number=version.number,
-            sha256=version.sha256, size_bytes=version.size_bytes, signature=version.signature,
-            architecture=version.architecture, data_kind=version.data_kind, privacy=version.privacy,
-            create_time=_ts(version.created_at), manifest_json=version.manifest_json)
+            name=f"models/{m.owner}/{m.model_id}/versions/{version.number}",
+            number=version.number,
+            sha256=version.sha256,
+            size_bytes=version.size_bytes,
+            signature=version.signature,
+            architecture=version.architecture,
+            data_kind=version.data_kind,
+            privacy=version.privacy,
+            create_time=_ts(version.created_at),
+            manifest_json=version.manifest_json,
+        )
 
     # -- users -------------------------------------------------------------------------------------------------
 
     def Register(self, request: rpb.RegisterRequest, context) -> rpb.User:
         violations = []
         if not USERNAME_RE.match(request.username):
-            violations.append(("username", "3-32 characters: lowercase letters, digits, '-' and '_', starting "
-                                           "with a letter"))
+            violations.append(
+                ("username", "3-32 characters: lowercase letters, digits, '-' and '_', starting with a letter")
+            )
         if not EMAIL_RE.match(request.email):
             violations.append(("email", "not an email address"))
         try:
@@ -212,8 +244,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if violations:
             raise errors.FieldError.many(violations)
         try:
-            user = self.catalogue.create_user(request.username, request.email,
-                                              auth.hash_password(request.password), request.signing_public_key)
+            user = self.catalogue.create_user(
+                request.username, request.email, auth.hash_password(request.password), request.signing_public_key
+            )
         except Conflict:
             raise errors.Conflict(f"username {request.username!r} is taken") from None
         return self._user_message(user, user)
@@ -262,8 +295,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 violations.append((prefix + "tags", f"tag {bad[0][:40]!r}: 1-32 lowercase letters, digits or '-'"))
             elif len(model.tags) > MAX_TAGS or len(set(model.tags)) != len(model.tags):
                 violations.append((prefix + "tags", f"at most {MAX_TAGS} distinct tags"))
-        if "visibility" in paths and model.visibility not in (pb.VISIBILITY_PRIVATE, pb.VISIBILITY_SHARED,
-                                                              pb.VISIBILITY_PUBLIC):
+        if "visibility" in paths and model.visibility not in (
+            pb.VISIBILITY_PRIVATE,
+            pb.VISIBILITY_SHARED,
+            pb.VISIBILITY_PUBLIC,
+        ):
             violations.append((prefix + "visibility", "PRIVATE, SHARED or PUBLIC"))
         if "shared_with" in paths:
             bad = [u for u in model.shared_with if not USERNAME_RE.match(u)]
@@ -301,9 +337,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if violations:
             raise errors.FieldError.many(violations)
         try:
-            row = self.catalogue.create_model(user, request.model_id, model.description, list(model.tags),
-                                              visibility, list(model.shared_with), schema,
-                                              data_kind(schema) if schema else 0)
+            row = self.catalogue.create_model(
+                user,
+                request.model_id,
+                model.description,
+                list(model.tags),
+                visibility,
+                list(model.shared_with),
+                schema,
+                data_kind(schema) if schema else 0,
+            )
         except Conflict as e:
             raise errors.Conflict(str(e)) from None
         except KeyError as e:
@@ -338,8 +381,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise errors.FieldError("update_mask", f"name the fields to change: {', '.join(sorted(UPDATABLE))}")
         unknown = paths - UPDATABLE
         if unknown:
-            raise errors.FieldError("update_mask", f"cannot change {sorted(unknown)[0]!r}; "
-                                                f"changeable: {', '.join(sorted(UPDATABLE))}")
+            raise errors.FieldError(
+                "update_mask", f"cannot change {sorted(unknown)[0]!r}; changeable: {', '.join(sorted(UPDATABLE))}"
+            )
         violations = self._check_model_fields(request.model, paths)
         if violations:
             raise errors.FieldError.many(violations)
@@ -352,7 +396,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 tags=list(m.tags) if "tags" in paths else None,
                 visibility=m.visibility if "visibility" in paths else None,
                 shared_with=list(m.shared_with) if "shared_with" in paths else None,
-                metrics=dict(m.metrics) if "metrics" in paths else None)
+                metrics=dict(m.metrics) if "metrics" in paths else None,
+            )
         except KeyError as e:
             raise errors.FieldError("model.shared_with", f"no user named {e.args[0]!r}") from None
         except Gone:
@@ -390,8 +435,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             violations.append(("header.sha256", "64 lowercase hex characters"))
         if not 0 < header.size_bytes <= self.settings.max_version_bytes:
             if header.size_bytes > self.settings.max_version_bytes:
-                raise errors.Exhausted(f"artifact of {header.size_bytes} bytes is over this registry's limit of "
-                               f"{self.settings.max_version_bytes} bytes")
+                raise errors.Exhausted(
+                    f"artifact of {header.size_bytes} bytes is over this registry's limit of "
+                    f"{self.settings.max_version_bytes} bytes"
+                )
             violations.append(("header.size_bytes", "must be > 0"))
         if len(header.signature) != 64:
             violations.append(("header.signature", "an Ed25519 signature of 64 bytes over the sha256"))
@@ -399,8 +446,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise errors.FieldError.many(violations)
         model = self._owned_model(user, header.model, "header.model")
         if not signing.verify_artifact(user.signing_public_key, header.sha256, header.signature):
-            raise errors.FieldError("header.signature", "does not verify with your registered signing key "
-                                                     "over this sha256; sign with the key you registered")
+            raise errors.FieldError(
+                "header.signature",
+                "does not verify with your registered signing key over this sha256; sign with the key you registered",
+            )
         try:
             sniffer = HeaderSniffer(header.size_bytes, _check_tensors)  # the tensors the architecture implies
         except ArtifactError as e:  # a declared size too small to hold an artifact (1-7 bytes)
@@ -438,9 +487,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             manifest = parsed[0].manifest
             try:
                 number = self.catalogue.add_version(
-                    model, sha256=header.sha256, size_bytes=header.size_bytes, signature=header.signature,
-                    architecture=manifest.architecture, data_kind=manifest.data_kind, privacy=manifest.privacy,
-                    manifest_json=manifest.to_json(), schema=manifest.data_schema)
+                    model,
+                    sha256=header.sha256,
+                    size_bytes=header.size_bytes,
+                    signature=header.signature,
+                    architecture=manifest.architecture,
+                    data_kind=manifest.data_kind,
+                    privacy=manifest.privacy,
+                    manifest_json=manifest.to_json(),
+                    schema=manifest.data_schema,
+                )
             except Exception:
                 if not self.catalogue.sha256_in_use(header.sha256):
                     self.store.delete(header.sha256)
@@ -448,16 +504,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         version = self.catalogue.get_version(model, number)
         if version is None:  # deleted by its owner in the meantime
             raise errors.NotFound.hidden(header.model)
-        log.info("published", extra={"version": f"{header.model}/versions/{number}", "sha256": header.sha256,
-                                     "bytes": header.size_bytes})
+        log.info(
+            "published",
+            extra={"version": f"{header.model}/versions/{number}", "sha256": header.sha256, "bytes": header.size_bytes},
+        )
         return self._version_message(version)
 
     @staticmethod
     def _check_manifest(model: ModelRow, header: ArtifactHeader) -> None:
         schema = header.manifest.data_schema
         if model.data_schema is not None and not schemas_equal(model.data_schema, schema):
-            raise errors.FailedPrecondition(f"the artifact's data schema differs from the schema of models/"
-                                            f"{model.owner}/{model.model_id}; publish it as a new model")
+            raise errors.FailedPrecondition(
+                f"the artifact's data schema differs from the schema of models/"
+                f"{model.owner}/{model.model_id}; publish it as a new model"
+            )
 
     def GetVersion(self, request: rpb.GetVersionRequest, context) -> pb.ModelVersion:
         user = self._caller(context)
@@ -485,8 +545,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise errors.Unavailable(f"blob storage is unavailable: {e}; try again later") from None
         except BlobNotFound:
             log.error("catalogued blob is missing", extra={"sha256": version.sha256})
-            raise errors.DataLoss(f"the blob of {request.name} is missing from storage; "
-                                                      "tell the registry's operator") from None
+            raise errors.DataLoss(
+                f"the blob of {request.name} is missing from storage; tell the registry's operator"
+            ) from None
         yield rpb.DownloadVersionResponse(version=self._version_message(version))
         try:
             for chunk in read_ahead(chunks):
@@ -494,5 +555,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     return
                 yield rpb.DownloadVersionResponse(chunk=chunk)
         except StorageUnavailable as e:
-            raise errors.Unavailable(f"blob storage failed during the download: {e}; resume from the offset "
-                                     "you reached") from None
+            raise errors.Unavailable(
+                f"blob storage failed during the download: {e}; resume from the offset you reached"
+            ) from None

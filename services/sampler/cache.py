@@ -1,15 +1,16 @@
 """The sampler's caches: artifacts on disk, keyed by sha256, and compiled generators in memory (an LRU).
 
 An artifact is downloaded once, with the CALLER's forwarded token (so the registry decides who may have it), through
-the SDK's `RegistrySession.pull`, which verifies the sha256 and the owner's signature before the file appears in the cache.
-A file already in the cache is verified again (`RegistrySession.verify`: its sha256 re-hashed, the signature checked with the
-owner's registered key) before it is loaded; one whose bytes no longer match is deleted and downloaded again, so a
-tampered cache never serves. Artifacts load only through the strict reader with the architecture check
+the SDK's `RegistrySession.pull`, which verifies the sha256 and the owner's signature before the file appears in the
+cache. A file already in the cache is verified again (`RegistrySession.verify`: its sha256 re-hashed, the signature
+checked with the owner's registered key) before it is loaded; one whose bytes no longer match is deleted and downloaded
+again, so a tampered cache never serves. Artifacts load only through the strict reader with the architecture check
 (`load_generator`).
 
 A generator compiled in memory came from verified bytes; it serves a version once that version's (sha256, owner,
 signature) was checked, without reading the disk again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,10 +30,13 @@ from libsgde.io.sampling import CompiledCache
 
 log = logging.getLogger("sgde.sampler")
 
-CACHE_EVENTS = Counter("sgde_sampler_cache_events_total", "Artifact cache events: memory (a compiled generator "
-                       "reused), disk (a cached file verified and loaded), download, corrupt (a cached file that "
-                       "failed verification, deleted), evicted (a file removed to stay under the size limit)",
-                       ["event"])
+CACHE_EVENTS = Counter(
+    "sgde_sampler_cache_events_total",
+    "Artifact cache events: memory (a compiled generator "
+    "reused), disk (a cached file verified and loaded), download, corrupt (a cached file that "
+    "failed verification, deleted), evicted (a file removed to stay under the size limit)",
+    ["event"],
+)
 SUFFIX = ".safetensors"
 
 
@@ -88,8 +92,9 @@ class ArtifactCache:
                 try:
                     sampler = self.compiled.load(sha, path)
                 except ArtifactError as e:
-                    raise errors.FailedPrecondition(f"{version.name} cannot be sampled: its artifact is not a "
-                                                    f"generator this sampler can load ({e})") from None
+                    raise errors.FailedPrecondition(
+                        f"{version.name} cannot be sampled: its artifact is not a generator this sampler can load ({e})"
+                    ) from None
             try:
                 os.utime(path)  # recently used: trimmed last
             except OSError:
@@ -103,8 +108,10 @@ class ArtifactCache:
             return True
         except VerificationError as e:
             CACHE_EVENTS.labels("corrupt").inc()
-            log.warning("cached artifact failed verification: deleted, downloading it again",
-                        extra={"version": version.name, "sha256": version.sha256, "error": str(e)})
+            log.warning(
+                "cached artifact failed verification: deleted, downloading it again",
+                extra={"version": version.name, "sha256": version.sha256, "error": str(e)},
+            )
             path.unlink(missing_ok=True)
             self.compiled.discard(version.sha256)
             return False
@@ -119,8 +126,9 @@ class ArtifactCache:
         except SgdeError as e:
             raise _registry_error(version, e) from None
         CACHE_EVENTS.labels("download").inc()
-        log.info("artifact cached", extra={"version": version.name, "sha256": version.sha256,
-                                           "bytes": version.size_bytes})
+        log.info(
+            "artifact cached", extra={"version": version.name, "sha256": version.sha256, "bytes": version.size_bytes}
+        )
         self._trim(keep=path)
 
     def _trim(self, keep: Path) -> None:
@@ -145,5 +153,6 @@ class ArtifactCache:
 
 def _registry_error(version: ModelVersion, e: SgdeError) -> SgdeError:
     """The registry's error, its code and violations kept, saying what the sampler was doing."""
-    return errors.from_status(e.status, f"fetching {version.name} from the registry failed: {e.message}",
-                              e.violations, remote=False)
+    return errors.from_status(
+        e.status, f"fetching {version.name} from the registry failed: {e.message}", e.violations, remote=False
+    )

@@ -14,6 +14,7 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_PKI_DIR                    CA and certificates (default $SGDE_HOME/pki); the sampler presents `sampler.crt`
                                   both as a server and to the registry
 """
+
 from __future__ import annotations
 
 import logging
@@ -97,16 +98,29 @@ def start(cfg: SamplerConfig) -> SamplerHandle:
         return [SERVICE_NAME]
 
     # NOT_SERVING while the registry (which checks every token and holds every artifact) is unreachable.
-    handle = serving.start_server(service="sampler", address=cfg.listen,
-                                  credentials=tls.server_credentials(cfg.pki, "sampler"), add_servicers=add,
-                                  metrics_port=cfg.metrics_port, health_port=cfg.health_port,
-                                  health_check=gate.check, health_every=cfg.health_check_seconds,
-                                  handle_type=SamplerHandle)
+    handle = serving.start_server(
+        service="sampler",
+        address=cfg.listen,
+        credentials=tls.server_credentials(cfg.pki, "sampler"),
+        add_servicers=add,
+        metrics_port=cfg.metrics_port,
+        health_port=cfg.health_port,
+        health_check=gate.check,
+        health_every=cfg.health_check_seconds,
+        handle_type=SamplerHandle,
+    )
     handle.cache = cache
     threading.Thread(target=_warm_up, daemon=True, name="sampler-warm-up").start()
     handle.on_stop.append(gate.close)
-    log.info("sampler ready", extra={"state_dir": str(cfg.state_dir), "registry": cfg.registry,
-                                     "max_samples": cfg.max_samples, "loaded_models": cfg.loaded_models})
+    log.info(
+        "sampler ready",
+        extra={
+            "state_dir": str(cfg.state_dir),
+            "registry": cfg.registry,
+            "max_samples": cfg.max_samples,
+            "loaded_models": cfg.loaded_models,
+        },
+    )
     return handle
 
 

@@ -5,6 +5,7 @@ The stream: metadata, then chunks of at most 1 MiB, then a last message with the
 chunks the servicer asks whether the call is still active: a cancelled call, or one past its deadline, generates
 nothing more.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,12 @@ MODEL_RE = re.compile(r"^models/([^/]+)/([^/]+)(?:/versions/([^/]+))?$")
 
 SAMPLES = Counter("sgde_sampler_samples_total", "Samples generated")
 BYTES = Counter("sgde_sampler_bytes_total", "Bytes of sampled output streamed")
-REQUESTS = Counter("sgde_sampler_requests_total", "Sample calls that streamed, by how they ended: done, cancelled "
-                   "(by the client), deadline (ended within a second of it), or error", ["outcome"])
+REQUESTS = Counter(
+    "sgde_sampler_requests_total",
+    "Sample calls that streamed, by how they ended: done, cancelled "
+    "(by the client), deadline (ended within a second of it), or error",
+    ["outcome"],
+)
 ACTIVE = Gauge("sgde_sampler_active_streams", "Sample streams in progress")
 
 
@@ -47,16 +52,24 @@ class SamplerSettings:
 def _parse_model(name: str) -> str:
     """The version name to resolve: ".../versions/N" as given, a model name as its latest version."""
     m = MODEL_RE.match(name)
-    if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]) or (
-            m[3] is not None and m[3] != "latest" and not re.fullmatch(r"[1-9][0-9]{0,9}", m[3])):
-        raise errors.FieldError("model", "expected models/{owner}/{model} (its latest version) or "
-                                      f"models/{{owner}}/{{model}}/versions/{{n}}, got {name[:200]!r}")
+    if (
+        not m
+        or not USERNAME_RE.match(m[1])
+        or not MODEL_ID_RE.match(m[2])
+        or (m[3] is not None and m[3] != "latest" and not re.fullmatch(r"[1-9][0-9]{0,9}", m[3]))
+    ):
+        raise errors.FieldError(
+            "model",
+            "expected models/{owner}/{model} (its latest version) or "
+            f"models/{{owner}}/{{model}}/versions/{{n}}, got {name[:200]!r}",
+        )
     return name if m[3] is not None else f"{name}/versions/latest"
 
 
 def _manifest_schema(version: ModelVersion) -> pb.DataSchema | None:
     """The data schema the registry's copy of the manifest declares (for checks before any download)."""
     from libsgde.io.schema import SchemaError, schema_from_dict
+
     try:
         return schema_from_dict(json.loads(version.manifest_json)["data_schema"])
     except (ValueError, KeyError, TypeError, SchemaError):
@@ -64,7 +77,7 @@ def _manifest_schema(version: ModelVersion) -> pb.DataSchema | None:
 
 
 def _why_stopped(context) -> str:
-    """"deadline" for a call that ended at (or within a second of) its deadline: the client's deadline fires a little
+    """ "deadline" for a call that ended at (or within a second of) its deadline: the client's deadline fires a little
     before the server's copy of it, and reaches the server as a cancellation; else "cancelled"."""
     remaining = context.time_remaining()
     return "deadline" if remaining is not None and remaining < 1.0 else "cancelled"
@@ -74,10 +87,12 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
     def __init__(self, gate: RegistryGate, cache: ArtifactCache, settings: SamplerSettings = SamplerSettings()):
         self.gate, self.cache, self.settings = gate, cache, settings
 
-    def _check_request(self, request: spb.SampleRequest, schema: pb.DataSchema | None, kind: str | None
-                       ) -> list[tuple[str, str]]:
+    def _check_request(
+        self, request: spb.SampleRequest, schema: pb.DataSchema | None, kind: str | None
+    ) -> list[tuple[str, str]]:
         """Field violations of the request (those the schema and data kind decide, when known)."""
         from libsgde.io import formats, sampling
+
         violations: list[tuple[str, str]] = []
         limit = self.settings.max_samples
         if request.class_counts:
@@ -88,13 +103,23 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
                 except sampling.SamplingError as e:
                     violations.append((e.field, e.description))
             if total > limit:
-                violations.append(("class_counts", f"asks for {total} samples in all, over this sampler's limit of "
-                                                   f"{limit}; ask in several requests (other seeds)"))
+                violations.append(
+                    (
+                        "class_counts",
+                        f"asks for {total} samples in all, over this sampler's limit of "
+                        f"{limit}; ask in several requests (other seeds)",
+                    )
+                )
         elif request.num_samples <= 0:
             violations.append(("num_samples", "must be > 0 (or give class_counts)"))
         elif request.num_samples > limit:
-            violations.append(("num_samples", f"{request.num_samples} is over this sampler's limit of {limit}; "
-                                              "ask in several requests (other seeds)"))
+            violations.append(
+                (
+                    "num_samples",
+                    f"{request.num_samples} is over this sampler's limit of {limit}; "
+                    "ask in several requests (other seeds)",
+                )
+            )
         try:
             sampling.check_chunk_samples(request.chunk_samples)
         except sampling.SamplingError as e:
@@ -137,40 +162,78 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         except sampling.SamplingError as e:
             raise errors.FieldError(e.field, e.description) from None
         total = len(labels) if labels is not None else int(request.num_samples)
-        yield spb.SampleResponse(metadata=spb.SampleMetadata(
-            version=version.name, artifact_sha256=version.sha256, format=formats.FORMATS[fmt], num_samples=total,
-            data_schema=schema, privacy=privacy_to_proto(version.privacy),
-            class_counts=sampling.label_counts(labels, generator.space.num_classes)))
+        yield spb.SampleResponse(
+            metadata=spb.SampleMetadata(
+                version=version.name,
+                artifact_sha256=version.sha256,
+                format=formats.FORMATS[fmt],
+                num_samples=total,
+                data_schema=schema,
+                privacy=privacy_to_proto(version.privacy),
+                class_counts=sampling.label_counts(labels, generator.space.num_classes),
+            )
+        )
 
         started = time.perf_counter()
         digest, sent, done = hashlib.sha256(), 0, 0
         ACTIVE.inc()
         outcome = "error"
         try:
-            pieces = formats.encode_stream(sampler, labels if labels is not None else total, request.seed, fmt,
-                                           request.chunk_samples, should_stop=lambda: not context.is_active())
+            pieces = formats.encode_stream(
+                sampler,
+                labels if labels is not None else total,
+                request.seed,
+                fmt,
+                request.chunk_samples,
+                should_stop=lambda: not context.is_active(),
+            )
             for data, now in pieces:
                 SAMPLES.inc(now - done)
                 done = now
                 for offset in range(0, len(data), CHUNK_SIZE):
-                    piece = data[offset:offset + CHUNK_SIZE]
+                    piece = data[offset : offset + CHUNK_SIZE]
                     digest.update(piece)
                     sent += len(piece)
                     BYTES.inc(len(piece))
                     yield spb.SampleResponse(chunk=piece, samples_done=done)
             if done < total or not context.is_active():
                 outcome = _why_stopped(context)
-                log.info("sample stopped", extra={"version": version.name, "user": user, "reason": outcome,
-                                                  "samples_done": done, "num_samples": total})
+                log.info(
+                    "sample stopped",
+                    extra={
+                        "version": version.name,
+                        "user": user,
+                        "reason": outcome,
+                        "samples_done": done,
+                        "num_samples": total,
+                    },
+                )
                 return
             yield spb.SampleResponse(samples_done=done, sha256=digest.hexdigest())
             outcome = "done"
-            log.info("sampled", extra={"version": version.name, "user": user, "samples": total, "bytes": sent,
-                                       "format": fmt, "seconds": round(time.perf_counter() - started, 3)})
+            log.info(
+                "sampled",
+                extra={
+                    "version": version.name,
+                    "user": user,
+                    "samples": total,
+                    "bytes": sent,
+                    "format": fmt,
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
         except GeneratorExit:  # the call ended while a chunk was on its way
             outcome = _why_stopped(context)
-            log.info("sample stopped", extra={"version": version.name, "user": user, "reason": outcome,
-                                              "samples_done": done, "num_samples": total})
+            log.info(
+                "sample stopped",
+                extra={
+                    "version": version.name,
+                    "user": user,
+                    "reason": outcome,
+                    "samples_done": done,
+                    "num_samples": total,
+                },
+            )
             raise
         finally:
             ACTIVE.dec()

@@ -4,6 +4,7 @@ progress events.
 Every method is one short transaction. State changes are compare-and-set (`transition`), so that a cancel and a
 worker claiming the same queued job never both win.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -20,7 +21,8 @@ from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 metadata = sa.MetaData()
 
 datasets = sa.Table(
-    "datasets", metadata,
+    "datasets",
+    metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("owner", sa.String(32), nullable=False, index=True),
     sa.Column("filename", sa.String(255), nullable=False),
@@ -32,7 +34,8 @@ datasets = sa.Table(
 )
 
 jobs = sa.Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     # Submission order (queue order, listing order).
     sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("id", sa.String(32), nullable=False, unique=True),
@@ -58,7 +61,8 @@ jobs = sa.Table(
 # Progress events that carry a message ("noise multiplier ...", "resumed from step 40"): WatchJob replays them, so a
 # watcher that arrives late still learns what happened.
 job_events = sa.Table(
-    "job_events", metadata,
+    "job_events",
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("job_id", sa.String(32), nullable=False, index=True),
     sa.Column("event", sa.LargeBinary, nullable=False),
@@ -67,8 +71,13 @@ job_events = sa.Table(
 MAX_EVENTS_PER_JOB = 100
 
 QUEUED, RUNNING, SUCCEEDED, PUBLISHED, FAILED, CANCELLED = (
-    tpb.JOB_STATE_QUEUED, tpb.JOB_STATE_RUNNING, tpb.JOB_STATE_SUCCEEDED, tpb.JOB_STATE_PUBLISHED,
-    tpb.JOB_STATE_FAILED, tpb.JOB_STATE_CANCELLED)
+    tpb.JOB_STATE_QUEUED,
+    tpb.JOB_STATE_RUNNING,
+    tpb.JOB_STATE_SUCCEEDED,
+    tpb.JOB_STATE_PUBLISHED,
+    tpb.JOB_STATE_FAILED,
+    tpb.JOB_STATE_CANCELLED,
+)
 # States after which training no longer moves (a SUCCEEDED job may still be published).
 ENDED = frozenset({SUCCEEDED, PUBLISHED, FAILED, CANCELLED})
 
@@ -119,15 +128,26 @@ class Conflict(Exception):
 
 def _row(r) -> JobRow:
     return JobRow(
-        seq=r["seq"], id=r["id"], owner=r["owner"], state=r["state"], spec=tpb.TrainingSpec.FromString(r["spec"]),
-        data_schema=pb.DataSchema.FromString(r["data_schema"]), dataset=r["dataset"],
-        publish_model=r["publish_model"], published_version=r["published_version"],
+        seq=r["seq"],
+        id=r["id"],
+        owner=r["owner"],
+        state=r["state"],
+        spec=tpb.TrainingSpec.FromString(r["spec"]),
+        data_schema=pb.DataSchema.FromString(r["data_schema"]),
+        dataset=r["dataset"],
+        publish_model=r["publish_model"],
+        published_version=r["published_version"],
         artifact_sha256=r["artifact_sha256"],
         privacy=pb.PrivacyReport.FromString(r["privacy"]) if r["privacy"] is not None else None,
-        latest_progress=(tpb.ProgressEvent.FromString(r["latest_progress"]) if r["latest_progress"] is not None
-                         else None),
-        error=r["error"], request_id=r["request_id"], created_at=r["created_at"], started_at=r["started_at"],
-        ended_at=r["ended_at"])
+        latest_progress=(
+            tpb.ProgressEvent.FromString(r["latest_progress"]) if r["latest_progress"] is not None else None
+        ),
+        error=r["error"],
+        request_id=r["request_id"],
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        ended_at=r["ended_at"],
+    )
 
 
 def _blob(message) -> bytes:
@@ -140,13 +160,22 @@ class JobStore(SqlStore):
 
     # -- datasets ----------------------------------------------------------------------------------------------
 
-    def add_dataset(self, dataset_id: str, owner: str, filename: str, size_bytes: int, sha256: str,
-                    path: str) -> DatasetRow:
+    def add_dataset(
+        self, dataset_id: str, owner: str, filename: str, size_bytes: int, sha256: str, path: str
+    ) -> DatasetRow:
         row = DatasetRow(dataset_id, owner, filename, size_bytes, sha256, path, time.time())
         with self._tx() as conn:
-            conn.execute(datasets.insert().values(
-                id=row.id, owner=owner, filename=filename, size_bytes=size_bytes, sha256=sha256, path=path,
-                created_at=row.created_at))
+            conn.execute(
+                datasets.insert().values(
+                    id=row.id,
+                    owner=owner,
+                    filename=filename,
+                    size_bytes=size_bytes,
+                    sha256=sha256,
+                    path=path,
+                    created_at=row.created_at,
+                )
+            )
         return row
 
     def get_dataset(self, dataset_id: str) -> DatasetRow | None:
@@ -160,15 +189,34 @@ class JobStore(SqlStore):
 
     # -- jobs --------------------------------------------------------------------------------------------------
 
-    def create_job(self, owner: str, spec: tpb.TrainingSpec, schema: pb.DataSchema, dataset: str,
-                   publish_model: str, request_id: str | None) -> JobRow:
+    def create_job(
+        self,
+        owner: str,
+        spec: tpb.TrainingSpec,
+        schema: pb.DataSchema,
+        dataset: str,
+        publish_model: str,
+        request_id: str | None,
+    ) -> JobRow:
         job_id = new_id()
         try:
             with self._tx() as conn:
-                conn.execute(jobs.insert().values(
-                    id=job_id, owner=owner, state=QUEUED, spec=_blob(spec), data_schema=_blob(schema),
-                    dataset=dataset, publish_model=publish_model, published_version="", artifact_sha256="",
-                    error="", request_id=request_id or None, created_at=time.time()))
+                conn.execute(
+                    jobs.insert().values(
+                        id=job_id,
+                        owner=owner,
+                        state=QUEUED,
+                        spec=_blob(spec),
+                        data_schema=_blob(schema),
+                        dataset=dataset,
+                        publish_model=publish_model,
+                        published_version="",
+                        artifact_sha256="",
+                        error="",
+                        request_id=request_id or None,
+                        created_at=time.time(),
+                    )
+                )
         except sa.exc.IntegrityError as e:
             raise Conflict(f"request id {request_id!r} was used before") from e
         job = self.get_job(job_id)
@@ -182,8 +230,11 @@ class JobStore(SqlStore):
 
     def find_request(self, owner: str, request_id: str) -> JobRow | None:
         with self._tx() as conn:
-            r = conn.execute(jobs.select().where(jobs.c.owner == owner, jobs.c.request_id == request_id)
-                             ).mappings().first()
+            r = (
+                conn.execute(jobs.select().where(jobs.c.owner == owner, jobs.c.request_id == request_id))
+                .mappings()
+                .first()
+            )
         return _row(r) if r else None
 
     def list_jobs(self, owner: str, before_seq: int, limit: int, state: int = 0) -> list[JobRow]:
@@ -210,20 +261,27 @@ class JobStore(SqlStore):
         if "latest_progress" in values and values["latest_progress"] is not None:
             values["latest_progress"] = _blob(values["latest_progress"])
         with self._tx() as conn:
-            done = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(list(from_states)))
-                                .values(state=to_state, **values))
+            done = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state.in_(list(from_states)))
+                .values(state=to_state, **values)
+            )
             return done.rowcount == 1
 
     def claim(self, job_id: str) -> bool:
         """QUEUED -> RUNNING for a worker (the first start time is kept across restarts); False if the job is no
         longer queued (cancelled meanwhile)."""
         with self._tx() as conn:
-            done = conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state == QUEUED).values(
-                state=RUNNING, started_at=sa.func.coalesce(jobs.c.started_at, time.time())))
+            done = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.state == QUEUED)
+                .values(state=RUNNING, started_at=sa.func.coalesce(jobs.c.started_at, time.time()))
+            )
             return done.rowcount == 1
 
-    def set_progress(self, job_id: str, progress: tpb.ProgressEvent, notable: bool = False,
-                     while_state: int | None = RUNNING) -> None:
+    def set_progress(
+        self, job_id: str, progress: tpb.ProgressEvent, notable: bool = False, while_state: int | None = RUNNING
+    ) -> None:
         """Records the latest progress (only while the job is in `while_state`, so that a late event never hides
         the final one); a notable event (one with a message) is also kept for replay."""
         with self._tx() as conn:
@@ -233,13 +291,17 @@ class JobStore(SqlStore):
             conn.execute(jobs.update().where(*where).values(latest_progress=_blob(progress)))
             if notable:
                 conn.execute(job_events.insert().values(job_id=job_id, event=_blob(progress)))
-                keep = (sa.select(job_events.c.id).where(job_events.c.job_id == job_id)
-                        .order_by(job_events.c.id.desc()).limit(MAX_EVENTS_PER_JOB))
-                conn.execute(job_events.delete().where(job_events.c.job_id == job_id,
-                                                       job_events.c.id.not_in(keep)))
+                keep = (
+                    sa.select(job_events.c.id)
+                    .where(job_events.c.job_id == job_id)
+                    .order_by(job_events.c.id.desc())
+                    .limit(MAX_EVENTS_PER_JOB)
+                )
+                conn.execute(job_events.delete().where(job_events.c.job_id == job_id, job_events.c.id.not_in(keep)))
 
     def events(self, job_id: str) -> list[tpb.ProgressEvent]:
         with self._tx() as conn:
-            blobs = conn.execute(sa.select(job_events.c.event).where(job_events.c.job_id == job_id)
-                                 .order_by(job_events.c.id)).scalars()
+            blobs = conn.execute(
+                sa.select(job_events.c.event).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+            ).scalars()
             return [tpb.ProgressEvent.FromString(b) for b in blobs]

@@ -19,6 +19,7 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_PKI_DIR                  CA and certificates (default $SGDE_HOME/pki); the trainer presents `trainer.crt`
                                 both as a server and to the registry
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,8 +76,9 @@ class TrainerConfig:
             s3_url=env("SGDE_TRAINER_S3_URL") or None,
             max_jobs=int(env("SGDE_TRAINER_MAX_JOBS") or 1),
             max_dataset_bytes=int(env("SGDE_TRAINER_MAX_DATASET_BYTES") or 1 << 30),
-            checkpoint_seconds=float(env("SGDE_TRAINER_CHECKPOINT_SECONDS")) if env(
-                "SGDE_TRAINER_CHECKPOINT_SECONDS") else None,
+            checkpoint_seconds=float(env("SGDE_TRAINER_CHECKPOINT_SECONDS"))
+            if env("SGDE_TRAINER_CHECKPOINT_SECONDS")
+            else None,
             auth_cache_seconds=float(env("SGDE_TRAINER_AUTH_CACHE_SECONDS") or 30),
             metrics_port=config.metrics_port("trainer"),
             health_port=config.health_port("trainer"),
@@ -134,27 +136,41 @@ def start(cfg: TrainerConfig) -> TrainerHandle:
     credentials, renewed = tls.renewable_channel_credentials(cfg.pki, "trainer")
     gate = RegistryGate(cfg.registry, credentials, cfg.auth_cache_seconds, renewed=renewed)
     worker = Worker(store, sources, cfg.state_dir, cfg.max_jobs, checkpoint_every_s=cfg.checkpoint_seconds)
-    settings = TrainerSettings(max_dataset_bytes=cfg.max_dataset_bytes,
-                               cancel_wait_s=cfg.settings.cancel_wait_s,
-                               publish_timeout_s=cfg.settings.publish_timeout_s)
+    settings = TrainerSettings(
+        max_dataset_bytes=cfg.max_dataset_bytes,
+        cancel_wait_s=cfg.settings.cancel_wait_s,
+        publish_timeout_s=cfg.settings.publish_timeout_s,
+    )
     servicer = TrainerServicer(store, worker, sources, gate, cfg.state_dir, settings)
 
     def add(server) -> list[str]:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
         return [SERVICE_NAME]
 
-    handle = serving.start_server(service="trainer", address=cfg.listen,
-                                  credentials=tls.server_credentials(cfg.pki, "trainer"), add_servicers=add,
-                                  metrics_port=cfg.metrics_port, health_port=cfg.health_port,
-                                  health_check=lambda: _dependencies(store, gate),
-                                  health_every=cfg.health_check_seconds, handle_type=TrainerHandle)
+    handle = serving.start_server(
+        service="trainer",
+        address=cfg.listen,
+        credentials=tls.server_credentials(cfg.pki, "trainer"),
+        add_servicers=add,
+        metrics_port=cfg.metrics_port,
+        health_port=cfg.health_port,
+        health_check=lambda: _dependencies(store, gate),
+        health_every=cfg.health_check_seconds,
+        handle_type=TrainerHandle,
+    )
     handle.worker = worker
     threading.Thread(target=_warm_up, daemon=True, name="trainer-warm-up").start()
     worker.start()
     handle.on_stop.append(gate.close)
-    log.info("trainer ready", extra={"state_dir": str(cfg.state_dir), "registry": cfg.registry,
-                                     "data_root": str(cfg.data_root) if cfg.data_root else None,
-                                     "max_jobs": cfg.max_jobs})
+    log.info(
+        "trainer ready",
+        extra={
+            "state_dir": str(cfg.state_dir),
+            "registry": cfg.registry,
+            "data_root": str(cfg.data_root) if cfg.data_root else None,
+            "max_jobs": cfg.max_jobs,
+        },
+    )
     return handle
 
 

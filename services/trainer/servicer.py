@@ -4,6 +4,7 @@ libsgde. No modelling logic lives here.
 Users see and act on their own jobs and datasets only: anyone else's are NOT_FOUND, exactly like ones that do not
 exist. The data stays in the silo: no response and no log line carries a value of it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -61,16 +62,32 @@ def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
 
 def job_message(job: JobRow) -> tpb.Job:
     return tpb.Job(
-        name=job.name, owner=job.owner, state=job.state, spec=job.spec, data_schema=job.data_schema,
-        dataset=job.dataset, publish_model=job.publish_model, published_version=job.published_version,
-        artifact_sha256=job.artifact_sha256, privacy=job.privacy, latest_progress=job.latest_progress,
-        error=job.error, create_time=_ts(job.created_at), start_time=_ts(job.started_at),
-        end_time=_ts(job.ended_at))
+        name=job.name,
+        owner=job.owner,
+        state=job.state,
+        spec=job.spec,
+        data_schema=job.data_schema,
+        dataset=job.dataset,
+        publish_model=job.publish_model,
+        published_version=job.published_version,
+        artifact_sha256=job.artifact_sha256,
+        privacy=job.privacy,
+        latest_progress=job.latest_progress,
+        error=job.error,
+        create_time=_ts(job.created_at),
+        start_time=_ts(job.started_at),
+        end_time=_ts(job.ended_at),
+    )
 
 
 def dataset_message(row: DatasetRow) -> tpb.Dataset:
-    return tpb.Dataset(name=f"datasets/{row.id}", filename=row.filename, size_bytes=row.size_bytes,
-                       sha256=row.sha256, create_time=_ts(row.created_at))
+    return tpb.Dataset(
+        name=f"datasets/{row.id}",
+        filename=row.filename,
+        size_bytes=row.size_bytes,
+        sha256=row.sha256,
+        create_time=_ts(row.created_at),
+    )
 
 
 def _page_token(before: int, query: str) -> str:
@@ -96,8 +113,15 @@ def _event_key(event: tpb.ProgressEvent) -> tuple:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, store: JobStore, worker: Worker, sources: Sources, gate: RegistryGate, state_dir: Path,
-                 settings: TrainerSettings = TrainerSettings()):
+    def __init__(
+        self,
+        store: JobStore,
+        worker: Worker,
+        sources: Sources,
+        gate: RegistryGate,
+        state_dir: Path,
+        settings: TrainerSettings = TrainerSettings(),
+    ):
         self.store, self.worker, self.sources, self.gate = store, worker, sources, gate
         self.state_dir, self.settings = state_dir, settings
         self._publish_locks: dict[str, threading.Lock] = {}
@@ -125,13 +149,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         header = first_header(request_iterator)
         violations = []
         if not FILENAME_RE.match(header.filename):
-            violations.append(("header.filename", "the file's own name (no folders): 1-200 letters, digits, '.', "
-                                                  "'-' or '_'; its extension selects the loader"))
+            violations.append(
+                (
+                    "header.filename",
+                    "the file's own name (no folders): 1-200 letters, digits, '.', "
+                    "'-' or '_'; its extension selects the loader",
+                )
+            )
         if not SHA256_RE.fullmatch(header.sha256):
             violations.append(("header.sha256", "64 lowercase hex characters"))
         if header.size_bytes > self.settings.max_dataset_bytes:
-            raise errors.Exhausted(f"a dataset of {header.size_bytes} bytes is over this trainer's limit of "
-                           f"{self.settings.max_dataset_bytes} bytes")
+            raise errors.Exhausted(
+                f"a dataset of {header.size_bytes} bytes is over this trainer's limit of "
+                f"{self.settings.max_dataset_bytes} bytes"
+            )
         if header.size_bytes <= 0:
             violations.append(("header.size_bytes", "must be > 0"))
         if violations:
@@ -151,14 +182,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                         raise errors.FieldError("chunk", f"chunks are at most {CHUNK_SIZE} bytes")
                     seen += len(data)
                     if seen > header.size_bytes:
-                        raise errors.FieldError("header.size_bytes", f"more than the announced {header.size_bytes} "
-                                                                  "bytes arrived")
+                        raise errors.FieldError(
+                            "header.size_bytes", f"more than the announced {header.size_bytes} bytes arrived"
+                        )
                     digest.update(data)
                     f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             if seen != header.size_bytes:
-                raise errors.FieldError("header.size_bytes", f"{seen} bytes arrived, {header.size_bytes} were announced")
+                raise errors.FieldError(
+                    "header.size_bytes", f"{seen} bytes arrived, {header.size_bytes} were announced"
+                )
             if digest.hexdigest() != header.sha256:
                 raise errors.FieldError("header.sha256", "the uploaded bytes hash to another sha256; nothing was kept")
             os.replace(partial, root / dataset_id)  # visible only once complete and verified
@@ -166,13 +200,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             shutil.rmtree(partial, ignore_errors=True)
             raise
         try:
-            row = self.store.add_dataset(dataset_id, user, header.filename, header.size_bytes, header.sha256,
-                                         f"datasets/{dataset_id}/{header.filename}")
+            row = self.store.add_dataset(
+                dataset_id,
+                user,
+                header.filename,
+                header.size_bytes,
+                header.sha256,
+                f"datasets/{dataset_id}/{header.filename}",
+            )
         except BaseException:
             shutil.rmtree(root / dataset_id, ignore_errors=True)
             raise
-        log.info("dataset uploaded", extra={"dataset": f"datasets/{dataset_id}", "owner": user,
-                                            "bytes": header.size_bytes})
+        log.info(
+            "dataset uploaded", extra={"dataset": f"datasets/{dataset_id}", "owner": user, "bytes": header.size_bytes}
+        )
         return dataset_message(row)
 
     # -- jobs --------------------------------------------------------------------------------------------------
@@ -182,8 +223,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
             raise errors.FieldError("publish_model", f"expected models/{{you}}/{{model}}, got {name[:200]!r}")
         if m[1] != user:
-            raise errors.PermissionDenied(f"publish_model: you may only publish to your own models "
-                                           f"(models/{user}/...), not {name[:200]}")
+            raise errors.PermissionDenied(
+                f"publish_model: you may only publish to your own models (models/{user}/...), not {name[:200]}"
+            )
 
     def CreateJob(self, request: tpb.CreateJobRequest, context) -> tpb.Job:
         from libsgde.io.training import SpecError, check_spec
@@ -236,8 +278,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         finally:
             del data
         try:
-            job = self.store.create_job(user, train_spec_to_proto(filled), schema, request.dataset, request.publish_model,
-                                        request_id)
+            job = self.store.create_job(
+                user, train_spec_to_proto(filled), schema, request.dataset, request.publish_model, request_id
+            )
         except Conflict:  # the same request raced itself
             job = self.store.find_request(user, request_id or "")
             if job is None:
@@ -263,8 +306,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         rows = self.store.list_jobs(user, before, size + 1, request.state)
         more = len(rows) > size
         rows = rows[:size]
-        return tpb.ListJobsResponse(jobs=[job_message(r) for r in rows],
-                                    next_page_token=_page_token(rows[-1].seq, query) if more else "")
+        return tpb.ListJobsResponse(
+            jobs=[job_message(r) for r in rows], next_page_token=_page_token(rows[-1].seq, query) if more else ""
+        )
 
     def WatchJob(self, request: tpb.WatchJobRequest, context) -> Iterator[tpb.ProgressEvent]:
         user, _ = self.gate.caller(context)
@@ -281,16 +325,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 seen.add(_event_key(latest))
                 yield latest
             elif not seen:
-                yield tpb.ProgressEvent(job=job.name, state=job.state, time=timestamp_pb2.Timestamp(
-                    seconds=int(time.time())))
+                yield tpb.ProgressEvent(
+                    job=job.name, state=job.state, time=timestamp_pb2.Timestamp(seconds=int(time.time()))
+                )
             if job.state in ENDED:
                 return
             while context.is_active():
                 event = sub.get(timeout=1.0)
                 if event is None:
                     if self.worker.hub.closed:
-                        raise errors.Unavailable("the trainer is stopping; watch again once it is back (the job "
-                                                 "resumes)")
+                        raise errors.Unavailable(
+                            "the trainer is stopping; watch again once it is back (the job resumes)"
+                        )
                     continue
                 if _event_key(event) in seen:
                     continue
@@ -325,20 +371,30 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if job.state == PUBLISHED:
                 raise errors.FailedPrecondition(f"{job.name} was published already, as {job.published_version}")
             if job.state != SUCCEEDED:
-                raise errors.FailedPrecondition(f"{job.name} is {state_name(job.state)}; only a succeeded job can be published")
+                raise errors.FailedPrecondition(
+                    f"{job.name} is {state_name(job.state)}; only a succeeded job can be published"
+                )
             path = self.worker.artifact_path(job.id)
             if not path.is_file():
-                raise errors.DataLoss(f"the artifact of {job.name} is missing from the trainer's "
-                                                          "storage; tell the trainer's operator")
+                raise errors.DataLoss(
+                    f"the artifact of {job.name} is missing from the trainer's storage; tell the trainer's operator"
+                )
             client = self.gate.session_for(token, user)
             try:
-                version = client.publish_signed(path, job.publish_model, job.artifact_sha256, request.signature,
-                                                create=True, data_schema=job.data_schema,
-                                                timeout=self.settings.publish_timeout_s)
+                version = client.publish_signed(
+                    path,
+                    job.publish_model,
+                    job.artifact_sha256,
+                    request.signature,
+                    create=True,
+                    data_schema=job.data_schema,
+                    timeout=self.settings.publish_timeout_s,
+                )
             except errors.SgdeError as e:
                 violations = [("signature" if f == "header.signature" else f, d) for f, d in e.violations]
-                raise errors.from_status(e.status, f"the registry refused to publish {job.name}: {e.message}",
-                                         violations, remote=False) from None
+                raise errors.from_status(
+                    e.status, f"the registry refused to publish {job.name}: {e.message}", violations, remote=False
+                ) from None
             self.store.transition(job.id, [SUCCEEDED], PUBLISHED, published_version=version.name)
         log.info("job published", extra={"job": job.name, "version": version.name})
         return job_message(self.store.get_job(job.id) or job)

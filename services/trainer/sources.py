@@ -3,6 +3,7 @@ under the trainer's data root (never outside it, symlinks included), or "s3://bu
 
 Nothing here logs or returns the data's values; errors name the dataset, a column or a row, never a value.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,32 +58,55 @@ class S3Source:
         secure = params.get("secure", "true").lower()
         if secure not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"secure must be true or false, not {secure!r}")
-        return cls(endpoint=params.get("endpoint") or "s3.amazonaws.com", secure=secure in ("true", "1", "yes"),
-                   region=params.get("region") or None, bucket=parts.netloc, prefix=params.get("prefix", ""))
+        return cls(
+            endpoint=params.get("endpoint") or "s3.amazonaws.com",
+            secure=secure in ("true", "1", "yes"),
+            region=params.get("region") or None,
+            bucket=parts.netloc,
+            prefix=params.get("prefix", ""),
+        )
 
     def client(self):
         import certifi
         import urllib3
         from minio import Minio
+
         env = os.environ.get
         http = urllib3.PoolManager(
-            maxsize=8, timeout=urllib3.Timeout(connect=3, read=60),
-            retries=urllib3.Retry(total=2, connect=1, read=1, backoff_factor=0.2,
-                                  status_forcelist=(500, 502, 503, 504)),
-            cert_reqs="CERT_REQUIRED", ca_certs=env("SGDE_S3_CA_FILE") or env("SSL_CERT_FILE") or certifi.where())
-        return Minio(self.endpoint, access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
-                     secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"), secure=self.secure,
-                     region=self.region, http_client=http)
+            maxsize=8,
+            timeout=urllib3.Timeout(connect=3, read=60),
+            retries=urllib3.Retry(
+                total=2, connect=1, read=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
+            ),
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=env("SGDE_S3_CA_FILE") or env("SSL_CERT_FILE") or certifi.where(),
+        )
+        return Minio(
+            self.endpoint,
+            access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
+            secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
+            secure=self.secure,
+            region=self.region,
+            http_client=http,
+        )
 
 
 def _load(path: Path, schema: pb.DataSchema) -> EncodedData:
     from libsgde.io.datasets import load_dataset  # pandas and friends: loaded only when a dataset is
+
     return load_dataset(path, schema)
 
 
 class Sources:
-    def __init__(self, store: JobStore, state_dir: Path, data_root: Path | None = None, s3_url: str | None = None,
-                 data_users: frozenset[str] | None = None, max_bytes: int = 1 << 30):
+    def __init__(
+        self,
+        store: JobStore,
+        state_dir: Path,
+        data_root: Path | None = None,
+        s3_url: str | None = None,
+        data_users: frozenset[str] | None = None,
+        max_bytes: int = 1 << 30,
+    ):
         self.store = store
         self.state_dir = state_dir.resolve()
         self.data_root = data_root.resolve() if data_root else None
@@ -108,14 +132,18 @@ class Sources:
         m = DATASET_NAME_RE.match(reference)
         row = self.store.get_dataset(m[1]) if m else None
         if row is None or row.owner != owner:
-            raise SourceError(f"{reference[:100]} not found (or you may not see it); upload with `sgde train --data`"
-                              " or Client.upload_dataset")
+            raise SourceError(
+                f"{reference[:100]} not found (or you may not see it); upload with `sgde train --data`"
+                " or Client.upload_dataset"
+            )
         return self.state_dir / row.path
 
     def _under_root(self, reference: str, owner: str) -> Path:
         if self.data_root is None:
-            raise SourceError("this trainer has no data root (SGDE_TRAINER_DATA_ROOT): upload the file, or name "
-                              "\"datasets/{id}\" or \"s3://bucket/key\"")
+            raise SourceError(
+                "this trainer has no data root (SGDE_TRAINER_DATA_ROOT): upload the file, or name "
+                '"datasets/{id}" or "s3://bucket/key"'
+            )
         self._shared_allowed(owner, "data root")
         raw = Path(reference)
         candidate = raw if raw.is_absolute() else self.data_root / raw
@@ -154,8 +182,10 @@ class Sources:
         """A local path to the dataset's file for as long as the context lasts (an S3 object is downloaded to a
         private temporary file, removed afterwards). Raises SourceError."""
         if not reference or len(reference) > MAX_REFERENCE or "\x00" in reference:
-            raise SourceError(f"name an uploaded dataset (datasets/ID), a path under the data root or s3://BUCKET/KEY"
-                              f" of at most {MAX_REFERENCE} characters")
+            raise SourceError(
+                f"name an uploaded dataset (datasets/ID), a path under the data root or s3://BUCKET/KEY"
+                f" of at most {MAX_REFERENCE} characters"
+            )
         if reference.startswith("datasets/"):
             yield self._uploaded(reference, owner)
         elif reference.startswith("s3://"):
@@ -166,6 +196,7 @@ class Sources:
 
     def _s3_file(self, bucket: str, key: str, fetch: bool) -> Iterator[Path]:
         from minio.error import MinioException, S3Error
+
         client = self._s3()
         try:
             size = client.stat_object(bucket, key).size
@@ -221,10 +252,11 @@ def describe_data_error(e: DataError, schema: pb.DataSchema) -> tuple[str, str]:
     message = str(e)
     if not _VALUE_FIRST.match(e.detail):
         return field, message
-    location = message[:-len(e.detail)].rstrip(": ") if message.endswith(e.detail) else ""
+    location = message[: -len(e.detail)].rstrip(": ") if message.endswith(e.detail) else ""
     what = f"a value does not fit the declared column ({declared})" if declared else "a value does not fit the schema"
-    return field, (f"{location}: " if location else "") + what + \
-        "; the value is not repeated here, so that the data stays in the silo"
+    return field, (
+        f"{location}: " if location else ""
+    ) + what + "; the value is not repeated here, so that the data stays in the silo"
 
 
 def _declared(col: pb.Column) -> str:

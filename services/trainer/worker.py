@@ -4,6 +4,7 @@ progress fan-out to watchers, throttled persistence of the latest progress, and 
 Training itself is libsgde.io.training.train, run in a worker thread; the data is loaded through `Sources` at run time
 (never kept in memory between jobs, never logged).
 """
+
 from __future__ import annotations
 
 import collections
@@ -114,8 +115,15 @@ class Hub:
 
 
 class Worker:
-    def __init__(self, store: JobStore, sources: Sources, state_dir: Path, max_jobs: int = 1,
-                 persist_every: float = 2.0, checkpoint_every_s: float | None = None):
+    def __init__(
+        self,
+        store: JobStore,
+        sources: Sources,
+        state_dir: Path,
+        max_jobs: int = 1,
+        persist_every: float = 2.0,
+        checkpoint_every_s: float | None = None,
+    ):
         if max_jobs < 1:
             raise ValueError("max_jobs must be at least 1")
         self.store, self.sources, self.state_dir = store, sources, state_dir
@@ -140,8 +148,9 @@ class Worker:
         order, then starts the worker threads."""
         for job in self.store.jobs_in([RUNNING, QUEUED]):
             if job.state == RUNNING and self.store.transition(job.id, [RUNNING], QUEUED):
-                event = self._event(job, QUEUED, "the trainer restarted: queued again, to resume from the last "
-                                                 "checkpoint")
+                event = self._event(
+                    job, QUEUED, "the trainer restarted: queued again, to resume from the last checkpoint"
+                )
                 self.store.set_progress(job.id, event, notable=True, while_state=QUEUED)
                 log.info("job re-queued after restart", extra={"job": job.name})
             self._queue.put(job.id)
@@ -188,8 +197,9 @@ class Worker:
             except Exception:  # never lose the worker thread
                 log.exception("job runner failed", extra={"job": f"jobs/{job_id}"})
 
-    def _event(self, job: JobRow, state: int, message: str = "", base: tpb.ProgressEvent | None = None
-               ) -> tpb.ProgressEvent:
+    def _event(
+        self, job: JobRow, state: int, message: str = "", base: tpb.ProgressEvent | None = None
+    ) -> tpb.ProgressEvent:
         event = tpb.ProgressEvent()
         if base is not None:
             event.CopyFrom(base)
@@ -197,14 +207,19 @@ class Worker:
         event.time.CopyFrom(now_ts())
         return event
 
-    def _end(self, job: JobRow, state: int, message: str, base: tpb.ProgressEvent | None = None,
-             from_running: dict | None = None) -> None:
+    def _end(
+        self,
+        job: JobRow,
+        state: int,
+        message: str,
+        base: tpb.ProgressEvent | None = None,
+        from_running: dict | None = None,
+    ) -> None:
         """Records the job's end and tells watchers. With `from_running` (the columns to set), the job moves from
         RUNNING to `state` here; without, it is in `state` already."""
         event = self._event(job, state, message, base)
         if from_running is not None:
-            self.store.transition(job.id, [RUNNING], state, latest_progress=event, ended_at=time.time(),
-                                  **from_running)
+            self.store.transition(job.id, [RUNNING], state, latest_progress=event, ended_at=time.time(), **from_running)
         self.store.set_progress(job.id, event, notable=True, while_state=state)
         if state in (CANCELLED, FAILED):
             shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
@@ -224,8 +239,7 @@ class Worker:
             started = self._event(job, RUNNING, "started")
             self.store.set_progress(job.id, started, notable=True)
             self.hub.publish(job.id, started)
-            log.info("job started", extra={"job": job.name, "owner": job.owner,
-                                           "architecture": job.spec.architecture})
+            log.info("job started", extra={"job": job.name, "owner": job.owner, "architecture": job.spec.architecture})
             started_at = time.monotonic()
             JOBS_RUNNING.inc()
             try:
@@ -248,9 +262,17 @@ class Worker:
         def on_progress(p) -> None:
             nonlocal persisted_at
             event = tpb.ProgressEvent(
-                job=job.name, state=RUNNING, step=p.step, total_steps=p.total_steps, epoch=p.epoch, loss=p.loss,
-                epsilon_spent=p.epsilon_spent, examples_per_second=p.examples_per_second,
-                eta_seconds=p.eta_seconds, message=p.message)
+                job=job.name,
+                state=RUNNING,
+                step=p.step,
+                total_steps=p.total_steps,
+                epoch=p.epoch,
+                loss=p.loss,
+                epsilon_spent=p.epsilon_spent,
+                examples_per_second=p.examples_per_second,
+                eta_seconds=p.eta_seconds,
+                message=p.message,
+            )
             event.time.CopyFrom(now_ts())
             latest.CopyFrom(event)
             self.hub.publish(job.id, event)
@@ -269,10 +291,16 @@ class Worker:
             spec = check_spec(train_spec_from_proto(job.spec), job.data_schema, len(data))
             if stop.is_set():  # cancelled while the data loaded
                 raise TrainingCancelled("before the first step")
-            result = train(data, job.data_schema, spec, self.artifact_path(job.id), on_progress=on_progress,
-                           checkpoint_dir=out_dir / "checkpoint",
-                           checkpoint_every_s=self.checkpoint_every_s or CHECKPOINT_EVERY_S,
-                           should_stop=lambda: stop.is_set() or self._closing.is_set())
+            result = train(
+                data,
+                job.data_schema,
+                spec,
+                self.artifact_path(job.id),
+                on_progress=on_progress,
+                checkpoint_dir=out_dir / "checkpoint",
+                checkpoint_every_s=self.checkpoint_every_s or CHECKPOINT_EVERY_S,
+                should_stop=lambda: stop.is_set() or self._closing.is_set(),
+            )
         except TrainingCancelled:
             if stop.is_set():
                 self._end(job, CANCELLED, "cancelled", latest, {})
@@ -291,9 +319,14 @@ class Worker:
             return fail(f"training failed ({type(e).__name__}); the trainer's log has the details")
         del data
         privacy = result.privacy
-        self._end(job, SUCCEEDED, f"trained: epsilon {privacy.epsilon:.4g} at delta {privacy.delta:.3g} "
-                                  f"({privacy.mechanism}); publish it with `sgde jobs publish {job.name}`",
-                  latest, {"artifact_sha256": result.sha256, "privacy": privacy})
+        self._end(
+            job,
+            SUCCEEDED,
+            f"trained: epsilon {privacy.epsilon:.4g} at delta {privacy.delta:.3g} "
+            f"({privacy.mechanism}); publish it with `sgde jobs publish {job.name}`",
+            latest,
+            {"artifact_sha256": result.sha256, "privacy": privacy},
+        )
 
 
 def spec_field(field: str) -> str:
@@ -303,4 +336,3 @@ def spec_field(field: str) -> str:
     if field == "dataset_size":
         return "dataset"
     return f"spec.{field}"
-

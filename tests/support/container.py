@@ -3,6 +3,7 @@ only the environment that the image (ENV) and the manifest (the container's `env
 loopback is replaced, and nothing else: listen addresses and ports, where the registry is, the S3 endpoint and
 bucket, the values the manifest takes from Secrets, and the volumes' mount paths (each becomes a folder here; the
 PKI mount becomes a folder holding exactly what the pod's projected Secret holds)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: a development PKI, an in-process registry on loopback, and fresh users."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,9 +30,14 @@ def pki(tmp_path_factory) -> tls.PkiPaths:
 
 
 def start_registry(root: Path, pki: tls.PkiPaths, **overrides) -> tuple[RunningRegistry, object]:
-    cfg = RegistryConfig(listen=f"127.0.0.1:{free_port()}", database_url=f"sqlite:///{root / 'registry.db'}",
-                         blob_url=(root / "blobs").as_uri(), token_key=root / "token.pem", pki=pki,
-                         metrics_port=0)
+    cfg = RegistryConfig(
+        listen=f"127.0.0.1:{free_port()}",
+        database_url=f"sqlite:///{root / 'registry.db'}",
+        blob_url=(root / "blobs").as_uri(),
+        token_key=root / "token.pem",
+        pki=pki,
+        metrics_port=0,
+    )
     for key, value in overrides.items():
         setattr(cfg, key, value)
     handle = start(cfg)
@@ -48,10 +54,16 @@ def store_unchecked(registry: RunningRegistry, owner: Client, model_id: str, pat
     catalogue = Catalogue(registry.config.database_url)
     try:
         number = catalogue.add_version(
-            catalogue.get_model(owner.username, model_id), sha256=sha, size_bytes=size,
+            catalogue.get_model(owner.username, model_id),
+            sha256=sha,
+            size_bytes=size,
             signature=signing.sign_artifact(signing.load_signing_key(owner.signing_key_path(owner.username)), sha),
-            architecture=manifest.architecture, data_kind=manifest.data_kind, privacy=manifest.privacy,
-            manifest_json=manifest.to_json(), schema=manifest.data_schema)
+            architecture=manifest.architecture,
+            data_kind=manifest.data_kind,
+            privacy=manifest.privacy,
+            manifest_json=manifest.to_json(),
+            schema=manifest.data_schema,
+        )
     finally:
         catalogue.engine.dispose()
     return f"models/{owner.username}/{model_id}/versions/{number}"

@@ -1,5 +1,6 @@
 """The deployment as the tests see it: kustomize overlays rendered by `kubectl kustomize`, the pods they describe,
 and the Dockerfile's instructions."""
+
 from __future__ import annotations
 
 import functools
@@ -22,16 +23,19 @@ SGDE_IMAGE = re.compile(r"^ghcr\.io/sgde-project/sgde(-cuda)?:")
 
 def kubectl() -> str:
     found = shutil.which("kubectl")
-    assert found, ("the manifest tests render deploy/k8s with kubectl's built-in kustomize (offline): install kubectl "
-                   "(apt-get install kubectl, or https://kubernetes.io/docs/tasks/tools/)")
+    assert found, (
+        "the manifest tests render deploy/k8s with kubectl's built-in kustomize (offline): install kubectl "
+        "(apt-get install kubectl, or https://kubernetes.io/docs/tasks/tools/)"
+    )
     return found
 
 
 @functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
     """Every document `kubectl kustomize deploy/k8s/overlays/<overlay>` renders (offline)."""
-    out = subprocess.run([kubectl(), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
 
@@ -110,8 +114,9 @@ class Instruction:
 
 def dockerfile_stages(path: Path = REPO / "Dockerfile") -> list[list[Instruction]]:
     """Instructions grouped by build stage (each starts with its FROM); continuation lines joined, comments gone."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
-                                           if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#"))
+    )
     stages: list[list[Instruction]] = []
     for line in text.splitlines():
         if not line.strip():

@@ -1,5 +1,6 @@
 """Real samplers for tests: in-process (fast, shares the test's JAX) or as a subprocess (configured by environment
 only); and small generator artifacts made without training."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,15 +17,17 @@ from tests.support.services import ServiceProcess, free_port
 
 
 def start_sampler(root: Path, pki: tls.PkiPaths, registry: str, **overrides) -> tuple[SamplerConfig, SamplerHandle]:
-    cfg = SamplerConfig(listen=f"127.0.0.1:{free_port()}", state_dir=root / "state", registry=registry, pki=pki,
-                        metrics_port=0)
+    cfg = SamplerConfig(
+        listen=f"127.0.0.1:{free_port()}", state_dir=root / "state", registry=registry, pki=pki, metrics_port=0
+    )
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg, start(cfg)
 
 
-def make_generator_artifact(path: Path, schema: pb.DataSchema, config: dict | None = None, seed: int = 0,
-                            prior: list[float] | None = None) -> str:
+def make_generator_artifact(
+    path: Path, schema: pb.DataSchema, config: dict | None = None, seed: int = 0, prior: list[float] | None = None
+) -> str:
     """A dp-merf artifact with freshly initialised (untrained) weights, through the same writer training uses; its
     privacy report honestly says "none". Returns its sha256."""
     import jax
@@ -41,8 +44,13 @@ def make_generator_artifact(path: Path, schema: pb.DataSchema, config: dict | No
     tensors = {name: np.asarray(value, np.float32) for name, value in flatten(params).items()}
     k = max(space.num_classes, 1)
     tensors[CLASS_PRIOR] = np.asarray(prior if prior is not None else np.full(k, 1 / k), np.float32)
-    manifest = build_manifest(arch.name, cfg, schema, pb.PrivacyReport(mechanism="none", epsilon=float("inf")),
-                              {"note": "untrained, for tests"})
+    manifest = build_manifest(
+        arch.name,
+        cfg,
+        schema,
+        pb.PrivacyReport(mechanism="none", epsilon=float("inf")),
+        {"note": "untrained, for tests"},
+    )
     return write_artifact(Path(path), tensors, manifest)
 
 

@@ -2,6 +2,7 @@
 
 Every port it opens is chosen free, so several test processes can each run their own.
 """
+
 from __future__ import annotations
 
 import io
@@ -67,8 +68,7 @@ class SeaweedS3:
     no orphan; start it from a thread that outlives its use (the main thread, as pytest fixtures do).
     """
 
-    def __init__(self, workdir: Path, access_key: str = "sgde-test",
-                 secret_key: str = "sgde-test-secret-0123456789"):
+    def __init__(self, workdir: Path, access_key: str = "sgde-test", secret_key: str = "sgde-test-secret-0123456789"):
         self.workdir = Path(workdir)
         self.access_key, self.secret_key = access_key, secret_key
         self.data_dir = self.workdir / "data"
@@ -102,29 +102,61 @@ class SeaweedS3:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"SeaweedFS is already running at {self.endpoint}")
         if not self.ports:
-            names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                     "filer.port.grpc", "s3.port", "s3.port.grpc"]
+            names = [
+                "master.port",
+                "master.port.grpc",
+                "volume.port",
+                "volume.port.grpc",
+                "filer.port",
+                "filer.port.grpc",
+                "s3.port",
+                "s3.port.grpc",
+            ]
             self.ports = dict(zip(names, _free_ports(len(names))))
             self.ports["admin.port"], self.ports["admin.port.grpc"] = _admin_ports(set(self.ports.values()))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         config = self.workdir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
-            "name": "sgde-test",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-master.telemetry=false", f"-s3.config={config}",
-                *(f"-{name}={port}" for name, port in self.ports.items()),
-                # not needed by us: no WebDAV, Iceberg or Lance listeners, no admin UI
-                "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false",
-                "-volume.preStopSeconds=0",  # stop in about one second instead of two
-                "-master.volumeSizeLimitMB=64"]  # small volumes: less disk per test server
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "sgde-test",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        args = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-s3.config={config}",
+            *(f"-{name}={port}" for name, port in self.ports.items()),
+            # not needed by us: no WebDAV, Iceberg or Lance listeners, no admin UI
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-admin.ui=false",
+            "-volume.preStopSeconds=0",  # stop in about one second instead of two
+            "-master.volumeSizeLimitMB=64",
+        ]  # small volumes: less disk per test server
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {' '.join(args)}\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(_dying_with_parent(args), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.workdir)
+            self.proc = subprocess.Popen(
+                _dying_with_parent(args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+            )
         try:
             self._wait_ready(timeout)
         except BaseException:

@@ -1,4 +1,5 @@
 """Real registries for tests: in-process (fast) or as a subprocess (for SIGKILL / restart tests)."""
+
 from __future__ import annotations
 
 import math
@@ -40,12 +41,16 @@ def health_status(address: str, pki: tls.PkiPaths | None, service: str = "", tim
     """The health status of `service` at `address`: over mutual TLS with `pki`, or plaintext (the health-only
     port the kubelet probes) when `pki` is None."""
     with _channel(address, pki) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                         timeout=timeout).status
+        return (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+            .status
+        )
 
 
-def wait_healthy(address: str, pki: tls.PkiPaths | None, timeout: float = 30.0, *, serving: bool = True,
-                 service: str = "") -> None:
+def wait_healthy(
+    address: str, pki: tls.PkiPaths | None, timeout: float = 30.0, *, serving: bool = True, service: str = ""
+) -> None:
     """Waits until `address` reports SERVING (or, with serving=False, NOT_SERVING); `pki` None: plaintext."""
     wanted = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     deadline = time.monotonic() + timeout
@@ -60,8 +65,7 @@ def wait_healthy(address: str, pki: tls.PkiPaths | None, timeout: float = 30.0, 
             except grpc.RpcError as e:
                 last = e
             time.sleep(0.1)
-    raise TimeoutError(f"{address} did not become {health_pb2.HealthCheckResponse.ServingStatus.Name(wanted)}: "
-                       f"{last}")
+    raise TimeoutError(f"{address} did not become {health_pb2.HealthCheckResponse.ServingStatus.Name(wanted)}: {last}")
 
 
 class ServiceProcess:
@@ -87,9 +91,16 @@ class ServiceProcess:
 
     def environment(self) -> dict[str, str]:
         prefix = f"SGDE_{self.service.upper()}"
-        return {**os.environ, **self.extra_env, "SGDE_HOME": str(self.home), "SGDE_PKI_DIR": str(self.pki.root),
-                f"{prefix}_LISTEN": self.address, f"{prefix}_METRICS_PORT": "0", "PYTHONPATH": str(REPO),
-                **self.service_env()}
+        return {
+            **os.environ,
+            **self.extra_env,
+            "SGDE_HOME": str(self.home),
+            "SGDE_PKI_DIR": str(self.pki.root),
+            f"{prefix}_LISTEN": self.address,
+            f"{prefix}_METRICS_PORT": "0",
+            "PYTHONPATH": str(REPO),
+            **self.service_env(),
+        }
 
     def cwd(self) -> Path:
         return REPO
@@ -100,8 +111,9 @@ class ServiceProcess:
     def start(self, timeout: float = 60) -> None:
         self.port = self.port or free_port()
         log = open(self.home / f"{self.service}-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.cwd())
+        self.proc = subprocess.Popen(
+            self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd()
+        )
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -146,10 +158,15 @@ def user_client(registry_address: str, pki: tls.PkiPaths, home_root: Path, name:
 
 
 def tabular_schema() -> pb.DataSchema:
-    return pb.DataSchema(tabular=pb.TabularSchema(columns=[
-        pb.Column(name="age", type=pb.COLUMN_TYPE_INTEGER, lower=0, upper=120),
-        pb.Column(name="label", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["no", "yes"])],
-        label_column="label"))
+    return pb.DataSchema(
+        tabular=pb.TabularSchema(
+            columns=[
+                pb.Column(name="age", type=pb.COLUMN_TYPE_INTEGER, lower=0, upper=120),
+                pb.Column(name="label", type=pb.COLUMN_TYPE_CATEGORICAL, categories=["no", "yes"]),
+            ],
+            label_column="label",
+        )
+    )
 
 
 SMALL_MERF = {"latent_dim": 2, "features": 50, "generator_batch": 16}  # the hidden widths size the artifact
@@ -204,7 +221,8 @@ def make_artifact(path: Path, n_floats: int = 64, seed: int = 0, schema: pb.Data
     from no training at all."""
     schema = schema or tabular_schema()
     config = sized_merf_config(schema, n_floats)
-    manifest = build_manifest("dp-merf", config, schema, pb.PrivacyReport(mechanism="none", epsilon=float("inf")),
-                              {"note": "test"})
+    manifest = build_manifest(
+        "dp-merf", config, schema, pb.PrivacyReport(mechanism="none", epsilon=float("inf")), {"note": "test"}
+    )
     write_artifact(path, generator_tensors(schema, config, seed), manifest)
     return path

@@ -1,4 +1,5 @@
 """Real trainers for tests: in-process (fast, shares the test's JAX) or as a subprocess (for SIGKILL / restart)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -30,8 +31,14 @@ def write_csv(path: Path, rows: int = 60, seed: int = 0) -> Path:
 
 
 def start_trainer(root: Path, pki: tls.PkiPaths, registry: str, **overrides) -> tuple[TrainerConfig, TrainerHandle]:
-    cfg = TrainerConfig(listen=f"127.0.0.1:{free_port()}", state_dir=root / "state", registry=registry, pki=pki,
-                        data_root=root / "data", metrics_port=0)
+    cfg = TrainerConfig(
+        listen=f"127.0.0.1:{free_port()}",
+        state_dir=root / "state",
+        registry=registry,
+        pki=pki,
+        data_root=root / "data",
+        metrics_port=0,
+    )
     cfg.data_root.mkdir(parents=True, exist_ok=True)
     for key, value in overrides.items():
         setattr(cfg, key, value)
@@ -55,8 +62,11 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, every: floa
 
 
 def wait_state(client: Client, job: str, states: set[int], timeout: float = 60.0) -> tpb.Job:
-    return wait_for(lambda: (j := client.get_job(job)).state in states and j, timeout,
-                    what=f"{job} in {sorted(tpb.JobState.Name(s) for s in states)}")
+    return wait_for(
+        lambda: (j := client.get_job(job)).state in states and j,
+        timeout,
+        what=f"{job} in {sorted(tpb.JobState.Name(s) for s in states)}",
+    )
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """The allow-list of generator architectures, looked up by name. Adding one is its module plus one line here."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -11,16 +12,16 @@ from libsgde.ml.space import ModelSpace
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (CVAE(), DPMERF())}
 CLASS_PRIOR = "class_prior"  # float32 [max(K, 1)]: label proportions used when a caller asks for no labels
 
-__all__ = ["ARCHITECTURES", "CLASS_PRIOR", "Architecture", "ConfigError", "artifact_tensor_shapes",
-           "get_architecture"]
+__all__ = ["ARCHITECTURES", "CLASS_PRIOR", "Architecture", "ConfigError", "artifact_tensor_shapes", "get_architecture"]
 
 
 def get_architecture(name: str) -> Architecture:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ConfigError("architecture", f"unknown architecture {name!r}; choose one of "
-                                          f"{', '.join(sorted(ARCHITECTURES))}") from None
+        raise ConfigError(
+            "architecture", f"unknown architecture {name!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
+        ) from None
 
 
 def artifact_tensor_shapes(arch: Architecture, space: ModelSpace, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -7,6 +7,7 @@ The module has two methods:
   on keys[i] and labels[i] alone, so a sample does not change with the batch it is generated in.
 Only the parameters under `sampling_scopes` are exported to an artifact: what `generate` needs.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,6 +35,7 @@ class ConfigError(FieldError):
 @dataclass(frozen=True)
 class Option:
     """One config setting: its default and allowed values (lists are lists of ints in [low, high])."""
+
     default: Any
     low: float = 0
     high: float = 0
@@ -45,17 +47,25 @@ class Option:
                 raise ConfigError(key, f"must be one of {', '.join(self.choices)} (got {value!r})")
             return value
         if isinstance(self.default, list):
-            if (not isinstance(value, list) or not 1 <= len(value) <= 8
-                    or not all(_is_int(v) and self.low <= v <= self.high for v in value)):
-                raise ConfigError(key, f"must be a list of 1 to 8 integers in [{self.low}, {self.high}] "
-                                       f"(got {value!r})")
+            if (
+                not isinstance(value, list)
+                or not 1 <= len(value) <= 8
+                or not all(_is_int(v) and self.low <= v <= self.high for v in value)
+            ):
+                raise ConfigError(
+                    key, f"must be a list of 1 to 8 integers in [{self.low}, {self.high}] (got {value!r})"
+                )
             return [int(v) for v in value]
         if isinstance(self.default, int):
             if not (_is_int(value) and self.low <= value <= self.high):
                 raise ConfigError(key, f"must be an integer in [{self.low}, {self.high}] (got {value!r})")
             return int(value)
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or not self.low <= value <= self.high):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or not self.low <= value <= self.high
+        ):
             raise ConfigError(key, f"must be a number in [{self.low}, {self.high}] (got {value!r})")
         return float(value)
 
@@ -66,6 +76,7 @@ def _is_int(v: Any) -> bool:
 
 class Architecture:
     """An allow-listed generator family."""
+
     name: ClassVar[str]
     mechanism: ClassVar[Mechanism]  # how its training is privatised (and accounted)
     kinds: ClassVar[tuple[str, ...]] = ("tabular", "image")
@@ -104,8 +115,9 @@ class Architecture:
         shapes = jax.eval_shape(lambda: self.sampling_params(self._init(jax.random.key(0), module, space)))
         return {name: tuple(s.shape) for name, s in flatten(shapes).items()}
 
-    def generate(self, params: Params, keys: jax.Array, labels: jax.Array, space: ModelSpace,
-                 config: dict[str, Any]) -> jax.Array:
+    def generate(
+        self, params: Params, keys: jax.Array, labels: jax.Array, space: ModelSpace, config: dict[str, Any]
+    ) -> jax.Array:
         """Samples in model space, [n, *space.shape], from the sampling parameters; one key per row."""
         return apply_array(self.module(space, config), params, labels, keys, method="generate")
 
@@ -134,11 +146,13 @@ def decode_tabular_sample(out: jax.Array, space: ModelSpace, keys: jax.Array) ->
     one-hot category drawn from its softmax (row i's draws from keys[i] alone)."""
     parts = []
     for j, block in enumerate(space.blocks):
-        h = out[:, block.start:block.start + block.width]
+        h = out[:, block.start : block.start + block.width]
         if block.kind == "numeric":
             parts.append(jax.nn.sigmoid(h))
         else:
+
             def draw(k: jax.Array, logits: jax.Array, j: int = j) -> jax.Array:
                 return jax.random.categorical(jax.random.fold_in(k, 1 + j), logits)
+
             parts.append(jax.nn.one_hot(jax.vmap(draw)(keys, h), block.width))
     return jnp.concatenate(parts, axis=1)

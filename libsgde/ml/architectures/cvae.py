@@ -5,9 +5,11 @@ numeric column's [0, 1] value, softmax cross-entropy on a categorical one-hot bl
 on pixels in [0, 1], with an MLP encoder/decoder (`network: mlp`, the default) or a convolutional one
 (`network: conv`). The MLP is the default because under DP-SGD it wins twice on CPU: ghost clipping makes its private
 step cost about a non-private one, while conv layers need vmap(grad) (about 65x slower per step on 28x28 images,
-benchmarks/dp_overhead.py), and on digits at epsilon 10 it gave better samples for the same epochs. Loss per example: reconstruction + beta * KL(q(z|x,y) || N(0, I)).
+benchmarks/dp_overhead.py), and on digits at epsilon 10 it gave better samples for the same epochs. Loss per example:
+reconstruction + beta * KL(q(z|x,y) || N(0, I)).
 Conditioning on the label is by concatenating its one-hot code to the encoder input and to z.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,9 +45,9 @@ class TabularCVAE(nn.Module):
         out = self.decoder(jnp.concatenate([z, y], 1))
         recon: jax.Array | float = 0.0
         for block in self.space.blocks:
-            h, t = out[:, block.start:block.start + block.width], x[:, block.start:block.start + block.width]
+            h, t = out[:, block.start : block.start + block.width], x[:, block.start : block.start + block.width]
             if block.kind == "numeric":
-                recon = recon + jnp.sum((jax.nn.sigmoid(h) - t) ** 2, 1) / (2 * self.numeric_sigma ** 2)
+                recon = recon + jnp.sum((jax.nn.sigmoid(h) - t) ** 2, 1) / (2 * self.numeric_sigma**2)
             else:
                 recon = recon - jnp.sum(t * jax.nn.log_softmax(h), 1)
         return recon + self.beta * kl_standard_normal(mu, logvar)
@@ -125,7 +127,7 @@ class ImageCVAE(nn.Module):
 
 def kl_standard_normal(mu: jax.Array, logvar: jax.Array) -> jax.Array:
     """KL(N(mu, exp(logvar)) || N(0, I)) per example."""
-    return 0.5 * jnp.sum(jnp.exp(logvar) + mu ** 2 - 1.0 - logvar, 1)
+    return 0.5 * jnp.sum(jnp.exp(logvar) + mu**2 - 1.0 - logvar, 1)
 
 
 class CVAE(Architecture):
@@ -134,15 +136,25 @@ class CVAE(Architecture):
     sampling_scopes = ("decoder",)
 
     def options(self, space: ModelSpace) -> dict[str, Option]:
-        common = {"latent_dim": Option(16, 1, 1024), "beta": Option(1.0, 1e-3, 1e3),
-                  "hidden": Option([256, 256], 1, 8192)}
+        common = {
+            "latent_dim": Option(16, 1, 1024),
+            "beta": Option(1.0, 1e-3, 1e3),
+            "hidden": Option([256, 256], 1, 8192),
+        }
         if space.kind == "tabular":
             return {**common, "numeric_sigma": Option(0.1, 1e-3, 10.0)}
         return {**common, "network": Option("mlp", choices=("mlp", "conv")), "channels": Option([32, 64], 1, 1024)}
 
     def module(self, space: ModelSpace, config: dict[str, Any]) -> nn.Module:
         if space.kind == "tabular":
-            return TabularCVAE(space, tuple(config["hidden"]), config["latent_dim"], config["beta"],
-                               config["numeric_sigma"])
-        return ImageCVAE(space, config["network"], tuple(config["channels"]), tuple(config["hidden"]),
-                         config["latent_dim"], config["beta"])
+            return TabularCVAE(
+                space, tuple(config["hidden"]), config["latent_dim"], config["beta"], config["numeric_sigma"]
+            )
+        return ImageCVAE(
+            space,
+            config["network"],
+            tuple(config["channels"]),
+            tuple(config["hidden"]),
+            config["latent_dim"],
+            config["beta"],
+        )

@@ -4,6 +4,7 @@ The private data is touched once, for the noisy embedding; the generator (an MLP
 model space) then trains without further privacy cost. Good utility at low epsilon, where DP-SGD's noise per step
 hurts most.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,12 @@ class MerfGenerator(nn.Module):
         out = self._raw(labels, jax.random.normal(key, (labels.shape[0], self.latent_dim)))
         if self.space.kind == "image":
             return jax.nn.sigmoid(out).reshape(labels.shape[0], *self.space.shape)
-        parts = [jax.nn.sigmoid(out[:, b.start:b.start + b.width]) if b.kind == "numeric"
-                 else jax.nn.softmax(out[:, b.start:b.start + b.width]) for b in self.space.blocks]
+        parts = [
+            jax.nn.sigmoid(out[:, b.start : b.start + b.width])
+            if b.kind == "numeric"
+            else jax.nn.softmax(out[:, b.start : b.start + b.width])
+            for b in self.space.blocks
+        ]
         return jnp.concatenate(parts, 1)
 
     def generate(self, labels: jax.Array, keys: jax.Array) -> jax.Array:
@@ -64,11 +69,15 @@ class DPMERF(Architecture):
 
     def options(self, space: ModelSpace) -> dict[str, Option]:
         dim = math.prod(space.shape)
-        return {"hidden": Option([256, 256], 1, 8192), "latent_dim": Option(16, 1, 1024),
-                "features": Option(2000, 2, 200_000),
-                # Gaussian-kernel lengthscale in model space (values in [0, 1]); a data-free default.
-                "lengthscale": Option(round(0.4 * math.sqrt(dim), 3), 1e-3, 1e4),
-                "generator_steps": Option(2000, 1, 10_000_000), "generator_batch": Option(512, 1, 65536)}
+        return {
+            "hidden": Option([256, 256], 1, 8192),
+            "latent_dim": Option(16, 1, 1024),
+            "features": Option(2000, 2, 200_000),
+            # Gaussian-kernel lengthscale in model space (values in [0, 1]); a data-free default.
+            "lengthscale": Option(round(0.4 * math.sqrt(dim), 3), 1e-3, 1e4),
+            "generator_steps": Option(2000, 1, 10_000_000),
+            "generator_batch": Option(512, 1, 65536),
+        }
 
     def module(self, space: ModelSpace, config: dict[str, Any]) -> nn.Module:
         return MerfGenerator(space, tuple(config["hidden"]), config["latent_dim"])

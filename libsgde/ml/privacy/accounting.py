@@ -5,6 +5,7 @@ DP-SGD with Poisson sampling rate q, noise multiplier sigma (noise std = sigma *
 T-fold composition of the Poisson-subsampled Gaussian mechanism; its epsilon at a given delta comes from the
 accountant, never from a formula of our own.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,11 @@ def check_delta(delta: float, dataset_size: int) -> None:
     if dataset_size < 1:
         raise PrivacyError("dataset_size", "must be at least 1")
     if not (math.isfinite(delta) and 0 < delta < 1 / dataset_size):
-        raise PrivacyError("delta", f"must be in (0, 1/N) = (0, {1 / dataset_size:.3g}) for N = {dataset_size} "
-                                    "examples; 1e-5 or 1/(10 N) are common choices")
+        raise PrivacyError(
+            "delta",
+            f"must be in (0, 1/N) = (0, {1 / dataset_size:.3g}) for N = {dataset_size} "
+            "examples; 1e-5 or 1/(10 N) are common choices",
+        )
 
 
 def _check_mechanism(noise_multiplier: float, sampling_rate: float, steps: int) -> None:
@@ -98,8 +102,13 @@ RDP_CONVERGENCE_FILTER = _install_filter()
 
 
 @functools.lru_cache(maxsize=1024)
-def pld_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta: float,
-                discretization: float = DEFAULT_DISCRETIZATION) -> float:
+def pld_epsilon(
+    noise_multiplier: float,
+    sampling_rate: float,
+    steps: int,
+    delta: float,
+    discretization: float = DEFAULT_DISCRETIZATION,
+) -> float:
     """Epsilon of DP-SGD at `delta` from the PLD accountant."""
     return event_pld_epsilon(dpsgd_event(noise_multiplier, sampling_rate, steps), delta, discretization)
 
@@ -110,12 +119,19 @@ def rdp_epsilon(noise_multiplier: float, sampling_rate: float, steps: int, delta
 
 
 @functools.lru_cache(maxsize=256)  # pure and slow (seconds): a repeated setting costs nothing the second time
-def calibrate_noise_multiplier(target_epsilon: float, delta: float, sampling_rate: float, steps: int,
-                               discretization: float = DEFAULT_DISCRETIZATION, tolerance: float = 1e-3) -> float:
+def calibrate_noise_multiplier(
+    target_epsilon: float,
+    delta: float,
+    sampling_rate: float,
+    steps: int,
+    discretization: float = DEFAULT_DISCRETIZATION,
+    tolerance: float = 1e-3,
+) -> float:
     """The smallest DP-SGD noise multiplier (to within `tolerance`) whose PLD epsilon is at most `target_epsilon`."""
     _check_mechanism(1.0, sampling_rate, steps)
-    return calibrate_event(lambda s: dpsgd_event(s, sampling_rate, steps), target_epsilon, delta, discretization,
-                           tolerance)
+    return calibrate_event(
+        lambda s: dpsgd_event(s, sampling_rate, steps), target_epsilon, delta, discretization, tolerance
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -124,8 +140,13 @@ def calibrate_gaussian(target_epsilon: float, delta: float) -> float:
     return calibrate_event(gaussian_event, target_epsilon, delta)
 
 
-def calibrate_event(make_event: Callable[[float], dpa.DpEvent], target_epsilon: float, delta: float,
-                    discretization: float = DEFAULT_DISCRETIZATION, tolerance: float = 1e-3) -> float:
+def calibrate_event(
+    make_event: Callable[[float], dpa.DpEvent],
+    target_epsilon: float,
+    delta: float,
+    discretization: float = DEFAULT_DISCRETIZATION,
+    tolerance: float = 1e-3,
+) -> float:
     """The smallest noise multiplier s (to within `tolerance`) for which make_event(s) has PLD epsilon at most
     `target_epsilon` at `delta`."""
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
@@ -135,13 +156,25 @@ def calibrate_event(make_event: Callable[[float], dpa.DpEvent], target_epsilon: 
     # RDP is cheap and never below PLD, so its calibrated sigma bounds the answer from above; PLD then searches
     # a narrow bracket below it (each PLD evaluation is the expensive part).
     upper = dpa.calibrate_dp_mechanism(
-        rdp_privacy_accountant.RdpAccountant, make_event, target_epsilon,
-        delta, bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0), tol=tolerance)
+        rdp_privacy_accountant.RdpAccountant,
+        make_event,
+        target_epsilon,
+        delta,
+        bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0),
+        tol=tolerance,
+    )
+
     def pld_search(lower: float) -> float:
-        return float(dpa.calibrate_dp_mechanism(
-            lambda: pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization),
-            make_event, target_epsilon, delta,
-            bracket_interval=dpa.ExplicitBracketInterval(lower, upper), tol=tolerance))
+        return float(
+            dpa.calibrate_dp_mechanism(
+                lambda: pld_privacy_accountant.PLDAccountant(value_discretization_interval=discretization),
+                make_event,
+                target_epsilon,
+                delta,
+                bracket_interval=dpa.ExplicitBracketInterval(lower, upper),
+                tol=tolerance,
+            )
+        )
 
     try:
         return pld_search(upper / 2)

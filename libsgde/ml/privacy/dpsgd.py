@@ -12,6 +12,7 @@ place these pieces are put together is the training step, libsgde.ml.train.dpsgd
 The per-example gradients here come from vmap(grad): correct for every layer. Models made only of ghost-aware
 Dense layers take the faster path in libsgde.ml.privacy.ghost, which never materialises per-example gradients.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,9 @@ def padded_batch_size(dataset_size: int, sampling_rate: float, sigmas: float = 8
     return min(dataset_size, int(math.ceil(mean + sigmas * math.sqrt(mean * (1 - sampling_rate)) + 1)))
 
 
-def poisson_batch(rng: np.random.Generator, dataset_size: int, sampling_rate: float, padded_size: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def poisson_batch(
+    rng: np.random.Generator, dataset_size: int, sampling_rate: float, padded_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of one Poisson-sampled batch padded to `padded_size`, and its mask (1 = real, 0 = padding).
 
     Truncating an overfull batch would break the analysis, so an overfull batch (probability < 1e-15 with
@@ -43,9 +45,9 @@ def poisson_batch(rng: np.random.Generator, dataset_size: int, sampling_rate: fl
     if len(chosen) > padded_size:
         raise RuntimeError(f"Poisson batch of {len(chosen)} exceeds the padded size {padded_size}")
     indices = np.zeros(padded_size, np.int32)
-    indices[:len(chosen)] = chosen
+    indices[: len(chosen)] = chosen
     mask = np.zeros(padded_size, np.float32)
-    mask[:len(chosen)] = 1.0
+    mask[: len(chosen)] = 1.0
     return indices, mask
 
 
@@ -54,8 +56,9 @@ def per_example_grads(loss: PerExampleLoss, params: Params, batch: Any) -> Param
     return jax.vmap(jax.grad(loss), in_axes=(None, 0))(params, batch)
 
 
-def clipped_sum(loss: PerExampleLoss, params: Params, batch: Any, mask: jax.Array, clip_norm: float
-                ) -> tuple[Params, jax.Array, jax.Array]:
+def clipped_sum(
+    loss: PerExampleLoss, params: Params, batch: Any, mask: jax.Array, clip_norm: float
+) -> tuple[Params, jax.Array, jax.Array]:
     """Sum over real examples of their gradients clipped to norm `clip_norm`; returns (sum, per-example norms,
     per-example losses)."""
     losses, grads = jax.vmap(jax.value_and_grad(loss), in_axes=(None, 0))(params, batch)
@@ -66,11 +69,14 @@ def clipped_sum(loss: PerExampleLoss, params: Params, batch: Any, mask: jax.Arra
     return summed, norms, losses
 
 
-def add_noise(key: jax.Array, summed: Params, clip_norm: float, noise_multiplier: float,
-              expected_batch_size: float) -> Params:
+def add_noise(
+    key: jax.Array, summed: Params, clip_norm: float, noise_multiplier: float, expected_batch_size: float
+) -> Params:
     """(summed + N(0, (sigma C)^2)) / expected batch size, with independent noise per parameter."""
     leaves, tree = jax.tree.flatten(summed)
     keys = jax.random.split(key, len(leaves))
-    noisy = [(leaf + noise_multiplier * clip_norm * jax.random.normal(k, leaf.shape, leaf.dtype))
-             / expected_batch_size for leaf, k in zip(leaves, keys)]
+    noisy = [
+        (leaf + noise_multiplier * clip_norm * jax.random.normal(k, leaf.shape, leaf.dtype)) / expected_batch_size
+        for leaf, k in zip(leaves, keys)
+    ]
     return jax.tree.unflatten(tree, noisy)

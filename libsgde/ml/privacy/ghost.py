@@ -12,6 +12,7 @@ one extra matrix product per layer. (Bu et al., "Differentially private optimiza
 cost", 2023, call this book-keeping.) Layers with parameters that are not ghost-aware are refused; the caller then
 uses vmap(grad) (libsgde.ml.privacy.dpsgd).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,8 +48,9 @@ def is_ghostable(params: Params) -> bool:
         return False
 
 
-def clipped_sum(module: nn.Module, params: Params, args: tuple[jax.Array, ...], mask: jax.Array, clip_norm: float
-                ) -> tuple[Params, jax.Array, jax.Array]:
+def clipped_sum(
+    module: nn.Module, params: Params, args: tuple[jax.Array, ...], mask: jax.Array, clip_norm: float
+) -> tuple[Params, jax.Array, jax.Array]:
     """Sum over the real examples of their gradients clipped to `clip_norm`; returns (sum, per-example norms,
     per-example losses).
 
@@ -59,8 +61,7 @@ def clipped_sum(module: nn.Module, params: Params, args: tuple[jax.Array, ...], 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
     def total(perturbations: Params) -> tuple[jax.Array, tuple[Any, jax.Array]]:
-        losses, state = module.apply({"params": params, GHOST_GRADS: perturbations}, *args,
-                                     mutable=[GHOST_INPUTS])
+        losses, state = module.apply({"params": params, GHOST_GRADS: perturbations}, *args, mutable=[GHOST_INPUTS])
         return jnp.sum(losses * mask), (state[GHOST_INPUTS], losses)
 
     out_grads, (inputs, losses) = jax.grad(total, has_aux=True)(zeros)
@@ -69,8 +70,9 @@ def clipped_sum(module: nn.Module, params: Params, args: tuple[jax.Array, ...], 
     for layer in layers:
         (x,), g = inputs[layer + ("x",)], out_grads[layer + ("y",)]
         if x.ndim != 2:
-            raise NotGhostable(f"layer {'/'.join(layer)} sees inputs of rank {x.ndim}; ghost clipping needs "
-                               "[batch, features]")
+            raise NotGhostable(
+                f"layer {'/'.join(layer)} sees inputs of rank {x.ndim}; ghost clipping needs [batch, features]"
+            )
         squares = squares + (jnp.sum(x * x, 1) + 1.0) * jnp.sum(g * g, 1)
     norms = jnp.sqrt(squares)
     weights = mask * jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))

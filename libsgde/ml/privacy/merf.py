@@ -7,6 +7,7 @@ so adding or removing one example moves sum_i v_i by at most 1: releasing that s
 one Gaussian mechanism with sensitivity 1, accounted as a GaussianDpEvent(sigma). Everything after (the
 generator's training) is post-processing and costs no privacy.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,14 +25,15 @@ def feature_map(x: jax.Array, freqs: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.cos(proj), jnp.sin(proj)], 1) / jnp.sqrt(freqs.shape[1])
 
 
-def noisy_release(key: jax.Array, x: jax.Array, onehot: jax.Array, freqs: jax.Array, noise_multiplier: float,
-                  chunk: int = 4096) -> tuple[jax.Array, jax.Array]:
+def noisy_release(
+    key: jax.Array, x: jax.Array, onehot: jax.Array, freqs: jax.Array, noise_multiplier: float, chunk: int = 4096
+) -> tuple[jax.Array, jax.Array]:
     """The one private release: (noisy sum_i phi(x_i) onehot(y_i)^T [F, K], noisy class counts [K]).
 
     x [N, dim_in], onehot [N, K] (K >= 1: one column of ones for unconditional data)."""
     emb = jnp.zeros((2 * freqs.shape[1], onehot.shape[1]))
     for start in range(0, x.shape[0], chunk):  # bounded memory for large N
-        emb = emb + feature_map(x[start:start + chunk], freqs).T @ onehot[start:start + chunk]
+        emb = emb + feature_map(x[start : start + chunk], freqs).T @ onehot[start : start + chunk]
     counts = jnp.sum(onehot, 0)
     scale = jnp.sqrt(2.0)  # v_i = [emb_i, onehot_i] / sqrt(2) has norm 1; noise is added on that scale
     k_emb, k_counts = jax.random.split(key)
