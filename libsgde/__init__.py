@@ -10,6 +10,9 @@ The public API a user scripts against::
         sgde.publish_job(job.name)
         samples = sgde.sample("me/digits", 1000, seed=7)     # .values, .labels, .to_dataframe()
 
+A failed call raises one of libsgde.errors' classes, re-exported here: `except libsgde.NotFound`, `libsgde.FieldError`
+(with `.violations`), ..., each one gRPC status.
+
 Names load lazily, so that importing one module of the library (the schema, the accountant) does not pull in
 gRPC, JAX and the rest.
 """
@@ -18,13 +21,25 @@ from __future__ import annotations
 
 import importlib
 
+# what a call raises: `except libsgde.NotFound`, never a grpc.StatusCode
+_ERRORS = (
+    "SgdeError",
+    "FieldError",
+    "NotFound",
+    "PermissionDenied",
+    "Unauthenticated",
+    "Unavailable",
+    "Conflict",
+    "Exhausted",
+    "FailedPrecondition",
+    "DataLoss",
+    "VerificationError",
+)
 _EXPORTS = {
     "Client": "libsgde.client",
     "Samples": "libsgde.client",
-    "SgdeError": "libsgde.client",
-    "VerificationError": "libsgde.client",
     "sample_local": "libsgde.client",
-    "TrainSpec": "libsgde.io.training",
+    "TrainSpec": "libsgde.domain.specs",
     "train": "libsgde.io.training",
     "SpecError": "libsgde.io.training",
     "load_generator": "libsgde.io.generator",
@@ -33,6 +48,7 @@ _EXPORTS = {
     "schema_from_dict": "libsgde.io.schema",
     "schema_to_dict": "libsgde.io.schema",
     "evaluate_model": "libsgde.client.evaluation",  # (libsgde.evaluate is the package of the parts)
+    **dict.fromkeys(_ERRORS, "libsgde.errors"),
 }
 __all__ = sorted(_EXPORTS)
 

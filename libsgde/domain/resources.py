@@ -117,18 +117,26 @@ class Dataset:
 
 
 @dataclass(frozen=True)
-class ProgressEvent:
-    job: str
-    state: JobState
+class Progress:
+    """What a training run reports as it goes (libsgde.ml.train.Run.report)."""
+
     step: int
     total_steps: int
     epoch: int
     loss: float
-    epsilon_spent: float
+    epsilon_spent: float  # the accountant's epsilon for the steps done so far
     examples_per_second: float
     eta_seconds: float
-    message: str
-    time: datetime | None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ProgressEvent(Progress):
+    """A job's progress as the trainer streams it: the run's report, with the job, its state and the time."""
+
+    job: str = ""
+    state: JobState = JobState.UNSPECIFIED
+    time: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -31,4 +31,9 @@ def unflatten_dict(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
 def apply_array(module: nn.Module, params: Params, *args: jax.Array, method: str | None = None) -> jax.Array:
     """`module.apply({"params": params}, *args, method=method)` for a method that returns one array: without
     `mutable`, flax returns the method's output alone."""
-    return cast(jax.Array, module.apply({"params": params}, *args, method=method))
+    out = (
+        module.apply({"params": params}, *args)
+        if method is None
+        else module.apply({"params": params}, *args, method=method)
+    )
+    return cast(jax.Array, out)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from libsgde.domain.privacy import PrivacyReport
+from libsgde.domain.resources import Progress
 from libsgde.domain.specs import TrainSpec
 from libsgde.ml.privacy import dpsgd, ghost, merf
 from libsgde.ml.pytree import Params, apply_array
@@ -37,18 +38,6 @@ CHECKPOINT_EVERY_S = 30.0
 
 class TrainingCancelled(Exception):
     """should_stop() asked to stop; a checkpoint was saved first, so the job can resume."""
-
-
-@dataclass
-class Progress:
-    step: int
-    total_steps: int
-    epoch: int
-    loss: float
-    epsilon_spent: float
-    examples_per_second: float
-    eta_seconds: float
-    message: str = ""
 
 
 @dataclass

@@ -75,6 +75,19 @@ def job_state_text(state: int) -> str:
 # -- resources (what the SDK returns) ------------------------------------------------------------------------------
 
 
+def time_to_proto(seconds: float) -> timestamp_pb2.Timestamp:
+    """A Timestamp of these epoch seconds."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def now_to_proto() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
 def time_from_proto(stamp: timestamp_pb2.Timestamp) -> datetime | None:
     """A timezone-aware datetime, or None for an unset timestamp."""
     return stamp.ToDatetime(UTC) if stamp.seconds or stamp.nanos else None
@@ -128,17 +141,17 @@ def dataset_from_proto(m: tpb.Dataset) -> res.Dataset:
 
 def progress_from_proto(m: tpb.ProgressEvent) -> res.ProgressEvent:
     return res.ProgressEvent(
-        m.job,
-        res.JobState(m.state),
-        m.step,
-        m.total_steps,
-        m.epoch,
-        m.loss,
-        m.epsilon_spent,
-        m.examples_per_second,
-        m.eta_seconds,
-        m.message,
-        time_from_proto(m.time),
+        step=m.step,
+        total_steps=m.total_steps,
+        epoch=m.epoch,
+        loss=m.loss,
+        epsilon_spent=m.epsilon_spent,
+        examples_per_second=m.examples_per_second,
+        eta_seconds=m.eta_seconds,
+        message=m.message,
+        job=m.job,
+        state=res.JobState(m.state),
+        time=time_from_proto(m.time),
     )
 
 

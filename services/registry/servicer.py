@@ -23,7 +23,8 @@ from libsgde.io.schema import SchemaError, data_kind, schemas_equal, validate_sc
 from libsgde.security import signing
 from libsgde.server import auth
 from libsgde.server.storage import BlobIntegrityError, BlobNotFound, BlobStore, StorageUnavailable
-from libsgde.server.streams import read_ahead
+from libsgde.server.streams import first_header, read_ahead
+from libsgde.wire.convert import time_to_proto
 from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
@@ -47,12 +48,6 @@ MAX_METRICS = 200
 @dataclass(frozen=True)
 class RegistrySettings:
     max_version_bytes: int = 512 << 20
-
-
-def _ts(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
@@ -187,7 +182,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             username=user.username,
             email=user.email if viewer is not None and viewer.id == user.id else "",
             signing_public_key=user.signing_public_key,
-            create_time=_ts(user.created_at),
+            create_time=time_to_proto(user.created_at),
         )
 
     @staticmethod
@@ -202,8 +197,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             visibility=model.visibility,
             shared_with=model.shared_with if model.owner_id == viewer.id else [],
             latest_version=model.latest_version,
-            create_time=_ts(model.created_at),
-            update_time=_ts(model.updated_at),
+            create_time=time_to_proto(model.created_at),
+            update_time=time_to_proto(model.updated_at),
             metrics=model.metrics,
         )
 
@@ -219,7 +214,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             architecture=version.architecture,
             data_kind=version.data_kind,
             privacy=version.privacy,
-            create_time=_ts(version.created_at),
+            create_time=time_to_proto(version.created_at),
             manifest_json=version.manifest_json,
         )
 
@@ -426,10 +421,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     def PublishVersion(self, request_iterator: Iterator[rpb.PublishVersionRequest], context) -> pb.ModelVersion:
         user = self._caller(context)
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("payload") != "header":
-            raise errors.FieldError("header", "the first message must be the header")
-        header = first.header
+        header = first_header(request_iterator)
         violations = []
         if not SHA256_RE.fullmatch(header.sha256):
             violations.append(("header.sha256", "64 lowercase hex characters"))

@@ -178,6 +178,19 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         digest, sent, done = hashlib.sha256(), 0, 0
         ACTIVE.inc()
         outcome = "error"
+
+        def log_stopped(reason: str) -> None:
+            log.info(
+                "sample stopped",
+                extra={
+                    "version": version.name,
+                    "user": user,
+                    "reason": reason,
+                    "samples_done": done,
+                    "num_samples": total,
+                },
+            )
+
         try:
             pieces = formats.encode_stream(
                 sampler,
@@ -198,16 +211,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
                     yield spb.SampleResponse(chunk=piece, samples_done=done)
             if done < total or not context.is_active():
                 outcome = _why_stopped(context)
-                log.info(
-                    "sample stopped",
-                    extra={
-                        "version": version.name,
-                        "user": user,
-                        "reason": outcome,
-                        "samples_done": done,
-                        "num_samples": total,
-                    },
-                )
+                log_stopped(outcome)
                 return
             yield spb.SampleResponse(samples_done=done, sha256=digest.hexdigest())
             outcome = "done"
@@ -224,16 +228,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
             )
         except GeneratorExit:  # the call ended while a chunk was on its way
             outcome = _why_stopped(context)
-            log.info(
-                "sample stopped",
-                extra={
-                    "version": version.name,
-                    "user": user,
-                    "reason": outcome,
-                    "samples_done": done,
-                    "num_samples": total,
-                },
-            )
+            log_stopped(outcome)
             raise
         finally:
             ACTIVE.dec()

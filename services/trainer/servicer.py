@@ -28,12 +28,13 @@ from libsgde.io.encoding import DataError
 from libsgde.io.schema import SchemaError, validate_schema
 from libsgde.server.gate import RegistryGate
 from libsgde.server.streams import first_header
+from libsgde.wire.convert import job_state_text, time_to_proto
 from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
 from services.trainer.jobs import CANCELLED, ENDED, PUBLISHED, SUCCEEDED, Conflict, DatasetRow, JobRow, JobStore, new_id
 from services.trainer.sources import SourceError, Sources, describe_data_error
-from services.trainer.worker import Worker, spec_field, state_name
+from services.trainer.worker import Worker, spec_field
 
 log = logging.getLogger("sgde.trainer")
 
@@ -53,11 +54,7 @@ class TrainerSettings:
 
 
 def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    if seconds is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
+    return None if seconds is None else time_to_proto(seconds)  # None: the field stays unset
 
 
 def job_message(job: JobRow) -> tpb.Job:
@@ -352,7 +349,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if job.state == CANCELLED:
             return job_message(job)
         if job.state in ENDED:
-            raise errors.FailedPrecondition(f"{job.name} already {state_name(job.state)}; there is nothing to cancel")
+            raise errors.FailedPrecondition(
+                f"{job.name} already {job_state_text(job.state)}; there is nothing to cancel"
+            )
         self.worker.cancel(job.id)
         deadline = time.monotonic() + self.settings.cancel_wait_s
         while True:
@@ -372,7 +371,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 raise errors.FailedPrecondition(f"{job.name} was published already, as {job.published_version}")
             if job.state != SUCCEEDED:
                 raise errors.FailedPrecondition(
-                    f"{job.name} is {state_name(job.state)}; only a succeeded job can be published"
+                    f"{job.name} is {job_state_text(job.state)}; only a succeeded job can be published"
                 )
             path = self.worker.artifact_path(job.id)
             if not path.is_file():

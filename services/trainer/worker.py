@@ -15,10 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from google.protobuf import timestamp_pb2
 from prometheus_client import Counter, Gauge
 
 from libsgde.io.encoding import DataError
+from libsgde.wire.convert import job_state_text, now_to_proto
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRow, JobStore
 from services.trainer.sources import SourceError, Sources, describe_data_error
@@ -30,16 +30,6 @@ ARTIFACT_NAME = "model.safetensors"
 JOBS_ENDED = Counter("sgde_trainer_jobs_ended_total", "Training jobs that ended, by final state", ["state"])
 JOBS_RUNNING = Gauge("sgde_trainer_jobs_running", "Training jobs running now")
 TRAINING_SECONDS = Counter("sgde_trainer_training_seconds_total", "Seconds spent running training jobs")
-
-
-def now_ts() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
-    return ts
-
-
-def state_name(state: int) -> str:
-    return tpb.JobState.Name(state).removeprefix("JOB_STATE_").lower()
 
 
 class Subscription:
@@ -204,7 +194,7 @@ class Worker:
         if base is not None:
             event.CopyFrom(base)
         event.job, event.state, event.message = job.name, state, message
-        event.time.CopyFrom(now_ts())
+        event.time.CopyFrom(now_to_proto())
         return event
 
     def _end(
@@ -223,9 +213,9 @@ class Worker:
         self.store.set_progress(job.id, event, notable=True, while_state=state)
         if state in (CANCELLED, FAILED):
             shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
-        JOBS_ENDED.labels(state_name(state)).inc()
+        JOBS_ENDED.labels(job_state_text(state)).inc()
         self.hub.publish(job.id, event)
-        log.info("job ended", extra={"job": job.name, "state": state_name(state)})
+        log.info("job ended", extra={"job": job.name, "state": job_state_text(state)})
 
     def _run(self, job_id: str) -> None:
         stop = threading.Event()
@@ -273,7 +263,7 @@ class Worker:
                 eta_seconds=p.eta_seconds,
                 message=p.message,
             )
-            event.time.CopyFrom(now_ts())
+            event.time.CopyFrom(now_to_proto())
             latest.CopyFrom(event)
             self.hub.publish(job.id, event)
             now = time.monotonic()
