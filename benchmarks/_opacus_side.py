@@ -9,10 +9,10 @@ Prints one JSON object on stdout: versions, and per model the median millisecond
   installed Opacus offers it.
 A mode that fails is reported with its error instead of a time. No project code is imported here.
 
-Each model mirrors libsgde/ml/architectures/cvae.py layer for layer (same widths, same loss per example: reconstruction +
-beta * KL with the reparameterisation; Gaussian with fixed sigma on sigmoid means for tabular columns, Bernoulli /
-BCE-with-logits on pixels). Every DP step is on a fixed batch of 256 (Poisson sampling off), noise multiplier 1.0,
-max_grad_norm 1.0, loss_reduction "mean", Adam lr 1e-3, as SGDE's step.
+Each model mirrors libsgde/ml/architectures/cvae.py layer for layer (same widths, same loss per example:
+reconstruction + beta * KL with the reparameterisation; Gaussian with fixed sigma on sigmoid means for tabular
+columns, Bernoulli / BCE-with-logits on pixels). Every DP step is on a fixed batch of 256 (Poisson sampling off),
+noise multiplier 1.0, max_grad_norm 1.0, loss_reduction "mean", Adam lr 1e-3, as SGDE's step.
 """
 
 from __future__ import annotations
