@@ -49,7 +49,7 @@ import numpy as np
 import optax
 
 from benchmarks._machine import cpu_model
-from libsgde.cli.walkthrough import breast_cancer_schema
+from libsgde.cli.demo_data import breast_cancer_schema
 from libsgde.client import sample_local
 from libsgde.io.datasets import load_dataset
 from libsgde.io.encoding import EncodedData, encoder_for

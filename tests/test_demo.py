@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from libsgde.cli import main
-from libsgde.cli.walkthrough import BREAST_CANCER_LIMITS, DemoError, _fresh_home, breast_cancer_upper
+from libsgde.cli.demo_data import BREAST_CANCER_LIMITS, breast_cancer_upper
+from libsgde.cli.walkthrough import DemoError, _fresh_home
 
 pytestmark = pytest.mark.integration  # real servers on loopback sockets
 

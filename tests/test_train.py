@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 
-from libsgde.cli.walkthrough import breast_cancer_schema
+from libsgde.cli.demo_data import breast_cancer_schema
 from libsgde.io.encoding import EncodedData, encoder_for
 from libsgde.io.generator import load_generator
 from libsgde.io.training import SpecError, TrainingCancelled, TrainSpec, check_spec, train

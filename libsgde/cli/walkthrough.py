@@ -20,11 +20,8 @@ in a fresh $SGDE_HOME under the report folder, the demo
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import platform
 import secrets
 import shutil
 import socket
@@ -32,129 +29,35 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from libsgde.cli.demo_data import (
+    BREAST_CANCER_CLASSES,
+    DIGITS_CLASSES,
+    DIGITS_PIXEL_MAX,
+    Split,
+    breast_cancer_upper,
+    prepare_data,
+)
+from libsgde.cli.demo_report import machine_info, plot_digits, plot_marginals, summary_markdown
 from libsgde.client import Client
 from libsgde.domain.resources import Job, JobState, ModelVersion
 from libsgde.errors import SgdeError
-from libsgde.evaluate.report import figure
 from libsgde.evaluate.utility import utility
-from libsgde.io.schema import schema_to_dict
 from libsgde.security import signing, tls
 from libsgde.wire.convert import job_state_text
-from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 Log = Callable[[str], None]
 MARKER = ".sgde-demo"  # marks a home the demo made, which a later run may replace
-
-# -- the data sets and their PUBLIC schemas ---------------------------------------------------------------------------
-
-# scikit-learn documents digits as 8x8 images whose pixels are integers 0..16 (counts of "on" pixels in 4x4 blocks of
-# a 32x32 bitmap): 16 is a property of the format, not of this data.
-DIGITS_PIXEL_MAX = 16
-DIGITS_CLASSES = [str(i) for i in range(10)]
-
-# breast_cancer (Wisconsin diagnostic): ten measurements of the cell nuclei in an image, each given as the mean over
-# the nuclei, its standard error ("... error") and the mean of the three largest ("worst ..."). The upper bounds below
-# are DOMAIN LIMITS written down once as round constants, NOT the data's maxima (a bound taken from the private data
-# would leak it, e.g. the largest tumour). Every measurement is >= 0. "mean" and "worst" values are values of single
-# nuclei, so they share one limit; a standard error is at most a quarter of it (a standard deviation of values in
-# [0, L] is at most L/2, divided by the square root of the nuclei measured, at least 4). Sizes: a nucleus radius of at
-# most 50 (image units), perimeter 400 (above the 2 pi 50 of a circle: boundaries are irregular), area 8000 (pi 50^2);
-# texture is the standard deviation of grey levels, at most 100; the shape ratios are small dimensionless numbers
-# given limits of 0.5 to 2. Generous limits cost some utility (the data fill less of [0, 1]); that is the price of not
-# looking.
-BREAST_CANCER_LIMITS = {
-    "radius": 50.0,
-    "texture": 100.0,
-    "perimeter": 400.0,
-    "area": 8000.0,
-    "smoothness": 0.5,
-    "compactness": 2.0,
-    "concavity": 2.0,
-    "concave points": 1.0,
-    "symmetry": 1.0,
-    "fractal dimension": 0.5,
-}
-BREAST_CANCER_LABEL = "diagnosis"
-BREAST_CANCER_CLASSES = ["malignant", "benign"]  # scikit-learn's target 0 and 1
-MARGINAL_COLUMNS = ["mean radius", "mean texture", "mean area", "mean smoothness", "mean concavity", "worst perimeter"]
 
 # Settings for `tiny`: a job trains in a second or two.
 TINY_CONFIG = {
     "dp-merf": {"hidden": [32], "latent_dim": 4, "features": 200, "generator_steps": 60, "generator_batch": 64},
     "cvae": {"hidden": [16], "latent_dim": 2},
 }
-
-
-def breast_cancer_upper(column: str) -> float:
-    """The public upper bound of a breast_cancer column (see BREAST_CANCER_LIMITS)."""
-    if column.endswith(" error"):
-        return BREAST_CANCER_LIMITS[column.removesuffix(" error")] / 4
-    return BREAST_CANCER_LIMITS[column.split(" ", 1)[1]]
-
-
-def digits_schema() -> pb.DataSchema:
-    return pb.DataSchema(
-        image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=DIGITS_PIXEL_MAX, class_names=DIGITS_CLASSES)
-    )
-
-
-def breast_cancer_schema(feature_names: list[str]) -> pb.DataSchema:
-    columns = [
-        pb.Column(name=name, type=pb.COLUMN_TYPE_CONTINUOUS, lower=0.0, upper=breast_cancer_upper(name))
-        for name in feature_names
-    ]
-    columns.append(
-        pb.Column(name=BREAST_CANCER_LABEL, type=pb.COLUMN_TYPE_CATEGORICAL, categories=BREAST_CANCER_CLASSES)
-    )
-    return pb.DataSchema(tabular=pb.TabularSchema(columns=columns, label_column=BREAST_CANCER_LABEL))
-
-
-@dataclass
-class Split:
-    """One data set as the demo holds it: the training split (what the silo trains on), the held-out real test split,
-    the file uploaded to the trainer and its schema."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    path: Path
-    schema: pb.DataSchema
-    feature_names: list[str] = field(default_factory=list)
-
-
-def prepare_data(folder: Path, seed: int) -> dict[str, Split]:
-    """Writes digits as .npz and breast_cancer as CSV (training splits only) into `folder`, plus their schemas."""
-    from sklearn.datasets import load_breast_cancer, load_digits
-    from sklearn.model_selection import train_test_split
-
-    folder.mkdir(parents=True, exist_ok=True)
-    d = load_digits()
-    images = d.images.astype(np.uint8)
-    xtr, xte, ytr, yte = train_test_split(images, d.target, test_size=0.25, random_state=seed, stratify=d.target)
-    digits_path = folder / "digits_train.npz"
-    np.savez_compressed(digits_path, x=xtr, y=ytr.astype(np.int64))
-    digits = Split("digits", xtr, ytr, xte, yte, digits_path, digits_schema())
-
-    c = load_breast_cancer()
-    names = [str(n) for n in c.feature_names]
-    xtr, xte, ytr, yte = train_test_split(c.data, c.target, test_size=0.25, random_state=seed, stratify=c.target)
-    cancer_path = folder / "breast_cancer_train.csv"
-    with cancer_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([*names, BREAST_CANCER_LABEL])
-        for row, label in zip(xtr, ytr):
-            writer.writerow([repr(float(v)) for v in row] + [BREAST_CANCER_CLASSES[int(label)]])
-    cancer = Split("breast_cancer", xtr, ytr, xte, yte, cancer_path, breast_cancer_schema(names), names)
-    for split in (digits, cancer):
-        (folder / f"{split.name}.schema.json").write_text(json.dumps(schema_to_dict(split.schema), indent=2) + "\n")
-    return {"digits": digits, "breast_cancer": cancer}
 
 
 # -- services -------------------------------------------------------------------------------------------------------
@@ -354,76 +257,7 @@ def evaluate_breast_cancer(split: Split, values: dict, labels: np.ndarray, tiny:
     }
 
 
-# -- figures --------------------------------------------------------------------------------------------------------
-
-
-def plot_digits(path: Path, images: np.ndarray, labels: np.ndarray, title: str, per_class: int = 10) -> None:
-    """One row per class, up to `per_class` synthetic images each."""
-    k = len(DIGITS_CLASSES)
-    fig = figure(max(per_class * 0.6 + 0.6, 6.5), k * 0.6 + 1.0)
-    axes = fig.subplots(k, per_class, squeeze=False)
-    for c in range(k):
-        chosen = np.flatnonzero(labels == c)[:per_class]
-        for j in range(per_class):
-            ax = axes[c, j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if j < len(chosen):
-                ax.imshow(
-                    images[chosen[j]].reshape(8, 8),
-                    cmap="gray_r",
-                    vmin=0,
-                    vmax=DIGITS_PIXEL_MAX,
-                    interpolation="nearest",
-                )
-            if j == 0:
-                ax.set_ylabel(DIGITS_CLASSES[c], rotation=0, labelpad=10, va="center")
-    fig.suptitle(title, fontsize=10)
-    fig.savefig(path)
-
-
-def plot_marginals(path: Path, split: Split, values: dict, title: str) -> None:
-    """Real (training split) against synthetic histograms of a few columns, within the schema's public range."""
-    fig = figure(12, 7)
-    axes = fig.subplots(2, 3).ravel()
-    columns = [c for c in MARGINAL_COLUMNS if c in split.feature_names][:6]
-    for ax, name in zip(axes, columns):
-        real = split.x_train[:, split.feature_names.index(name)]
-        synthetic = np.asarray(values[name], np.float64)
-        high = breast_cancer_upper(name)
-        # Bins over the part of the public range either sample occupies, so that the shapes are visible.
-        top = min(high, 1.1 * max(np.quantile(real, 0.995), np.quantile(synthetic, 0.995), high / 100))
-        bins = np.linspace(0.0, top, 41)
-        ax.hist(real, bins=bins, density=True, alpha=0.55, label=f"real (n={len(real)})", color="tab:blue")
-        ax.hist(
-            synthetic, bins=bins, density=True, alpha=0.55, label=f"synthetic (n={len(synthetic)})", color="tab:orange"
-        )
-        ax.set_title(f"{name}  (public range 0 to {high:g})", fontsize=9)
-        ax.set_yticks([])
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11)
-    fig.savefig(path)
-
-
 # -- the walk -------------------------------------------------------------------------------------------------------
-
-
-def _machine() -> dict:
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-    }
-    try:
-        import jax
-
-        info["jax"] = jax.__version__
-        info["jax_devices"] = [str(d) for d in jax.devices()]
-    except Exception as e:  # noqa: BLE001 - an informational field
-        info["jax"] = f"unavailable: {e}"
-    return info
 
 
 class _Timer:
@@ -588,12 +422,12 @@ def run_demo(
             "breast_cancer": {
                 "lower": 0.0,
                 "upper": {n: breast_cancer_upper(n) for n in data["breast_cancer"].feature_names},
-                "source": "public domain limits written as constants in libsgde/cli/walkthrough.py, "
+                "source": "public domain limits written as constants in libsgde/cli/demo_data.py, "
                 "not the data's maxima",
             },
         },
         "timings_seconds": {**timer.seconds, "total": seconds},
-        "machine": _machine(),
+        "machine": machine_info(),
         "files": [
             "summary.md",
             "summary.json",
@@ -604,80 +438,9 @@ def run_demo(
         ],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(_markdown(summary))
+    (out / "summary.md").write_text(summary_markdown(summary))
     log(f"done in {seconds} s; report in {out / 'summary.md'}")
     return summary
-
-
-def _markdown(s: dict) -> str:
-    lines = [
-        "# SGDE demo",
-        "",
-        f"Two DP generators ({s['architecture']}), trained in the trainer service at a target epsilon of "
-        f"{s['target_epsilon']:g} (delta {s['delta']:g}), signed by {s['user']}, published to the registry, "
-        f"then sampled ({s['samples_per_dataset']} per data set) via {s['sample_path_detail']}."
-        + (" **Tiny settings**: a smoke test, not a measure of quality." if s["tiny"] else ""),
-        "",
-        "## Privacy (as the registry's versions report it)",
-        "",
-        "| data set | version | mechanism | epsilon | delta | accountant | RDP epsilon | N |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, m in s["models"].items():
-        p = m["privacy"]
-        lines.append(
-            f"| {name} | `{m['version']}` | {p['mechanism']} | {p['epsilon']:.4g} | {p['delta']:.3g} | "
-            f"{p['accountant']} | {p['rdp_epsilon']:.4g} | {p['dataset_size']} |"
-        )
-    lines += [
-        "",
-        "## Utility: train on synthetic, test on real (TSTR) vs train on real (TRTR)",
-        "",
-        "Held-out real test splits (25%, never seen by the generators).",
-        "",
-        "| data set | classifier | TSTR | TRTR |",
-        "|---|---|---|---|",
-    ]
-    for name, ev in s["evaluation"].items():
-        for clf in ev["tstr"]:
-            lines.append(f"| {name} | {clf.replace('_', ' ')} | {ev['tstr'][clf]:.3f} | {ev['trtr'][clf]:.3f} |")
-    pc = s["evaluation"]["digits"]["per_class"]
-    lines += [
-        "",
-        "Digits, accuracy per class (logistic regression):",
-        "",
-        "| class | " + " | ".join(pc["classes"]) + " |",
-        "|---|" + "---|" * len(pc["classes"]),
-        "| TSTR | " + " | ".join(f"{v:.2f}" for v in pc["tstr"]) + " |",
-        "| TRTR | " + " | ".join(f"{v:.2f}" for v in pc["trtr"]) + " |",
-        "",
-        "![synthetic digits](digits_samples.png)",
-        "",
-        "![breast_cancer marginals](breast_cancer_marginals.png)",
-        "",
-        "## Schemas: public bounds, not read from the data",
-        "",
-        f"- digits: 8x8 grey images, pixel_max {s['schemas']['digits']['pixel_max']}: "
-        f"{s['schemas']['digits']['source']}.",
-        "- breast_cancer: every column >= 0; upper bounds are round domain limits written as constants in "
-        "`libsgde/demo.py` (`BREAST_CANCER_LIMITS`), NOT the data's maxima: "
-        + ", ".join(f"{k} {v:g}" for k, v in s["schemas"]["breast_cancer"]["upper"].items())
-        + ".",
-        "",
-        "## Timings",
-        "",
-        "| phase | seconds |",
-        "|---|---|",
-    ]
-    lines += [f"| {k} | {v} |" for k, v in s["timings_seconds"].items()]
-    m = s["machine"]
-    lines += [
-        "",
-        f"Machine: {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, JAX {m.get('jax')} "
-        f"({', '.join(m.get('jax_devices', []))}).",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # python -m libsgde.cli.walkthrough [OUT]
