@@ -13,6 +13,7 @@ from libsgde.io.artifact import ArtifactError, ArtifactHeader, Manifest, TensorI
 from libsgde.io.encoding import ImageEncoder, encoder_for, model_space
 from libsgde.ml.architectures import CLASS_PRIOR, ConfigError, artifact_tensor_shapes, get_architecture
 from libsgde.ml.architectures.base import unflatten
+from libsgde.ml.rows import row_keys, seed_key
 
 __all__ = ["Generator", "check_tensors", "load_generator"]
 
@@ -69,8 +70,7 @@ class Generator:
         """Samples for these labels [n] in model space [n, *shape]. Row r of a request (r = first_row + i) comes from
         the key fold_in(key(seed), r) alone, so any split of a request into chunks gives the same rows (up to float
         rounding of matrix products of other shapes; the same split gives the same bytes)."""
-        rows = jnp.arange(first_row, first_row + len(labels), dtype=jnp.uint32)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), rows)
+        keys = row_keys(seed_key(seed), first_row, len(labels))
         return np.asarray(self._generate(self.params, keys, jnp.asarray(labels, jnp.int32)))
 
     def sample(self, n: int, seed: int = 0, labels: np.ndarray | None = None):

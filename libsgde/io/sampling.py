@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libsgde.errors import FieldError
+from libsgde.ml.rows import row_keys, seed_key
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 MIN_BUCKET = 64
@@ -36,7 +37,6 @@ MAX_BUCKET = 8192
 MAX_CHUNK_SAMPLES = 65536  # largest chunk_samples a request may ask for
 DEFAULT_MAX_CHUNK = 4096  # largest chunk the sampler chooses itself
 TARGET_CHUNK_BYTES = 1 << 20  # the sampler's own choice of chunk aims at about 1 MiB of NPY output
-_U32 = 0xFFFFFFFF
 
 
 class SamplingError(FieldError):
@@ -106,14 +106,6 @@ def label_counts(labels: np.ndarray | None, num_classes: int) -> list[int]:
     return np.bincount(labels, minlength=num_classes).astype(int).tolist()
 
 
-def seed_key(seed: int) -> jax.Array:
-    """The request's PRNG key from all 64 bits of `seed` (two's complement): key data [seed >> 32, seed & 2**32-1],
-    what jax.random.key(seed) gives with 64-bit integers enabled, and the same as jax.random.key(seed) for seeds in
-    [0, 2**31)."""
-    seed = int(seed)
-    return jax.random.wrap_key_data(jnp.asarray([(seed >> 32) & _U32, seed & _U32], jnp.uint32))
-
-
 def bucket_size(n: int, max_bucket: int = MAX_BUCKET) -> int:
     """The padded batch size that generates n rows (n <= max_bucket): the next power of two, at least MIN_BUCKET."""
     return min(max_bucket, max(MIN_BUCKET, 1 << max(int(n) - 1, 0).bit_length()))
@@ -180,9 +172,7 @@ class CompiledSampler:
         arch, space, config = generator.architecture, generator.space, generator.config
 
         def run(params, key, first_row, labels):
-            rows = first_row + jnp.arange(labels.shape[0], dtype=jnp.uint32)
-            keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
-            return arch.generate(params, keys, labels, space, config)
+            return arch.generate(params, row_keys(key, first_row, labels.shape[0]), labels, space, config)
 
         self._jit = jax.jit(run)
         self._compiled: dict[int, Callable] = {}
