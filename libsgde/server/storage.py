@@ -13,7 +13,9 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from libsgde.domain.names import SHA256_RE
@@ -224,6 +226,80 @@ class _VerifyingReader:
         return data
 
 
+def minio_client(
+    endpoint: str,
+    *,
+    secure: bool,
+    region: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+    ca_file: str | None = None,
+    pool_size: int = 8,
+) -> Any:
+    """A minio client that fails in seconds on a dead server (minio's default pool waits 5 minutes and retries 5
+    times), verifying TLS against `ca_file`, $SSL_CERT_FILE or certifi's bundle. `pool_size`: connections kept for
+    concurrent transfers, each holding one."""
+    import certifi
+    import urllib3
+    from minio import Minio
+
+    http = urllib3.PoolManager(
+        maxsize=pool_size,
+        timeout=urllib3.Timeout(connect=3, read=60),
+        retries=urllib3.Retry(total=2, connect=1, read=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=ca_file or os.environ.get("SSL_CERT_FILE") or certifi.where(),
+    )
+    return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """An S3 store as this project names one: `s3://BUCKET?endpoint=HOST:PORT&secure=false&region=...&prefix=...`
+    (the blob store's URL, and the trainer's silo store, whose BUCKET may be left out). Credentials never go in the
+    URL: SGDE_S3_ACCESS_KEY / SGDE_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), SGDE_S3_CA_FILE."""
+
+    bucket: str
+    endpoint: str
+    secure: bool
+    region: str | None
+    prefix: str
+
+    @classmethod
+    def parse(cls, url: str, *, bucket_required: bool = True) -> S3Location:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or (bucket_required and not parts.netloc) or parts.path not in ("", "/"):
+            form = "s3://BUCKET" if bucket_required else "s3://[BUCKET]"
+            raise ValueError(f"expected {form}?endpoint=HOST:PORT&..., not {url!r}")
+        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        unknown = set(params) - {"endpoint", "secure", "region", "prefix"}
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} in S3 URL {url!r}")
+        secure = params.get("secure", "true").lower()
+        if secure not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"secure must be true or false, not {secure!r}")
+        return cls(
+            parts.netloc,
+            params.get("endpoint") or "s3.amazonaws.com",
+            secure in ("true", "1", "yes"),
+            params.get("region") or None,
+            params.get("prefix", ""),
+        )
+
+    def client(self, pool_size: int = 8) -> Any:
+        """A minio client with the credentials from the environment."""
+        env = os.environ.get
+        return minio_client(
+            self.endpoint,
+            secure=self.secure,
+            region=self.region,
+            access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
+            secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
+            ca_file=env("SGDE_S3_CA_FILE"),
+            pool_size=pool_size,
+        )
+
+
 class S3BlobStore(BlobStore):
     """Blobs as objects `<prefix>sha256/<hex>` in one bucket, over the minio SDK."""
 
@@ -239,51 +315,33 @@ class S3BlobStore(BlobStore):
         secret_key: str | None = None,
         ca_file: str | None = None,
     ):
-        import certifi
-        import urllib3
-        from minio import Minio
-
         self.bucket, self.endpoint, self.secure, self.prefix = bucket, endpoint, secure, prefix
         if prefix and not prefix.endswith("/"):
             self.prefix += "/"
         query = f"endpoint={endpoint}&secure={str(secure).lower()}" + (f"&region={region}" if region else "")
         self.url = f"s3://{bucket}?{query}" + (f"&prefix={self.prefix}" if self.prefix else "")
-        # minio's default pool waits 5 minutes and retries 5 times; a dead server must fail in seconds instead.
-        # maxsize: many concurrent transfers share this client, each holding one connection.
-        http = urllib3.PoolManager(
-            maxsize=64,
-            timeout=urllib3.Timeout(connect=3, read=60),
-            retries=urllib3.Retry(
-                total=2, connect=1, read=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
-            ),
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=ca_file or os.environ.get("SSL_CERT_FILE") or certifi.where(),
-        )
-        self._client = Minio(
-            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http
+        self._client = minio_client(
+            endpoint,
+            secure=secure,
+            region=region,
+            access_key=access_key,
+            secret_key=secret_key,
+            ca_file=ca_file,
+            pool_size=64,
         )
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> S3BlobStore:
-        parts = urlsplit(url)
-        if not parts.netloc or parts.path not in ("", "/"):
-            raise ValueError(f"expected s3://BUCKET?endpoint=HOST:PORT&..., not {url!r}")
-        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        unknown = set(params) - {"endpoint", "secure", "region", "prefix"}
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)} in blob URL {url!r}")
-        secure = params.get("secure", "true").lower()
-        if secure not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"secure must be true or false, not {secure!r}")
+        where = S3Location.parse(url)
         env = os.environ.get
         return cls(
-            parts.netloc,
-            params.get("endpoint") or "s3.amazonaws.com",
-            secure=secure in ("true", "1", "yes"),
-            region=params.get("region") or None,
-            prefix=params.get("prefix", ""),
+            where.bucket,
+            where.endpoint,
+            secure=where.secure,
+            region=where.region,
+            prefix=where.prefix,
             access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
             secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
             ca_file=env("SGDE_S3_CA_FILE"),
@@ -344,7 +402,7 @@ class S3BlobStore(BlobStore):
                 self._client.put_object(
                     self.bucket,
                     key,
-                    reader,  # type: ignore[arg-type]  # minio reads it through read(n) only: a file-like suffices
+                    reader,  # minio reads it through read(n) only
                     length=-1,
                     part_size=_PART_SIZE,
                     num_parallel_uploads=1,

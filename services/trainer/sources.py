@@ -6,18 +6,17 @@ Nothing here logs or returns the data's values; errors name the dataset, a colum
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from libsgde.errors import FieldError
 from libsgde.io.encoding import DataError, EncodedData
+from libsgde.server.storage import S3Location
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from services.trainer.jobs import JobStore
 
@@ -31,64 +30,6 @@ class SourceError(FieldError):
 
     def __init__(self, message: str):
         super().__init__("dataset", message, message=message)
-
-
-@dataclass(frozen=True)
-class S3Source:
-    """The silo's S3 store: `s3://[BUCKET]?endpoint=HOST:PORT&secure=false&region=...&prefix=...` (the blob store
-    URL form). With a BUCKET, datasets may only come from that bucket; with a prefix, only from keys under it.
-    Credentials: SGDE_S3_ACCESS_KEY / SGDE_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY),
-    SGDE_S3_CA_FILE."""
-
-    endpoint: str
-    secure: bool
-    region: str | None
-    bucket: str
-    prefix: str
-
-    @classmethod
-    def from_url(cls, url: str) -> S3Source:
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or parts.path not in ("", "/"):
-            raise ValueError(f"expected s3://[BUCKET]?endpoint=HOST:PORT&..., not {url!r}")
-        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        unknown = set(params) - {"endpoint", "secure", "region", "prefix"}
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)} in S3 URL {url!r}")
-        secure = params.get("secure", "true").lower()
-        if secure not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"secure must be true or false, not {secure!r}")
-        return cls(
-            endpoint=params.get("endpoint") or "s3.amazonaws.com",
-            secure=secure in ("true", "1", "yes"),
-            region=params.get("region") or None,
-            bucket=parts.netloc,
-            prefix=params.get("prefix", ""),
-        )
-
-    def client(self):
-        import certifi
-        import urllib3
-        from minio import Minio
-
-        env = os.environ.get
-        http = urllib3.PoolManager(
-            maxsize=8,
-            timeout=urllib3.Timeout(connect=3, read=60),
-            retries=urllib3.Retry(
-                total=2, connect=1, read=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)
-            ),
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=env("SGDE_S3_CA_FILE") or env("SSL_CERT_FILE") or certifi.where(),
-        )
-        return Minio(
-            self.endpoint,
-            access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
-            secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
-            secure=self.secure,
-            region=self.region,
-            http_client=http,
-        )
 
 
 def _load(path: Path, schema: pb.DataSchema) -> EncodedData:
@@ -110,7 +51,7 @@ class Sources:
         self.store = store
         self.state_dir = state_dir.resolve()
         self.data_root = data_root.resolve() if data_root else None
-        self.s3 = S3Source.from_url(s3_url) if s3_url else None
+        self.s3 = S3Location.parse(s3_url, bucket_required=False) if s3_url else None
         self._s3_client = None
         # Who may train on the data root and the S3 store (None: every user); uploads are always the uploader's.
         self.data_users = data_users
