@@ -21,7 +21,7 @@ This module imports nothing (the pure layers raise these errors too). `libsgde.w
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 
 class FieldViolation(NamedTuple):
@@ -37,7 +37,7 @@ class SgdeError(Exception):
     `remote` is True for an error read back from another service's answer; str() then starts with the status name,
     as a person reading a command's output expects ("NOT_FOUND: models/alice/x not found")."""
 
-    status: ClassVar[str] = "UNKNOWN"
+    status: str = "UNKNOWN"  # an instance of the root class may carry a status without a class of its own
 
     def __init__(
         self,
@@ -51,7 +51,7 @@ class SgdeError(Exception):
         self.message = message
         self.violations = [FieldViolation(*v) for v in violations]
         if status is not None and status != type(self).status:
-            self.status = status  # type: ignore[misc]  # a status without a class of its own (INTERNAL, ...)
+            self.status = status
         self.remote = remote
 
     @property
@@ -81,8 +81,10 @@ class FieldError(SgdeError, ValueError):
         self.description = description
 
     @classmethod
-    def many(cls, violations: list[tuple[str, str]]) -> FieldError:
-        error = cls(*violations[0], message="; ".join(f"{f}: {d}" for f, d in violations))
+    def many(cls, violations: list[tuple[str, str]], *, message: str | None = None) -> FieldError:
+        """One error of several violations (none: a message alone); the message joins them unless given."""
+        first = violations[0] if violations else ("", "")
+        error = cls(*first, message=message if message is not None else "; ".join(f"{f}: {d}" for f, d in violations))
         error.violations = [FieldViolation(*v) for v in violations]
         return error
 
@@ -157,11 +159,7 @@ def from_status(
     cls = BY_STATUS.get(status)
     error: SgdeError
     if cls is FieldError:
-        field_error = FieldError("", "", message=message)
-        field_error.violations = [FieldViolation(*v) for v in violations]
-        if violations:
-            field_error.field, field_error.description = violations[0]
-        error = field_error
+        error = FieldError.many(violations, message=message)
     elif cls is not None:
         error = cls(message, violations)
     else:

@@ -9,7 +9,7 @@ from rich.table import Column, Table
 
 from libsgde.cli.common import _client, _fail, _transfer_bar, handles_errors, main, out
 from libsgde.domain.privacy import PrivacyReport
-from libsgde.wire.convert import DATA_KINDS
+from libsgde.domain.resources import DataKind
 
 
 @main.group()
@@ -40,13 +40,15 @@ def _evaluation_summary(metrics) -> str:
 @models.command("list")
 @click.option("--owner", default="")
 @click.option("--tag", default="")
-@click.option("--kind", type=click.Choice(sorted(DATA_KINDS)), default=None)
+@click.option("--kind", type=click.Choice([k.text for k in DataKind if k]), default=None)
 @click.pass_context
 @handles_errors
 def models_list(ctx, owner: str, tag: str, kind: str | None) -> None:
     """Models you may see."""
     with _client(ctx) as client:
-        listed = list(client.list_models(owner=owner, tag=tag, data_kind=DATA_KINDS[kind] if kind else 0))
+        listed = list(
+            client.list_models(owner=owner, tag=tag, data_kind=DataKind[kind.upper()] if kind else DataKind.UNSPECIFIED)
+        )
         # The whole name (it is what commands take); the other columns wrap.
         table = Table(
             Column("name", no_wrap=True, min_width=max((len(m.name) for m in listed), default=4)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +24,17 @@ from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
 from libsgde.wire.status import from_rpc_error
 
 
-class Jobs(RegistrySession):
+class Jobs(RegistrySession, abc.ABC):
     """`Client`'s training calls: a registry session that also reaches the trainer, and signs with the user's key."""
 
     @property
+    @abc.abstractmethod
     def trainer(self) -> trainer_pb2_grpc.TrainerServiceStub:
-        raise NotImplementedError  # Client opens the trainer's channel
+        """The trainer's stub (Client opens its channel)."""
 
+    @abc.abstractmethod
     def signing_key_path(self, username: str) -> Path:
-        raise NotImplementedError  # Client knows where the user's keys are
+        """Where the user's signing key is (Client knows)."""
 
     def upload_dataset(
         self, path: str | Path, progress: Progress | None = None, timeout: float | None = None

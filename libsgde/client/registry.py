@@ -23,7 +23,7 @@ from libsgde.domain.resources import Model, ModelVersion, User, Visibility
 from libsgde.errors import Conflict, NotFound, SgdeError, Unauthenticated, VerificationError
 from libsgde.io.artifact import file_digest
 from libsgde.security import signing
-from libsgde.wire.convert import VISIBILITIES, model_from_proto, user_from_proto, version_from_proto
+from libsgde.wire.convert import model_from_proto, user_from_proto, version_from_proto, visibility_to_proto
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
@@ -102,7 +102,7 @@ class RegistrySession:
         model = pb.Model(
             description=description,
             tags=tags or [],
-            visibility=VISIBILITIES[visibility],
+            visibility=visibility_to_proto(visibility),
             shared_with=shared_with or [],
             data_schema=data_schema,
         )
@@ -114,7 +114,7 @@ class RegistrySession:
         """Changes description, tags, visibility ('private' | 'shared' | 'public'), shared_with or metrics (the whole
         map; see `set_metrics`)."""
         if "visibility" in changes:
-            changes["visibility"] = VISIBILITIES[changes["visibility"]]
+            changes["visibility"] = visibility_to_proto(changes["visibility"])
         model = pb.Model(name=model_name(ref, self._username), **changes)
         return model_from_proto(
             self._call(
@@ -208,7 +208,7 @@ class RegistrySession:
         """Downloads a version (latest by default), resuming a partial download, and verifies its sha256 and its
         owner's signature before it appears at `dest` (default: ./<owner>-<model>-v<n>.safetensors)."""
         version = self.get_version(ref)
-        owner, model = version.name.split("/")[1:3]
+        owner, model = version.owner, version.name.split("/")[2]
         default = f"{owner}-{model}-v{version.number}.safetensors"
         dest = Path(dest) if dest else Path.cwd() / default
         if dest.is_dir():

@@ -3,6 +3,7 @@ to (`Samples`)."""
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -94,12 +95,13 @@ def checked_format(fmt: str) -> str:
         raise FieldError(e.field, e.description, message=str(e)) from None
 
 
-class Sampling(RegistrySession):
+class Sampling(RegistrySession, abc.ABC):
     """`Client`'s sampler calls: a registry session that also reaches the sampler."""
 
     @property
+    @abc.abstractmethod
     def sampler(self) -> sampler_pb2_grpc.SamplerServiceStub:
-        raise NotImplementedError  # Client opens the sampler's channel
+        """The sampler's stub (Client opens its channel)."""
 
     def sample(
         self,

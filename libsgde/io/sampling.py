@@ -13,7 +13,8 @@ bytes every time, whoever else is sampling at once:
   `MIN_BUCKET`, at most `MAX_BUCKET`; the padding is sliced off), so an odd request size never recompiles: a model
   compiles at most log2(MAX_BUCKET / MIN_BUCKET) + 1 shapes, once, shared by every request.
 
-Pure library: no gRPC, no I/O. `libsgde.io.formats` turns the decoded chunks into CSV, NPY or Parquet bytes.
+No gRPC; the one file read is an artifact, by `CompiledCache.load`. `libsgde.io.formats` turns the decoded chunks
+into CSV, NPY or Parquet bytes.
 """
 
 from __future__ import annotations

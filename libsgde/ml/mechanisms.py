@@ -226,4 +226,3 @@ class MeanEmbeddingRelease(Mechanism):
 
 DP_SGD = DPSGD()
 DP_MERF = MeanEmbeddingRelease()
-MECHANISMS: dict[str, Mechanism] = {m.name: m for m in (DP_SGD, DP_MERF)}

@@ -253,6 +253,16 @@ def minio_client(
     return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
 
 
+def s3_credentials() -> dict[str, str | None]:
+    """access_key, secret_key and ca_file from SGDE_S3_* (or the AWS_* names): credentials never go in a URL."""
+    env = os.environ.get
+    return {
+        "access_key": env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
+        "secret_key": env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
+        "ca_file": env("SGDE_S3_CA_FILE"),
+    }
+
+
 @dataclass(frozen=True)
 class S3Location:
     """An S3 store as this project names one: `s3://BUCKET?endpoint=HOST:PORT&secure=false&region=...&prefix=...`
@@ -288,15 +298,8 @@ class S3Location:
 
     def client(self, pool_size: int = 8) -> Any:
         """A minio client with the credentials from the environment."""
-        env = os.environ.get
         return minio_client(
-            self.endpoint,
-            secure=self.secure,
-            region=self.region,
-            access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
-            secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
-            ca_file=env("SGDE_S3_CA_FILE"),
-            pool_size=pool_size,
+            self.endpoint, secure=self.secure, region=self.region, pool_size=pool_size, **s3_credentials()
         )
 
 
@@ -335,16 +338,13 @@ class S3BlobStore(BlobStore):
     @classmethod
     def from_url(cls, url: str) -> S3BlobStore:
         where = S3Location.parse(url)
-        env = os.environ.get
         return cls(
             where.bucket,
             where.endpoint,
             secure=where.secure,
             region=where.region,
             prefix=where.prefix,
-            access_key=env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
-            secret_key=env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
-            ca_file=env("SGDE_S3_CA_FILE"),
+            **s3_credentials(),
         )
 
     def _key(self, sha256: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any
 
 from google.protobuf import json_format, timestamp_pb2
 
@@ -48,28 +47,14 @@ def train_spec_to_proto(spec: TrainSpec) -> tpb.TrainingSpec:
     return out
 
 
-def enum_text(enum: Any, value: int) -> str:
-    """An enum value as people write it: DATA_KIND_TABULAR -> "tabular", JOB_STATE_SUCCEEDED -> "succeeded"."""
-    name = enum.Name(value)
-    prefix = next((p for p in _ENUM_PREFIXES if name.startswith(p)), "")
-    return name.removeprefix(prefix).lower()
-
-
-def enum_value(enum: Any, text: str) -> int:
-    """The inverse of `enum_text`: ("tabular", DataKind) -> DATA_KIND_TABULAR."""
-    for number in enum.values():
-        if enum_text(enum, number) == text:
-            return number
-    raise KeyError(text)
-
-
-_ENUM_PREFIXES = ("DATA_KIND_", "JOB_STATE_", "VISIBILITY_", "COLUMN_TYPE_", "OUTPUT_FORMAT_")
-DATA_KINDS = {"tabular": pb.DATA_KIND_TABULAR, "image": pb.DATA_KIND_IMAGE}
-VISIBILITIES = {"private": pb.VISIBILITY_PRIVATE, "shared": pb.VISIBILITY_SHARED, "public": pb.VISIBILITY_PUBLIC}
+def visibility_to_proto(text: str) -> pb.Visibility:
+    """ "shared" -> VISIBILITY_SHARED (a KeyError for another word)."""
+    return pb.Visibility.Value(f"VISIBILITY_{res.Visibility[text.upper()].name}")
 
 
 def job_state_text(state: int) -> str:
-    return enum_text(tpb.JobState, state)
+    """JOB_STATE_SUCCEEDED -> "succeeded"."""
+    return res.JobState(state).text
 
 
 # -- resources (what the SDK returns) ------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ class ArtifactCache:
         sha = version.sha256
         if not SHA256_RE.fullmatch(sha):
             raise errors.DataLoss(f"the registry gave {version.name} no valid sha256")
-        owner = version.name.split("/")[1]
+        owner = version.owner
         proof = (sha, owner, bytes(version.signature))
         with self._lock(sha):
             sampler = self.compiled.get(sha)
