@@ -24,7 +24,6 @@ import json
 import math
 import secrets
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -63,12 +62,6 @@ TINY_CONFIG = {
 # -- services -------------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fresh_home(home: Path) -> None:
     """An empty $SGDE_HOME: a home left by an earlier demo is replaced; any other non-empty folder is refused."""
     if home.exists() and any(home.iterdir()):
@@ -94,22 +87,23 @@ def services(home: Path, pki: tls.PkiPaths, log: Log) -> Iterator[Addresses]:
     callers first so that streams end and jobs stop while the registry still answers."""
     from libsgde.server import launch
 
-    listen = {name: f"127.0.0.1:{_free_port()}" for name in launch.ORDER}
-    common = {"pki": pki, "metrics_port": 0, "health_port": 0}
+    # Port 0: each server binds a free port itself (a port picked beforehand could be taken in between, e.g. as the
+    # source port of another service's connection); the addresses come from what they bound.
+    common = {"listen": "127.0.0.1:0", "pki": pki, "metrics_port": 0, "health_port": 0}
     running = launch.start_embedded(
         {
             "registry": {
-                "listen": listen["registry"],
                 "database_url": f"sqlite:///{home / 'registry' / 'registry.db'}",
                 "blob_url": (home / "registry" / "blobs").as_uri(),
                 "token_key": home / "registry" / "token-signing.pem",
                 **common,
             },
-            "trainer": {"listen": listen["trainer"], "state_dir": home / "trainer", **common},
-            "sampler": {"listen": listen["sampler"], "state_dir": home / "sampler", **common},
+            "trainer": {"state_dir": home / "trainer", **common},
+            "sampler": {"state_dir": home / "sampler", **common},
         },
         environment=False,
     )
+    listen = {name: f"127.0.0.1:{service.handle.port}" for name, service in running.items()}
     try:
         for name in launch.ORDER:
             log(f"{name} on {listen[name]}")

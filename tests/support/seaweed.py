@@ -18,6 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.support.services import free_port
+
 PROBE_BUCKET = "sgde-readiness-probe"  # start() writes, reads and deletes an object here to know S3 is ready
 
 
@@ -35,20 +37,6 @@ def _port_free(port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def _free_ports(count: int) -> list[int]:
-    # Hold all sockets open until every port is picked, so the kernel hands out distinct ones.
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _admin_ports(taken: set[int]) -> tuple[int, int]:
@@ -112,7 +100,7 @@ class SeaweedS3:
                 "s3.port",
                 "s3.port.grpc",
             ]
-            self.ports = dict(zip(names, _free_ports(len(names))))
+            self.ports = {name: free_port() for name in names}
             self.ports["admin.port"], self.ports["admin.port.grpc"] = _admin_ports(set(self.ports.values()))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +28,34 @@ PASSWORD = "correct horse battery staple"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT: set[int] = set()
+_PORTS = random.Random()  # seeded by the OS
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port for a server a test starts: free now, not handed out before in this run, and BELOW the kernel's
+    ephemeral range. A port from bind(0) lies in that range, where any outgoing connection (a service calling S3 or
+    the registry) may take it as its source port before the server binds it: "Address already in use"."""
+    floor = _ephemeral_floor()
+    for _ in range(1000):
+        port = _PORTS.randrange(max(1024, floor - 12000), floor)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port below {floor}")
 
 
 def _channel(address: str, pki: tls.PkiPaths | None) -> grpc.Channel:
