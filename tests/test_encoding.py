@@ -176,6 +176,23 @@ def test_bad_numbers_are_refused_naming_column_and_row(ages, message, row):
     assert f"column 'age', row {row}" in str(caught.value)
 
 
+def test_coercion_maps_every_value_into_the_schema_by_public_rules():
+    """For data the caller may train on but not read: nothing refused, nothing that depends on which value failed."""
+    encoder = encoder_for(people_schema())
+    data = encoder.encode(
+        people(age=["2.6", "abc", "500"], smoker=["yes", "maybe", "no"], city=["Paris", "1", "Oslo"]), coerce=True
+    )
+    middle_age = 60 / 120  # the middle of [0, 120], in model space
+    assert data.x[:, 0].tolist() == pytest.approx([3 / 120, middle_age, 1.0])  # rounded, imputed, clipped
+    assert data.labels.tolist() == [1, 0, 0]  # "maybe" -> the first category
+    assert data.x[:, 2:].argmax(axis=1).tolist() == [0, 2, 0]  # "Paris" -> "Oslo", the first
+    assert data.coerced == {"age": 2, "smoker": 1, "city": 1} and data.clipped == {"age": 1}
+    images = np.full((2, 4, 5), np.nan)
+    coerced = encoder_for(image_schema()).encode(images, np.array([7, 1.5]), coerce=True)
+    assert coerced.labels.tolist() == [0, 0] and float(coerced.x.max()) == 0.0
+    assert coerced.coerced == {"pixels": 40, "labels": 2}
+
+
 def test_columns_must_match_the_schema():
     encoder = encoder_for(people_schema())
     with pytest.raises(DataError, match="does not declare it.*privacy") as caught:

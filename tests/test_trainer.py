@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import uuid
 
@@ -228,6 +229,47 @@ def test_bad_requests_are_refused_at_submit(user, trainer, tmp_path):
         )
     assert info.value.code() == CODE.RESOURCE_EXHAUSTED
     assert sorted((trainer.state_dir / "datasets").iterdir()) == before
+
+
+def test_data_you_may_train_on_but_not_read_answers_nothing_about_its_values(user, trainer):
+    """The attack that worked on the first release: alice may train on a data-root file but not read it. She
+    declares `age` categorical with the categories 0..k-1 and calls CreateJob: the first failing line said whether
+    each row's age was below k, so a binary search per row gave exact ages (six rows in 45 calls, no privacy spent).
+    N leaked the same way, through the delta and batch size errors. Now every answer is the same whatever the
+    values, N is named by no error, and the loss of DP-SGD steps on such data is withheld."""
+    alice = user()
+    path = write_csv(trainer.data_root / f"{alice.username}-sealed.csv", rows=61)
+    reference = path.name
+    first_age = int(path.read_text().splitlines()[1].split(",")[0])
+
+    def ages_below(k: int) -> pb.DataSchema:
+        schema = tabular_schema()
+        age = schema.tabular.columns[0]
+        age.type, age.lower, age.upper = pb.COLUMN_TYPE_CATEGORICAL, 0, 0
+        age.categories.extend(str(a) for a in range(k))
+        return schema
+
+    def answer(schema: pb.DataSchema) -> tuple:
+        try:
+            job = alice.create_job(merf_spec(1), schema, reference, "probe")
+        except SgdeError as e:
+            return ("refused", e.code, str(e), tuple(e.violations))
+        alice.cancel_job(job.name)
+        return ("accepted",)
+
+    # Below, at and above the first row's age, and above every age: on the first release each answer differed.
+    answers = {answer(ages_below(k)) for k in (first_age, first_age + 1, 91, 18)}
+    assert answers == {("accepted",)}
+
+    for spec in (tiny_spec(delta=0.5), tiny_spec(batch_size=10_000)):
+        error = refusal(lambda spec=spec: alice.create_job(spec, tabular_schema(), reference, "n-probe"))
+        assert error.code == CODE.INVALID_ARGUMENT
+        assert "61" not in str(error) and "0.0164" not in str(error)  # neither N nor 1/N
+
+    job = alice.create_job(tiny_spec(epochs=1), tabular_schema(), reference, "sealed-loss")
+    stepped = [e for e in alice.watch_job(job.name) if e.total_steps]
+    assert stepped and all(math.isnan(e.loss) for e in stepped)
+    assert alice.get_job(job.name).state == S.JOB_STATE_SUCCEEDED
 
 
 def test_queue_and_cancel(user, trainer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -16,6 +17,11 @@ def _state(state: int) -> str:
     from libsgde.wire.convert import job_state_text
 
     return job_state_text(state)
+
+
+def _loss(loss: float) -> str:
+    """NaN: the trainer withholds the loss of training on data the caller may not read."""
+    return "withheld" if math.isnan(loss) else f"{loss:.4g}"
 
 
 def _duration(seconds: float) -> str:
@@ -45,7 +51,7 @@ def _watch(client, name: str):
                         total=event.total_steps,
                         completed=event.step,
                         stats=(
-                            f"epoch {event.epoch}  loss {event.loss:.4g}  epsilon {event.epsilon_spent:.3g}  "
+                            f"epoch {event.epoch}  loss {_loss(event.loss)}  epsilon {event.epsilon_spent:.3g}  "
                             f"{event.examples_per_second:,.0f} ex/s  ETA {_duration(event.eta_seconds)}"
                         ),
                     )
@@ -237,7 +243,7 @@ def jobs_show(ctx, job: str) -> None:
     p = j.latest_progress
     if p.total_steps:
         out.print(
-            f"progress: step {p.step}/{p.total_steps}, epoch {p.epoch}, loss {p.loss:.4g}, epsilon spent "
+            f"progress: step {p.step}/{p.total_steps}, epoch {p.epoch}, loss {_loss(p.loss)}, epsilon spent "
             f"{p.epsilon_spent:.3g}",
             highlight=False,
         )

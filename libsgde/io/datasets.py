@@ -13,6 +13,8 @@ import math
 import struct
 import zipfile
 import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 DEFAULT_MAX_BYTES = 2 * 1024**3  # raw data read from one file (decompressed); model space is up to 4x that for bytes
 MAX_INFERRED_CATEGORIES = 1000
+CSV_CHUNK_ROWS = 65_536  # rows of strings held at once while a CSV is encoded
 IMAGE_KEYS, LABEL_KEYS = ("x", "images"), ("y", "labels")
 IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),
@@ -41,10 +44,22 @@ PRIVACY_WARNING = (
 
 
 def load_dataset(
-    path: Path, schema: pb.DataSchema, *, labels_path: Path | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    path: Path,
+    schema: pb.DataSchema,
+    *,
+    labels_path: Path | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_encoded_bytes: int | None = None,
+    coerce: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> EncodedData:
     """Read `path` (.csv, .npz, or idx[.gz]) and encode it with `schema`. An idx images file finds its labels file by
-    replacing ``images-idx3`` with ``labels-idx1`` in its name unless `labels_path` is given."""
+    replacing ``images-idx3`` with ``labels-idx1`` in its name unless `labels_path` is given.
+
+    `max_bytes` bounds what is read from the file (decompressed), `max_encoded_bytes` (default 4 x max_bytes) the
+    model-space arrays; a CSV is read and encoded in chunks of rows, so that memory stays near the encoded size.
+    `coerce` maps values that do not fit the schema into it instead of refusing them (libsgde.io.encoding).
+    `should_stop` is asked between chunks; when it answers True, LoadCancelled is raised."""
     path = Path(path)
     encoder = encoder_for(schema)
     kind = _file_kind(path)
@@ -55,18 +70,68 @@ def load_dataset(
             f"{path.name} is {what} but the schema declares {declared} data; give a file of that kind "
             "or the schema that belongs to this file"
         )
+    limit = 4 * max_bytes if max_encoded_bytes is None else max_encoded_bytes
     if isinstance(encoder, TabularEncoder):
-        _, columns, lines = _read_csv(path, max_bytes, encoder)
-        try:
-            return encoder.encode(columns)
-        except DataError as e:
-            where = path.name if e.row is None else f"{path.name} line {lines[e.row]}"
-            raise DataError(e.detail, column=e.column, row=e.row, where=where) from None
+        return _load_csv(path, encoder, max_bytes, limit, coerce, should_stop or (lambda: False))
     h, w, c = encoder.space.shape
     shapes: set[tuple[int, ...]] = {(h, w, c), (h, w)} if c == 1 else {(h, w, c)}
     need_labels = encoder.space.num_classes > 0
     images, labels = _read_image_file(path, kind, labels_path, max_bytes, shapes, need_labels)
-    return encoder.encode(images, labels)
+    encoded_bytes = len(images) * h * w * c * 4
+    if encoded_bytes > limit:
+        raise DataError(_too_big(path.name, encoded_bytes, limit))
+    return encoder.encode(images, labels, coerce=coerce)
+
+
+class LoadCancelled(Exception):
+    """load_dataset stopped because its `should_stop` said so."""
+
+
+def _too_big(name: str, encoded_bytes: int, limit: int) -> str:
+    return (
+        f"{name} takes {encoded_bytes:,} bytes or more in model space (one float32 per number, one per category of "
+        f"each categorical column), over the limit of {limit:,}; use fewer categories or rows, or raise the limit"
+    )
+
+
+def _load_csv(
+    path: Path,
+    encoder: TabularEncoder,
+    max_bytes: int,
+    max_encoded_bytes: int,
+    coerce: bool,
+    should_stop: Callable[[], bool],
+) -> EncodedData:
+    parts: list[EncodedData] = []
+    encoded_bytes, row_bytes = 0, 4 * (encoder.space.shape[0] + 1)
+    for columns, lines in _csv_chunks(path, max_bytes, encoder):
+        if should_stop():
+            raise LoadCancelled(path.name)
+        encoded_bytes += len(lines) * row_bytes
+        if encoded_bytes > max_encoded_bytes:
+            raise DataError(_too_big(path.name, encoded_bytes, max_encoded_bytes))
+        try:
+            parts.append(encoder.encode(columns, coerce=coerce))
+        except DataError as e:
+            line = None if e.row is None else lines[e.row]
+            raise DataError(e.detail, column=e.column, row=e.row, where=path.name, line=line) from None
+    if not parts:
+        raise DataError(f"{path.name} has a header but no data rows")
+    return _concatenate(parts)
+
+
+def _concatenate(parts: list[EncodedData]) -> EncodedData:
+    if len(parts) == 1:
+        return parts[0]
+    counts: list[dict[str, int]] = [{}, {}]
+    for part in parts:
+        for total, more in zip(counts, (part.clipped, part.coerced)):
+            for name, n in more.items():
+                total[name] = total.get(name, 0) + n
+    first = parts[0]
+    labels = None if first.labels is None else np.concatenate([p.labels for p in parts if p.labels is not None])
+    x = np.concatenate([p.x for p in parts])
+    return EncodedData(x, labels, first.space, counts[0], counts[1])
 
 
 def _file_kind(path: Path) -> str:
@@ -83,8 +148,11 @@ def _file_kind(path: Path) -> str:
     )
 
 
-def _read_csv(path: Path, max_bytes: int, encoder: TabularEncoder | None = None):
-    """(header, column name -> list of strings, file line of each data row); the encoder checks the header first."""
+def _csv_chunks(
+    path: Path, max_bytes: int, encoder: TabularEncoder | None = None, chunk_rows: int | None = CSV_CHUNK_ROWS
+) -> Iterator[tuple[dict[str, list[str]], list[int]]]:
+    """(column name -> strings, file line of each row) per chunk of at most `chunk_rows` data rows (None: one
+    chunk); the header is checked first (by the encoder too, when given)."""
     size = path.stat().st_size
     if size > max_bytes:
         raise DataError(f"{path.name} is {size:,} bytes, over the limit of {max_bytes:,}; raise max_bytes")
@@ -95,9 +163,9 @@ def _read_csv(path: Path, max_bytes: int, encoder: TabularEncoder | None = None)
             header = next(reader, None)
             if not header:
                 raise DataError(f"{path.name} is empty: its first row must be a header naming the columns")
-            if len(set(header)) != len(header):
-                twice = sorted({n for n in header if header.count(n) > 1})
-                raise DataError(f"{path.name}: the header names columns {twice} more than once; rename them")
+            twice = sorted(name for name, count in Counter(header).items() if count > 1)
+            if twice:
+                raise DataError(f"{path.name}: the header names columns {twice[:10]} more than once; rename them")
             if encoder is not None:
                 try:
                     encoder.check_columns(header)
@@ -111,18 +179,29 @@ def _read_csv(path: Path, max_bytes: int, encoder: TabularEncoder | None = None)
                     continue  # a blank line
                 if len(fields) != len(header):
                     raise DataError(
-                        f"has {len(fields)} fields but the header has {len(header)}", where=f"{path.name} line {line}"
+                        f"has {len(fields)} fields but the header has {len(header)}", where=path.name, line=line
                     )
                 for values, value in zip(columns, fields):
                     values.append(value)
                 lines.append(line)
+                if chunk_rows is not None and len(lines) >= chunk_rows:
+                    yield dict(zip(header, columns)), lines
+                    columns, lines = [[] for _ in header], []
+            if lines:
+                yield dict(zip(header, columns)), lines
     except UnicodeDecodeError:
         raise DataError(f"{path.name} is not UTF-8 text; save it as UTF-8") from None
     except csv.Error as e:
-        raise DataError(f"not valid CSV ({e})", where=f"{path.name} line {line}") from None
-    if not lines:
+        raise DataError(f"not valid CSV ({e})", where=path.name, line=line) from None
+
+
+def _read_csv(path: Path, max_bytes: int) -> tuple[list[str], dict[str, list[str]]]:
+    """(header, column name -> list of strings) of a whole CSV file."""
+    chunks = list(_csv_chunks(path, max_bytes, chunk_rows=None))
+    if not chunks:
         raise DataError(f"{path.name} has a header but no data rows")
-    return header, dict(zip(header, columns)), lines
+    columns = chunks[0][0]
+    return list(columns), columns
 
 
 def _read_image_file(
@@ -259,7 +338,7 @@ def infer_schema(
     warnings = [PRIVACY_WARNING]
     kind = _file_kind(path)
     if kind == "csv":
-        header, columns, _ = _read_csv(path, max_bytes)
+        header, columns = _read_csv(path, max_bytes)
         if label_column is not None and label_column not in columns:
             raise DataError(f"{path.name} has no column {label_column!r} to use as the label (it has {header[:10]})")
         schema = pb.DataSchema(

@@ -5,10 +5,19 @@ Bounds and categories come from the schema (public), never from the data. Model 
   (v - lower) / (upper - lower) in [0, 1]; a categorical column is a one-hot block of width len(categories). The
   label column (if any) is not in the row: it is the int32 label (its category index).
 - image: float32 [H, W, C] in [0, 1] (pixel / pixel_max); the label is the class index.
+
+Values that do not fit the schema are refused with a `DataError` that says where (`coerce=False`, for the data's
+owner), or mapped into it by fixed public rules (`coerce=True`, for a user who may train on the data but not read it:
+an error that depended on the values would tell them about the values). The rules, which depend only on the schema:
+a number is clipped into [lower, upper] (an integer column rounds to the nearest integer); a missing or unreadable
+number becomes the middle of the bounds; a value that is not exactly one declared category (label included) becomes
+the first category; a NaN pixel becomes 0; a label that is not a class index becomes class 0. How many values each
+rule changed is counted in `EncodedData.coerced`, for the data's owner only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +36,7 @@ class EncodedData:
     labels: np.ndarray | None  # int32 [N]
     space: ModelSpace
     clipped: dict[str, int] = field(default_factory=dict)  # column (or "pixels") -> values clipped into bounds
+    coerced: dict[str, int] = field(default_factory=dict)  # column (or "pixels", "labels") -> values replaced
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -36,17 +46,26 @@ MAX_EXACT_INTEGER = 2**53  # integer bounds beyond this are not exact in float64
 
 
 class DataError(ValueError):
-    """Data that does not fit its schema. `column` and `row` (0-based) say where, when known; `detail` says what."""
+    """Data that does not fit its schema. `where` names the file, `line` its line, `column` and `row` (0-based) say
+    where, when known; `detail` says what."""
 
-    def __init__(self, detail: str, *, column: str | None = None, row: int | None = None, where: str | None = None):
+    def __init__(
+        self,
+        detail: str,
+        *,
+        column: str | None = None,
+        row: int | None = None,
+        where: str | None = None,
+        line: int | None = None,
+    ):
         parts = [
-            where,
+            where if line is None else f"{where} line {line}",
             None if column is None else f"column {column!r}",
-            None if row is None or where is not None else f"row {row}",
+            None if row is None or line is not None else f"row {row}",
         ]
         location = ", ".join(p for p in parts if p)
         super().__init__(f"{location}: {detail}" if location else detail)
-        self.detail, self.column, self.row = detail, column, row
+        self.detail, self.column, self.row, self.where, self.line = detail, column, row, where, line
 
 
 def _short(value: object, limit: int = 60) -> str:
@@ -73,10 +92,11 @@ def model_space(schema: pb.DataSchema) -> ModelSpace:
     return ModelSpace("tabular", (start,), tuple(blocks), num_classes)
 
 
-def _category_index(col: pb.Column) -> Callable[[object, int], int]:
+def _category_index(col: pb.Column, coerce: bool = False) -> Callable[[object, int], int]:
     """A matcher of values to category indices. Strings match exactly (no trimming). A number matches the category
     spelled str(number), and a float holding an integer also the one spelled as that integer (1.0 -> "1"); a value
-    that matches two categories ("1" and "1.0") is refused as ambiguous."""
+    that matches two categories ("1" and "1.0") is refused as ambiguous. With `coerce`, a value that matches no
+    category or several is category 0 instead (the caller counts them)."""
     index = {name: i for i, name in enumerate(col.categories)}
 
     def match(value: object, row: int) -> int:
@@ -91,6 +111,8 @@ def _category_index(col: pb.Column) -> Callable[[object, int], int]:
             hits = {index[s] for s in spellings if s in index}
         if len(hits) == 1:
             return hits.pop()
+        if coerce:
+            return -1
         if hits:
             raise DataError(
                 f"{_short(value)} matches several categories ({sorted(col.categories[h] for h in hits)});"
@@ -107,6 +129,34 @@ def _category_index(col: pb.Column) -> Callable[[object, int], int]:
         )
 
     return match
+
+
+def _coerce_numbers(col: pb.Column, values: Sequence) -> tuple[np.ndarray, int]:
+    """float64 values of a numeric column by the public rules (module docstring), and how many were replaced or
+    rounded; clipping into bounds is left to the caller, which counts it as for any data."""
+    middle = (col.lower + col.upper) / 2
+    if col.type == pb.COLUMN_TYPE_INTEGER:
+        middle = float(np.floor(middle))
+    replaced = 0
+    try:
+        numbers = np.asarray(values).astype(np.float64)  # the common case: every value reads as a number
+    except (ValueError, TypeError):
+        numbers = np.empty(len(values), np.float64)
+        for row, value in enumerate(values):
+            try:
+                numbers[row] = float(value)
+            except (ValueError, TypeError):
+                numbers[row] = math.nan
+    missing = np.isnan(numbers)
+    if missing.any():
+        replaced = int(np.count_nonzero(missing))
+        numbers[missing] = middle
+    if col.type == pb.COLUMN_TYPE_INTEGER:
+        finite = np.isfinite(numbers)
+        rounded = np.where(finite, np.round(numbers), numbers)
+        replaced += int(np.count_nonzero(rounded != numbers))
+        numbers = rounded
+    return numbers, replaced
 
 
 def _parse_numbers(col: pb.Column, values: Sequence) -> np.ndarray:
@@ -177,9 +227,10 @@ class TabularEncoder:
             if col.name not in given:
                 raise DataError("the schema declares this column but the data lacks it", column=col.name)
 
-    def encode(self, columns: Mapping[str, Sequence]) -> EncodedData:
+    def encode(self, columns: Mapping[str, Sequence], *, coerce: bool = False) -> EncodedData:
         """Encode column name -> values (strings as read from a CSV, or numbers); values outside bounds are clipped
-        and counted in `clipped`."""
+        and counted in `clipped`. With `coerce`, values that do not fit are mapped into the schema (module
+        docstring) and counted in `coerced` instead of refused."""
         self.check_columns(list(columns))
         n = len(columns[self.schema.columns[0].name])
         for name, values in columns.items():
@@ -192,24 +243,33 @@ class TabularEncoder:
         if n == 0:
             raise DataError("the data has no rows")
         x = np.zeros((n, self.space.shape[0]), np.float32)
-        labels, clipped = None, {}
+        labels, clipped, coerced = None, {}, {}
         for col in self.schema.columns:
             values = columns[col.name]
             if col.type == pb.COLUMN_TYPE_CATEGORICAL:
-                match = _category_index(col)
+                match = _category_index(col, coerce)
                 index = np.fromiter((match(v, row) for row, v in enumerate(values)), np.int64, count=n)
+                unmatched = index < 0
+                if unmatched.any():
+                    coerced[col.name] = int(np.count_nonzero(unmatched))
+                    index[unmatched] = 0
                 if col.name == self.schema.label_column:
                     labels = index.astype(np.int32)
                 else:
                     x[np.arange(n), self._blocks[col.name].start + index] = 1.0
                 continue
-            numbers = _parse_numbers(col, values)
+            if coerce:
+                numbers, replaced = _coerce_numbers(col, values)
+                if replaced:
+                    coerced[col.name] = replaced
+            else:
+                numbers = _parse_numbers(col, values)
             outside = int(np.count_nonzero((numbers < col.lower) | (numbers > col.upper)))
             if outside:
                 clipped[col.name] = outside
             numbers = np.clip(numbers, col.lower, col.upper)
             x[:, self._blocks[col.name].start] = (numbers - col.lower) / (col.upper - col.lower)
-        return EncodedData(x, labels, self.space, clipped)
+        return EncodedData(x, labels, self.space, clipped, coerced)
 
     def decode(self, x: np.ndarray, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Model-space rows back to column values, always inside the schema (NaN reads as 0, i.e. `lower`)."""
@@ -262,26 +322,32 @@ class ImageEncoder:
             raise DataError(f"expected {what} of shape (N, {h}, {w}, {c}){grey}, got {images.shape}")
         return shaped
 
-    def encode(self, images: np.ndarray, labels: np.ndarray | None = None) -> EncodedData:
+    def encode(self, images: np.ndarray, labels: np.ndarray | None = None, *, coerce: bool = False) -> EncodedData:
         """Scale pixels into [0, 1], clipping (and counting) those outside [0, pixel_max]. Labels are class indices;
-        they are ignored when the schema declares no classes."""
+        they are ignored when the schema declares no classes. With `coerce`, NaN pixels and labels that are not
+        class indices are replaced (module docstring) and counted in `coerced` instead of refused."""
         images = np.asarray(images)
         if images.dtype.kind not in "uif":
             raise DataError(f"images must hold real numbers, not {images.dtype}")
         images = self._shaped(images, "images")
         if len(images) == 0:
             raise DataError("there are no images")
+        coerced: dict[str, int] = {}
         if images.dtype.kind == "f" and np.isnan(images).any():
-            row = int(np.flatnonzero(np.isnan(images).any(axis=(1, 2, 3)))[0])
-            raise DataError("has NaN pixels; missing values are not supported", row=row)
+            if not coerce:
+                row = int(np.flatnonzero(np.isnan(images).any(axis=(1, 2, 3)))[0])
+                raise DataError("has NaN pixels; missing values are not supported", row=row)
+            coerced["pixels"] = int(np.count_nonzero(np.isnan(images)))
+            images = np.nan_to_num(images, nan=0.0)
         pixel_max = self.schema.pixel_max
         outside = int(np.count_nonzero(images < 0) + np.count_nonzero(images > pixel_max))
         x = images.astype(np.float32)
         x /= np.float32(pixel_max)
         np.clip(x, 0.0, 1.0, out=x)
-        return EncodedData(x, self._labels(labels, len(images)), self.space, {"pixels": outside} if outside else {})
+        classes = self._labels(labels, len(images), coerced if coerce else None)
+        return EncodedData(x, classes, self.space, {"pixels": outside} if outside else {}, coerced)
 
-    def _labels(self, labels: np.ndarray | None, n: int) -> np.ndarray | None:
+    def _labels(self, labels: np.ndarray | None, n: int, coerced: dict[str, int] | None = None) -> np.ndarray | None:
         k = self.space.num_classes
         if k == 0:
             return None
@@ -291,7 +357,11 @@ class ImageEncoder:
         if labels.shape != (n,) or labels.dtype.kind not in "uif":
             raise DataError(f"expected {n} integer labels, got {labels.dtype} of shape {labels.shape}")
         bad = np.flatnonzero(~((labels >= 0) & (labels < k) & (labels == np.floor(labels))))
-        if bad.size:
+        if bad.size and coerced is not None:
+            coerced["labels"] = int(bad.size)
+            labels = labels.copy()
+            labels[bad] = 0
+        elif bad.size:
             raise DataError(
                 f"label {_short(labels[bad[0]].item())} is not a class index in [0, {k}); class names: "
                 f"{list(self.schema.class_names)[:10]}",

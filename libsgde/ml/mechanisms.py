@@ -34,6 +34,9 @@ class Mechanism(abc.ABC):
     """A privacy mechanism: its name (the manifest's `privacy.mechanism`), calibration, event, report and loop."""
 
     name: ClassVar[str]
+    # Whether the training loss it reports is a function of the private data beyond the release (DP-SGD's batch
+    # loss is); the trainer withholds such a loss from users who may train on data but not read it.
+    loss_reveals_data: ClassVar[bool] = True
 
     def check(self, spec: TrainSpec, dataset_size: int) -> None:
         """Refuses (FieldError) a filled-in spec this mechanism cannot run on `dataset_size` examples; by default
@@ -83,7 +86,7 @@ class DPSGD(Mechanism):
 
     def check(self, spec: TrainSpec, dataset_size: int) -> None:
         if not 1 <= spec.batch_size <= dataset_size:
-            raise FieldError("spec.batch_size", f"must be between 1 and the number of examples ({dataset_size})")
+            raise FieldError("spec.batch_size", "must be between 1 and the number of training examples")
 
     def event(self, noise_multiplier: float, sampling_rate: float, steps: int) -> DpEvent:
         return accounting.dpsgd_event(noise_multiplier, sampling_rate, steps)
@@ -160,6 +163,7 @@ class DPSGD(Mechanism):
 
 class MeanEmbeddingRelease(Mechanism):
     name = "dp-merf"
+    loss_reveals_data = False  # the generator's loss compares it with the released (noised) embedding only
 
     def event(self, noise_multiplier: float, sampling_rate: float = 1.0, steps: int = 1) -> DpEvent:
         if sampling_rate != 1.0 or steps != 1:

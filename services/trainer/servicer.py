@@ -24,7 +24,6 @@ from google.protobuf import timestamp_pb2
 
 from libsgde import errors
 from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE
-from libsgde.io.encoding import DataError
 from libsgde.io.schema import SchemaError, validate_schema
 from libsgde.server.gate import RegistryGate
 from libsgde.server.streams import first_header
@@ -33,7 +32,7 @@ from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
 from services.trainer.jobs import CANCELLED, ENDED, PUBLISHED, SUCCEEDED, Conflict, DatasetRow, JobRow, JobStore, new_id
-from services.trainer.sources import SourceError, Sources, describe_data_error
+from services.trainer.sources import SourceError, Sources
 from services.trainer.worker import Worker, spec_field
 
 log = logging.getLogger("sgde.trainer")
@@ -51,6 +50,9 @@ class TrainerSettings:
     # How long CancelJob waits for a running job to stop before it answers (the job stops anyway).
     cancel_wait_s: float = 10.0
     publish_timeout_s: float = 600.0
+    # Datasets CreateJob loads at once (to check them against the schema and N), and how long a call waits for a turn.
+    data_checks: int = 2
+    data_check_wait_s: float = 5.0
 
 
 def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -121,6 +123,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ):
         self.store, self.worker, self.sources, self.gate = store, worker, sources, gate
         self.state_dir, self.settings = state_dir, settings
+        self._data_checks = threading.BoundedSemaphore(settings.data_checks)
         self._publish_locks: dict[str, threading.Lock] = {}
         self._publish_locks_guard = threading.Lock()
 
@@ -225,6 +228,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             )
 
     def CreateJob(self, request: tpb.CreateJobRequest, context) -> tpb.Job:
+        from libsgde.io.datasets import LoadCancelled
         from libsgde.io.training import SpecError, check_spec
         from libsgde.ml.privacy.accounting import PrivacyError
         from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
@@ -262,12 +266,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         if violations:
             raise errors.FieldError.many(violations)
         # Load the data once now: its size N fixes delta's bound and the batch size's, and data and schema must agree.
+        # At most `data_checks` loads run at once (each takes memory in proportion to the data); a load stops when
+        # the caller goes away.
+        if not self._data_checks.acquire(timeout=self.settings.data_check_wait_s):
+            raise errors.Unavailable("the trainer is checking other datasets; retry in a few seconds")
         try:
-            data = self.sources.load(request.dataset, user, schema)
-        except SourceError as e:
-            raise errors.FieldError("dataset", str(e)) from None
-        except DataError as e:
-            raise errors.FieldError(*describe_data_error(e, schema)) from None
+            data = self.sources.load(request.dataset, user, schema, should_stop=lambda: not context.is_active())
+        except LoadCancelled:
+            raise errors.Unavailable("the request was cancelled while its dataset loaded") from None
+        finally:
+            self._data_checks.release()
         try:
             filled = check_spec(spec, schema, len(data))
         except (SpecError, PrivacyError) as e:

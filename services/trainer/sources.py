@@ -1,15 +1,23 @@
 """Where a job's data comes from, and loading it: an uploaded dataset ("datasets/{id}", the uploader's own), a path
 under the trainer's data root (never outside it, symlinks included), or "s3://bucket/key" in the silo's own S3 store.
 
-Nothing here logs or returns the data's values; errors name the dataset, a column or a row, never a value.
+What a caller learns depends on whether the data is theirs. An upload is its uploader's: errors say which line and
+column do not fit and why. Data-root and S3 files belong to the silo; a user allowed to train on them may not read
+them, so anything the trainer says about them must not depend on their values (an error citing the first failing
+line, or whether some value is outside a chosen category list, answers questions about the rows). For these
+"sealed" sources values that do not fit the declared schema are mapped into it by the encoder's public rules
+(libsgde.io.encoding, coerce=True); errors are about the file's structure only (its kind, header, shape, whether it
+parses) and carry no line or row; counts of coerced values go to the trainer's log, for the silo that owns the data.
+Nothing here logs or returns the data's values.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -19,6 +27,8 @@ from libsgde.io.encoding import DataError, EncodedData
 from libsgde.server.storage import S3Location
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from services.trainer.jobs import JobStore
+
+log = logging.getLogger("sgde.trainer")
 
 DATASET_NAME_RE = re.compile(r"^datasets/([0-9a-f]{16})$")
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -32,10 +42,13 @@ class SourceError(FieldError):
         super().__init__("dataset", message, message=message)
 
 
-def _load(path: Path, schema: pb.DataSchema) -> EncodedData:
-    from libsgde.io.datasets import load_dataset  # pandas and friends: loaded only when a dataset is
+class DataMismatch(FieldError):
+    """The dataset does not fit the declared schema, described as much as the caller may be told."""
 
-    return load_dataset(path, schema)
+
+def is_sealed(reference: str) -> bool:
+    """Whether the caller may train on the data but not read it: everything but their own uploads."""
+    return not reference.startswith("datasets/")
 
 
 class Sources:
@@ -56,6 +69,7 @@ class Sources:
         # Who may train on the data root and the S3 store (None: every user); uploads are always the uploader's.
         self.data_users = data_users
         self.max_bytes = max_bytes
+        self.max_encoded_bytes = 4 * max_bytes  # the model-space arrays of one load
         (state_dir / "tmp").mkdir(parents=True, exist_ok=True)
 
     # -- references --------------------------------------------------------------------------------------------
@@ -170,26 +184,56 @@ class Sources:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def load(self, reference: str, owner: str, schema: pb.DataSchema) -> EncodedData:
-        """The dataset encoded against `schema`; raises SourceError or DataError."""
+    def load(
+        self, reference: str, owner: str, schema: pb.DataSchema, should_stop: Callable[[], bool] | None = None
+    ) -> EncodedData:
+        """The dataset encoded against `schema` (sealed sources coerced: module docstring); raises SourceError,
+        DataMismatch, or LoadCancelled when `should_stop` answers True."""
+        from libsgde.io.datasets import load_dataset  # numpy and the readers: loaded only when a dataset is
+
+        sealed = is_sealed(reference)
         with self.local_file(reference, owner) as path:
-            return _load(path, schema)
+            try:
+                data = load_dataset(
+                    path,
+                    schema,
+                    max_bytes=self.max_bytes,
+                    max_encoded_bytes=self.max_encoded_bytes,
+                    coerce=sealed,
+                    should_stop=should_stop,
+                )
+            except DataError as e:
+                if sealed:
+                    log.info("sealed dataset does not fit its schema", extra={"dataset": reference, "error": str(e)})
+                raise DataMismatch(*describe_data_error(e, schema, sealed)) from None
+        if sealed and data.coerced:
+            coerced = dict(data.coerced)
+            log.info("sealed dataset: values mapped into the schema", extra={"dataset": reference, "coerced": coerced})
+        return data
 
 
 # A DataError detail that starts with a value of the data ("'abc' is not a number", "label 7 is outside ...").
 _VALUE_FIRST = re.compile(r"^(['\"]|b['\"]|label |-?[0-9])")
 
 
-def describe_data_error(e: DataError, schema: pb.DataSchema) -> tuple[str, str]:
-    """(field, description) for a dataset that does not fit its schema: where (file, line, column) and what to
-    change, without echoing a value of the data. The field is the schema column concerned
-    ("data_schema.tabular.columns[2]") or "dataset"."""
+def describe_data_error(e: DataError, schema: pb.DataSchema, sealed: bool = False) -> tuple[str, str]:
+    """(field, description) for a dataset that does not fit its schema, without echoing a value of the data. The
+    field is the schema column concerned ("data_schema.tabular.columns[2]") or "dataset". For the data's owner:
+    where (file, line, column) and what to change. For a sealed source: the column and the structural problem,
+    never a line or row (module docstring)."""
     field, declared = "dataset", ""
     if e.column is not None and schema.WhichOneof("kind") == "tabular":
         for i, col in enumerate(schema.tabular.columns):
             if col.name == e.column:
                 field, declared = f"data_schema.tabular.columns[{i}]", _declared(col)
                 break
+    if sealed:
+        column = f" (column {e.column!r})" if e.column is not None else ""
+        detail = "" if _VALUE_FIRST.match(e.detail) else f": {e.detail}"
+        return field, (
+            f"the data does not fit the declared schema{column}{detail}; the trainer says no more about data you "
+            "may train on but not read: ask the silo's operator, who can see its log"
+        )
     message = str(e)
     if not _VALUE_FIRST.match(e.detail):
         return field, message

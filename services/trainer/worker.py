@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import queue
 import shutil
 import threading
@@ -17,11 +18,10 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
-from libsgde.io.encoding import DataError
 from libsgde.wire.convert import job_state_text, now_to_proto
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRow, JobStore
-from services.trainer.sources import SourceError, Sources, describe_data_error
+from services.trainer.sources import DataMismatch, SourceError, Sources, is_sealed
 
 log = logging.getLogger("sgde.trainer")
 
@@ -242,12 +242,16 @@ class Worker:
                 self._stops.pop(job_id, None)
 
     def _train(self, job: JobRow, stop: threading.Event) -> None:
+        from libsgde.io.datasets import LoadCancelled
         from libsgde.io.training import CHECKPOINT_EVERY_S, SpecError, TrainingCancelled, check_spec, train
         from libsgde.ml.privacy.accounting import PrivacyError
         from libsgde.wire.convert import train_spec_from_proto
 
         latest = tpb.ProgressEvent()
         persisted_at = 0.0
+        # The loss of a DP-SGD step is computed on the private batch and is not noised: on data the user may not
+        # read, it is withheld (NaN). A mechanism whose loss is post-processing of its release shows it.
+        withhold_loss = is_sealed(job.dataset) and _loss_reveals_data(job.spec.architecture)
 
         def on_progress(p) -> None:
             nonlocal persisted_at
@@ -257,7 +261,7 @@ class Worker:
                 step=p.step,
                 total_steps=p.total_steps,
                 epoch=p.epoch,
-                loss=p.loss,
+                loss=math.nan if withhold_loss else p.loss,
                 epsilon_spent=p.epsilon_spent,
                 examples_per_second=p.examples_per_second,
                 eta_seconds=p.eta_seconds,
@@ -277,7 +281,7 @@ class Worker:
         out_dir = self.job_dir(job.id)
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            data = self.sources.load(job.dataset, job.owner, job.data_schema)
+            data = self.sources.load(job.dataset, job.owner, job.data_schema, should_stop=stop.is_set)
             spec = check_spec(train_spec_from_proto(job.spec), job.data_schema, len(data))
             if stop.is_set():  # cancelled while the data loaded
                 raise TrainingCancelled("before the first step")
@@ -291,7 +295,7 @@ class Worker:
                 checkpoint_every_s=self.checkpoint_every_s or CHECKPOINT_EVERY_S,
                 should_stop=lambda: stop.is_set() or self._closing.is_set(),
             )
-        except TrainingCancelled:
+        except (TrainingCancelled, LoadCancelled):
             if stop.is_set():
                 self._end(job, CANCELLED, "cancelled", latest, {})
             else:  # the trainer is stopping: the job stays RUNNING and resumes from its checkpoint next start
@@ -299,9 +303,8 @@ class Worker:
             return
         except SourceError as e:
             return fail(f"dataset: {e}")
-        except DataError as e:
-            field, description = describe_data_error(e, job.data_schema)
-            return fail(f"{field}: {description}")
+        except DataMismatch as e:
+            return fail(f"{e.field}: {e.description}")
         except (SpecError, PrivacyError) as e:
             return fail(f"{spec_field(e.field)}: {e.description}")
         except Exception as e:
@@ -317,6 +320,15 @@ class Worker:
             latest,
             {"artifact_sha256": result.sha256, "privacy": privacy},
         )
+
+
+def _loss_reveals_data(architecture: str) -> bool:
+    from libsgde.ml.architectures import ConfigError, get_architecture
+
+    try:
+        return get_architecture(architecture).mechanism.loss_reveals_data
+    except ConfigError:  # an unknown architecture fails the job later, with its own error
+        return True
 
 
 def spec_field(field: str) -> str:

@@ -34,8 +34,7 @@ def check_delta(delta: float, dataset_size: int) -> None:
     if not (math.isfinite(delta) and 0 < delta < 1 / dataset_size):
         raise PrivacyError(
             "delta",
-            f"must be in (0, 1/N) = (0, {1 / dataset_size:.3g}) for N = {dataset_size} "
-            "examples; 1e-5 or 1/(10 N) are common choices",
+            "must be in (0, 1/N), N the number of training examples; 1e-5 or 1/(10 N) are common choices",
         )
 
 
