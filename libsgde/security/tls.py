@@ -230,7 +230,7 @@ def split_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
             continue
         except ValueError:
             pass
-        if len(name) > 253 or not _DNS_RE.match(name):
+        if len(name) > 253 or not _DNS_RE.fullmatch(name):
             raise PkiError(f"{raw!r} is neither a DNS name nor an IP address")
         dns.append(name.lower())
     return dns, ips

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge
 
 from libsgde import errors
-from libsgde.domain.names import MODEL_ID_RE, USERNAME_RE
+from libsgde.domain.names import MODEL_ID_RE, MODEL_OR_VERSION_RE, USERNAME_RE
 from libsgde.domain.resources import ModelVersion
 from libsgde.server.gate import RegistryGate
 from libsgde.wire.convert import privacy_to_proto
@@ -31,7 +31,6 @@ from services.sampler.cache import ArtifactCache
 
 log = logging.getLogger("sgde.sampler")
 
-MODEL_RE = re.compile(r"^models/([^/]+)/([^/]+)(?:/versions/([^/]+))?$")
 
 SAMPLES = Counter("sgde_sampler_samples_total", "Samples generated")
 BYTES = Counter("sgde_sampler_bytes_total", "Bytes of sampled output streamed")
@@ -51,11 +50,11 @@ class SamplerSettings:
 
 def _parse_model(name: str) -> str:
     """The version name to resolve: ".../versions/N" as given, a model name as its latest version."""
-    m = MODEL_RE.match(name)
+    m = MODEL_OR_VERSION_RE.fullmatch(name)
     if (
         not m
-        or not USERNAME_RE.match(m[1])
-        or not MODEL_ID_RE.match(m[2])
+        or not USERNAME_RE.fullmatch(m[1])
+        or not MODEL_ID_RE.fullmatch(m[2])
         or (m[3] is not None and m[3] != "latest" and not re.fullmatch(r"[1-9][0-9]{0,9}", m[3]))
     ):
         raise errors.FieldError(

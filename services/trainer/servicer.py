@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -23,7 +22,15 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 
 from libsgde import errors
-from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE
+from libsgde.domain.names import (
+    FILENAME_RE,
+    JOB_NAME_RE,
+    MODEL_ID_RE,
+    MODEL_NAME_RE,
+    REQUEST_ID_RE,
+    SHA256_RE,
+    USERNAME_RE,
+)
 from libsgde.io.schema import SchemaError, validate_schema
 from libsgde.server.gate import RegistryGate
 from libsgde.server.streams import first_header
@@ -37,9 +44,6 @@ from services.trainer.worker import Worker, spec_field
 
 log = logging.getLogger("sgde.trainer")
 
-JOB_NAME_RE = re.compile(r"^jobs/([0-9a-f]{16})$")
-FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 
@@ -130,7 +134,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     # -- helpers -----------------------------------------------------------------------------------------------
 
     def _own_job(self, user: str, name: str) -> JobRow:
-        m = JOB_NAME_RE.match(name)
+        m = JOB_NAME_RE.fullmatch(name)
         if not m:
             raise errors.FieldError("name", f"expected jobs/{{id}}, got {name[:200]!r}")
         job = self.store.get_job(m[1])
@@ -148,7 +152,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         user, _ = self.gate.caller(context)
         header = first_header(request_iterator)
         violations = []
-        if not FILENAME_RE.match(header.filename):
+        if not FILENAME_RE.fullmatch(header.filename):
             violations.append(
                 (
                     "header.filename",
@@ -219,8 +223,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     # -- jobs --------------------------------------------------------------------------------------------------
 
     def _check_publish_model(self, user: str, name: str) -> None:
-        m = MODEL_NAME_RE.match(name)
-        if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
+        m = MODEL_NAME_RE.fullmatch(name)
+        if not m or not USERNAME_RE.fullmatch(m[1]) or not MODEL_ID_RE.fullmatch(m[2]):
             raise errors.FieldError("publish_model", f"expected models/{{you}}/{{model}}, got {name[:200]!r}")
         if m[1] != user:
             raise errors.PermissionDenied(
@@ -236,7 +240,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         user, _ = self.gate.caller(context)
         request_id = request.request_id or None
         if request_id is not None:
-            if not REQUEST_ID_RE.match(request_id):
+            if not REQUEST_ID_RE.fullmatch(request_id):
                 raise errors.FieldError("request_id", "1-64 letters, digits, '.', '_', ':' or '-'")
             earlier = self.store.find_request(user, request_id)
             if earlier is not None:

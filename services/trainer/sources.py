@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from libsgde.domain.names import DATASET_NAME_RE
 from libsgde.errors import FieldError
 from libsgde.io.encoding import DataError, EncodedData
 from libsgde.server.storage import S3Location
@@ -30,8 +31,7 @@ from services.trainer.jobs import JobStore
 
 log = logging.getLogger("sgde.trainer")
 
-DATASET_NAME_RE = re.compile(r"^datasets/([0-9a-f]{16})$")
-S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_BUCKET_RE = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 MAX_REFERENCE = 2048
 
 
@@ -84,7 +84,7 @@ class Sources:
             raise SourceError(f"you may not train on this trainer's {what}; upload your data instead")
 
     def _uploaded(self, reference: str, owner: str) -> Path:
-        m = DATASET_NAME_RE.match(reference)
+        m = DATASET_NAME_RE.fullmatch(reference)
         row = self.store.get_dataset(m[1]) if m else None
         if row is None or row.owner != owner:
             raise SourceError(
@@ -119,7 +119,7 @@ class Sources:
         self._shared_allowed(owner, "S3 store")
         parts = urlsplit(reference)
         bucket, key = parts.netloc, parts.path.lstrip("/")
-        if parts.query or parts.fragment or not S3_BUCKET_RE.match(bucket) or not key:
+        if parts.query or parts.fragment or not S3_BUCKET_RE.fullmatch(bucket) or not key:
             raise SourceError("expected s3://BUCKET/KEY")
         if self.s3.bucket and bucket != self.s3.bucket:
             raise SourceError(f"this trainer reads datasets from bucket {self.s3.bucket!r} only")
