@@ -22,6 +22,7 @@ from libsgde.security import signing
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import JobStore
+from services.trainer.servicer import TrainerSettings
 from services.trainer.sources import SourceError, Sources
 from tests.support.services import PASSWORD, tabular_schema, user_client
 from tests.support.trainer import (
@@ -416,6 +417,46 @@ def test_dataset_from_the_silos_s3_store(seaweed, registry, pki, tmp_path, monke
         done = wait_state(alice, job.name, {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED})
         assert done.state == S.JOB_STATE_SUCCEEDED and done.privacy.dataset_size == 60, done.error
         assert not any((cfg.state_dir / "tmp").iterdir())  # the downloaded copy is gone
+    finally:
+        handle.stop(grace=1)
+
+
+def test_per_user_quotas_and_dataset_deletion(registry, pki, tmp_path):
+    """Limits that protect the silo: queued + running jobs and kept upload bytes per user, refused with
+    RESOURCE_EXHAUSTED naming the limit; uploads can be deleted (not while a job needs them), also on publish."""
+    csv = write_csv(tmp_path / "people.csv")
+    size = csv.stat().st_size
+    settings = TrainerSettings(max_jobs_per_user=2, max_user_dataset_bytes=2 * size + size // 2)
+    cfg, handle = start_trainer(tmp_path / "trainer", pki, registry.address, settings=settings)
+    try:
+        alice = trainer_client(user_client(registry.address, pki, tmp_path), cfg.listen)
+        bob = trainer_client(user_client(registry.address, pki, tmp_path), cfg.listen)
+        first, second = alice.upload_dataset(csv), alice.upload_dataset(csv)
+        error = refusal(lambda: alice.upload_dataset(csv))
+        assert error.code == CODE.RESOURCE_EXHAUSTED and "SGDE_TRAINER_MAX_USER_DATASET_BYTES" in str(error)
+        assert [d.name for d in alice.list_datasets(page_size=1)] == [second.name, first.name]  # newest first, paged
+        bob.upload_dataset(csv)  # per user: bob has his own allowance
+
+        running = [alice.create_job(merf_spec(10**7), tabular_schema(), first, f"long-{i}") for i in range(2)]
+        error = refusal(lambda: alice.create_job(merf_spec(1), tabular_schema(), second, "one-too-many"))
+        assert error.code == CODE.RESOURCE_EXHAUSTED and "SGDE_TRAINER_MAX_JOBS_PER_USER = 2" in str(error)
+
+        error = refusal(lambda: alice.delete_dataset(first))
+        assert error.code == CODE.FAILED_PRECONDITION and running[0].name in str(error)
+        assert refusal(lambda: bob.delete_dataset(second)).code == CODE.NOT_FOUND  # not his
+        alice.delete_dataset(second)
+        assert not (cfg.state_dir / "datasets" / second.name.split("/")[1]).exists()
+        assert [d.name for d in alice.list_datasets()] == [first.name]
+        for job in running:
+            alice.cancel_job(job.name)
+        alice.delete_dataset(first)
+        assert list(alice.list_datasets()) == []
+
+        upload = alice.upload_dataset(csv)  # the space is free again
+        job = alice.create_job(merf_spec(1), tabular_schema(), upload, "published-then-deleted")
+        assert wait_state(alice, job.name, {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED}).state == S.JOB_STATE_SUCCEEDED
+        assert alice.publish_job(job.name, delete_dataset=True).state == S.JOB_STATE_PUBLISHED
+        assert list(alice.list_datasets()) == []
     finally:
         handle.stop(grace=1)
 

@@ -113,6 +113,9 @@ def _published(job) -> str:
 @click.option("--config", "config_json", help="Architecture settings as JSON, e.g. '{\"hidden\": [64, 64]}'.")
 @click.option("--publish", "model", required=True, help="Model to publish to: NAME or YOU/NAME (made if missing).")
 @click.option("--no-wait", is_flag=True, help="Submit and print the job's name; do not watch or publish.")
+@click.option(
+    "--delete-data", is_flag=True, help="Delete the uploaded data from the trainer once the model is published."
+)
 @click.pass_context
 @handles_errors
 def train_command(
@@ -131,6 +134,7 @@ def train_command(
     config_json: str | None,
     model: str,
     no_wait: bool,
+    delete_data: bool,
 ) -> None:
     """Train a differentially private generator in the silo's trainer, then sign and publish it.
 
@@ -179,7 +183,7 @@ def train_command(
             return
         job = _watch(client, job.name)
         _report_end(job)
-        job = client.publish_job(job.name)
+        job = client.publish_job(job.name, delete_dataset=delete_data)
         out.print(_published(job), highlight=False)
 
 
@@ -289,10 +293,41 @@ def jobs_cancel(ctx, job: str) -> None:
 
 @jobs.command("publish")
 @click.argument("job")
+@click.option("--delete-dataset", is_flag=True, help="Then delete the job's uploaded dataset from the trainer.")
 @click.pass_context
 @handles_errors
-def jobs_publish(ctx, job: str) -> None:
+def jobs_publish(ctx, job: str, delete_dataset: bool) -> None:
     """Sign a succeeded job's model with your key (here) and publish it to the registry."""
     with _client(ctx) as client:
-        j = client.publish_job(job)
+        j = client.publish_job(job, delete_dataset=delete_dataset)
     out.print(_published(j), highlight=False)
+
+
+@main.group()
+def datasets() -> None:
+    """Your uploaded datasets in the trainer: list and delete."""
+
+
+@datasets.command("list")
+@click.pass_context
+@handles_errors
+def datasets_list(ctx) -> None:
+    """Your uploads, newest first."""
+    with _client(ctx) as client:
+        rows = list(client.list_datasets())
+    table = Table("dataset", "file", "bytes", "uploaded", box=None)
+    for d in rows:
+        uploaded = d.create_time.strftime("%Y-%m-%d %H:%M") if d.create_time else ""
+        table.add_row(d.name, d.filename, f"{d.size_bytes:,}", uploaded)
+    out.print(table if rows else "no datasets", highlight=False)
+
+
+@datasets.command("delete")
+@click.argument("dataset")
+@click.pass_context
+@handles_errors
+def datasets_delete(ctx, dataset: str) -> None:
+    """Delete an upload (refused while a queued or running job uses it)."""
+    with _client(ctx) as client:
+        client.delete_dataset(dataset)
+    out.print(f"deleted {dataset}", highlight=False)

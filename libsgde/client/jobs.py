@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from libsgde.client.names import job_name, model_name
+from libsgde.client.names import dataset_name, job_name, model_name
 from libsgde.client.registry import RegistrySession
 from libsgde.client.transfers import Progress, cancelling, file_chunks
 from libsgde.domain.resources import Dataset, Job, JobState, ProgressEvent
@@ -113,9 +113,22 @@ class Jobs(RegistrySession, abc.ABC):
         """Cancels a queued job at once, or asks a running one to stop (it stops within a training step)."""
         return job_from_proto(self._call(self.trainer.CancelJob, tpb.CancelJobRequest(name=job_name(name))))
 
-    def publish_job(self, name: str, timeout: float | None = 600.0) -> Job:
+    def list_datasets(self, page_size: int = 100) -> Iterator[Dataset]:
+        """Your uploaded datasets in the trainer, newest first."""
+        return self._pages(
+            self.trainer.ListDatasets, tpb.ListDatasetsRequest(page_size=page_size), "datasets", dataset_from_proto
+        )
+
+    def delete_dataset(self, name: str | Dataset) -> None:
+        """Deletes one of your uploads from the trainer (refused while a queued or running job uses it)."""
+        if isinstance(name, Dataset):
+            name = name.name
+        self._call(self.trainer.DeleteDataset, tpb.DeleteDatasetRequest(name=dataset_name(name)))
+
+    def publish_job(self, name: str, timeout: float | None = 600.0, delete_dataset: bool = False) -> Job:
         """Signs a SUCCEEDED job's artifact sha256 here, with your signing key, and has the trainer publish the
-        artifact to the registry with that signature. Returns the job (PUBLISHED, with `published_version`)."""
+        artifact to the registry with that signature. Returns the job (PUBLISHED, with `published_version`).
+        `delete_dataset` has the trainer delete the job's uploaded dataset once it is published."""
         job = self.get_job(name)
         if job.state != JobState.SUCCEEDED or not job.artifact_sha256:
             state = job.state.text
@@ -125,7 +138,11 @@ class Jobs(RegistrySession, abc.ABC):
         return job_from_proto(
             self._call(
                 self.trainer.PublishJobResult,
-                tpb.PublishJobResultRequest(name=job.name, signature=signing.sign_artifact(key, job.artifact_sha256)),
+                tpb.PublishJobResultRequest(
+                    name=job.name,
+                    signature=signing.sign_artifact(key, job.artifact_sha256),
+                    delete_dataset=delete_dataset,
+                ),
                 timeout=timeout,
             )
         )

@@ -29,3 +29,8 @@ def version_name(ref: str, me: str | None = None) -> str:
 def job_name(ref: str) -> str:
     """'jobs/ID' or 'ID' -> 'jobs/ID'."""
     return ref if ref.startswith("jobs/") else f"jobs/{ref}"
+
+
+def dataset_name(ref: str) -> str:
+    """'datasets/ID' or 'ID' -> 'datasets/ID'."""
+    return ref if ref.startswith("datasets/") else f"datasets/{ref}"

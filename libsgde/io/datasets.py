@@ -104,7 +104,7 @@ def _load_csv(
 ) -> EncodedData:
     parts: list[EncodedData] = []
     encoded_bytes, row_bytes = 0, 4 * (encoder.space.shape[0] + 1)
-    for columns, lines in _csv_chunks(path, max_bytes, encoder):
+    for columns, lines in _csv_chunks(path, max_bytes, encoder, CSV_CHUNK_ROWS):
         if should_stop():
             raise LoadCancelled(path.name)
         encoded_bytes += len(lines) * row_bytes
@@ -149,7 +149,7 @@ def _file_kind(path: Path) -> str:
 
 
 def _csv_chunks(
-    path: Path, max_bytes: int, encoder: TabularEncoder | None = None, chunk_rows: int | None = CSV_CHUNK_ROWS
+    path: Path, max_bytes: int, encoder: TabularEncoder | None, chunk_rows: int | None
 ) -> Iterator[tuple[dict[str, list[str]], list[int]]]:
     """(column name -> strings, file line of each row) per chunk of at most `chunk_rows` data rows (None: one
     chunk); the header is checked first (by the encoder too, when given)."""
@@ -197,7 +197,7 @@ def _csv_chunks(
 
 def _read_csv(path: Path, max_bytes: int) -> tuple[list[str], dict[str, list[str]]]:
     """(header, column name -> list of strings) of a whole CSV file."""
-    chunks = list(_csv_chunks(path, max_bytes, chunk_rows=None))
+    chunks = list(_csv_chunks(path, max_bytes, None, None))
     if not chunks:
         raise DataError(f"{path.name} has a header but no data rows")
     columns = chunks[0][0]

@@ -126,6 +126,22 @@ class Conflict(Exception):
     """A uniqueness rule was broken (e.g. the request id was used before)."""
 
 
+class QuotaExceeded(Exception):
+    """A per-user limit would be passed; `used` is what the user has now."""
+
+    def __init__(self, used: int):
+        super().__init__(used)
+        self.used = used
+
+
+class InUse(Exception):
+    """The dataset is named by queued or running jobs (`jobs`)."""
+
+    def __init__(self, job_names: list[str]):
+        super().__init__(", ".join(job_names))
+        self.jobs = job_names
+
+
 def _row(r) -> JobRow:
     return JobRow(
         seq=r["seq"],
@@ -161,10 +177,23 @@ class JobStore(SqlStore):
     # -- datasets ----------------------------------------------------------------------------------------------
 
     def add_dataset(
-        self, dataset_id: str, owner: str, filename: str, size_bytes: int, sha256: str, path: str
+        self,
+        dataset_id: str,
+        owner: str,
+        filename: str,
+        size_bytes: int,
+        sha256: str,
+        path: str,
+        max_owner_bytes: int | None = None,
     ) -> DatasetRow:
+        """Records an upload; raises QuotaExceeded if the owner's datasets would pass `max_owner_bytes` (checked in
+        the same transaction, so concurrent uploads cannot all pass)."""
         row = DatasetRow(dataset_id, owner, filename, size_bytes, sha256, path, time.time())
         with self._tx() as conn:
+            if max_owner_bytes is not None:
+                used = self._owner_bytes(conn, owner)
+                if used + size_bytes > max_owner_bytes:
+                    raise QuotaExceeded(used)
             conn.execute(
                 datasets.insert().values(
                     id=row.id,
@@ -183,6 +212,42 @@ class JobStore(SqlStore):
             r = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).mappings().first()
         return DatasetRow(**r) if r else None
 
+    @staticmethod
+    def _owner_bytes(conn: sa.Connection, owner: str) -> int:
+        total = sa.select(sa.func.coalesce(sa.func.sum(datasets.c.size_bytes), 0)).where(datasets.c.owner == owner)
+        return int(conn.execute(total).scalar_one())
+
+    def owner_dataset_bytes(self, owner: str) -> int:
+        with self._tx() as conn:
+            return self._owner_bytes(conn, owner)
+
+    def list_datasets(self, owner: str, after: tuple[float, str] | None, limit: int) -> list[DatasetRow]:
+        """The owner's datasets, newest first, from after (created_at, id) `after` of a previous page."""
+        c = datasets.c
+        query = datasets.select().where(c.owner == owner)
+        if after is not None:
+            query = query.where(sa.or_(c.created_at < after[0], sa.and_(c.created_at == after[0], c.id < after[1])))
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(c.created_at.desc(), c.id.desc()).limit(limit)).mappings().all()
+        return [DatasetRow(**r) for r in rows]
+
+    def delete_dataset(self, dataset_id: str) -> DatasetRow | None:
+        """Removes the record (the caller removes the file); raises InUse while queued or running jobs name it."""
+        with self._tx() as conn:
+            r = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).mappings().first()
+            if r is None:
+                return None
+            users = conn.execute(
+                sa.select(jobs.c.id).where(
+                    jobs.c.dataset == f"datasets/{dataset_id}", jobs.c.state.in_([QUEUED, RUNNING])
+                )
+            ).scalars()
+            names = [f"jobs/{j}" for j in users]
+            if names:
+                raise InUse(names)
+            conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+        return DatasetRow(**r)
+
     def dataset_paths(self) -> set[str]:
         with self._tx() as conn:
             return set(conn.execute(sa.select(datasets.c.path)).scalars())
@@ -197,10 +262,18 @@ class JobStore(SqlStore):
         dataset: str,
         publish_model: str,
         request_id: str | None,
+        max_unfinished: int | None = None,
     ) -> JobRow:
+        """Queues a job; raises QuotaExceeded if the owner has `max_unfinished` queued or running jobs already
+        (checked in the same transaction), Conflict if the request id was used before."""
         job_id = new_id()
         try:
             with self._tx() as conn:
+                if max_unfinished is not None:
+                    count = sa.select(sa.func.count()).where(jobs.c.owner == owner, jobs.c.state.in_([QUEUED, RUNNING]))
+                    used = int(conn.execute(count).scalar_one())
+                    if used >= max_unfinished:
+                        raise QuotaExceeded(used)
                 conn.execute(
                     jobs.insert().values(
                         id=job_id,

@@ -9,7 +9,9 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_TRAINER_S3_URL           the silo's S3 store for "s3://bucket/key" datasets: s3://[BUCKET]?endpoint=HOST:PORT
                                 &secure=false&region=...&prefix=... (credentials: SGDE_S3_ACCESS_KEY / _SECRET_KEY)
   SGDE_TRAINER_MAX_JOBS         trainings run at once (default 1; the others wait QUEUED)
-  SGDE_TRAINER_MAX_DATASET_BYTES  largest dataset accepted (default 1 GiB)
+  SGDE_TRAINER_MAX_DATASET_BYTES  largest dataset accepted (default 1 GiB); a load's model space is bounded at 4x
+  SGDE_TRAINER_MAX_JOBS_PER_USER  queued + running jobs one user may have (default 16)
+  SGDE_TRAINER_MAX_USER_DATASET_BYTES  bytes of uploaded datasets one user may keep (default 4 GiB)
   SGDE_TRAINER_CHECKPOINT_SECONDS  how often a running job saves a checkpoint (default: the library's, 30 s)
   SGDE_TRAINER_AUTH_CACHE_SECONDS  how long a token checked with the registry stays trusted (default 30)
   SGDE_TRAINER_METRICS_PORT     Prometheus port (0 disables)
@@ -26,7 +28,7 @@ import logging
 import os
 import shutil
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from libsgde import config
@@ -83,6 +85,10 @@ class TrainerConfig:
             metrics_port=config.metrics_port("trainer"),
             health_port=config.health_port("trainer"),
             health_check_seconds=config.health_check_seconds("trainer"),
+            settings=TrainerSettings(
+                max_jobs_per_user=int(env("SGDE_TRAINER_MAX_JOBS_PER_USER") or 16),
+                max_user_dataset_bytes=int(env("SGDE_TRAINER_MAX_USER_DATASET_BYTES") or 4 << 30),
+            ),
         )
 
 
@@ -136,11 +142,7 @@ def start(cfg: TrainerConfig) -> TrainerHandle:
     credentials, renewed = tls.renewable_channel_credentials(cfg.pki, "trainer")
     gate = RegistryGate(cfg.registry, credentials, cfg.auth_cache_seconds, renewed=renewed)
     worker = Worker(store, sources, cfg.state_dir, cfg.max_jobs, checkpoint_every_s=cfg.checkpoint_seconds)
-    settings = TrainerSettings(
-        max_dataset_bytes=cfg.max_dataset_bytes,
-        cancel_wait_s=cfg.settings.cancel_wait_s,
-        publish_timeout_s=cfg.settings.publish_timeout_s,
-    )
+    settings = replace(cfg.settings, max_dataset_bytes=cfg.max_dataset_bytes)
     servicer = TrainerServicer(store, worker, sources, gate, cfg.state_dir, settings)
 
     def add(server) -> list[str]:

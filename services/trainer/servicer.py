@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import empty_pb2, timestamp_pb2
 
 from libsgde import errors
 from libsgde.domain.names import (
+    DATASET_NAME_RE,
     FILENAME_RE,
     JOB_NAME_RE,
     MODEL_ID_RE,
@@ -38,7 +39,19 @@ from libsgde.wire.convert import job_state_text, time_to_proto
 from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
-from services.trainer.jobs import CANCELLED, ENDED, PUBLISHED, SUCCEEDED, Conflict, DatasetRow, JobRow, JobStore, new_id
+from services.trainer.jobs import (
+    CANCELLED,
+    ENDED,
+    PUBLISHED,
+    SUCCEEDED,
+    Conflict,
+    DatasetRow,
+    InUse,
+    JobRow,
+    JobStore,
+    QuotaExceeded,
+    new_id,
+)
 from services.trainer.sources import SourceError, Sources
 from services.trainer.worker import Worker, spec_field
 
@@ -54,6 +67,9 @@ class TrainerSettings:
     # How long CancelJob waits for a running job to stop before it answers (the job stops anyway).
     cancel_wait_s: float = 10.0
     publish_timeout_s: float = 600.0
+    # Per user: queued + running jobs, and bytes of uploaded datasets kept.
+    max_jobs_per_user: int = 16
+    max_user_dataset_bytes: int = 4 << 30
     # Datasets CreateJob loads at once (to check them against the schema and N), and how long a call waits for a turn.
     data_checks: int = 2
     data_check_wait_s: float = 5.0
@@ -93,22 +109,29 @@ def dataset_message(row: DatasetRow) -> tpb.Dataset:
     )
 
 
-def _page_token(before: int, query: str) -> str:
-    raw = json.dumps({"b": before, "q": hashlib.sha256(query.encode()).hexdigest()[:16]}).encode()
+def _page_token(position: object, query: str) -> str:
+    raw = json.dumps({"b": position, "q": hashlib.sha256(query.encode()).hexdigest()[:16]}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _parse_page_token(token: str, query: str) -> int:
+def _parse_page_token(token: str, query: str, valid) -> object | None:
+    """The position a previous page's token holds (None for no token); `valid(position)` says if it is well-formed."""
     if not token:
-        return 0
+        return None
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        before, same = data["b"], data["q"] == hashlib.sha256(query.encode()).hexdigest()[:16]
+        position, same = data["b"], data["q"] == hashlib.sha256(query.encode()).hexdigest()[:16]
     except (ValueError, KeyError, TypeError):
         raise errors.FieldError("page_token", "not a token from a previous page of this listing") from None
-    if not same or not isinstance(before, int) or before < 1:
+    if not same or not valid(position):
         raise errors.FieldError("page_token", "the token belongs to a listing with other filters")
-    return before
+    return position
+
+
+def _page_size(size: int) -> int:
+    if size < 0:
+        raise errors.FieldError("page_size", "must be >= 0")
+    return min(size or DEFAULT_PAGE, MAX_PAGE)
 
 
 def _event_key(event: tpb.ProgressEvent) -> tuple:
@@ -171,6 +194,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             violations.append(("header.size_bytes", "must be > 0"))
         if violations:
             raise errors.FieldError.many(violations)
+        self._check_dataset_quota(self.store.owner_dataset_bytes(user), header.size_bytes)
         dataset_id = new_id()
         root = self.state_dir / "datasets"
         partial = root / f".upload-{dataset_id}"
@@ -211,7 +235,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 header.size_bytes,
                 header.sha256,
                 f"datasets/{dataset_id}/{header.filename}",
+                max_owner_bytes=self.settings.max_user_dataset_bytes,
             )
+        except QuotaExceeded as e:  # another upload of the same user finished first
+            shutil.rmtree(root / dataset_id, ignore_errors=True)
+            self._check_dataset_quota(e.used, header.size_bytes)
+            raise
         except BaseException:
             shutil.rmtree(root / dataset_id, ignore_errors=True)
             raise
@@ -219,6 +248,49 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             "dataset uploaded", extra={"dataset": f"datasets/{dataset_id}", "owner": user, "bytes": header.size_bytes}
         )
         return dataset_message(row)
+
+    def _check_dataset_quota(self, used: int, size: int) -> None:
+        limit = self.settings.max_user_dataset_bytes
+        if used + size > limit:
+            raise errors.Exhausted(
+                f"your uploaded datasets take {used:,} bytes; {size:,} more would pass this trainer's limit of "
+                f"{limit:,} bytes per user (SGDE_TRAINER_MAX_USER_DATASET_BYTES): delete some with "
+                "`sgde datasets delete` (or Client.delete_dataset)"
+            )
+
+    def ListDatasets(self, request: tpb.ListDatasetsRequest, context) -> tpb.ListDatasetsResponse:
+        user, _ = self.gate.caller(context)
+        size = _page_size(request.page_size)
+
+        def valid(p) -> bool:
+            return isinstance(p, list) and len(p) == 2 and isinstance(p[0], float) and isinstance(p[1], str)
+
+        after = _parse_page_token(request.page_token, user, valid)
+        rows = self.store.list_datasets(user, tuple(after) if isinstance(after, list) else None, size + 1)
+        more, rows = len(rows) > size, rows[:size]
+        token = _page_token([rows[-1].created_at, rows[-1].id], user) if more else ""
+        return tpb.ListDatasetsResponse(datasets=[dataset_message(r) for r in rows], next_page_token=token)
+
+    def DeleteDataset(self, request: tpb.DeleteDatasetRequest, context) -> empty_pb2.Empty:
+        user, _ = self.gate.caller(context)
+        m = DATASET_NAME_RE.fullmatch(request.name)
+        if not m:
+            raise errors.FieldError("name", f"expected datasets/{{id}}, got {request.name[:200]!r}")
+        self._delete_dataset(user, m[1], request.name)
+        return empty_pb2.Empty()
+
+    def _delete_dataset(self, user: str, dataset_id: str, name: str) -> None:
+        row = self.store.get_dataset(dataset_id)
+        if row is None or row.owner != user:
+            raise errors.NotFound.hidden(name)
+        try:
+            self.store.delete_dataset(dataset_id)
+        except InUse as e:
+            raise errors.FailedPrecondition(
+                f"{name} is the data of {', '.join(e.jobs[:5])}, queued or running; cancel or wait for them first"
+            ) from None
+        shutil.rmtree(self.state_dir / "datasets" / dataset_id, ignore_errors=True)
+        log.info("dataset deleted", extra={"dataset": name, "owner": user})
 
     # -- jobs --------------------------------------------------------------------------------------------------
 
@@ -286,10 +358,22 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise errors.FieldError(spec_field(e.field), e.description) from None
         finally:
             del data
+        limit = self.settings.max_jobs_per_user
         try:
             job = self.store.create_job(
-                user, train_spec_to_proto(filled), schema, request.dataset, request.publish_model, request_id
+                user,
+                train_spec_to_proto(filled),
+                schema,
+                request.dataset,
+                request.publish_model,
+                request_id,
+                max_unfinished=limit,
             )
+        except QuotaExceeded as e:
+            raise errors.Exhausted(
+                f"you have {e.used} queued or running jobs, this trainer's limit per user "
+                f"(SGDE_TRAINER_MAX_JOBS_PER_USER = {limit}): wait for one to end, or cancel one"
+            ) from None
         except Conflict:  # the same request raced itself
             job = self.store.find_request(user, request_id or "")
             if job is None:
@@ -305,14 +389,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def ListJobs(self, request: tpb.ListJobsRequest, context) -> tpb.ListJobsResponse:
         user, _ = self.gate.caller(context)
-        if request.page_size < 0:
-            raise errors.FieldError("page_size", "must be >= 0")
+        size = _page_size(request.page_size)
         if request.state not in tpb.JobState.values():
             raise errors.FieldError("state", "unknown job state")
-        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
         query = f"{user}|{request.state}"
-        before = _parse_page_token(request.page_token, query)
-        rows = self.store.list_jobs(user, before, size + 1, request.state)
+        before = _parse_page_token(request.page_token, query, lambda b: isinstance(b, int) and b >= 1)
+        rows = self.store.list_jobs(user, int(before or 0), size + 1, request.state)
         more = len(rows) > size
         rows = rows[:size]
         return tpb.ListJobsResponse(
@@ -408,4 +490,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 ) from None
             self.store.transition(job.id, [SUCCEEDED], PUBLISHED, published_version=version.name)
         log.info("job published", extra={"job": job.name, "version": version.name})
+        if request.delete_dataset and job.dataset.startswith("datasets/"):
+            try:
+                self._delete_dataset(user, job.dataset.removeprefix("datasets/"), job.dataset)
+            except (errors.NotFound, errors.FailedPrecondition) as e:  # deleted already, or still used: say so
+                log.info("dataset kept after publish", extra={"dataset": job.dataset, "reason": e.message})
         return job_message(self.store.get_job(job.id) or job)

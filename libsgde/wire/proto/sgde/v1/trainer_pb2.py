@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from libsgde.wire.proto.sgde.v1 import common_pb2 as sgde_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sgde/v1/trainer.proto\x12\x07sgde.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14sgde/v1/common.proto\"~\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaa\x01\n\x14UploadDatasetRequest\x12\x36\n\x06header\x18\x01 \x01(\x0b\x32$.sgde.v1.UploadDatasetRequest.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1a>\n\x06Header\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\tB\t\n\x07payload\"\xd0\x01\n\x0cTrainingSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0etarget_epsilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x11\n\tclip_norm\x18\x07 \x01(\x01\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x0c\n\x04seed\x18\t \x01(\x03\"\xe7\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.sgde.v1.JobState\x12#\n\x04spec\x18\x04 \x01(\x0b\x32\x15.sgde.v1.TrainingSpec\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x15\n\rpublish_model\x18\x07 \x01(\t\x12\x19\n\x11published_version\x18\x08 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\t \x01(\t\x12\'\n\x07privacy\x18\n \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\x12/\n\x0flatest_progress\x18\x0b \x01(\x0b\x32\x16.sgde.v1.ProgressEvent\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x02\n\rProgressEvent\x12\x0b\n\x03job\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.sgde.v1.JobState\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\x1b\n\x13\x65xamples_per_second\x18\x08 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\t \x01(\x01\x12\x0f\n\x07message\x18\n \x01(\t\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x01\n\x10\x43reateJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sgde.v1.TrainingSpec\x12(\n\x0b\x64\x61ta_schema\x18\x02 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x15\n\rpublish_model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Z\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.sgde.v1.JobState\"G\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.sgde.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x17PublishJobResultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c*\xb3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x17\n\x13JOB_STATE_PUBLISHED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xb5\x03\n\x0eTrainerService\x12\x42\n\rUploadDataset\x12\x1d.sgde.v1.UploadDatasetRequest\x1a\x10.sgde.v1.Dataset(\x01\x12\x34\n\tCreateJob\x12\x19.sgde.v1.CreateJobRequest\x1a\x0c.sgde.v1.Job\x12.\n\x06GetJob\x12\x16.sgde.v1.GetJobRequest\x1a\x0c.sgde.v1.Job\x12?\n\x08ListJobs\x12\x18.sgde.v1.ListJobsRequest\x1a\x19.sgde.v1.ListJobsResponse\x12>\n\x08WatchJob\x12\x18.sgde.v1.WatchJobRequest\x1a\x16.sgde.v1.ProgressEvent0\x01\x12\x34\n\tCancelJob\x12\x19.sgde.v1.CancelJobRequest\x1a\x0c.sgde.v1.Job\x12\x42\n\x10PublishJobResult\x12 .sgde.v1.PublishJobResultRequest\x1a\x0c.sgde.v1.JobB\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sgde/v1/trainer.proto\x12\x07sgde.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14sgde/v1/common.proto\"~\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaa\x01\n\x14UploadDatasetRequest\x12\x36\n\x06header\x18\x01 \x01(\x0b\x32$.sgde.v1.UploadDatasetRequest.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1a>\n\x06Header\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\tB\t\n\x07payload\"\xd0\x01\n\x0cTrainingSpec\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\'\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\x0etarget_epsilon\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x11\n\tclip_norm\x18\x07 \x01(\x01\x12\x15\n\rlearning_rate\x18\x08 \x01(\x01\x12\x0c\n\x04seed\x18\t \x01(\x03\"\xe7\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.sgde.v1.JobState\x12#\n\x04spec\x18\x04 \x01(\x0b\x32\x15.sgde.v1.TrainingSpec\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\x0f\n\x07\x64\x61taset\x18\x06 \x01(\t\x12\x15\n\rpublish_model\x18\x07 \x01(\t\x12\x19\n\x11published_version\x18\x08 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\t \x01(\t\x12\'\n\x07privacy\x18\n \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\x12/\n\x0flatest_progress\x18\x0b \x01(\x0b\x32\x16.sgde.v1.ProgressEvent\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x02\n\rProgressEvent\x12\x0b\n\x03job\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.sgde.v1.JobState\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\r\n\x05\x65poch\x18\x05 \x01(\x05\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x15\n\repsilon_spent\x18\x07 \x01(\x01\x12\x1b\n\x13\x65xamples_per_second\x18\x08 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\t \x01(\x01\x12\x0f\n\x07message\x18\n \x01(\t\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x01\n\x10\x43reateJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.sgde.v1.TrainingSpec\x12(\n\x0b\x64\x61ta_schema\x18\x02 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x15\n\rpublish_model\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"Z\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.sgde.v1.JobState\"G\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.sgde.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x17PublishJobResultRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x16\n\x0e\x64\x65lete_dataset\x18\x03 \x01(\x08\"<\n\x13ListDatasetsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x14ListDatasetsResponse\x12\"\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x10.sgde.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x14\x44\x65leteDatasetRequest\x12\x0c\n\x04name\x18\x01 \x01(\t*\xb3\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x17\n\x13JOB_STATE_PUBLISHED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06\x32\xca\x04\n\x0eTrainerService\x12\x42\n\rUploadDataset\x12\x1d.sgde.v1.UploadDatasetRequest\x1a\x10.sgde.v1.Dataset(\x01\x12\x34\n\tCreateJob\x12\x19.sgde.v1.CreateJobRequest\x1a\x0c.sgde.v1.Job\x12.\n\x06GetJob\x12\x16.sgde.v1.GetJobRequest\x1a\x0c.sgde.v1.Job\x12?\n\x08ListJobs\x12\x18.sgde.v1.ListJobsRequest\x1a\x19.sgde.v1.ListJobsResponse\x12>\n\x08WatchJob\x12\x18.sgde.v1.WatchJobRequest\x1a\x16.sgde.v1.ProgressEvent0\x01\x12\x34\n\tCancelJob\x12\x19.sgde.v1.CancelJobRequest\x1a\x0c.sgde.v1.Job\x12\x42\n\x10PublishJobResult\x12 .sgde.v1.PublishJobResultRequest\x1a\x0c.sgde.v1.Job\x12K\n\x0cListDatasets\x12\x1c.sgde.v1.ListDatasetsRequest\x1a\x1d.sgde.v1.ListDatasetsResponse\x12\x46\n\rDeleteDataset\x12\x1d.sgde.v1.DeleteDatasetRequest\x1a\x16.google.protobuf.EmptyB\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +36,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sgde.v1.trainer_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z\027sgde.dev/sgde/v1;sgdev1'
-  _globals['_JOBSTATE']._serialized_start=1866
-  _globals['_JOBSTATE']._serialized_end=2045
-  _globals['_DATASET']._serialized_start=119
-  _globals['_DATASET']._serialized_end=245
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=248
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=418
-  _globals['_UPLOADDATASETREQUEST_HEADER']._serialized_start=345
-  _globals['_UPLOADDATASETREQUEST_HEADER']._serialized_end=407
-  _globals['_TRAININGSPEC']._serialized_start=421
-  _globals['_TRAININGSPEC']._serialized_end=629
-  _globals['_JOB']._serialized_start=632
-  _globals['_JOB']._serialized_end=1119
-  _globals['_PROGRESSEVENT']._serialized_start=1122
-  _globals['_PROGRESSEVENT']._serialized_end=1380
-  _globals['_CREATEJOBREQUEST']._serialized_start=1383
-  _globals['_CREATEJOBREQUEST']._serialized_end=1540
-  _globals['_GETJOBREQUEST']._serialized_start=1542
-  _globals['_GETJOBREQUEST']._serialized_end=1571
-  _globals['_LISTJOBSREQUEST']._serialized_start=1573
-  _globals['_LISTJOBSREQUEST']._serialized_end=1663
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1665
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1736
-  _globals['_WATCHJOBREQUEST']._serialized_start=1738
-  _globals['_WATCHJOBREQUEST']._serialized_end=1769
-  _globals['_CANCELJOBREQUEST']._serialized_start=1771
-  _globals['_CANCELJOBREQUEST']._serialized_end=1803
-  _globals['_PUBLISHJOBRESULTREQUEST']._serialized_start=1805
-  _globals['_PUBLISHJOBRESULTREQUEST']._serialized_end=1863
-  _globals['_TRAINERSERVICE']._serialized_start=2048
-  _globals['_TRAINERSERVICE']._serialized_end=2485
+  _globals['_JOBSTATE']._serialized_start=2104
+  _globals['_JOBSTATE']._serialized_end=2283
+  _globals['_DATASET']._serialized_start=148
+  _globals['_DATASET']._serialized_end=274
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=277
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=447
+  _globals['_UPLOADDATASETREQUEST_HEADER']._serialized_start=374
+  _globals['_UPLOADDATASETREQUEST_HEADER']._serialized_end=436
+  _globals['_TRAININGSPEC']._serialized_start=450
+  _globals['_TRAININGSPEC']._serialized_end=658
+  _globals['_JOB']._serialized_start=661
+  _globals['_JOB']._serialized_end=1148
+  _globals['_PROGRESSEVENT']._serialized_start=1151
+  _globals['_PROGRESSEVENT']._serialized_end=1409
+  _globals['_CREATEJOBREQUEST']._serialized_start=1412
+  _globals['_CREATEJOBREQUEST']._serialized_end=1569
+  _globals['_GETJOBREQUEST']._serialized_start=1571
+  _globals['_GETJOBREQUEST']._serialized_end=1600
+  _globals['_LISTJOBSREQUEST']._serialized_start=1602
+  _globals['_LISTJOBSREQUEST']._serialized_end=1692
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1694
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1765
+  _globals['_WATCHJOBREQUEST']._serialized_start=1767
+  _globals['_WATCHJOBREQUEST']._serialized_end=1798
+  _globals['_CANCELJOBREQUEST']._serialized_start=1800
+  _globals['_CANCELJOBREQUEST']._serialized_end=1832
+  _globals['_PUBLISHJOBRESULTREQUEST']._serialized_start=1834
+  _globals['_PUBLISHJOBRESULTREQUEST']._serialized_end=1916
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1918
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1978
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1980
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=2063
+  _globals['_DELETEDATASETREQUEST']._serialized_start=2065
+  _globals['_DELETEDATASETREQUEST']._serialized_end=2101
+  _globals['_TRAINERSERVICE']._serialized_start=2286
+  _globals['_TRAINERSERVICE']._serialized_end=2872
 # @@protoc_insertion_point(module_scope)

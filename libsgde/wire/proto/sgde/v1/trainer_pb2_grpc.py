@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as sgde_dot_v1_dot_trainer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -71,6 +72,16 @@ class TrainerServiceStub:
                 request_serializer=sgde_dot_v1_dot_trainer__pb2.PublishJobResultRequest.SerializeToString,
                 response_deserializer=sgde_dot_v1_dot_trainer__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/sgde.v1.TrainerService/ListDatasets',
+                request_serializer=sgde_dot_v1_dot_trainer__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_trainer__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/sgde.v1.TrainerService/DeleteDataset',
+                request_serializer=sgde_dot_v1_dot_trainer__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -124,6 +135,20 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDatasets(self, request, context):
+        """The caller's uploaded datasets, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Deletes an uploaded dataset (its file and its record); refused while a queued or running job uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +186,16 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.PublishJobResult,
                     request_deserializer=sgde_dot_v1_dot_trainer__pb2.PublishJobResultRequest.FromString,
                     response_serializer=sgde_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=sgde_dot_v1_dot_trainer__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_trainer__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=sgde_dot_v1_dot_trainer__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +389,60 @@ class TrainerService:
             '/sgde.v1.TrainerService/PublishJobResult',
             sgde_dot_v1_dot_trainer__pb2.PublishJobResultRequest.SerializeToString,
             sgde_dot_v1_dot_trainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.TrainerService/ListDatasets',
+            sgde_dot_v1_dot_trainer__pb2.ListDatasetsRequest.SerializeToString,
+            sgde_dot_v1_dot_trainer__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.TrainerService/DeleteDataset',
+            sgde_dot_v1_dot_trainer__pb2.DeleteDatasetRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
