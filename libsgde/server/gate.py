@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+import jwt
 from google.protobuf import empty_pb2
 
 from libsgde import errors
@@ -18,6 +19,15 @@ from libsgde.client.registry import RegistrySession
 from libsgde.server import auth
 from libsgde.wire.limits import secure_channel
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
+
+
+def _seconds_left(token: str) -> float:
+    """Seconds until the token's own expiry: a remembered answer must not outlive the token. The registry has just
+    verified the token, so only its `exp` claim is read here."""
+    try:
+        return float(jwt.decode(token, options={"verify_signature": False})["exp"]) - time.time()
+    except (jwt.PyJWTError, KeyError, TypeError, ValueError):
+        return 0.0  # not a token we can read: do not remember the answer
 
 
 class RegistryGate:
@@ -91,7 +101,7 @@ class RegistryGate:
                 self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
                 if len(self._cache) >= self.max_entries:
                     self._cache.clear()
-            self._cache[key] = (user.username, now + self.cache_seconds)
+            self._cache[key] = (user.username, now + min(self.cache_seconds, _seconds_left(token)))
         return user.username
 
     def check(self) -> None:
