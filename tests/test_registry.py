@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -426,3 +427,37 @@ def test_metrics_are_set_by_the_owner_and_validated(new_user, tmp_path):
         assert info.value.code == CODE.INVALID_ARGUMENT and [f for f, _ in info.value.violations] == [field]
     assert code_of(lambda: bob.set_metrics(name, {"tstr.logreg": 1.0})) == CODE.PERMISSION_DENIED
     assert dict(alice.get_model("judged").metrics) == {"x": 1.0}  # nothing bad was stored
+
+
+def test_concurrent_metric_merges_keep_each_others_keys(new_user, tmp_path):
+    """The SDK used to read, merge and write: two evaluations at once lost each other's keys. The registry merges
+    in one transaction now, and counts the limit on the merged map."""
+    alice = new_user()
+    alice.create_model("judged")
+    keys = [f"eval{i}.score" for i in range(12)]
+    with ThreadPoolExecutor(len(keys)) as pool:
+        list(pool.map(lambda k: alice.set_metrics("judged", {k: 1.0}), keys))
+    assert sorted(alice.get_model("judged").metrics) == sorted(keys)
+    assert dict(alice.set_metrics("judged", {"extra": 2.0}, remove=keys[1:]).metrics) == {keys[0]: 1.0, "extra": 2.0}
+    alice.set_metrics("judged", {f"m{i}": 1.0 for i in range(150)})
+    with pytest.raises(SgdeError) as info:
+        alice.set_metrics("judged", {f"n{i}": 1.0 for i in range(60)})
+    assert info.value.code == CODE.INVALID_ARGUMENT and "over the limit of 200" in str(info.value)
+
+
+def test_create_model_refuses_fields_it_would_ignore(new_user):
+    alice = new_user()
+    for model, field in (
+        (pb.Model(metrics={"tstr.logreg": 0.9}), "model.metrics"),
+        (pb.Model(name="models/someone/else"), "model.name"),
+        (pb.Model(owner="someone"), "model.owner"),
+        (pb.Model(data_kind=pb.DATA_KIND_IMAGE), "model.data_kind"),
+        (pb.Model(latest_version=3), "model"),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            alice.registry.CreateModel(rpb.CreateModelRequest(model_id="m", model=model), metadata=alice._metadata())
+        assert info.value.code() == CODE.INVALID_ARGUMENT
+        assert [f for f, _ in field_violations(info.value)] == [field]
+    same = pb.Model(name=f"models/{alice.username}/m", owner=alice.username, description="fine")
+    made = alice.registry.CreateModel(rpb.CreateModelRequest(model_id="m", model=same), metadata=alice._metadata())
+    assert made.description == "fine"

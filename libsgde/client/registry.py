@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,12 +123,18 @@ class RegistrySession:
             )
         )
 
-    def set_metrics(self, ref: str, metrics: Mapping[str, float], *, merge: bool = True) -> Model:
+    def set_metrics(
+        self, ref: str, metrics: Mapping[str, float], *, merge: bool = True, remove: Sequence[str] = ()
+    ) -> Model:
         """Stores evaluation results on a model (owner only): keys of 1-64 characters in a-z 0-9 _ . : / -, finite
-        values, at most 200. With `merge` the model's other metrics stay (read, merge, write: a concurrent writer's
-        change between the two can be lost); without it they are replaced."""
-        merged = {**(self.get_model(ref).metrics if merge else {}), **{k: float(v) for k, v in metrics.items()}}
-        return self.update_model(ref, metrics=merged)
+        values, at most 200. With `merge` the model's other metrics stay (merged by the registry in one
+        transaction, so concurrent evaluations keep each other's keys) and `remove` names keys to drop; without
+        it they are replaced."""
+        values = {k: float(v) for k, v in metrics.items()}
+        if not merge:
+            return self.update_model(ref, metrics=values)
+        request = rpb.MergeModelMetricsRequest(name=model_name(ref, self._username), metrics=values, remove=remove)
+        return model_from_proto(self._call(self.registry.MergeModelMetrics, request))
 
     def share(self, ref: str, users: list[str]) -> Model:
         """Adds users to the model's share list and makes it SHARED (unless it is PUBLIC)."""

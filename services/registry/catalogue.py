@@ -127,6 +127,10 @@ class Conflict(Exception):
     """A uniqueness rule was broken (the name is taken)."""
 
 
+class TooManyMetrics(Exception):
+    """A metrics merge would leave more keys than allowed (args[0]: how many)."""
+
+
 class Gone(Exception):
     """The row a write depends on disappeared meanwhile."""
 
@@ -339,6 +343,29 @@ class Catalogue(SqlStore):
                 self._set_tags(conn, model.id, tags)
             if shared_with is not None:
                 self._set_shares(conn, model.id, self._share_ids(conn, shared_with))
+        updated = self.get_model(model.owner, model.model_id)
+        if updated is None:
+            raise Gone(model.model_id)
+        return updated
+
+    def merge_metrics(self, model: ModelRow, metrics: dict[str, float], remove: list[str], limit: int) -> ModelRow:
+        """Sets `metrics` and removes `remove` in one transaction (the row locked while it is read and written);
+        raises TooManyMetrics if the result would hold more than `limit` keys, Gone if the model is gone."""
+        with self._tx() as conn:
+            current = conn.execute(
+                sa.select(models.c.metrics).where(models.c.id == model.id).with_for_update()
+            ).scalar_one_or_none()
+            if current is None:
+                raise Gone(model.model_id)
+            merged = {k: v for k, v in json.loads(current or "{}").items() if k not in set(remove)}
+            merged.update(metrics)
+            if len(merged) > limit:
+                raise TooManyMetrics(len(merged))
+            conn.execute(
+                models.update()
+                .where(models.c.id == model.id)
+                .values(metrics=json.dumps(merged, sort_keys=True), updated_at=time.time())
+            )
         updated = self.get_model(model.owner, model.model_id)
         if updated is None:
             raise Gone(model.model_id)

@@ -29,7 +29,7 @@ from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
-from services.registry.catalogue import Catalogue, Conflict, Gone, ModelRow, UserRow, VersionRow
+from services.registry.catalogue import Catalogue, Conflict, Gone, ModelRow, TooManyMetrics, UserRow, VersionRow
 
 log = logging.getLogger("sgde.registry")
 
@@ -314,6 +314,41 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     violations.append((prefix + "metrics", f"{infinite[0]!r}: values must be finite numbers"))
         return violations
 
+    @staticmethod
+    def _ignored_model_fields(model: pb.Model, owner: str, model_id: str) -> list[tuple[str, str]]:
+        """CreateModel refuses what it would not store rather than dropping it silently."""
+        violations = []
+        if model.name and model.name != f"models/{owner}/{model_id}":
+            violations.append(("model.name", f"leave it empty: the model will be models/{owner}/{model_id[:64]}"))
+        if model.owner and model.owner != owner:
+            violations.append(("model.owner", "leave it empty: the owner is the caller"))
+        if model.metrics:
+            violations.append(("model.metrics", "set metrics once the model exists (MergeModelMetrics)"))
+        if model.data_kind:
+            violations.append(("model.data_kind", "leave it empty: it follows from data_schema"))
+        if model.latest_version or model.HasField("create_time") or model.HasField("update_time"):
+            violations.append(("model", "latest_version, create_time and update_time are the registry's to set"))
+        return violations
+
+    def MergeModelMetrics(self, request: rpb.MergeModelMetricsRequest, context) -> pb.Model:
+        user = self._caller(context)
+        violations = self._check_model_fields(pb.Model(metrics=request.metrics), {"metrics"}, prefix="")
+        bad = [k for k in request.remove if not METRIC_KEY_RE.fullmatch(k)]
+        if bad:
+            violations.append(("remove", f"key {bad[0][:40]!r}: 1-64 of a-z 0-9 _ . : / -"))
+        if violations:
+            raise errors.FieldError.many(violations)
+        model = self._owned_model(user, request.name)
+        try:
+            row = self.catalogue.merge_metrics(model, dict(request.metrics), list(request.remove), MAX_METRICS)
+        except TooManyMetrics as e:
+            raise errors.FieldError(
+                "metrics", f"the model would hold {e.args[0]} metrics, over the limit of {MAX_METRICS}; remove some"
+            ) from None
+        except Gone:
+            raise errors.NotFound.hidden(request.name) from None
+        return self._model_message(row, user)
+
     def CreateModel(self, request: rpb.CreateModelRequest, context) -> pb.Model:
         user = self._caller(context)
         violations = []
@@ -321,7 +356,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             violations.append(("model_id", "1-64 characters: lowercase letters, digits, '.', '-', '_'"))
         model = request.model
         visibility = model.visibility or pb.VISIBILITY_PRIVATE
-        violations += self._check_model_fields(model, {"description", "tags", "visibility", "shared_with"})
+        given = {"description", "tags", "shared_with"} | ({"visibility"} if model.visibility else set())
+        violations += self._check_model_fields(model, given)  # an unset visibility is PRIVATE
+        violations += self._ignored_model_fields(model, user.username, request.model_id)
         schema = None
         if model.HasField("data_schema"):
             try:

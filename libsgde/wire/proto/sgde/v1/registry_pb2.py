@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from libsgde.wire.proto.sgde.v1 import common_pb2 as sgde_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sgde/v1/registry.proto\x12\x07sgde.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14sgde/v1/common.proto\"\x82\x01\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"s\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04user\x18\x03 \x01(\x0b\x32\r.sgde.v1.User\"\x1e\n\x0eGetUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x12\x43reateModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1d\n\x05model\x18\x02 \x01(\x0b\x32\x0e.sgde.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"|\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12$\n\tdata_kind\x18\x05 \x01(\x0e\x32\x11.sgde.v1.DataKind\"M\n\x12ListModelsResponse\x12\x1e\n\x06models\x18\x01 \x03(\x0b\x32\x0e.sgde.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x12UpdateModelRequest\x12\x1d\n\x05model\x18\x01 \x01(\x0b\x32\x0e.sgde.v1.Model\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xbc\x01\n\x15PublishVersionRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.sgde.v1.PublishVersionRequest.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1aN\n\x06Header\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x42\t\n\x07payload\"!\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x13ListVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x14ListVersionsResponse\x12\'\n\x08versions\x18\x01 \x03(\x0b\x32\x15.sgde.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x16\x44ownloadVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"_\n\x17\x44ownloadVersionResponse\x12(\n\x07version\x18\x01 \x01(\x0b\x32\x15.sgde.v1.ModelVersionH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload2\xcc\x06\n\x0fRegistryService\x12\x33\n\x08Register\x12\x18.sgde.v1.RegisterRequest\x1a\r.sgde.v1.User\x12\x36\n\x05Login\x12\x15.sgde.v1.LoginRequest\x1a\x16.sgde.v1.LoginResponse\x12/\n\x06WhoAmI\x12\x16.google.protobuf.Empty\x1a\r.sgde.v1.User\x12\x31\n\x07GetUser\x12\x17.sgde.v1.GetUserRequest\x1a\r.sgde.v1.User\x12:\n\x0b\x43reateModel\x12\x1b.sgde.v1.CreateModelRequest\x1a\x0e.sgde.v1.Model\x12\x34\n\x08GetModel\x12\x18.sgde.v1.GetModelRequest\x1a\x0e.sgde.v1.Model\x12\x45\n\nListModels\x12\x1a.sgde.v1.ListModelsRequest\x1a\x1b.sgde.v1.ListModelsResponse\x12:\n\x0bUpdateModel\x12\x1b.sgde.v1.UpdateModelRequest\x1a\x0e.sgde.v1.Model\x12\x42\n\x0b\x44\x65leteModel\x12\x1b.sgde.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12I\n\x0ePublishVersion\x12\x1e.sgde.v1.PublishVersionRequest\x1a\x15.sgde.v1.ModelVersion(\x01\x12?\n\nGetVersion\x12\x1a.sgde.v1.GetVersionRequest\x1a\x15.sgde.v1.ModelVersion\x12K\n\x0cListVersions\x12\x1c.sgde.v1.ListVersionsRequest\x1a\x1d.sgde.v1.ListVersionsResponse\x12V\n\x0f\x44ownloadVersion\x12\x1f.sgde.v1.DownloadVersionRequest\x1a .sgde.v1.DownloadVersionResponse0\x01\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sgde/v1/registry.proto\x12\x07sgde.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14sgde/v1/common.proto\"\x82\x01\n\x04User\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"`\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x04 \x01(\x0c\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"s\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x04user\x18\x03 \x01(\x0b\x32\r.sgde.v1.User\"\x1e\n\x0eGetUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"E\n\x12\x43reateModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1d\n\x05model\x18\x02 \x01(\x0b\x32\x0e.sgde.v1.Model\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"|\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12$\n\tdata_kind\x18\x05 \x01(\x0e\x32\x11.sgde.v1.DataKind\"M\n\x12ListModelsResponse\x12\x1e\n\x06models\x18\x01 \x03(\x0b\x32\x0e.sgde.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"d\n\x12UpdateModelRequest\x12\x1d\n\x05model\x18\x01 \x01(\x0b\x32\x0e.sgde.v1.Model\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\xa9\x01\n\x18MergeModelMetricsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12?\n\x07metrics\x18\x02 \x03(\x0b\x32..sgde.v1.MergeModelMetricsRequest.MetricsEntry\x12\x0e\n\x06remove\x18\x03 \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xbc\x01\n\x15PublishVersionRequest\x12\x37\n\x06header\x18\x01 \x01(\x0b\x32%.sgde.v1.PublishVersionRequest.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1aN\n\x06Header\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x42\t\n\x07payload\"!\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"L\n\x13ListVersionsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x14ListVersionsResponse\x12\'\n\x08versions\x18\x01 \x03(\x0b\x32\x15.sgde.v1.ModelVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x16\x44ownloadVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\"_\n\x17\x44ownloadVersionResponse\x12(\n\x07version\x18\x01 \x01(\x0b\x32\x15.sgde.v1.ModelVersionH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload2\x94\x07\n\x0fRegistryService\x12\x33\n\x08Register\x12\x18.sgde.v1.RegisterRequest\x1a\r.sgde.v1.User\x12\x36\n\x05Login\x12\x15.sgde.v1.LoginRequest\x1a\x16.sgde.v1.LoginResponse\x12/\n\x06WhoAmI\x12\x16.google.protobuf.Empty\x1a\r.sgde.v1.User\x12\x31\n\x07GetUser\x12\x17.sgde.v1.GetUserRequest\x1a\r.sgde.v1.User\x12:\n\x0b\x43reateModel\x12\x1b.sgde.v1.CreateModelRequest\x1a\x0e.sgde.v1.Model\x12\x34\n\x08GetModel\x12\x18.sgde.v1.GetModelRequest\x1a\x0e.sgde.v1.Model\x12\x45\n\nListModels\x12\x1a.sgde.v1.ListModelsRequest\x1a\x1b.sgde.v1.ListModelsResponse\x12:\n\x0bUpdateModel\x12\x1b.sgde.v1.UpdateModelRequest\x1a\x0e.sgde.v1.Model\x12\x46\n\x11MergeModelMetrics\x12!.sgde.v1.MergeModelMetricsRequest\x1a\x0e.sgde.v1.Model\x12\x42\n\x0b\x44\x65leteModel\x12\x1b.sgde.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12I\n\x0ePublishVersion\x12\x1e.sgde.v1.PublishVersionRequest\x1a\x15.sgde.v1.ModelVersion(\x01\x12?\n\nGetVersion\x12\x1a.sgde.v1.GetVersionRequest\x1a\x15.sgde.v1.ModelVersion\x12K\n\x0cListVersions\x12\x1c.sgde.v1.ListVersionsRequest\x1a\x1d.sgde.v1.ListVersionsResponse\x12V\n\x0f\x44ownloadVersion\x12\x1f.sgde.v1.DownloadVersionRequest\x1a .sgde.v1.DownloadVersionResponse0\x01\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sgde.v1.registry_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z\027sgde.dev/sgde/v1;sgdev1'
+  _globals['_MERGEMODELMETRICSREQUEST_METRICSENTRY']._loaded_options = None
+  _globals['_MERGEMODELMETRICSREQUEST_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_USER']._serialized_start=154
   _globals['_USER']._serialized_end=284
   _globals['_REGISTERREQUEST']._serialized_start=286
@@ -56,22 +58,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_end=892
   _globals['_UPDATEMODELREQUEST']._serialized_start=894
   _globals['_UPDATEMODELREQUEST']._serialized_end=994
-  _globals['_DELETEMODELREQUEST']._serialized_start=996
-  _globals['_DELETEMODELREQUEST']._serialized_end=1030
-  _globals['_PUBLISHVERSIONREQUEST']._serialized_start=1033
-  _globals['_PUBLISHVERSIONREQUEST']._serialized_end=1221
-  _globals['_PUBLISHVERSIONREQUEST_HEADER']._serialized_start=1132
-  _globals['_PUBLISHVERSIONREQUEST_HEADER']._serialized_end=1210
-  _globals['_GETVERSIONREQUEST']._serialized_start=1223
-  _globals['_GETVERSIONREQUEST']._serialized_end=1256
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=1258
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=1334
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1336
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1424
-  _globals['_DOWNLOADVERSIONREQUEST']._serialized_start=1426
-  _globals['_DOWNLOADVERSIONREQUEST']._serialized_end=1480
-  _globals['_DOWNLOADVERSIONRESPONSE']._serialized_start=1482
-  _globals['_DOWNLOADVERSIONRESPONSE']._serialized_end=1577
-  _globals['_REGISTRYSERVICE']._serialized_start=1580
-  _globals['_REGISTRYSERVICE']._serialized_end=2424
+  _globals['_MERGEMODELMETRICSREQUEST']._serialized_start=997
+  _globals['_MERGEMODELMETRICSREQUEST']._serialized_end=1166
+  _globals['_MERGEMODELMETRICSREQUEST_METRICSENTRY']._serialized_start=1120
+  _globals['_MERGEMODELMETRICSREQUEST_METRICSENTRY']._serialized_end=1166
+  _globals['_DELETEMODELREQUEST']._serialized_start=1168
+  _globals['_DELETEMODELREQUEST']._serialized_end=1202
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_start=1205
+  _globals['_PUBLISHVERSIONREQUEST']._serialized_end=1393
+  _globals['_PUBLISHVERSIONREQUEST_HEADER']._serialized_start=1304
+  _globals['_PUBLISHVERSIONREQUEST_HEADER']._serialized_end=1382
+  _globals['_GETVERSIONREQUEST']._serialized_start=1395
+  _globals['_GETVERSIONREQUEST']._serialized_end=1428
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=1430
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=1506
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=1508
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=1596
+  _globals['_DOWNLOADVERSIONREQUEST']._serialized_start=1598
+  _globals['_DOWNLOADVERSIONREQUEST']._serialized_end=1652
+  _globals['_DOWNLOADVERSIONRESPONSE']._serialized_start=1654
+  _globals['_DOWNLOADVERSIONRESPONSE']._serialized_end=1749
+  _globals['_REGISTRYSERVICE']._serialized_start=1752
+  _globals['_REGISTRYSERVICE']._serialized_end=2668
 # @@protoc_insertion_point(module_scope)

@@ -77,6 +77,11 @@ class RegistryServiceStub:
                 request_serializer=sgde_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
                 response_deserializer=sgde_dot_v1_dot_common__pb2.Model.FromString,
                 _registered_method=True)
+        self.MergeModelMetrics = channel.unary_unary(
+                '/sgde.v1.RegistryService/MergeModelMetrics',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.MergeModelMetricsRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_common__pb2.Model.FromString,
+                _registered_method=True)
         self.DeleteModel = channel.unary_unary(
                 '/sgde.v1.RegistryService/DeleteModel',
                 request_serializer=sgde_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
@@ -158,6 +163,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MergeModelMetrics(self, request, context):
+        """Sets some metrics on a model and keeps the others, in one transaction (two evaluations never lose each
+        other's keys). Owner only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteModel(self, request, context):
         """Deletes the model, every version and their blobs. Owner only.
         """
@@ -233,6 +246,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
             'UpdateModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateModel,
                     request_deserializer=sgde_dot_v1_dot_registry__pb2.UpdateModelRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_common__pb2.Model.SerializeToString,
+            ),
+            'MergeModelMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.MergeModelMetrics,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.MergeModelMetricsRequest.FromString,
                     response_serializer=sgde_dot_v1_dot_common__pb2.Model.SerializeToString,
             ),
             'DeleteModel': grpc.unary_unary_rpc_method_handler(
@@ -477,6 +495,33 @@ class RegistryService:
             target,
             '/sgde.v1.RegistryService/UpdateModel',
             sgde_dot_v1_dot_registry__pb2.UpdateModelRequest.SerializeToString,
+            sgde_dot_v1_dot_common__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MergeModelMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.RegistryService/MergeModelMetrics',
+            sgde_dot_v1_dot_registry__pb2.MergeModelMetricsRequest.SerializeToString,
             sgde_dot_v1_dot_common__pb2.Model.FromString,
             options,
             channel_credentials,
