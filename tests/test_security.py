@@ -45,7 +45,8 @@ def _eku(cert: x509.Certificate) -> set:
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.suffix in (".crt", ".key")}
+    files = [*root.iterdir(), tls.PkiPaths(root).ca_key]
+    return {p.name: p.read_bytes() for p in sorted(files) if p.suffix in (".crt", ".key")}
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,17 @@ def test_pki_files_and_modes(pki):
         assert _mode(cert) == 0o644, cert
         serialization.load_pem_private_key(key.read_bytes(), password=None)
     assert not [p for p in pki.root.iterdir() if p.name.endswith(".tmp")]
+    # The CA key is not in the folder whose keys go to machines and pods.
+    assert not (pki.root / "ca.key").exists() and pki.ca_key.parent != pki.root
+    assert _mode(pki.ca_key.parent) == 0o700
+
+
+def test_a_ca_key_beside_the_client_key_is_moved_out(tmp_path):
+    paths = tls.init_pki(tmp_path / "pki")
+    key = paths.ca_key.read_bytes()
+    os.replace(paths.ca_key, paths.legacy_ca_key)  # where the first releases kept it
+    tls.init_pki(tmp_path / "pki", ["moved.example.org"])  # still able to issue: the key was found and moved
+    assert not paths.legacy_ca_key.exists() and paths.ca_key.read_bytes() == key
 
 
 def test_ca_and_leaf_certificates(pki):

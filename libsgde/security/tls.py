@@ -44,7 +44,9 @@ class PkiError(FailedPrecondition):
 
 @dataclass(frozen=True)
 class PkiPaths:
-    """Where `init_pki` keeps the CA and the certificates."""
+    """Where `init_pki` keeps the CA and the certificates. The CA's key lives in a folder of its own beside the PKI
+    folder (`pki` -> `pki-ca/ca.key`), so that handing the PKI folder (certificates and the keys that go with them) to
+    a machine or a pod never hands over the power to issue certificates."""
 
     root: Path
 
@@ -57,6 +59,11 @@ class PkiPaths:
 
     @property
     def ca_key(self) -> Path:
+        return self.root.parent / f"{self.root.name or 'pki'}-ca" / "ca.key"
+
+    @property
+    def legacy_ca_key(self) -> Path:
+        """Where releases before 0.2 kept the CA key: beside the client's key."""
         return self.root / "ca.key"
 
     def cert(self, name: str) -> Path:
@@ -309,6 +316,9 @@ def init_pki(root: Path, extra_names: Sequence[str] = (), *, force: bool = False
         os.chmod(paths.root, 0o700)
     split_names(extra_names)  # fail on a bad name before touching anything
     with _locked(paths.root):
+        if paths.legacy_ca_key.exists() and not paths.ca_key.exists():
+            paths.ca_key.parent.mkdir(mode=0o700, exist_ok=True)
+            os.replace(paths.legacy_ca_key, paths.ca_key)
         ca_pem: bytes | None = None
         ca_key_pem: bytes | None = None
         reissue_all = force
