@@ -184,6 +184,9 @@ def first_name(tensors, part):
         (lambda t: t.__setitem__("decoder/extra/kernel", np.zeros(2, np.float32)), "unexpected"),
         (lambda t: t.pop(first_name(t, "bias")), "missing"),
         (lambda t: t.__setitem__(CLASS_PRIOR, np.zeros(10, np.float16)), "implies F32"),
+        # On the first release these loaded, and sampling failed with INTERNAL (and a traceback in the log).
+        (lambda t: t.__setitem__(CLASS_PRIOR, np.array([-1.0] + [0.2] * 9, np.float32)), "non-negative"),
+        (lambda t: t.__setitem__(CLASS_PRIOR, np.array([np.nan] + [0.1] * 9, np.float32)), "finite"),
     ],
 )
 def test_tensors_that_do_not_match_the_architecture_are_refused(tmp_path, mutate, message):

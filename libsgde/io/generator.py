@@ -56,6 +56,9 @@ class Generator:
         self.config = self.manifest.config
         self.encoder = encoder_for(self.manifest.data_schema)
         self.class_prior = np.asarray(tensors[CLASS_PRIOR], np.float64)
+        if not (np.isfinite(self.class_prior).all() and (self.class_prior >= 0).all()):
+            # Sampling would fail on it later, as an internal error anyone could trigger with such an artifact.
+            raise ArtifactError(f"tensor {CLASS_PRIOR!r} must hold finite, non-negative class proportions")
         self.params = jax.tree.map(jnp.asarray, unflatten({k: v for k, v in tensors.items() if k != CLASS_PRIOR}))
         self._generate = jax.jit(
             lambda p, keys, labels: self.architecture.generate(p, keys, labels, self.space, self.config)
