@@ -179,7 +179,8 @@ def test_minio_serves_tls_with_a_certificate_of_the_sgde_ca(overlay):
     (c,) = minio.spec["containers"]
     args = c["args"]
     certs_dir = args[args.index("--certs-dir") + 1]
-    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == certs_dir)
+    mount = next((m for m in c["volumeMounts"] if m["mountPath"] == certs_dir), None)
+    assert mount, f"no certificate is mounted at MinIO's --certs-dir {certs_dir}"
     assert mount.get("readOnly") is True
     volume = next(v for v in minio.spec["volumes"] if v["name"] == mount["name"])
     items = {i["key"]: i["path"] for i in volume["secret"]["items"]}
@@ -437,6 +438,11 @@ def _allowed(docs, target, port_name: str) -> set[str] | str:
     return allowed
 
 
+def _port(port: dict) -> str:
+    """A named port as its name, a numbered one as PROTOCOL/NUMBER."""
+    return port["port"] if isinstance(port["port"], str) else f"{port.get('protocol', 'TCP')}/{port['port']}"
+
+
 def _reaches(docs, source) -> set[tuple[str, str]]:
     """(destination, port) pairs `source` may open connections to: a named port of a pod here, or PROTOCOL/NUMBER."""
     reached = set()
@@ -444,7 +450,7 @@ def _reaches(docs, source) -> set[tuple[str, str]]:
         for rule in policy["spec"].get("egress", []):
             where = f"{policy['metadata']['name']}: an egress rule of {source.name}"
             assert rule.get("to") and rule.get("ports"), f"{where} without `to` or `ports` opens everything"
-            ports = {p["port"] if isinstance(p["port"], str) else f"{p['protocol']}/{p['port']}" for p in rule["ports"]}
+            ports = {_port(p) for p in rule["ports"]}
             for peer in rule["to"]:
                 names = _peers(docs, peer)
                 assert names != ANYONE, f"{where} reaches {peer}: anyone"

@@ -385,6 +385,16 @@ def test_an_s3_ca_file_that_cannot_verify_is_refused_at_once(tmp_path):
     assert minio_client("minio:9000", secure=True, ca_file=str(good), **keys)
 
 
+@pytest.mark.integration  # the trainer's configuration takes a free loopback port
+def test_a_trainer_with_an_unusable_s3_ca_file_does_not_start(tmp_path, pki, monkeypatch):
+    """The silo's S3 store is checked when the trainer starts, not at a user's first job (which would get INTERNAL)."""
+    from tests.support.trainer import start_trainer
+
+    monkeypatch.setenv("SGDE_S3_CA_FILE", str(tmp_path / "missing.crt"))
+    with pytest.raises(ValueError, match="SGDE_S3_CA_FILE"):
+        start_trainer(tmp_path, pki, "127.0.0.1:1", s3_url="s3://?endpoint=127.0.0.1:9&secure=true")
+
+
 @pytest.fixture(scope="module")
 def fault_server(tmp_path_factory):
     """A server of our own to kill: the session's server must stay up for everyone else."""
