@@ -35,6 +35,12 @@ def metrics_port(service: str) -> int:
     return int(env) if env is not None else DEFAULT_METRICS_PORTS[service]
 
 
+def metrics_host(service: str) -> str:
+    """Where the plain-HTTP metrics port binds: $SGDE_<SERVICE>_METRICS_HOST, default 127.0.0.1 (this host only).
+    A pod sets 0.0.0.0 so that Prometheus can scrape it, and its NetworkPolicy says from where."""
+    return os.environ.get(f"SGDE_{service.upper()}_METRICS_HOST") or "127.0.0.1"
+
+
 def health_port(service: str) -> int:
     """Plaintext health-only port for the kubelet's probes: $SGDE_<SERVICE>_HEALTH_PORT; 0 (the default) opens none."""
     return int(os.environ.get(f"SGDE_{service.upper()}_HEALTH_PORT") or 0)

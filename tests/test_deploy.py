@@ -134,13 +134,15 @@ def test_trainer_and_sampler_are_ready_only_while_the_registry_answers(start, tm
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # subprocess forks then execs at once
-def test_round_trip_through_the_services_started_as_their_containers(tmp_path, pki, seaweed):
+def test_round_trip_through_the_services_started_as_their_containers(tmp_path, pki, seaweed_tls):
     """Train on the silo's data root, publish, and sample, through registry, trainer and sampler run as
-    `sgde serve <service>` with the dev overlay's environment; readiness from the plaintext health ports."""
+    `sgde serve <service>` with the dev overlay's environment; readiness from the plaintext health ports. The blob
+    store speaks S3 over TLS with a certificate of the PKI's CA, as MinIO does in the cluster, and the registry
+    verifies it with the CA file its manifest names."""
     containers = {service: container for service, (_, container) in sgde_pods(render("dev")).items()}
     secrets = {
-        ("sgde-minio-credentials", "MINIO_ROOT_USER"): seaweed.access_key,
-        ("sgde-minio-credentials", "MINIO_ROOT_PASSWORD"): seaweed.secret_key,
+        ("sgde-minio-credentials", "MINIO_ROOT_USER"): seaweed_tls.access_key,
+        ("sgde-minio-credentials", "MINIO_ROOT_PASSWORD"): seaweed_tls.secret_key,
     }
     # Not configuration but test speed: this run's shared XLA compilation cache and flags (tests/conftest.py).
     speed = {k: os.environ[k] for k in os.environ if k.startswith(("JAX_PERSISTENT_CACHE_", "XLA_FLAGS"))}
@@ -153,7 +155,7 @@ def test_round_trip_through_the_services_started_as_their_containers(tmp_path, p
         )
 
     registry = container(
-        "registry", s3_endpoint=seaweed.endpoint, bucket=f"sgde-{uuid.uuid4().hex[:12]}", secrets=secrets
+        "registry", s3_endpoint=seaweed_tls.endpoint, bucket=f"sgde-{uuid.uuid4().hex[:12]}", secrets=secrets
     )
     trainer = container("trainer")
     sampler = container("sampler")
@@ -182,7 +184,7 @@ def test_round_trip_through_the_services_started_as_their_containers(tmp_path, p
             assert version.startswith(f"models/{alice.username}/adult/versions/")
             samples = alice.sample(version, 50, seed=1)
             assert len(samples) == 50 and len(samples.to_dataframe()) == 50
-        assert list(seaweed.client().list_objects(registry.bucket, recursive=True))  # the blob went to S3
+        assert list(seaweed_tls.client().list_objects(registry.bucket, recursive=True))  # the blob went to S3
     finally:
         for process in reversed(started):
             assert process.stop() == 0, f"{process.service} did not stop cleanly on SIGTERM"

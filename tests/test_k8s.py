@@ -7,6 +7,7 @@ import base64
 import copy
 import fnmatch
 import ipaddress
+import os
 import re
 from pathlib import PurePosixPath
 
@@ -14,8 +15,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
+from libsgde.server.storage import S3Location
 from tests.support import cert_manager
 from tests.support.k8s import (
+    K8S,
     OVERLAYS,
     REPO,
     SERVICES,
@@ -27,6 +30,7 @@ from tests.support.k8s import (
     of_kind,
     pods,
     render,
+    render_dir,
     sgde_pods,
 )
 
@@ -109,7 +113,10 @@ def _hosts(dns: list[str], ips: list[str]) -> set[str]:
 def test_certificates_make_the_pki_the_services_read(overlay):
     """A CA issuer backed by a CA certificate; per service, a certificate whose Secret the pod mounts as ca.crt,
     <service>.crt and <service>.key under SGDE_PKI_DIR, named as the clients dial it, for server and client auth."""
-    docs = render(overlay)
+    _pki_holds(render(overlay))
+
+
+def _pki_holds(docs) -> None:
     issuers = {d["metadata"]["name"]: d for d in of_kind(docs, "Issuer")}
     certificates = {d["spec"]["secretName"]: d for d in of_kind(docs, "Certificate")}
     for cert in certificates.values():
@@ -148,6 +155,109 @@ def test_certificates_make_the_pki_the_services_read(overlay):
     client = certificates["sgde-client-tls"]["spec"]
     assert client["commonName"] == "client" and "client auth" in client["usages"]
     assert "server auth" not in client["usages"]
+
+
+def _certificate_of_secret(docs, secret: str) -> dict:
+    return next(d for d in of_kind(docs, "Certificate") if d["spec"]["secretName"] == secret)["spec"]
+
+
+def _covers(hosts: set[str], host: str) -> bool:
+    """Whether a certificate naming `hosts` is valid for `host` (a wildcard stands for one leftmost label)."""
+    return host in hosts or ("." in host and f"*.{host.split('.', 1)[1]}" in hosts)
+
+
+def _ca_issuer(docs) -> str:
+    (issuer,) = [i["metadata"]["name"] for i in of_kind(docs, "Issuer") if "ca" in i["spec"]]
+    return issuer
+
+
+def test_minio_serves_tls_with_a_certificate_of_the_sgde_ca(overlay):
+    """MinIO's certs folder holds a cert-manager certificate of the SGDE CA, valid for the Service the registry
+    dials and for every server distributed MinIO dials (over https), and the CA it trusts for its peers."""
+    docs = render(overlay)
+    minio = next(p for p in pods(docs) if p.name == "sgde-minio")
+    (c,) = minio.spec["containers"]
+    args = c["args"]
+    certs_dir = args[args.index("--certs-dir") + 1]
+    mount = next((m for m in c["volumeMounts"] if m["mountPath"] == certs_dir), None)
+    assert mount, f"no certificate is mounted at MinIO's --certs-dir {certs_dir}"
+    assert mount.get("readOnly") is True
+    volume = next(v for v in minio.spec["volumes"] if v["name"] == mount["name"])
+    items = {i["key"]: i["path"] for i in volume["secret"]["items"]}
+    assert items == {"tls.crt": "public.crt", "tls.key": "private.key", "ca.crt": "CAs/ca.crt"}
+    cert = _certificate_of_secret(docs, volume["secret"]["secretName"])
+    assert cert["issuerRef"]["name"] == _ca_issuer(docs)
+    assert "server auth" in cert["usages"] and cert["privateKey"]["rotationPolicy"] == "Always"
+    hosts = _hosts(cert.get("dnsNames", []), cert.get("ipAddresses", []))
+    service = named(docs, "Service", "sgde-minio")
+    assert _covers(hosts, service["metadata"]["name"])
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    servers = [a for a in args if "://" in a]
+    assert all(a.startswith("https://") for a in servers), servers
+    for server in servers:  # sgde-minio-{0...3}.sgde-minio-hl: each expanded name
+        first, _, rest = server.removeprefix("https://").partition("{")
+        count, _, tail = rest.partition("}")
+        low, high = map(int, count.split("..."))
+        for n in range(low, high + 1):
+            host = f"{first}{n}{tail}".split(":", 1)[0]
+            assert _covers(hosts, host), host
+
+
+def test_the_registry_reaches_minio_over_tls_verified_against_the_sgde_ca(overlay):
+    docs = render(overlay)
+    pod, c = sgde_pods(docs)["registry"]
+    env = env_values(c)
+    where = S3Location.parse(env["SGDE_REGISTRY_BLOB_URL"]["value"])
+    assert where.secure, "the registry must speak TLS to MinIO"
+    host, port = where.endpoint.rsplit(":", 1)
+    service = named(docs, "Service", host)
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    minio = next(p for p in pods(docs) if _matches({"matchLabels": service["spec"]["selector"]}, p.labels))
+    minio_secret = next(v for v in minio.spec["volumes"] if v["name"] == "certs")["secret"]["secretName"]
+    minio_cert = _certificate_of_secret(docs, minio_secret)
+    assert _covers(_hosts(minio_cert["dnsNames"], minio_cert.get("ipAddresses", [])), host)
+    ca_file = PurePosixPath(env["SGDE_S3_CA_FILE"]["value"])
+    mount = next(m for m in c["volumeMounts"] if ca_file.is_relative_to(m["mountPath"]))
+    volume = next(v for v in pod.spec["volumes"] if v["name"] == mount["name"])
+    paths = {i["path"]: i["key"] for i in volume["secret"]["items"]}
+    assert paths[str(ca_file.relative_to(mount["mountPath"]))] == "ca.crt"
+    # the CA that Secret carries is the one that signed MinIO's certificate
+    assert _certificate_of_secret(docs, volume["secret"]["secretName"])["issuerRef"] == minio_cert["issuerRef"]
+
+
+def test_certificate_names_hold_no_namespace(overlay, tmp_path):
+    """Certificates name what the pods dial without a namespace, so they stay right when an overlay of one's own
+    moves everything to another namespace (rendered here), and every dialled name is still in them."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    base = os.path.relpath(K8S / "overlays" / overlay, mine)
+    (mine / "kustomization.yaml").write_text(f"namespace: elsewhere\nresources: [{base}]\n")
+    moved = render_dir(mine)
+    assert {d["metadata"].get("namespace", "elsewhere") for d in moved} == {"elsewhere"}
+    for docs, namespace in ((render(overlay), "sgde"), (moved, "elsewhere")):
+        for cert in of_kind(docs, "Certificate"):
+            for name in cert["spec"].get("dnsNames", []):
+                labels = name.split(".")[1:]
+                assert namespace not in labels and "svc" not in labels, (cert["metadata"]["name"], name)
+    _pki_holds(moved)
+
+
+def _go_duration_seconds(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text)
+    assert parts and text, f"not a duration of hours, minutes, seconds: {text!r}"
+    return sum(int(v or 0) * units[u] for v, u in zip(parts.groups(), "hms", strict=True))
+
+
+def test_minio_removes_incomplete_multipart_uploads_after_a_day(overlay):
+    """A registry killed mid-publish leaves a multipart upload; MinIO removes it a day after it began (its own
+    setting: MinIO does not implement the AbortIncompleteMultipartUpload lifecycle rule)."""
+    minio = next(p for p in pods(render(overlay)) if p.name == "sgde-minio")
+    env = env_values(minio.spec["containers"][0])
+    expiry = _go_duration_seconds(env["MINIO_API_STALE_UPLOADS_EXPIRY"]["value"])
+    interval = _go_duration_seconds(env["MINIO_API_STALE_UPLOADS_CLEANUP_INTERVAL"]["value"])
+    assert 0 < expiry <= 24 * 3600 and 0 < interval <= expiry
 
 
 # -- pods ---------------------------------------------------------------------------------------------------------
@@ -209,6 +319,8 @@ def test_prometheus_scrapes_the_metrics_port(overlay):
         assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == metrics
         assert pod.annotations["prometheus.io/scrape"] == "true"
         assert pod.annotations["prometheus.io/port"] == str(metrics)
+        # the metrics bind loopback unless told: here Prometheus scrapes the pod's IP (NetworkPolicy: metrics only)
+        assert env_values(c)[f"SGDE_{service.upper()}_METRICS_HOST"]["value"] == "0.0.0.0"
 
 
 def test_service_ports_are_named_and_lead_to_named_container_ports(overlay):
@@ -240,7 +352,7 @@ def test_writable_paths_are_mounted_volumes(overlay):
     (writable unless it is the PKI, the silo's data or the token key)."""
     env_image = dockerfile_env(dockerfile_stages()[-1])
     path_vars = {"HOME", "SGDE_HOME", "JAX_COMPILATION_CACHE_DIR", "MPLCONFIGDIR", "XDG_CACHE_HOME"}
-    read_only_ok = {"SGDE_PKI_DIR", "SGDE_TRAINER_DATA_ROOT", "SGDE_REGISTRY_TOKEN_KEY"}
+    read_only_ok = {"SGDE_PKI_DIR", "SGDE_TRAINER_DATA_ROOT", "SGDE_REGISTRY_TOKEN_KEY", "SGDE_S3_CA_FILE"}
     for service, (_pod, c) in sgde_pods(render(overlay)).items():
         mounts = {PurePosixPath(m["mountPath"]): m.get("readOnly", False) for m in c["volumeMounts"]}
         env = {k: v for k, v in env_image.items() if k in path_vars}
@@ -270,44 +382,124 @@ def test_settings_are_documented(overlay):
 
 # -- network policies ---------------------------------------------------------------------------------------------
 
+DNS = "kube-dns"  # the cluster DNS: pods labelled k8s-app=kube-dns in kube-system
+ANYONE = "anyone"
+
 
 def _matches(selector: dict, labels: dict) -> bool:
-    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are evaluated here"
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, selector
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "only In expressions are evaluated here"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
-def _allowed(docs, target, port_name: str) -> set[str] | str:
-    """Pods of this namespace allowed to reach `target` on its named port, or "anyone"."""
-    policies = [
+def _peers(docs, peer: dict) -> set[str] | str:
+    """What a policy peer stands for: names of this namespace's pods, DNS, `namespace <name>` for every pod of
+    another namespace, or ANYONE."""
+    if "ipBlock" in peer:
+        return ANYONE
+    if "namespaceSelector" in peer:
+        names = peer["namespaceSelector"].get("matchLabels", {})
+        if set(peer["namespaceSelector"]) != {"matchLabels"} or set(names) != {"kubernetes.io/metadata.name"}:
+            return ANYONE
+        namespace = names["kubernetes.io/metadata.name"]
+        if namespace == "kube-system" and peer.get("podSelector") == {"matchLabels": {"k8s-app": "kube-dns"}}:
+            return {DNS}
+        assert "podSelector" not in peer, peer
+        return {f"namespace {namespace}"}
+    return {p.name for p in pods(docs) if _matches(peer["podSelector"], p.labels)}
+
+
+def _policies(docs, pod, direction: str) -> list[dict]:
+    found = [
         p
         for p in of_kind(docs, "NetworkPolicy")
-        if _matches(p["spec"]["podSelector"], target.labels) and "Ingress" in p["spec"]["policyTypes"]
+        if _matches(p["spec"]["podSelector"], pod.labels) and direction in p["spec"]["policyTypes"]
     ]
-    assert policies, f"{target.name} is not isolated"
+    assert found, f"{pod.name} is not isolated for {direction.lower()}"
+    return found
+
+
+def _allowed(docs, target, port_name: str) -> set[str] | str:
+    """Pods of this namespace allowed to reach `target` on its named port, or ANYONE."""
     allowed: set[str] = set()
-    for policy in policies:
+    for policy in _policies(docs, target, "Ingress"):
         for rule in policy["spec"].get("ingress", []):
             if not any(p["port"] == port_name for p in rule.get("ports", [])) and rule.get("ports"):
                 continue
             if not rule.get("from"):
-                return "anyone"
+                return ANYONE
             for peer in rule["from"]:
                 if "namespaceSelector" in peer or "ipBlock" in peer:
-                    return "anyone"
+                    return ANYONE  # from outside this namespace
                 allowed |= {p.name for p in pods(docs) if _matches(peer["podSelector"], p.labels)}
     return allowed
 
 
+def _port(port: dict) -> str:
+    """A named port as its name, a numbered one as PROTOCOL/NUMBER."""
+    return port["port"] if isinstance(port["port"], str) else f"{port.get('protocol', 'TCP')}/{port['port']}"
+
+
+def _reaches(docs, source) -> set[tuple[str, str]]:
+    """(destination, port) pairs `source` may open connections to: a named port of a pod here, or PROTOCOL/NUMBER."""
+    reached = set()
+    for policy in _policies(docs, source, "Egress"):
+        for rule in policy["spec"].get("egress", []):
+            where = f"{policy['metadata']['name']}: an egress rule of {source.name}"
+            assert rule.get("to") and rule.get("ports"), f"{where} without `to` or `ports` opens everything"
+            ports = {_port(p) for p in rule["ports"]}
+            for peer in rule["to"]:
+                names = _peers(docs, peer)
+                assert names != ANYONE, f"{where} reaches {peer}: anyone"
+                reached |= {(name, port) for name in names for port in ports}
+    return reached
+
+
+def test_the_namespace_denies_everything_by_default(overlay):
+    default = [p for p in of_kind(render(overlay), "NetworkPolicy") if p["spec"]["podSelector"] == {}]
+    assert len(default) == 1
+    spec = default[0]["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    assert not spec.get("ingress") and not spec.get("egress")
+
+
 def test_only_the_trainer_and_sampler_reach_the_registry_and_only_the_registry_reaches_minio(overlay):
     docs = render(overlay)
-    default_deny = [p for p in of_kind(docs, "NetworkPolicy") if p["spec"]["podSelector"] == {}]
-    assert default_deny and not default_deny[0]["spec"].get("ingress")
     by_name = {p.name: p for p in pods(docs)}
     assert _allowed(docs, by_name["sgde-registry"], "grpc") == {"sgde-trainer", "sgde-sampler"}
     assert _allowed(docs, by_name["sgde-minio"], "s3") == {"sgde-registry", "sgde-minio"}
-    assert _allowed(docs, by_name["sgde-sampler"], "grpc") == "anyone"  # consumers: mutual TLS and tokens guard it
+    assert _allowed(docs, by_name["sgde-sampler"], "grpc") == ANYONE  # consumers: mutual TLS and tokens guard it
     for name in ("sgde-registry", "sgde-trainer", "sgde-sampler"):
-        assert _allowed(docs, by_name[name], "metrics") == "anyone"  # Prometheus, in its own namespace
+        assert _allowed(docs, by_name[name], "metrics") == ANYONE  # Prometheus, in its own namespace
+
+
+def test_every_pod_reaches_only_what_it_must(overlay):
+    """Egress: the registry MinIO (and its database in production), the trainer and the sampler the registry,
+    MinIO nothing (its peers in distributed MinIO); every pod that dials a Service name the cluster DNS, on UDP and
+    TCP 53. Every connection allowed out is allowed in at the other end."""
+    docs = render(overlay)
+    by_name = {p.name: p for p in pods(docs)}
+    dns = {(DNS, "UDP/53"), (DNS, "TCP/53")}
+    expected = {
+        "sgde-registry": {("sgde-minio", "s3"), *dns},
+        "sgde-trainer": {("sgde-registry", "grpc"), *dns},
+        "sgde-sampler": {("sgde-registry", "grpc"), *dns},
+        "sgde-minio": set(),
+    }
+    if overlay == "production":
+        expected["sgde-registry"].add(("namespace sgde-db", "TCP/5432"))  # PostgreSQL, where its URL says
+        expected["sgde-minio"] = {("sgde-minio", "s3"), *dns}  # distributed MinIO dials its peers by name
+    assert set(by_name) == set(expected)
+    for name, pod in by_name.items():
+        reached = _reaches(docs, pod)
+        assert reached == expected[name], name
+        for destination, port in reached:
+            if destination in by_name:
+                allowed = _allowed(docs, by_name[destination], port)
+                assert allowed == ANYONE or name in allowed, f"{name} may dial {destination}:{port}, which refuses it"
 
 
 # -- overlays -----------------------------------------------------------------------------------------------------
@@ -345,7 +537,7 @@ def test_overlay_shapes(overlay):
     if overlay == "production":
         assert minio["spec"]["replicas"] == 4
         (server,) = [a for a in minio["spec"]["template"]["spec"]["containers"][0]["args"] if a.startswith("http")]
-        assert server == "http://sgde-minio-{0...3}.sgde-minio-hl:9000/data"
+        assert server == "https://sgde-minio-{0...3}.sgde-minio-hl:9000/data"
         assert named(docs, "Service", "sgde-minio-hl")["spec"]["clusterIP"] == "None"
         assert minio["spec"]["serviceName"] == "sgde-minio-hl"
         assert minio["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]

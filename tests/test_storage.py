@@ -12,13 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from libsgde.security import tls
 from libsgde.server.storage import (
     BlobIntegrityError,
     BlobNotFound,
     FileBlobStore,
     S3BlobStore,
+    S3Location,
     StorageUnavailable,
+    minio_client,
     open_blob_store,
+    tls_refusal,
 )
 from libsgde.wire.limits import CHUNK_SIZE
 from tests.support.seaweed import SeaweedS3
@@ -311,6 +315,84 @@ def test_s3_wrong_credentials(seaweed, monkeypatch, secret):
     for call in (store.check, lambda: store.put(sha, [data], 10), lambda: store.get(sha), lambda: store.stat(sha)):
         with pytest.raises(StorageUnavailable, match="SGDE_S3_ACCESS_KEY"):
             call()
+
+
+# -- S3 over TLS (MinIO in the cluster serves a certificate of the SGDE CA) -----------------------------------------
+
+
+def _tls_env(monkeypatch, server: SeaweedS3, ca_file) -> None:
+    for name, value in server.env().items():
+        monkeypatch.setenv(name, value)
+    if ca_file is None:
+        monkeypatch.delenv("SGDE_S3_CA_FILE", raising=False)
+    else:
+        monkeypatch.setenv("SGDE_S3_CA_FILE", str(ca_file))
+
+
+def test_s3_over_tls_is_verified_against_the_ca_file(seaweed_tls, pki, monkeypatch):
+    """secure=true with SGDE_S3_CA_FILE: the blob store and the trainer's silo store (S3Location) both work against
+    a server whose certificate that CA signed."""
+    _tls_env(monkeypatch, seaweed_tls, pki.ca_cert)
+    url = seaweed_tls.url(f"sgde-tls-{uuid.uuid4().hex[:12]}")
+    assert "secure=true" in url
+    store = open_blob_store(url)
+    store.check()
+    data, sha = blob(MULTIPART)  # multipart over TLS too
+    store.put(sha, chunked(data), len(data))
+    assert b"".join(store.get(sha)) == data
+    assert store.stat(sha) == len(data) and incomplete_uploads(store) == []
+    silo = S3Location.parse(url).client()
+    assert silo.bucket_exists(store.bucket)
+
+
+@pytest.mark.parametrize("trust", ["another CA", "the system's CAs"])
+def test_s3_over_tls_refuses_a_certificate_the_ca_did_not_sign(seaweed_tls, tmp_path, monkeypatch, trust):
+    other = None
+    if trust == "another CA":
+        other = tmp_path / "other-ca.crt"
+        other.write_bytes(tls.make_ca("not the SGDE CA")[0])
+    _tls_env(monkeypatch, seaweed_tls, other)
+    store = open_blob_store(seaweed_tls.url(f"sgde-tls-{uuid.uuid4().hex[:12]}"))
+    data, sha = blob(10)
+    expected = f"SGDE_S3_CA_FILE={other}" if other else "the system's CAs"
+    for call in (store.check, lambda: store.put(sha, [data], 10), lambda: store.stat(sha)):
+        with pytest.raises(StorageUnavailable) as refused:
+            call()
+        message = str(refused.value)
+        assert "does not vouch for" in message and expected in message, message
+        assert "certificate verify failed" in message or "unable to get local issuer" in message, message
+    assert not seaweed_tls.client().bucket_exists(store.bucket)  # nothing was sent past the handshake
+    with pytest.raises(Exception) as silo:  # the trainer's silo store: the same client, the same refusal
+        S3Location.parse(seaweed_tls.url(store.bucket)).client().bucket_exists(store.bucket)
+    assert tls_refusal(silo.value), silo.value
+
+
+def test_an_s3_ca_file_that_cannot_verify_is_refused_at_once(tmp_path):
+    """Before any connection: a CA file that is missing or not PEM, or one given for plain HTTP."""
+    keys = {"region": None, "access_key": "ak", "secret_key": "sk"}
+    garbage = tmp_path / "ca.crt"
+    garbage.write_text("not a certificate\n")
+    for ca_file, secure, says in (
+        (str(tmp_path / "missing.crt"), True, "not a readable PEM file"),
+        (str(garbage), True, "not a readable PEM file"),
+        (str(garbage), False, "secure=false"),
+    ):
+        with pytest.raises(ValueError, match=says) as refused:
+            minio_client("minio:9000", secure=secure, ca_file=ca_file, **keys)
+        assert f"SGDE_S3_CA_FILE={ca_file}" in str(refused.value)
+    good = tmp_path / "good.crt"
+    good.write_bytes(tls.make_ca()[0])
+    assert minio_client("minio:9000", secure=True, ca_file=str(good), **keys)
+
+
+@pytest.mark.integration  # the trainer's configuration takes a free loopback port
+def test_a_trainer_with_an_unusable_s3_ca_file_does_not_start(tmp_path, pki, monkeypatch):
+    """The silo's S3 store is checked when the trainer starts, not at a user's first job (which would get INTERNAL)."""
+    from tests.support.trainer import start_trainer
+
+    monkeypatch.setenv("SGDE_S3_CA_FILE", str(tmp_path / "missing.crt"))
+    with pytest.raises(ValueError, match="SGDE_S3_CA_FILE"):
+        start_trainer(tmp_path, pki, "127.0.0.1:1", s3_url="s3://?endpoint=127.0.0.1:9&secure=true")
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -139,3 +140,41 @@ def test_metrics_endpoint_counts_calls(tmp_path, pki):
         assert 'sgde_rpc_total{code="UNAUTHENTICATED",method="WhoAmI",service="registry"}' in text
     finally:
         handle.stop(grace=1)
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """The addresses this machine has a TCP socket listening on `port` at (from /proc/net/tcp and tcp6)."""
+    hosts = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(host)
+                # the kernel prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+                hosts.add(str(ipaddress.ip_address(words)))
+    return hosts
+
+
+def test_metrics_bind_loopback_unless_told(tmp_path, pki, monkeypatch):
+    """Metrics are plain HTTP without authentication: a server listening on every interface (as in a pod) still
+    keeps them on 127.0.0.1 unless SGDE_<SERVICE>_METRICS_HOST opens them (the manifests do, for Prometheus)."""
+    from libsgde import config
+    from tests.support.fixtures import start_registry
+    from tests.support.services import free_port
+
+    monkeypatch.delenv("SGDE_REGISTRY_METRICS_HOST", raising=False)
+    assert config.metrics_host("registry") == "127.0.0.1"
+    monkeypatch.setenv("SGDE_REGISTRY_METRICS_HOST", "0.0.0.0")
+    assert config.metrics_host("registry") == "0.0.0.0"
+    for asked, expected in ((None, {"127.0.0.1"}), ("0.0.0.0", {"0.0.0.0"})):
+        port = free_port()
+        overrides = {"metrics_host": asked} if asked else {}
+        _, handle = start_registry(
+            tmp_path / f"reg-{port}", pki, listen=f"0.0.0.0:{free_port()}", metrics_port=port, **overrides
+        )
+        try:
+            assert _listening_hosts(port) == expected
+        finally:
+            handle.stop(grace=0)

@@ -247,6 +247,7 @@ def start_server(
     credentials: grpc.ServerCredentials,
     add_servicers: Callable[[grpc.Server], list[str]],
     metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
     health_port: int = 0,
     health_check: Callable[[], object] | None = None,
     health_every: float = 5.0,
@@ -293,7 +294,8 @@ def start_server(
             raise
         handle.on_stop.append(lambda: probe_server.stop(0))
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1" if address.startswith("127.") else "0.0.0.0")
+        # Plain HTTP, no authentication: on loopback unless the caller opens it (a pod, behind its NetworkPolicy).
+        start_http_server(metrics_port, addr=metrics_host)
     if health_check is None:
         handle.set_serving(True)
     else:
@@ -305,6 +307,7 @@ def start_server(
             "address": address,
             "port": port,
             "metrics_port": metrics_port,
+            "metrics_host": metrics_host,
             "health_port": handle.health_port,
         },
     )

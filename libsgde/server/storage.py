@@ -10,6 +10,7 @@ import abc
 import contextlib
 import hashlib
 import os
+import ssl
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
@@ -237,12 +238,15 @@ def minio_client(
     pool_size: int = 8,
 ) -> Any:
     """A minio client that fails in seconds on a dead server (minio's default pool waits 5 minutes and retries 5
-    times), verifying TLS against `ca_file`, $SSL_CERT_FILE or certifi's bundle. `pool_size`: connections kept for
-    concurrent transfers, each holding one."""
+    times), verifying TLS against `ca_file` alone when given (a private CA, such as the cluster's: the system's CAs
+    are then not trusted), else $SSL_CERT_FILE or certifi's bundle. `pool_size`: connections kept for concurrent
+    transfers, each holding one. ValueError, at once, for a CA file that cannot be used."""
     import certifi
     import urllib3
     from minio import Minio
 
+    if ca_file:
+        _check_ca_file(ca_file, secure)
     http = urllib3.PoolManager(
         maxsize=pool_size,
         timeout=urllib3.Timeout(connect=3, read=60),
@@ -253,13 +257,46 @@ def minio_client(
     return Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
 
 
+def _check_ca_file(ca_file: str, secure: bool) -> None:
+    """A CA file for S3 is a promise that the connection is verified: refuse one that cannot keep it."""
+    if not secure:
+        raise ValueError(
+            f"SGDE_S3_CA_FILE={ca_file} is set but the S3 URL says secure=false, so nothing would be verified: "
+            "use secure=true (the default) or unset SGDE_S3_CA_FILE"
+        )
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(
+            f"SGDE_S3_CA_FILE={ca_file} is not a readable PEM file of CA certificates ({e}): point it at the CA "
+            "that signed the S3 server's certificate"
+        ) from None
+
+
+def tls_refusal(exc: BaseException) -> str | None:
+    """What the TLS verification said when `exc` (from the minio SDK or urllib3) comes from a certificate that was
+    not trusted, else None."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        e = pending.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e.verify_message or str(e)
+        # urllib3 keeps the cause in .reason (MaxRetryError) or in args (its SSLError wraps ssl's)
+        pending += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return None
+
+
 def s3_credentials() -> dict[str, str | None]:
     """access_key, secret_key and ca_file from SGDE_S3_* (or the AWS_* names): credentials never go in a URL."""
     env = os.environ.get
     return {
         "access_key": env("SGDE_S3_ACCESS_KEY") or env("AWS_ACCESS_KEY_ID"),
         "secret_key": env("SGDE_S3_SECRET_KEY") or env("AWS_SECRET_ACCESS_KEY"),
-        "ca_file": env("SGDE_S3_CA_FILE"),
+        "ca_file": env("SGDE_S3_CA_FILE") or None,
     }
 
 
@@ -319,6 +356,7 @@ class S3BlobStore(BlobStore):
         ca_file: str | None = None,
     ):
         self.bucket, self.endpoint, self.secure, self.prefix = bucket, endpoint, secure, prefix
+        self.ca_file = ca_file
         if prefix and not prefix.endswith("/"):
             self.prefix += "/"
         query = f"endpoint={endpoint}&secure={str(secure).lower()}" + (f"&region={region}" if region else "")
@@ -372,6 +410,13 @@ class S3BlobStore(BlobStore):
                 ) from e
             raise StorageUnavailable(f"S3 at {self.endpoint} failed {what}: {e.code}: {e.message}") from e
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
+            if refusal := tls_refusal(e):
+                trusted = f"the CA in SGDE_S3_CA_FILE={self.ca_file}" if self.ca_file else "the system's CAs"
+                raise StorageUnavailable(
+                    f"S3 at {self.endpoint} presented a certificate that {trusted} does not vouch for ({refusal}) "
+                    f"while {what}; set SGDE_S3_CA_FILE to the CA that signed it (in the cluster: the SGDE CA's "
+                    "ca.crt) and check that the endpoint's host name is in the certificate"
+                ) from e
             raise StorageUnavailable(
                 f"cannot reach S3 at {self.endpoint} (secure={str(self.secure).lower()}) for {what}: "
                 f"{type(e).__name__}: {e}; check that the endpoint in the blob URL is right and the server is up"

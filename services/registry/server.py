@@ -40,6 +40,7 @@ class RegistryConfig:
     token_key: Path
     pki: tls.PkiPaths
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"  # where the metrics port binds: loopback unless told
     max_version_bytes: int = 512 << 20
     health_port: int = 0
     health_check_seconds: float = 5.0
@@ -55,6 +56,7 @@ class RegistryConfig:
             token_key=Path(env("SGDE_REGISTRY_TOKEN_KEY") or data / "token-signing.pem"),
             pki=tls.PkiPaths(config.pki_dir()),
             metrics_port=config.metrics_port("registry"),
+            metrics_host=config.metrics_host("registry"),
             max_version_bytes=int(env("SGDE_REGISTRY_MAX_VERSION_BYTES") or 512 << 20),
             health_port=config.health_port("registry"),
             health_check_seconds=config.health_check_seconds("registry"),
@@ -92,6 +94,7 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
         credentials=tls.server_credentials(cfg.pki, "registry"),
         add_servicers=add,
         metrics_port=cfg.metrics_port,
+        metrics_host=cfg.metrics_host,
         health_port=cfg.health_port,
         health_check=lambda: _dependencies(catalogue, store),
         health_every=cfg.health_check_seconds,

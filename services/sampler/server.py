@@ -47,6 +47,7 @@ class SamplerConfig:
     cache_bytes: int = 10 << 30
     auth_cache_seconds: float = 30.0
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"  # where the metrics port binds: loopback unless told
     health_port: int = 0
     health_check_seconds: float = 5.0
 
@@ -63,6 +64,7 @@ class SamplerConfig:
             cache_bytes=int(env("SGDE_SAMPLER_CACHE_BYTES") or 10 << 30),
             auth_cache_seconds=float(env("SGDE_SAMPLER_AUTH_CACHE_SECONDS") or 30),
             metrics_port=config.metrics_port("sampler"),
+            metrics_host=config.metrics_host("sampler"),
             health_port=config.health_port("sampler"),
             health_check_seconds=config.health_check_seconds("sampler"),
         )
@@ -104,6 +106,7 @@ def start(cfg: SamplerConfig) -> SamplerHandle:
         credentials=tls.server_credentials(cfg.pki, "sampler"),
         add_servicers=add,
         metrics_port=cfg.metrics_port,
+        metrics_host=cfg.metrics_host,
         health_port=cfg.health_port,
         health_check=gate.check,
         health_every=cfg.health_check_seconds,

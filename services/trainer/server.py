@@ -60,6 +60,7 @@ class TrainerConfig:
     checkpoint_seconds: float | None = None
     auth_cache_seconds: float = 30.0
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"  # where the metrics port binds: loopback unless told
     health_port: int = 0
     health_check_seconds: float = 5.0
     settings: TrainerSettings = field(default_factory=TrainerSettings)
@@ -83,6 +84,7 @@ class TrainerConfig:
             else None,
             auth_cache_seconds=float(env("SGDE_TRAINER_AUTH_CACHE_SECONDS") or 30),
             metrics_port=config.metrics_port("trainer"),
+            metrics_host=config.metrics_host("trainer"),
             health_port=config.health_port("trainer"),
             health_check_seconds=config.health_check_seconds("trainer"),
             settings=TrainerSettings(
@@ -155,6 +157,7 @@ def start(cfg: TrainerConfig) -> TrainerHandle:
         credentials=tls.server_credentials(cfg.pki, "trainer"),
         add_servicers=add,
         metrics_port=cfg.metrics_port,
+        metrics_host=cfg.metrics_host,
         health_port=cfg.health_port,
         health_check=lambda: _dependencies(store, gate),
         health_every=cfg.health_check_seconds,

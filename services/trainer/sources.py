@@ -65,7 +65,7 @@ class Sources:
         self.state_dir = state_dir.resolve()
         self.data_root = data_root.resolve() if data_root else None
         self.s3 = S3Location.parse(s3_url, bucket_required=False) if s3_url else None
-        self._s3_client = None
+        self._s3_client = self.s3.client() if self.s3 else None  # now: a bad SGDE_S3_CA_FILE stops the start
         # Who may train on the data root and the S3 store (None: every user); uploads are always the uploader's.
         self.data_users = data_users
         self.max_bytes = max_bytes

@@ -1,8 +1,8 @@
 """A service started as its container would start it: the Dockerfile's ENTRYPOINT with the manifest's `args`, and
 only the environment that the image (ENV) and the manifest (the container's `env`) set. What cannot be the same on
-loopback is replaced, and nothing else: listen addresses and ports, where the registry is, the S3 endpoint and
-bucket, the values the manifest takes from Secrets, and the volumes' mount paths (each becomes a folder here; the
-PKI mount becomes a folder holding exactly what the pod's projected Secret holds)."""
+loopback is replaced, and nothing else: listen addresses and ports (the metrics host becomes 127.0.0.1), where the
+registry is, the S3 endpoint and bucket, the values the manifest takes from Secrets, and the volumes' mount paths
+(each becomes a folder here; the PKI mount becomes a folder holding exactly what the pod's projected Secret holds)."""
 
 from __future__ import annotations
 
@@ -100,6 +100,8 @@ class ContainerProcess(ServiceProcess):
                 value = str(self.health_port)
             elif name == f"{prefix}_METRICS_PORT":
                 value = str(free_port())
+            elif name == f"{prefix}_METRICS_HOST":
+                value = "127.0.0.1"
             elif name == "SGDE_REGISTRY_ADDRESS":
                 value = self.registry
             elif name == "SGDE_REGISTRY_BLOB_URL":

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: a development PKI, an in-process registry on loopback, and fresh users."""
+"""Shared pytest fixtures: a development PKI, an in-process registry on loopback, fresh users, and S3 over TLS."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from libsgde.security import signing, tls
 from libsgde.server.storage import open_blob_store
 from services.registry.catalogue import Catalogue
 from services.registry.server import RegistryConfig, start
+from tests.support.seaweed import SeaweedS3
 from tests.support.services import free_port, user_client
 
 
@@ -67,6 +68,20 @@ def store_unchecked(registry: RunningRegistry, owner: Client, model_id: str, pat
     finally:
         catalogue.engine.dispose()
     return f"models/{owner.username}/{model_id}/versions/{number}"
+
+
+@pytest.fixture(scope="session")
+def seaweed_tls(tmp_path_factory, pki) -> SeaweedS3:
+    """A real S3 server over HTTPS, as MinIO serves in the cluster: its certificate (127.0.0.1, localhost) is signed
+    by the test PKI's CA, as MinIO's is by the SGDE CA."""
+    root = tmp_path_factory.mktemp("seaweed-tls")
+    cert, key = tls.issue_certificate(
+        pki.ca_cert.read_bytes(), pki.ca_key.read_bytes(), "minio", ["localhost"], ["127.0.0.1"], client=False
+    )
+    tls.write_public(root / "s3.crt", cert)
+    tls.write_private(root / "s3.key", key)
+    with SeaweedS3(root / "server", tls=(root / "s3.crt", root / "s3.key")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,12 @@ def kubectl() -> str:
 @functools.cache
 def render(overlay: str) -> tuple[dict, ...]:
     """Every document `kubectl kustomize deploy/k8s/overlays/<overlay>` renders (offline)."""
-    out = subprocess.run(
-        [kubectl(), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=60
-    )
+    return render_dir(K8S / "overlays" / overlay)
+
+
+def render_dir(kustomization: Path) -> tuple[dict, ...]:
+    """Every document `kubectl kustomize <folder>` renders (offline): an overlay of the tests' own, for one."""
+    out = subprocess.run([kubectl(), "kustomize", str(kustomization)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
 

@@ -56,8 +56,16 @@ class SeaweedS3:
     no orphan; start it from a thread that outlives its use (the main thread, as pytest fixtures do).
     """
 
-    def __init__(self, workdir: Path, access_key: str = "sgde-test", secret_key: str = "sgde-test-secret-0123456789"):
+    def __init__(
+        self,
+        workdir: Path,
+        access_key: str = "sgde-test",
+        secret_key: str = "sgde-test-secret-0123456789",
+        *,
+        tls: tuple[Path, Path] | None = None,
+    ):
         self.workdir = Path(workdir)
+        self.tls = tls  # (certificate, key) files: S3 over HTTPS on its own port, beside the plain one
         self.access_key, self.secret_key = access_key, secret_key
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "weed.log"
@@ -66,10 +74,16 @@ class SeaweedS3:
 
     @property
     def endpoint(self) -> str:
+        """Where clients go: the HTTPS port when started with `tls`, else the plain one."""
+        return f"127.0.0.1:{self.ports['s3.port.https' if self.tls else 's3.port']}"
+
+    @property
+    def plain_endpoint(self) -> str:
+        """Plain HTTP, always open: the readiness probe and client() inspect the server through it."""
         return f"127.0.0.1:{self.ports['s3.port']}"
 
     def url(self, bucket: str) -> str:
-        return f"s3://{bucket}?endpoint={self.endpoint}&secure=false"
+        return f"s3://{bucket}?endpoint={self.endpoint}&secure={str(bool(self.tls)).lower()}"
 
     def env(self) -> dict[str, str]:
         return {"SGDE_S3_ACCESS_KEY": self.access_key, "SGDE_S3_SECRET_KEY": self.secret_key}
@@ -80,7 +94,7 @@ class SeaweedS3:
         from minio import Minio
 
         http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=10), retries=urllib3.Retry(total=0))
-        return Minio(self.endpoint, self.access_key, self.secret_key, secure=False, http_client=http)
+        return Minio(self.plain_endpoint, self.access_key, self.secret_key, secure=False, http_client=http)
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -101,6 +115,8 @@ class SeaweedS3:
                 "s3.port.grpc",
             ]
             self.ports = {name: free_port() for name in names}
+            if self.tls:
+                self.ports["s3.port.https"] = free_port()
             self.ports["admin.port"], self.ports["admin.port.grpc"] = _admin_ports(set(self.ports.values()))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
@@ -133,8 +149,10 @@ class SeaweedS3:
             "-s3.port.lance=0",
             "-admin.ui=false",
             "-volume.preStopSeconds=0",  # stop in about one second instead of two
-            "-master.volumeSizeLimitMB=64",
-        ]  # small volumes: less disk per test server
+            "-master.volumeSizeLimitMB=64",  # small volumes: less disk per test server
+        ]
+        if self.tls:
+            args += [f"-s3.cert.file={self.tls[0]}", f"-s3.key.file={self.tls[1]}"]
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {' '.join(args)}\n".encode())
             log.flush()
@@ -169,7 +187,8 @@ class SeaweedS3:
             except (MinioException, urllib3.exceptions.HTTPError, OSError, _ProbeMismatch) as e:  # not ready yet
                 last = e
             time.sleep(0.05)
-        raise TimeoutError(f"SeaweedFS S3 at {self.endpoint} not ready after {timeout}s: {last}\n{self.log_tail()}")
+        where = self.plain_endpoint
+        raise TimeoutError(f"SeaweedFS S3 at {where} not ready after {timeout}s: {last}\n{self.log_tail()}")
 
     @staticmethod
     def _probe(client) -> None:
