@@ -35,7 +35,8 @@ class SgdeError(Exception):
     """An expected failure, with a message a person can act on.
 
     `remote` is True for an error read back from another service's answer; str() then starts with the status name,
-    as a person reading a command's output expects ("NOT_FOUND: models/alice/x not found")."""
+    as a person reading a command's output expects ("NOT_FOUND: models/alice/x not found"). `retry_after` (seconds)
+    says when trying again may succeed (a busy server, a lockout); it travels as a google.rpc.RetryInfo."""
 
     status: str = "UNKNOWN"  # an instance of the root class may carry a status without a class of its own
 
@@ -46,6 +47,7 @@ class SgdeError(Exception):
         *,
         status: str | None = None,
         remote: bool = False,
+        retry_after: float | None = None,
     ):
         super().__init__(message)
         self.message = message
@@ -53,6 +55,7 @@ class SgdeError(Exception):
         if status is not None and status != type(self).status:
             self.status = status
         self.remote = remote
+        self.retry_after = retry_after
 
     @property
     def code(self) -> Any:
@@ -152,7 +155,12 @@ BY_STATUS: dict[str, type[SgdeError]] = {
 
 
 def from_status(
-    status: str, message: str, violations: Iterable[tuple[str, str]] = (), *, remote: bool = True
+    status: str,
+    message: str,
+    violations: Iterable[tuple[str, str]] = (),
+    *,
+    remote: bool = True,
+    retry_after: float | None = None,
 ) -> SgdeError:
     """The error of this status name, as one of the classes above where one fits (the root class otherwise)."""
     violations = list(violations)
@@ -165,4 +173,5 @@ def from_status(
     else:
         error = SgdeError(message, violations, status=status)
     error.remote = remote
+    error.retry_after = retry_after
     return error

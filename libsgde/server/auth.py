@@ -11,8 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
+import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +25,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from libsgde import errors
 from libsgde.io.atomic import write_private
 
 # --------------------------------------------------------------------------------------------------- passwords
@@ -92,6 +97,11 @@ def _normalise(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+def normalised_length(password: str) -> int:
+    """The length the policy's limits apply to (after NFKC)."""
+    return len(_normalise(password))
+
+
 def check_password_policy(password: str, username: str) -> None:
     """Raises PasswordPolicyError unless `password` is acceptable for `username` (NIST SP 800-63B style)."""
     password = _normalise(password)
@@ -158,18 +168,115 @@ def burn_password_check(password: str) -> None:
     _scrypt(password, b"\0" * SALT_BYTES, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, SCRYPT_DKLEN)
 
 
+class PasswordChecks:
+    """Bounds how many password checks (scrypt, 32 MiB each) run at once in this process. A caller that finds every
+    slot taken is refused at once (UNAVAILABLE, retry in a second) instead of queueing: a storm of logins, which needs
+    no account, cannot take the memory of the process. `hash`, `verify` and `burn` are to be called inside `slot()`;
+    `running`, `peak` and `computed` count the checks they run, for metrics and tests."""
+
+    RETRY_AFTER_SECONDS = 1.0
+
+    def __init__(self, max_concurrent: int):
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, not {max_concurrent}")
+        self.max_concurrent = max_concurrent
+        self._lock = threading.Lock()
+        self._slots_taken = 0
+        self.running = 0  # scrypt computations in progress
+        self.peak = 0  # the most that ran at once
+        self.computed = 0
+        self.refused = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._lock:
+            if self._slots_taken >= self.max_concurrent:
+                self.refused += 1
+                raise errors.Unavailable(
+                    f"the registry is checking as many passwords as it may at once: try again in "
+                    f"{int(self.RETRY_AFTER_SECONDS)} s",
+                    retry_after=self.RETRY_AFTER_SECONDS,
+                )
+            self._slots_taken += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._slots_taken -= 1
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        with self._lock:
+            self.running += 1
+            self.computed += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def hash(self, password: str) -> str:
+        with self._counted():
+            return hash_password(password)
+
+    def verify(self, password: str, encoded: str) -> bool:
+        with self._counted():
+            return verify_password(password, encoded)
+
+    def burn(self, password: str) -> None:
+        with self._counted():
+            burn_password_check(password)
+
+
 LOCKOUT_FREE_FAILURES = 4
 LOCKOUT_BASE_SECONDS = 30.0
 LOCKOUT_MAX_SECONDS = 15 * 60.0
 
 
-def lockout_seconds(consecutive_failures: int) -> float:
-    """How long to refuse logins after this many consecutive failures: none for the first 4, then 30 s doubling
-    with each further failure, at most 15 minutes."""
-    extra = consecutive_failures - LOCKOUT_FREE_FAILURES - 1
+def lockout_seconds(consecutive_failures: int, free_failures: int = LOCKOUT_FREE_FAILURES) -> float:
+    """How long to refuse logins after this many consecutive failures: none for the first `free_failures` (4), then
+    30 s doubling with each further failure, at most 15 minutes."""
+    extra = consecutive_failures - free_failures - 1
     if extra < 0:
         return 0.0
     return min(LOCKOUT_BASE_SECONDS * 2.0 ** min(extra, 32), LOCKOUT_MAX_SECONDS)
+
+
+@dataclass(frozen=True)
+class LockoutPolicy:
+    """When failed logins of one subject (an account name, a source address) lock it: after `free_failures`, for
+    `lockout_seconds`; failures are forgotten after `forget_after_seconds` without an attempt, or (for an account)
+    at its next successful login."""
+
+    free_failures: int
+    forget_after_seconds: float
+
+    def lock_seconds(self, failures: int) -> float:
+        return lockout_seconds(failures, self.free_failures)
+
+
+def source_address(peer: str) -> str:
+    """Whom failed logins from a gRPC peer (`ipv4:10.0.0.7:51000`, `ipv6:[2001:db8::1]:51000`) are counted against:
+    the IPv4 address, or the IPv6 /64 (one host can take any address of its /64); another kind of peer as it is."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return peer[:90]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped:  # an IPv4 client of a dual-stack server
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+# An account allows 5 checks, then locks; a source address (one attacker spraying many names, or locking many
+# accounts out) allows more, since many people may share it, but slows down the same way.
+ACCOUNT_LOCKOUT = LockoutPolicy(free_failures=LOCKOUT_FREE_FAILURES, forget_after_seconds=24 * 3600.0)
+SOURCE_FREE_FAILURES = 30
+SOURCE_FORGET_SECONDS = 3600.0
 
 
 # --------------------------------------------------------------------------------------------------- tokens
@@ -186,6 +293,9 @@ class TokenClaims:
     username: str
     expires_at: datetime
     token_id: str
+    # The account's id (claim `uid`), so that a name registered again after its account was deleted does not
+    # inherit the old account's tokens. None in a token that lacks it.
+    user_id: int | None = None
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
@@ -219,8 +329,9 @@ class TokenIssuer:
     def public_key(self) -> Ed25519PublicKey:
         return self._key.public_key()
 
-    def issue(self, username: str, now: datetime | None = None) -> tuple[str, datetime]:
-        """Returns (token, expires_at). `now` (default: the clock) lets tests make tokens that are already expired."""
+    def issue(self, username: str, now: datetime | None = None, *, user_id: int | None = None) -> tuple[str, datetime]:
+        """Returns (token, expires_at). `now` (default: the clock) lets tests make tokens that are already expired;
+        `user_id` binds the token to that account (claim `uid`)."""
         if not username:
             raise ValueError("username is empty")
         now = now or datetime.now(UTC)
@@ -237,6 +348,8 @@ class TokenIssuer:
             "exp": exp,
             "jti": secrets.token_urlsafe(16),
         }
+        if user_id is not None:
+            payload["uid"] = user_id
         token = jwt.encode(payload, self._key, algorithm=ALGORITHM, headers={"kid": self._kid})
         return token, datetime.fromtimestamp(exp, UTC)
 
@@ -295,7 +408,10 @@ class TokenVerifier:
             raise InvalidToken(f"invalid token (bad sub or jti): {_RELOGIN}")
         if isinstance(exp, bool) or not isinstance(exp, (int, float)):
             raise InvalidToken(f"invalid token (bad exp): {_RELOGIN}")
-        return TokenClaims(username=sub, expires_at=datetime.fromtimestamp(exp, UTC), token_id=jti)
+        uid = claims.get("uid")
+        if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int)):
+            raise InvalidToken(f"invalid token (bad uid): {_RELOGIN}")
+        return TokenClaims(username=sub, expires_at=datetime.fromtimestamp(exp, UTC), token_id=jti, user_id=uid)
 
 
 def load_or_create_token_key(path: Path) -> Ed25519PrivateKey:

@@ -115,13 +115,14 @@ def _check_offset(offset: int, size: int) -> None:
 
 
 class FileBlobStore(BlobStore):
-    """Blobs as files under `root/sha256/ab/<hex>`, written to a temp file then renamed into place."""
+    """Blobs as files under `root/sha256/ab/<hex>`, written to a temp file then renamed into place. Private models
+    live here: folders it makes are 0700, blobs 0600 (the owner of the process only), whatever the umask."""
 
     def __init__(self, root: str | os.PathLike):
         # created here: a fresh deployment points at a directory that does not exist yet
         self.root = Path(root).absolute()
         self.url = self.root.as_uri()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _path(self, sha256: str) -> Path:
         _check_key(sha256)
@@ -130,9 +131,10 @@ class FileBlobStore(BlobStore):
     def put(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
         verifier = _Verifier(sha256, size)
         final = self._path(sha256)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final.parent.mkdir(exist_ok=True, mode=0o700)
         # Concurrent puts of one blob write their own temporary files; readers see the old good blob or the new one.
-        with atomic_write(final, mode=0o644) as f:
+        with atomic_write(final, mode=0o600) as f:
             for chunk in chunks:
                 verifier.feed(chunk)
                 f.write(chunk)

@@ -6,11 +6,18 @@ Every method is one short transaction. Blobs live elsewhere (libsgde.server.stor
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from libsgde import errors
+from libsgde.server.auth import LockoutPolicy
 from libsgde.server.sql import SqlStore
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
@@ -25,9 +32,37 @@ users = sa.Table(
     sa.Column("password_hash", sa.String(255), nullable=False),
     sa.Column("signing_public_key", sa.LargeBinary(32), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # No longer read (failed logins are counted in login_attempts); kept so that databases made before that table
+    # (tables are made by create_all, there are no migrations) still accept new users.
     sa.Column("failed_logins", sa.Integer, nullable=False, default=0),
     sa.Column("locked_until", sa.Float, nullable=False, default=0.0),
+    # Ids are never reused (tokens are bound to one), also in SQLite, which would otherwise give a deleted highest id
+    # to the next account (create_all makes new tables so; an older SQLite table keeps plain rowids). PostgreSQL's
+    # sequences never reuse one.
+    sqlite_autoincrement=True,
 )
+
+# Failed logins per subject: "account:<username>" (whether or not such a user exists, so that a lockout says nothing
+# about who exists) and "source:<address>" (so that one address cannot lock out many accounts, nor many addresses
+# guess one account beyond its limit). A login reserves its attempt here before its password is checked.
+login_attempts = sa.Table(
+    "login_attempts",
+    metadata,
+    sa.Column("subject", sa.String(100), primary_key=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("locked_until", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False, index=True),
+)
+
+# The health check's write: a row of a few pages, written and deleted, so that a database with no room left (a full
+# disk, a full PostgreSQL tablespace) is noticed before logins find it.
+write_probes = sa.Table(
+    "write_probes",
+    metadata,
+    sa.Column("probe", sa.String(40), primary_key=True),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+)
+PROBE_BYTES = 8192
 
 models = sa.Table(
     "models",
@@ -123,6 +158,9 @@ class VersionRow:
     created_at: float
 
 
+log = logging.getLogger("sgde.registry")
+
+
 class Conflict(Exception):
     """A uniqueness rule was broken (the name is taken)."""
 
@@ -135,16 +173,45 @@ class Gone(Exception):
     """The row a write depends on disappeared meanwhile."""
 
 
+class Locked(Exception):
+    """Logins for `subject` are refused for `seconds` more (too many failures)."""
+
+    def __init__(self, subject: str, seconds: float):
+        super().__init__(subject, seconds)
+        self.subject = subject
+        self.seconds = seconds
+
+
+PURGE_EVERY_SECONDS = 600.0  # how often a registry forgets long-idle login subjects
+
+
 class Catalogue(SqlStore):
     def __init__(self, url: str):
         super().__init__(url, metadata)
+        self._next_purge = 0.0
+        self._probe = uuid.uuid4().hex  # one per registry: replicas probe at once
+
+    @contextmanager
+    def _writing(self, what: str) -> Iterator[sa.Connection]:
+        """A transaction whose failure to write (a full disk, a read-only or unreachable database) is UNAVAILABLE
+        with a message for the operator, not an internal error."""
+        try:
+            with self._tx() as conn:
+                yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as e:
+            log.error("database refused a write", extra={"what": what, "error": str(e.orig or e)[:300]})
+            raise errors.Unavailable(
+                f"the registry cannot record {what} now: its database refuses writes (full disk, read-only or "
+                "unreachable); nothing was done; try again later, and tell the registry's operator",
+                retry_after=30.0,
+            ) from None
 
     # -- users -------------------------------------------------------------------------------------------------
 
     def create_user(self, username: str, email: str, password_hash: str, public_key: bytes) -> UserRow:
         now = time.time()
         try:
-            with self._tx() as conn:
+            with self._writing("new accounts") as conn:
                 conn.execute(
                     users.insert().values(
                         username=username,
@@ -167,18 +234,79 @@ class Catalogue(SqlStore):
             row = conn.execute(users.select().where(users.c.username == username)).mappings().first()
         return UserRow(**row) if row else None
 
-    def record_login(self, user_id: int, success: bool, lock_for: float = 0.0) -> int:
-        """Resets the failure count on success; otherwise counts one more failure and locks for `lock_for` s."""
-        with self._tx() as conn:
-            if success:
-                conn.execute(users.update().where(users.c.id == user_id).values(failed_logins=0, locked_until=0.0))
-                return 0
-            conn.execute(
-                users.update()
-                .where(users.c.id == user_id)
-                .values(failed_logins=users.c.failed_logins + 1, locked_until=time.time() + lock_for)
+    def reserve_login(self, subjects: list[tuple[str, LockoutPolicy]]) -> None:
+        """Counts one failed login for every subject, in one transaction, before the password is checked: a check
+        runs only once its failure is on record, so concurrent guesses (through any number of registries sharing
+        the database) get no more checks than the policy allows, and a store that cannot record them lets none
+        through. Raises Locked (nothing counted) while a subject is locked; locks a subject whose count now passes
+        its policy's free failures (a success clears the account's, see `login_succeeded`). Subjects are taken in
+        the order given, so concurrent reservations cannot deadlock."""
+        now = time.time()
+        if now >= self._next_purge:
+            self._purge_attempts(now, max(p.forget_after_seconds for _, p in subjects))
+        for attempt in range(2):
+            try:
+                with self._writing("login attempts") as conn:
+                    self._reserve(conn, subjects, now)
+                return
+            except sa.exc.IntegrityError:  # another registry added the same new subject meanwhile: count again
+                if attempt:
+                    raise
+
+    @staticmethod
+    def _reserve(conn: sa.Connection, subjects: list[tuple[str, LockoutPolicy]], now: float) -> None:
+        names = [s for s, _ in subjects]
+        known = set(
+            conn.execute(sa.select(login_attempts.c.subject).where(login_attempts.c.subject.in_(names))).scalars()
+        )
+        for subject in names:
+            if subject not in known:
+                conn.execute(
+                    login_attempts.insert().values(subject=subject, failures=0, locked_until=0.0, updated_at=now)
+                )
+        c = login_attempts.c
+        for subject, policy in subjects:
+            counted = conn.execute(
+                login_attempts.update()
+                .where(c.subject == subject, c.locked_until <= now)
+                .values(
+                    failures=sa.case((c.updated_at < now - policy.forget_after_seconds, 1), else_=c.failures + 1),
+                    updated_at=now,
+                )
             )
-            return conn.execute(sa.select(users.c.failed_logins).where(users.c.id == user_id)).scalar_one()
+            if counted.rowcount != 1:
+                until = conn.execute(sa.select(c.locked_until).where(c.subject == subject)).scalar_one()
+                raise Locked(subject, until - now)  # the transaction rolls back: nothing is counted
+            failures = conn.execute(sa.select(c.failures).where(c.subject == subject)).scalar_one()
+            lock = policy.lock_seconds(failures)
+            if lock > 0:
+                conn.execute(login_attempts.update().where(c.subject == subject).values(locked_until=now + lock))
+
+    def login_succeeded(self, account: str, source: str) -> None:
+        """Clears the account's failures (the reserved attempt was not one) and takes back the source's reservation;
+        a source's lock stays, so that successes on an account of one's own cannot unlock guessing at others."""
+        c = login_attempts.c
+        with self._writing("login attempts") as conn:
+            conn.execute(login_attempts.update().where(c.subject == account).values(failures=0, locked_until=0.0))
+            conn.execute(
+                login_attempts.update()
+                .where(c.subject == source)
+                .values(failures=sa.case((c.failures > 0, c.failures - 1), else_=0))
+            )
+
+    def _purge_attempts(self, now: float, older_than: float) -> None:
+        """Forgets subjects without an attempt for `older_than` seconds (unknown names must not pile up)."""
+        self._next_purge = now + PURGE_EVERY_SECONDS
+        c = login_attempts.c
+        with self._writing("login attempts") as conn:
+            conn.execute(login_attempts.delete().where(c.updated_at < now - older_than, c.locked_until < now))
+
+    def check_writable(self) -> None:
+        """Raises unless the database takes a write of a few pages now (the health check: a registry that cannot
+        record failed logins must not be sent logins)."""
+        with self._tx() as conn:
+            conn.execute(write_probes.insert().values(probe=self._probe, payload=secrets.token_bytes(PROBE_BYTES)))
+            conn.execute(write_probes.delete().where(write_probes.c.probe == self._probe))
 
     def usernames_to_ids(self, conn: sa.Connection, names: list[str]) -> dict[str, int]:
         rows = conn.execute(sa.select(users.c.username, users.c.id).where(users.c.username.in_(names))).all()

@@ -6,6 +6,8 @@ Configuration comes from arguments or environment variables (so Kubernetes manif
   SGDE_REGISTRY_BLOB_URL      file:///path or s3://bucket?endpoint=host:port (default file under $SGDE_HOME)
   SGDE_REGISTRY_TOKEN_KEY     PEM file of the Ed25519 key that signs login tokens (made if missing)
   SGDE_REGISTRY_MAX_VERSION_BYTES  largest artifact accepted (default 512 MiB)
+  SGDE_REGISTRY_MAX_PASSWORD_CHECKS  password checks at once (scrypt, 32 MiB each; default 4); more get UNAVAILABLE
+  SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE  failed logins from one address before its logins slow down (default 30)
   SGDE_REGISTRY_METRICS_PORT  Prometheus port (0 disables)
   SGDE_REGISTRY_HEALTH_PORT   plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
   SGDE_REGISTRY_HEALTH_CHECK_SECONDS  how often the database and the blob store are checked (default 5)
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,8 @@ class RegistryConfig:
     max_version_bytes: int = 512 << 20
     health_port: int = 0
     health_check_seconds: float = 5.0
+    max_password_checks: int = 4
+    login_failures_per_source: int = auth.SOURCE_FREE_FAILURES
 
     @classmethod
     def from_env(cls) -> RegistryConfig:
@@ -60,18 +65,46 @@ class RegistryConfig:
             max_version_bytes=int(env("SGDE_REGISTRY_MAX_VERSION_BYTES") or 512 << 20),
             health_port=config.health_port("registry"),
             health_check_seconds=config.health_check_seconds("registry"),
+            max_password_checks=int(env("SGDE_REGISTRY_MAX_PASSWORD_CHECKS") or 4),
+            login_failures_per_source=int(env("SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE") or auth.SOURCE_FREE_FAILURES),
         )
 
 
+class RegistryHandle(serving.ServerHandle):
+    """The running registry; `password_checks` and `catalogue` let tests and metrics see inside."""
+
+    password_checks: auth.PasswordChecks | None = None
+    catalogue: Catalogue | None = None
+
+
 def _dependencies(catalogue: Catalogue, store) -> None:
-    """Raises while the database or the blob store is unreachable: the registry is NOT_SERVING then."""
+    """Raises while the database or the blob store is unreachable, or the database takes no writes (logins could
+    not be counted): the registry is NOT_SERVING then."""
     catalogue.ping()
+    catalogue.check_writable()
     store.check()
 
 
-def start(cfg: RegistryConfig) -> serving.ServerHandle:
-    if cfg.database_url.startswith("sqlite:///"):
-        Path(cfg.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+def _private_sqlite_file(path: Path) -> None:
+    """The SQLite database (password hashes, private models' metadata) readable by the registry's user only: its
+    folder made 0700 if missing, the file made 0600 before SQLite creates it (its -wal and -shm files take its mode),
+    and an existing file open to others closed to them."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            file.chmod(mode & 0o700)
+            log.warning("closed a database file to other users", extra={"path": str(file), "was": f"{mode:o}"})
+
+
+def start(cfg: RegistryConfig) -> RegistryHandle:
+    sqlite_path = cfg.database_url.removeprefix("sqlite:///") if cfg.database_url.startswith("sqlite:///") else ""
+    if sqlite_path and sqlite_path != ":memory:":
+        _private_sqlite_file(Path(sqlite_path))
     catalogue = Catalogue(cfg.database_url)
     store = open_blob_store(cfg.blob_url)
     key = auth.load_or_create_token_key(cfg.token_key)
@@ -80,7 +113,11 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
         store,
         auth.TokenIssuer(key),
         auth.TokenVerifier(key.public_key()),
-        RegistrySettings(max_version_bytes=cfg.max_version_bytes),
+        RegistrySettings(
+            max_version_bytes=cfg.max_version_bytes,
+            max_password_checks=cfg.max_password_checks,
+            source_lockout=auth.LockoutPolicy(cfg.login_failures_per_source, auth.SOURCE_FORGET_SECONDS),
+        ),
     )
 
     def add(server) -> list[str]:
@@ -88,7 +125,7 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
         return [SERVICE_NAME]
 
     # The first status comes from a real check of the database and the store, before any port answers SERVING.
-    return serving.start_server(
+    handle = serving.start_server(
         service="registry",
         address=cfg.listen,
         credentials=tls.server_credentials(cfg.pki, "registry"),
@@ -98,7 +135,11 @@ def start(cfg: RegistryConfig) -> serving.ServerHandle:
         health_port=cfg.health_port,
         health_check=lambda: _dependencies(catalogue, store),
         health_every=cfg.health_check_seconds,
+        handle_type=RegistryHandle,
     )
+    handle.password_checks = servicer.password_checks
+    handle.catalogue = catalogue
+    return handle
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,7 +28,16 @@ from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
-from services.registry.catalogue import Catalogue, Conflict, Gone, ModelRow, TooManyMetrics, UserRow, VersionRow
+from services.registry.catalogue import (
+    Catalogue,
+    Conflict,
+    Gone,
+    Locked,
+    ModelRow,
+    TooManyMetrics,
+    UserRow,
+    VersionRow,
+)
 
 log = logging.getLogger("sgde.registry")
 
@@ -48,6 +56,10 @@ MAX_METRICS = 200
 @dataclass(frozen=True)
 class RegistrySettings:
     max_version_bytes: int = 512 << 20
+    # Password checks (scrypt, 32 MiB each) at once; more are refused with UNAVAILABLE.
+    max_password_checks: int = 4
+    # Failed logins from one source address before its logins slow down.
+    source_lockout: auth.LockoutPolicy = auth.LockoutPolicy(auth.SOURCE_FREE_FAILURES, auth.SOURCE_FORGET_SECONDS)
 
 
 def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
@@ -122,6 +134,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.issuer = issuer
         self.verifier = verifier
         self.settings = settings
+        self.password_checks = auth.PasswordChecks(settings.max_password_checks)
         # One lock per blob: a publish (store, then commit) and a delete (uncommit, then drop the blob) of the same
         # content never interleave, so a committed version never points at a deleted blob.
         self._blob_locks: dict[str, threading.Lock] = {}
@@ -144,6 +157,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         user = self.catalogue.get_user(claims.username)
         if user is None:
             raise errors.Unauthenticated("the token's user no longer exists")
+        if claims.user_id != user.id:
+            raise errors.Unauthenticated(
+                "the token was issued to an account of this name that no longer exists: run `sgde login` again"
+            )
         return user
 
     @staticmethod
@@ -238,27 +255,43 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             violations.append(("signing_public_key", "must be a raw 32-byte Ed25519 public key"))
         if violations:
             raise errors.FieldError.many(violations)
+        with self.password_checks.slot():
+            password_hash = self.password_checks.hash(request.password)
         try:
             user = self.catalogue.create_user(
-                request.username, request.email, auth.hash_password(request.password), request.signing_public_key
+                request.username, request.email, password_hash, request.signing_public_key
             )
         except Conflict:
             raise errors.Conflict(f"username {request.username!r} is taken") from None
         return self._user_message(user, user)
 
     def Login(self, request: rpb.LoginRequest, context) -> rpb.LoginResponse:
-        user = self.catalogue.get_user(request.username) if USERNAME_RE.match(request.username) else None
-        if user is None:
-            auth.burn_password_check(request.password)  # same time as a real check: do not reveal who exists
-            raise errors.Unauthenticated("wrong username or password")
-        wait = user.locked_until - time.time()
-        if wait > 0:
-            raise errors.Exhausted(f"too many failed logins for {user.username}: try again in {int(wait) + 1} s")
-        if not auth.verify_password(request.password, user.password_hash):
-            self.catalogue.record_login(user.id, False, auth.lockout_seconds(user.failed_logins + 1))
-            raise errors.Unauthenticated("wrong username or password")
-        self.catalogue.record_login(user.id, True)
-        token, expires = self.issuer.issue(user.username)
+        username, password = request.username, request.password
+        if not USERNAME_RE.fullmatch(username):  # no account can have it: saying so tells nothing about who exists
+            raise errors.FieldError(
+                "username", "not a username (3-32 lowercase letters, digits, '-' or '_', starting with a letter)"
+            )
+        if auth.normalised_length(password) > auth.MAX_PASSWORD_LENGTH:
+            raise errors.FieldError("password", f"longer than any password may be ({auth.MAX_PASSWORD_LENGTH})")
+        account, source = f"account:{username}", f"source:{auth.source_address(context.peer())}"
+        # Every answer below is the same for a name without an account: the attempt is counted, the check is spent.
+        with self.password_checks.slot():
+            try:
+                self.catalogue.reserve_login([(source, self.settings.source_lockout), (account, auth.ACCOUNT_LOCKOUT)])
+            except Locked as e:
+                wait = int(e.seconds) + 1
+                whose = f"for {username}" if e.subject == account else "from your address"
+                raise errors.Exhausted(
+                    f"too many failed logins {whose}: try again in {wait} s", retry_after=wait
+                ) from None
+            user = self.catalogue.get_user(username)
+            if user is None:
+                self.password_checks.burn(password)
+                raise errors.Unauthenticated("wrong username or password")
+            if not self.password_checks.verify(password, user.password_hash):
+                raise errors.Unauthenticated("wrong username or password")
+            self.catalogue.login_succeeded(account, source)
+        token, expires = self.issuer.issue(user.username, user_id=user.id)
         expire_time = timestamp_pb2.Timestamp()
         expire_time.FromDatetime(expires)
         return rpb.LoginResponse(access_token=token, expire_time=expire_time, user=self._user_message(user, user))
