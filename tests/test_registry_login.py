@@ -249,6 +249,20 @@ def test_a_token_does_not_pass_to_a_new_account_of_the_same_name(tmp_path, pki):
         handle.stop(grace=1)
 
 
+@integration
+def test_register_refuses_an_email_longer_than_its_column(tmp_path, pki):
+    """EMAIL_RE allows 317 characters; the column holds 254: SQLite stored it, PostgreSQL would answer INTERNAL."""
+    running, handle = start_registry(tmp_path / "r", pki)
+    client = Client(running.address, home=tmp_path / "c", pki=pki.root)
+    try:
+        with pytest.raises(SgdeError) as info:
+            client.register("gina", f"{'g' * 64}@{'e' * 188}.{'x' * 63}", PASSWORD)
+        assert info.value.code == CODE.INVALID_ARGUMENT and [f for f, _ in info.value.violations] == ["email"]
+    finally:
+        client.close()
+        handle.stop(grace=1)
+
+
 # -- unit: the catalogue's attempt counting and the check slots (no sockets) -------------------------------------
 
 

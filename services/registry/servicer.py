@@ -44,6 +44,7 @@ log = logging.getLogger("sgde.registry")
 EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,188}\.[^@\s]{1,63}$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 MAX_DESCRIPTION = 4000
+MAX_EMAIL = 254  # RFC 5321's limit, and the users table's column
 MAX_TAGS = 20
 MAX_SHARES = 256
 DEFAULT_PAGE = 50
@@ -159,7 +160,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise errors.Unauthenticated("the token's user no longer exists")
         if claims.user_id != user.id:
             raise errors.Unauthenticated(
-                "the token was issued to an account of this name that no longer exists: run `sgde login` again"
+                "the token names no account id (issued before this registry bound tokens to accounts): "
+                "run `sgde login` again"
+                if claims.user_id is None
+                else "the token was issued to an account of this name that no longer exists: run `sgde login` again"
             )
         return user
 
@@ -245,6 +249,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             )
         if not EMAIL_RE.match(request.email):
             violations.append(("email", "not an email address"))
+        elif len(request.email) > MAX_EMAIL:  # the column's size: PostgreSQL would refuse it (INTERNAL)
+            violations.append(("email", f"at most {MAX_EMAIL} characters"))
         try:
             auth.check_password_policy(request.password, request.username)
         except auth.PasswordPolicyError as e:
