@@ -240,17 +240,19 @@ class Catalogue(SqlStore):
         the database) get no more checks than the policy allows, and a store that cannot record them lets none
         through. Raises Locked (nothing counted) while a subject is locked; locks a subject whose count now passes
         its policy's free failures (a success clears the account's, see `login_succeeded`). Subjects are taken in
-        the order given, so concurrent reservations cannot deadlock."""
+        the order given (the source, then the account), so concurrent reservations cannot deadlock."""
         now = time.time()
         if now >= self._next_purge:
             self._purge_attempts(now, max(p.forget_after_seconds for _, p in subjects))
-        for attempt in range(2):
+        # Another registry adding one of our new subjects meanwhile fails the transaction (IntegrityError): that
+        # subject exists from then on, so len(subjects) retries are enough.
+        for attempt in range(len(subjects) + 1):
             try:
                 with self._writing("login attempts") as conn:
                     self._reserve(conn, subjects, now)
                 return
-            except sa.exc.IntegrityError:  # another registry added the same new subject meanwhile: count again
-                if attempt:
+            except sa.exc.IntegrityError:
+                if attempt == len(subjects):
                     raise
 
     @staticmethod
@@ -286,13 +288,13 @@ class Catalogue(SqlStore):
         """Clears the account's failures (the reserved attempt was not one) and takes back the source's reservation;
         a source's lock stays, so that successes on an account of one's own cannot unlock guessing at others."""
         c = login_attempts.c
-        with self._writing("login attempts") as conn:
-            conn.execute(login_attempts.update().where(c.subject == account).values(failures=0, locked_until=0.0))
+        with self._writing("login attempts") as conn:  # source first, as `reserve_login` takes them: no deadlock
             conn.execute(
                 login_attempts.update()
                 .where(c.subject == source)
                 .values(failures=sa.case((c.failures > 0, c.failures - 1), else_=0))
             )
+            conn.execute(login_attempts.update().where(c.subject == account).values(failures=0, locked_until=0.0))
 
     def _purge_attempts(self, now: float, older_than: float) -> None:
         """Forgets subjects without an attempt for `older_than` seconds (unknown names must not pile up)."""
