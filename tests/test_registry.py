@@ -89,6 +89,13 @@ def test_register_refuses_bad_fields_and_duplicates(registry, pki, tmp_path, new
     assert {f for f, _ in info.value.violations} == {"username", "email", "password"}
     alice = new_user()
     assert code_of(lambda: client.register(alice.username, "a@example.org", PASSWORD)) == CODE.ALREADY_EXISTS
+    # A trailing newline passed every `^...$` rule of the first release: "alice\n" registered beside alice, and
+    # models/alice\n/m listed as if it were alice's.
+    for username, email in ((f"{alice.username}\n", "b@example.org"), ("fresh-name", "b@example.org\n")):
+        with pytest.raises(SgdeError) as info:
+            client.register(username, email, PASSWORD)
+        assert info.value.code == CODE.INVALID_ARGUMENT, (username, email)
+    assert code_of(lambda: alice.get_model(f"{alice.username}\n/m")) == CODE.INVALID_ARGUMENT
 
 
 def test_wrong_password_and_lockout(registry, pki, tmp_path, new_user):

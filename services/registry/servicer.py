@@ -16,7 +16,17 @@ import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from libsgde import errors
-from libsgde.domain.names import MODEL_ID_RE, MODEL_NAME_RE, SHA256_RE, USERNAME_RE, VERSION_NAME_RE
+from libsgde.domain.names import (
+    EMAIL_RE,
+    METRIC_KEY_RE,
+    MODEL_ID_RE,
+    MODEL_NAME_RE,
+    SHA256_RE,
+    TAG_RE,
+    USER_NAME_RE,
+    USERNAME_RE,
+    VERSION_NAME_RE,
+)
 from libsgde.io.artifact import ArtifactError, ArtifactHeader, HeaderSniffer, Manifest, TensorInfo
 from libsgde.io.schema import SchemaError, data_kind, schemas_equal, validate_schema
 from libsgde.security import signing
@@ -41,8 +51,6 @@ from services.registry.catalogue import (
 
 log = logging.getLogger("sgde.registry")
 
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,188}\.[^@\s]{1,63}$")
-TAG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 MAX_DESCRIPTION = 4000
 MAX_EMAIL = 254  # RFC 5321's limit, and the users table's column
 MAX_TAGS = 20
@@ -50,7 +58,6 @@ MAX_SHARES = 256
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 UPDATABLE = {"description", "tags", "visibility", "shared_with", "metrics"}
-METRIC_KEY_RE = re.compile(r"^[a-z0-9_.:/-]{1,64}$")
 MAX_METRICS = 200
 
 
@@ -64,15 +71,15 @@ class RegistrySettings:
 
 
 def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
-    m = MODEL_NAME_RE.match(name)
-    if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
+    m = MODEL_NAME_RE.fullmatch(name)
+    if not m or not USERNAME_RE.fullmatch(m[1]) or not MODEL_ID_RE.fullmatch(m[2]):
         raise errors.FieldError(field, f"expected models/{{owner}}/{{model}}, got {name[:200]!r}")
     return m[1], m[2]
 
 
 def _parse_version_name(name: str) -> tuple[str, str, int | None]:
-    m = VERSION_NAME_RE.match(name)
-    if not m or not USERNAME_RE.match(m[1]) or not MODEL_ID_RE.match(m[2]):
+    m = VERSION_NAME_RE.fullmatch(name)
+    if not m or not USERNAME_RE.fullmatch(m[1]) or not MODEL_ID_RE.fullmatch(m[2]):
         raise errors.FieldError(
             "name", f"expected models/{{owner}}/{{model}}/versions/{{n|latest}}, got {name[:200]!r}"
         )
@@ -243,11 +250,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     def Register(self, request: rpb.RegisterRequest, context) -> rpb.User:
         violations = []
-        if not USERNAME_RE.match(request.username):
+        if not USERNAME_RE.fullmatch(request.username):
             violations.append(
                 ("username", "3-32 characters: lowercase letters, digits, '-' and '_', starting with a letter")
             )
-        if not EMAIL_RE.match(request.email):
+        if not EMAIL_RE.fullmatch(request.email):
             violations.append(("email", "not an email address"))
         elif len(request.email) > MAX_EMAIL:  # the column's size: PostgreSQL would refuse it (INTERNAL)
             violations.append(("email", f"at most {MAX_EMAIL} characters"))
@@ -308,8 +315,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     def GetUser(self, request: rpb.GetUserRequest, context) -> rpb.User:
         viewer = self._caller(context)
-        m = re.match(r"^users/([^/]+)$", request.name)
-        if not m or not USERNAME_RE.match(m[1]):
+        m = USER_NAME_RE.fullmatch(request.name)
+        if not m or not USERNAME_RE.fullmatch(m[1]):
             raise errors.FieldError("name", f"expected users/{{username}}, got {request.name[:200]!r}")
         user = self.catalogue.get_user(m[1])
         if user is None:
@@ -324,7 +331,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if "description" in paths and len(model.description) > MAX_DESCRIPTION:
             violations.append((prefix + "description", f"at most {MAX_DESCRIPTION} characters"))
         if "tags" in paths:
-            bad = [t for t in model.tags if not TAG_RE.match(t)]
+            bad = [t for t in model.tags if not TAG_RE.fullmatch(t)]
             if bad:
                 violations.append((prefix + "tags", f"tag {bad[0][:40]!r}: 1-32 lowercase letters, digits or '-'"))
             elif len(model.tags) > MAX_TAGS or len(set(model.tags)) != len(model.tags):
@@ -336,13 +343,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         ):
             violations.append((prefix + "visibility", "PRIVATE, SHARED or PUBLIC"))
         if "shared_with" in paths:
-            bad = [u for u in model.shared_with if not USERNAME_RE.match(u)]
+            bad = [u for u in model.shared_with if not USERNAME_RE.fullmatch(u)]
             if bad:
                 violations.append((prefix + "shared_with", f"{bad[0][:40]!r} is not a username"))
             elif len(model.shared_with) > MAX_SHARES or len(set(model.shared_with)) != len(model.shared_with):
                 violations.append((prefix + "shared_with", f"at most {MAX_SHARES} distinct usernames"))
         if "metrics" in paths:
-            bad = [k for k in model.metrics if not METRIC_KEY_RE.match(k)]
+            bad = [k for k in model.metrics if not METRIC_KEY_RE.fullmatch(k)]
             if bad:
                 violations.append((prefix + "metrics", f"key {bad[0][:40]!r}: 1-64 of a-z 0-9 _ . : / -"))
             elif len(model.metrics) > MAX_METRICS:
@@ -391,7 +398,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def CreateModel(self, request: rpb.CreateModelRequest, context) -> pb.Model:
         user = self._caller(context)
         violations = []
-        if not MODEL_ID_RE.match(request.model_id):
+        if not MODEL_ID_RE.fullmatch(request.model_id):
             violations.append(("model_id", "1-64 characters: lowercase letters, digits, '.', '-', '_'"))
         model = request.model
         visibility = model.visibility or pb.VISIBILITY_PRIVATE
@@ -431,9 +438,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def ListModels(self, request: rpb.ListModelsRequest, context) -> rpb.ListModelsResponse:
         user = self._caller(context)
         size = _page_size(request.page_size)
-        if request.owner and not USERNAME_RE.match(request.owner):
+        if request.owner and not USERNAME_RE.fullmatch(request.owner):
             raise errors.FieldError("owner", "not a username")
-        if request.tag and not TAG_RE.match(request.tag):
+        if request.tag and not TAG_RE.fullmatch(request.tag):
             raise errors.FieldError("tag", "not a tag")
         if request.data_kind not in pb.DataKind.values():
             raise errors.FieldError("data_kind", "unknown data kind")
