@@ -10,15 +10,18 @@ import json
 import math
 import os
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import grpc
+import jwt
 import pytest
 from click.testing import CliRunner
 
 from libsgde.cli import main
-from libsgde.client import SgdeError
+from libsgde.client import Client, SgdeError
 from libsgde.io.schema import schema_to_dict
 from libsgde.security import signing
+from libsgde.server import auth
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import JobStore
@@ -271,6 +274,20 @@ def test_data_you_may_train_on_but_not_read_answers_nothing_about_its_values(use
     stepped = [e for e in alice.watch_job(job.name) if e.total_steps]
     assert stepped and all(math.isnan(e.loss) for e in stepped)
     assert alice.get_job(job.name).state == S.JOB_STATE_SUCCEEDED
+
+
+def test_a_remembered_token_check_ends_with_the_token(user, trainer, registry, pki, tmp_path):
+    """The trainer remembers the registry's answer about a token for 30 s; on the first release it trusted an
+    expired token for the rest of those 30 s. Now no longer than the token itself lives."""
+    alice = user()
+    claims = jwt.decode(alice._token, options={"verify_signature": False})
+    issuer = auth.TokenIssuer(auth.load_or_create_token_key(registry.config.token_key), lifetime=timedelta(seconds=3))
+    short, expires = issuer.issue(alice.username, user_id=claims["uid"])
+    client = Client(registry.address, trainer=trainer.listen, home=tmp_path / "short", pki=pki.root, token=short)
+    assert list(client.list_jobs()) == []  # checked with the registry, and remembered
+    past = expires + timedelta(seconds=auth.TokenVerifier(issuer.public_key).leeway + 1)  # the clock-skew grace
+    wait_for(lambda: datetime.now(UTC) > past, timeout=15, what="the token's expiry")
+    assert refusal(lambda: list(client.list_jobs())).code == CODE.UNAUTHENTICATED
 
 
 def test_queue_and_cancel(user, trainer):
