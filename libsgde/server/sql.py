@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from libsgde.errors import FailedPrecondition
+
 
 def open_engine(url: str, metadata: sa.MetaData) -> sa.Engine:
     """An engine on `url` with the tables of `metadata` created if missing."""
@@ -18,8 +20,23 @@ def open_engine(url: str, metadata: sa.MetaData) -> sa.Engine:
     )
     if is_sqlite:
         _sqlite_setup(engine)
+        _sqlite_check(engine, url)
     metadata.create_all(engine)
     return engine
+
+
+def _sqlite_check(engine: sa.Engine, url: str) -> None:
+    """Refuses to start on a damaged SQLite file (quick_check reads every page once; start-up is the time for it)."""
+    try:
+        with engine.connect() as conn:
+            problems = [row[0] for row in conn.exec_driver_sql("PRAGMA quick_check").fetchmany(3)]
+    except sa.exc.DatabaseError as e:
+        problems = [str(e.orig)]
+    if problems != ["ok"]:
+        raise FailedPrecondition(
+            f"the database {url} is damaged ({'; '.join(problems)[:300]}): restore it from a backup, or move it "
+            "away to start empty"
+        )
 
 
 class SqlStore:
@@ -27,6 +44,7 @@ class SqlStore:
 
     def __init__(self, url: str, metadata: sa.MetaData):
         self.engine = open_engine(url, metadata)
+        self._tables = metadata.sorted_tables
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
@@ -34,8 +52,11 @@ class SqlStore:
             yield conn
 
     def ping(self) -> None:
+        """Raises unless the database answers from its own tables: `SELECT 1` never reads them, and a corrupt SQLite
+        file answered it while every real query failed."""
         with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            for table in self._tables:
+                conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1))
 
     def close(self) -> None:
         self.engine.dispose()
