@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import random
 import threading
 import time
@@ -478,3 +479,18 @@ def test_s3_sender_error_wins_when_abort_fails_too(fault_server, fault_store):
         fault_store.put(sha, sender(), len(data))
     fault_server.restart()
     assert not fault_store.exists(sha)
+
+
+def test_temporaries_of_a_killed_put_are_swept_at_start(tmp_path):
+    """A put killed mid-way (SIGKILL) left its temporary file for good on the first release."""
+    store = FileBlobStore(tmp_path / "blobs")
+    data = b"x" * 100
+    store.put(hashlib.sha256(data).hexdigest(), [data], len(data))
+    folder = next((tmp_path / "blobs" / "sha256").iterdir())
+    old, young = folder / f".{'a' * 64}.0123456789ab.tmp", folder / f".{'b' * 64}.ba9876543210.tmp"
+    for path in (old, young):
+        path.write_bytes(b"half a blob")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    FileBlobStore(tmp_path / "blobs")  # a restart
+    assert not old.exists() and young.exists()  # a young one may be a put still running in a replica
+    assert store.stat(hashlib.sha256(data).hexdigest()) == 100

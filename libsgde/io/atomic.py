@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +23,7 @@ def atomic_write(path: str | Path, *, mode: int = 0o600, exclusive: bool = False
 
     With `exclusive` an existing file is never replaced: FileExistsError instead."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")  # TEMPORARY_RE matches it
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -36,6 +38,22 @@ def atomic_write(path: str | Path, *, mode: int = 0o600, exclusive: bool = False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     fsync_dir(path.parent)
+
+
+TEMPORARY_RE = re.compile(r"\A\..+\.[0-9a-f]{12}\.tmp\Z")
+
+
+def sweep_temporaries(root: Path, older_than_s: float) -> int:
+    """Removes what atomic writes killed mid-way (SIGKILL, power loss) left under `root`: temporaries last modified
+    more than `older_than_s` ago (younger ones may belong to a write still running, e.g. in another replica).
+    Returns how many were removed."""
+    removed, cutoff = 0, time.time() - older_than_s
+    for path in Path(root).rglob(".*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if TEMPORARY_RE.fullmatch(path.name) and path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from libsgde.domain.names import SHA256_RE
 from libsgde.errors import NotFound, SgdeError, Unavailable
-from libsgde.io.atomic import atomic_write
+from libsgde.io.atomic import atomic_write, sweep_temporaries
 from libsgde.wire.limits import CHUNK_SIZE
 
 
@@ -123,6 +123,8 @@ class FileBlobStore(BlobStore):
         self.root = Path(root).absolute()
         self.url = self.root.as_uri()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Half-written blobs of a process killed mid-put; an hour old, no put (here or in a replica) still owns them.
+        sweep_temporaries(self.root, older_than_s=3600)
 
     def _path(self, sha256: str) -> Path:
         _check_key(sha256)

@@ -13,9 +13,11 @@ signature) was checked, without reading the disk again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from prometheus_client import Counter
@@ -26,6 +28,7 @@ from libsgde.domain.names import SHA256_RE
 from libsgde.domain.resources import ModelVersion
 from libsgde.errors import SgdeError, VerificationError
 from libsgde.io.artifact import ArtifactError
+from libsgde.io.atomic import sweep_temporaries
 from libsgde.io.sampling import CompiledCache
 
 log = logging.getLogger("sgde.sampler")
@@ -47,12 +50,23 @@ class ArtifactCache:
     def __init__(self, root: Path, max_loaded: int = 4, max_bytes: int = 10 << 30, pull_timeout: float = 600.0):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._sweep()
         self.max_bytes = int(max_bytes)
         self.pull_timeout = pull_timeout
         self.compiled = CompiledCache(max_loaded)
         self._verified: set[tuple[str, str, bytes]] = set()  # (sha256, owner, signature) checked with the key
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+
+    def _sweep(self) -> None:
+        """What a killed sampler left: temporaries of atomic writes, and partial downloads no one resumed for a day
+        (a partial download resumes when its version is asked for again; the cache's byte limit does not see it)."""
+        sweep_temporaries(self.root, older_than_s=0)  # this cache belongs to this process alone
+        cutoff = time.time() - 86_400
+        for part in self.root.glob("*.part"):
+            with contextlib.suppress(OSError):
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
 
     def path(self, sha256: str) -> Path:
         return self.root / f"{sha256}{SUFFIX}"
