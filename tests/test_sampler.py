@@ -244,6 +244,43 @@ def test_refusals(world):
     assert info.value.code() == CODE.UNAUTHENTICATED
 
 
+def test_memory_per_request_is_bounded(world):
+    """A sampler allowed 16 MiB per request: what fits is served with the same bytes as under the default limit
+    (the plan does not depend on the limit); chunks too large for the model, and a model whose one sample does not
+    fit (a 256 x 256 image: buckets of 16 rows of about 2.5 MiB each), are refused with RESOURCE_EXHAUSTED naming
+    the limit and what to do, before anything is generated."""
+    alice, bob = world.alice, world.bob
+    wide = world.root / "wide.safetensors"
+    schema = pb.DataSchema(image=pb.ImageSchema(height=256, width=256, channels=1, pixel_max=255))
+    make_generator_artifact(wide, schema, {"hidden": [1], "latent_dim": 1, "features": 50, "generator_batch": 16})
+    wide_model = alice.push(wide, "wide").name
+    alice.share("wide", [bob.username])
+    cfg, handle = start_sampler(world.root / "bounded", world.pki, world.registry.address, max_request_bytes=16 << 20)
+    try:
+        with Client(bob.address, sampler=cfg.listen, home=bob.home, pki=bob.pki.root) as bounded:
+            served = bounded.sample(world.adult, 500, seed=4)
+            assert served.sha256 == bob.sample(world.adult, 500, seed=4).sha256
+            samples = metric("sgde_sampler_samples_total")
+            with pytest.raises(grpc.RpcError) as info:
+                raw_stream(bounded, model=world.adult, num_samples=65536, chunk_samples=65536)
+            from libsgde.wire.status import field_violations
+
+            details = info.value.details()
+            assert info.value.code() == CODE.RESOURCE_EXHAUSTED, details
+            assert [f for f, _ in field_violations(info.value)] == ["chunk_samples"]
+            assert "16 MiB per request (this sampler's SGDE_SAMPLER_MAX_REQUEST_BYTES)" in details, details
+            fits = int(details.rsplit("chunk_samples <= ", 1)[1])
+            error = refusal(lambda: bounded.sample(wide_model, 1))
+            assert error.code == CODE.RESOURCE_EXHAUSTED and "one sample of this model needs about" in str(error)
+            assert "SGDE_SAMPLER_MAX_REQUEST_BYTES" in str(error)
+            assert metric("sgde_sampler_samples_total") == samples  # refused before generating anything
+            chunked = bounded.sample(world.adult, 2 * fits, seed=4, chunk_samples=fits)
+            assert chunked.metadata.num_samples == 2 * fits
+        assert bob.sample(wide_model, 1).values.shape == (1, 256, 256, 1)  # the default limit holds it
+    finally:
+        handle.stop(grace=1)
+
+
 def test_parquet_where_pyarrow_is_installed(world):
     try:
         import pyarrow  # noqa: F401

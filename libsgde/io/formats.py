@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from libsgde.io.sampling import CompiledSampler, SamplingError
+from libsgde.io.sampling import DEFAULT_MAX_REQUEST_BYTES, CompiledSampler, SamplingError
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 
@@ -274,20 +274,25 @@ def encode_stream(
     fmt: str | int,
     chunk_samples: int = 0,
     should_stop: Callable[[], bool] | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> Iterator[tuple[bytes, int]]:
     """A request's output as (bytes, samples done so far) pieces: the format's header, one piece per chunk, its
-    footer. Empty pieces are skipped. Ends early (without a footer) when `should_stop` says so."""
+    footer. Empty pieces are skipped. Ends early (without a footer) when `should_stop` says so. A request whose plan
+    needs more memory than `max_request_bytes` raises Exhausted before its first piece (`CompiledSampler.plan`)."""
     total = int(labels_or_n) if isinstance(labels_or_n, (int, np.integer)) else len(labels_or_n)
+    sampler.plan(total, chunk_samples, max_request_bytes)  # Exhausted before the header: the request does not fit
     out = writer(fmt, sampler.schema, total)
     head = out.begin()
     if head:
         yield head, 0
     done = 0
-    for chunk in sampler.iter_chunks(labels_or_n, seed, chunk_samples, should_stop):
+    for chunk in sampler.iter_chunks(labels_or_n, seed, chunk_samples, should_stop, max_request_bytes):
         done += len(chunk)
         data = out.write(chunk.values)
+        del chunk  # its values, and below its bytes, are released before the next chunk is generated
         if data:
             yield data, done
+        del data
     if done < total:
         return
     tail = out.end()

@@ -9,9 +9,18 @@ bytes every time, whoever else is sampling at once:
   given" cannot be honoured; the schema's order can, and lets a reader rebuild the labels from the counts alone.
 - Row r of a request (0-based, numbered within the request) comes from the key fold_in(key(seed), r) alone, where
   key(seed) takes all 64 bits of the seed.
-- Rows are generated in power-of-two buckets (labels padded to the next power of two >= the chunk, at least
-  `MIN_BUCKET`, at most `MAX_BUCKET`; the padding is sliced off), so an odd request size never recompiles: a model
-  compiles at most log2(MAX_BUCKET / MIN_BUCKET) + 1 shapes, once, shared by every request.
+- Rows are generated in power-of-two buckets (labels padded to the next power of two >= the chunk, at least the
+  model's smallest bucket, at most its largest; the padding is sliced off), so an odd request size never recompiles:
+  a model compiles at most log2(largest / smallest) + 1 shapes, once, shared by every request.
+- Memory is bounded per request, from bytes per row rather than rows (`row_cost`, `plan_sampling`): a model's
+  largest bucket is the largest power of two <= MAX_BUCKET whose generation and decoding take about
+  TARGET_BUCKET_MEMORY, its smallest MIN_BUCKET or the largest if that is smaller (a 2048 x 2048 image: one row, and
+  one compiled shape); each bucket is decoded as soon as it is generated; the chunk the sampler chooses keeps its
+  values and encoded bytes within about TARGET_CHUNK_MEMORY. A request whose plan would need more than the caller's
+  limit (the sampler's SGDE_SAMPLER_MAX_REQUEST_BYTES, `sample_local`'s max_request_bytes; DEFAULT_MAX_REQUEST_BYTES)
+  is refused with RESOURCE_EXHAUSTED before anything is generated. The plan depends on the model and the request,
+  never on the limit, so the sampler and `sample_local` generate a request alike (and so give the same bytes)
+  whatever their limits.
 
 No gRPC; the one file read is an artifact, by `CompiledCache.load`. `libsgde.io.formats` turns the decoded chunks
 into CSV, NPY or Parquet bytes.
@@ -19,6 +28,7 @@ into CSV, NPY or Parquet bytes.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -28,9 +38,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jax_core
 
-from libsgde.errors import FieldError
+from libsgde.errors import Exhausted, FieldError
+from libsgde.ml.architectures import Architecture
+from libsgde.ml.architectures.base import unflatten
 from libsgde.ml.rows import row_keys, seed_key
+from libsgde.ml.space import ModelSpace
+from libsgde.wire.limits import CHUNK_SIZE, SAMPLE_REQUEST_BYTES
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 MIN_BUCKET = 64
@@ -38,6 +53,14 @@ MAX_BUCKET = 8192
 MAX_CHUNK_SAMPLES = 65536  # largest chunk_samples a request may ask for
 DEFAULT_MAX_CHUNK = 4096  # largest chunk the sampler chooses itself
 TARGET_CHUNK_BYTES = 1 << 20  # the sampler's own choice of chunk aims at about 1 MiB of NPY output
+TARGET_BUCKET_MEMORY = 64 << 20  # a model's largest bucket is generated and decoded within about this
+TARGET_CHUNK_MEMORY = 64 << 20  # the sampler's own chunk holds its values and encoded bytes within about this
+DEFAULT_MAX_REQUEST_BYTES = SAMPLE_REQUEST_BYTES  # what a request may need, unless the caller says otherwise
+# The decoders' temporaries per model-space value, beyond their input and output (measured with tracemalloc: images
+# 20, as float32 copies then float64 for rounding; tables 24, float64 copies).
+DECODE_BYTES = {"image": 20, "tabular": 24}
+CSV_CELL_BYTES = 96  # a CSV cell's Python objects besides its text (a str, its list slot, the number on the way)
+LABEL_BYTES = 4  # per sample of a request: its int32 label, held for the whole request
 
 
 class SamplingError(FieldError):
@@ -107,9 +130,14 @@ def label_counts(labels: np.ndarray | None, num_classes: int) -> list[int]:
     return np.bincount(labels, minlength=num_classes).astype(int).tolist()
 
 
-def bucket_size(n: int, max_bucket: int = MAX_BUCKET) -> int:
-    """The padded batch size that generates n rows (n <= max_bucket): the next power of two, at least MIN_BUCKET."""
-    return min(max_bucket, max(MIN_BUCKET, 1 << max(int(n) - 1, 0).bit_length()))
+def bucket_size(n: int, max_bucket: int = MAX_BUCKET, min_bucket: int = MIN_BUCKET) -> int:
+    """The padded batch size that generates n rows (n <= max_bucket): the next power of two, at least min_bucket."""
+    return min(max_bucket, max(min_bucket, 1 << max(int(n) - 1, 0).bit_length()))
+
+
+def _power_of_two_at_most(n: int) -> int:
+    """The largest power of two <= n (1 for n < 1)."""
+    return 1 << (max(int(n), 1).bit_length() - 1)
 
 
 def row_bytes(schema: pb.DataSchema) -> int:
@@ -128,18 +156,180 @@ def row_bytes(schema: pb.DataSchema) -> int:
     return total
 
 
-def default_chunk_samples(schema: pb.DataSchema) -> int:
+def csv_row_bytes(schema: pb.DataSchema) -> int:
+    """An upper bound on the memory one tabular row takes while it is written as CSV (libsgde.io.formats.CsvWriter):
+    per cell CSV_CELL_BYTES of Python objects and its text three times (the row's text, the chunk's, its UTF-8
+    bytes); a number's text is at most 25 characters with its comma, a category's its name quoted, 4 bytes a
+    character."""
+    total = 0
+    for col in schema.tabular.columns:
+        longest = max([1, *(len(c) for c in col.categories)])
+        text = 4 * (2 * longest + 2) + 1 if col.type == pb.COLUMN_TYPE_CATEGORICAL else 25
+        total += CSV_CELL_BYTES + 3 * text
+    return total
+
+
+@dataclass(frozen=True)
+class RowCost:
+    """The memory sampling a model takes, in bytes (upper-bound estimates; see `row_cost`): `bucket` per row of a
+    bucket (generated, then decoded, together), `chunk` per row of a chunk (its decoded values and their encoded
+    bytes, held until streamed), `fixed` per request whatever its sizes."""
+
+    bucket: int
+    chunk: int
+    fixed: int
+
+    def peak(self, bucket: int, chunk: int, total: int) -> int:
+        """The memory of a request of `total` samples in chunks of `chunk` rows and buckets of `bucket` rows."""
+        return self.fixed + bucket * self.bucket + chunk * self.chunk + LABEL_BYTES * total
+
+
+def _traced_bytes(jaxpr: jax_core.Jaxpr) -> int:
+    """The bytes of every value a traced function computes (a nested function counted by what it computes)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        inner = list(jax_core.jaxprs_in_params(eqn.params))
+        if inner:
+            total += sum(_traced_bytes(j) for j in inner)
+            continue
+        for var in eqn.outvars:
+            aval = var.aval
+            shape, dtype = getattr(aval, "shape", ()), getattr(aval, "dtype", None)
+            total += math.prod(shape) * int(getattr(dtype, "itemsize", 8))
+    return total
+
+
+def generator_fn(arch: Architecture, space: ModelSpace, config: dict) -> Callable:
+    """The function a sampler compiles: (params, key, first row, labels [n]) -> model-space rows [n, *shape]."""
+
+    def run(params, key, first_row, labels):
+        return arch.generate(params, row_keys(key, first_row, labels.shape[0]), labels, space, config)
+
+    return run
+
+
+def row_cost(arch: Architecture, space: ModelSpace, config: dict, schema: pb.DataSchema, params=None) -> RowCost:
+    """What sampling a model costs in memory, from its architecture's tensor shapes alone (no weights needed;
+    `params`, when given, must have those shapes):
+
+    - generating: every value the traced generator computes, summed (its output included), per row (a trace of two
+      rows less a trace of one) and fixed. XLA fuses operations and reuses buffers, so its own buffers stay below
+      this (a 2048 x 2048 conv model: 112 MiB a row here, 32 MiB in XLA's memory analysis); the margin covers the
+      scratch space of CPU kernels, which neither sees;
+    - decoding, per row of a bucket: the model-space rows copied to the host and DECODE_BYTES per value;
+    - a chunk, per row: its decoded values (tables: twice, the buckets' parts then joined) and their encoded bytes
+      in the costliest format the data allows (NPY: twice the row's bytes, the rows and their bytes; CSV:
+      `csv_row_bytes`; Parquet's arrays stay below CSV's strings);
+    - fixed: the generator's batch-independent values, and two messages of streamed bytes."""
+    if params is None:
+        tensors = arch.tensor_shapes(space, config)
+        params = unflatten({name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in tensors.items()})
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    run = generator_fn(arch, space, config)
+
+    def traced(n: int) -> int:
+        rows = jax.ShapeDtypeStruct((n,), jnp.int32)
+        return _traced_bytes(jax.make_jaxpr(run)(shapes, seed_key(0), jax.ShapeDtypeStruct((), jnp.uint32), rows).jaxpr)
+
+    one, two = traced(1), traced(2)
+    values = math.prod(space.shape)
+    output = row_bytes(schema)
+    if space.kind == "image":
+        decode = 4 * values + DECODE_BYTES["image"] * values
+        chunk = output + 2 * output
+    else:
+        columns = len(schema.tabular.columns)
+        decode = 4 * values + DECODE_BYTES["tabular"] * values + 8 * columns
+        chunk = 2 * 8 * columns + max(2 * output, csv_row_bytes(schema))
+    return RowCost(bucket=max(two - one, 0) + decode, chunk=chunk, fixed=max(2 * one - two, 0) + 2 * CHUNK_SIZE)
+
+
+def model_buckets(cost: RowCost, max_bucket: int = MAX_BUCKET) -> tuple[int, int]:
+    """A model's smallest and largest bucket: the largest is the largest power of two <= max_bucket whose rows take
+    about TARGET_BUCKET_MEMORY at most (at least 1), the smallest MIN_BUCKET or the largest if below."""
+    largest = min(max_bucket, _power_of_two_at_most(TARGET_BUCKET_MEMORY // max(cost.bucket, 1)))
+    return min(MIN_BUCKET, largest), largest
+
+
+def default_chunk_samples(schema: pb.DataSchema, cost: RowCost | None = None) -> int:
     """The chunk a request gets with chunk_samples 0: the largest power of two whose NPY bytes fit in about 1 MiB,
-    at most DEFAULT_MAX_CHUNK (and at least 1). A function of the schema alone, so that the service and
-    `sample_local` split (and so generate) a request alike."""
-    fit = max(1, TARGET_CHUNK_BYTES // max(row_bytes(schema), 1))
-    return min(DEFAULT_MAX_CHUNK, 1 << (fit.bit_length() - 1))
+    at most DEFAULT_MAX_CHUNK (and at least 1), and, with the model's `cost`, whose rows take about
+    TARGET_CHUNK_MEMORY at most. A function of the model alone, so that the service and `sample_local` split (and
+    so generate) a request alike."""
+    chunk = min(DEFAULT_MAX_CHUNK, _power_of_two_at_most(TARGET_CHUNK_BYTES // max(row_bytes(schema), 1)))
+    if cost is not None:
+        chunk = min(chunk, _power_of_two_at_most(TARGET_CHUNK_MEMORY // max(cost.chunk, 1)))
+    return chunk
 
 
 def check_chunk_samples(chunk_samples: int) -> int:
     if chunk_samples < 0 or chunk_samples > MAX_CHUNK_SAMPLES:
         raise SamplingError("chunk_samples", f"must be between 1 and {MAX_CHUNK_SAMPLES} (0 lets the sampler choose)")
     return int(chunk_samples)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How a request is generated: in chunks of `chunk` rows, each in power-of-two buckets of `min_bucket` to
+    `max_bucket` rows; `peak_bytes` bounds the memory it takes (RowCost.peak)."""
+
+    chunk: int
+    min_bucket: int
+    max_bucket: int
+    peak_bytes: int
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{max(1, math.ceil(n / (1 << 20)))} MiB"
+
+
+def plan_sampling(
+    cost: RowCost,
+    schema: pb.DataSchema,
+    total: int,
+    chunk_samples: int = 0,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    *,
+    max_bucket: int = MAX_BUCKET,
+    limit_name: str = "max_request_bytes",
+) -> SamplingPlan:
+    """The plan of a request of `total` samples with `chunk_samples` (0: the sampler chooses) for a model of this
+    cost and schema. Raises SamplingError for a chunk_samples out of range, and Exhausted (RESOURCE_EXHAUSTED)
+    when the plan would need more than `max_request_bytes`: saying which chunk_samples fits, or, when not even one
+    sample does, what limit it takes. `limit_name` says where the limit is set, for that message."""
+    chunk_samples = check_chunk_samples(chunk_samples)
+    low, high = model_buckets(cost, max_bucket)
+    chunk = chunk_samples or default_chunk_samples(schema, cost)
+
+    def peak(c: int) -> int:
+        rows = max(1, min(c, total))  # a chunk never holds more rows than the request
+        return cost.peak(bucket_size(min(rows, high), high, low), rows, total)
+
+    need = peak(chunk)
+    if need <= max_request_bytes:
+        return SamplingPlan(chunk, low, high, need)
+    over = f"over the limit of {_size(max_request_bytes)} per request ({limit_name})"
+    smallest = cost.peak(low, 1, 1)
+    if smallest > max_request_bytes:
+        raise Exhausted(
+            f"one sample of this model needs about {_size(smallest)} of memory to generate, {over}: sampling it "
+            f"takes a limit of at least {_size(smallest)}"
+        )
+    if peak(1) > max_request_bytes:
+        raise Exhausted(
+            f"{total} samples need about {_size(peak(1))} of memory for their labels alone, {over}: ask for fewer "
+            "samples per request",
+            [("num_samples", "ask for fewer samples per request")],
+        )
+    fits, too_many = 1, chunk  # the largest chunk that fits: peak grows with the chunk
+    while too_many - fits > 1:
+        middle = (fits + too_many) // 2
+        fits, too_many = (middle, too_many) if peak(middle) <= max_request_bytes else (fits, middle)
+    asked = f"chunk_samples={chunk}" if chunk_samples else f"the default chunk of {chunk} samples"
+    raise Exhausted(
+        f"{asked} needs about {_size(need)} of memory for this model, {over}: ask for chunk_samples <= {fits}",
+        [("chunk_samples", f"at most {fits} for this model within {_size(max_request_bytes)} per request")],
+    )
 
 
 @dataclass
@@ -160,22 +350,20 @@ class Chunk:
 
 
 class CompiledSampler:
-    """A loaded generator compiled for sampling in power-of-two buckets. Thread-safe: concurrent requests share the
-    compiled executables, and each bucket compiles once however requests race."""
+    """A loaded generator compiled for sampling in power-of-two buckets, its memory bounded per request (`plan`).
+    Thread-safe: concurrent requests share the compiled executables, and each bucket compiles once however requests
+    race. `max_bucket` caps the model's largest bucket (`model_buckets` derives it from the model's row cost)."""
 
     def __init__(self, generator, max_bucket: int = MAX_BUCKET):
-        if max_bucket < MIN_BUCKET or max_bucket & (max_bucket - 1):
-            raise ValueError(f"max_bucket must be a power of two >= {MIN_BUCKET}")
+        if max_bucket < 1 or max_bucket & (max_bucket - 1):
+            raise ValueError("max_bucket must be a power of two")
         self.generator = generator
-        self.max_bucket = max_bucket
         self.schema = generator.manifest.data_schema
         self.space = generator.space
         arch, space, config = generator.architecture, generator.space, generator.config
-
-        def run(params, key, first_row, labels):
-            return arch.generate(params, row_keys(key, first_row, labels.shape[0]), labels, space, config)
-
-        self._jit = jax.jit(run)
+        self.cost = row_cost(arch, space, config, self.schema, generator.params)
+        self.min_bucket, self.max_bucket = model_buckets(self.cost, max_bucket)
+        self._jit = jax.jit(generator_fn(arch, space, config))
         self._compiled: dict[int, Callable] = {}
         self._compile_lock = threading.Lock()
 
@@ -183,6 +371,25 @@ class CompiledSampler:
     def compiled_buckets(self) -> list[int]:
         """The bucket sizes compiled so far."""
         return sorted(self._compiled)
+
+    def plan(
+        self,
+        total: int,
+        chunk_samples: int = 0,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        limit_name: str = "max_request_bytes",
+    ) -> SamplingPlan:
+        """The plan of a request of `total` samples (`plan_sampling`): raises Exhausted when it would need more
+        memory than `max_request_bytes`, SamplingError for a bad chunk_samples."""
+        return plan_sampling(
+            self.cost,
+            self.schema,
+            total,
+            chunk_samples,
+            max_request_bytes,
+            max_bucket=self.max_bucket,
+            limit_name=limit_name,
+        )
 
     def _executable(self, bucket: int) -> Callable:
         fn = self._compiled.get(bucket)
@@ -199,29 +406,40 @@ class CompiledSampler:
                     self._compiled[bucket] = fn
         return fn
 
-    def model_space(self, labels: np.ndarray, seed: int, first_row: int = 0) -> np.ndarray:
-        """Model-space samples [n, *shape] for int32 labels [n] (zeros when unconditional), rows numbered from
-        first_row; generated in buckets of at most max_bucket."""
-        labels = np.asarray(labels, np.int32)
+    def decode(self, x: np.ndarray, labels: np.ndarray | None):
+        encoder = self.generator.encoder
+        return encoder.decode(x) if self.space.kind == "image" else encoder.decode(x, labels)
+
+    def _decoded(self, labels: np.ndarray, seed: int, first_row: int, plan: SamplingPlan):
+        """The decoded values of rows first_row .. first_row + n - 1 for int32 labels [n], n >= 1 (zeros when
+        unconditional): generated in buckets of the plan, each decoded as soon as it is generated, so that no more
+        than one bucket of model-space rows is ever held."""
         key = seed_key(seed)
-        parts = []
-        for start in range(0, len(labels), self.max_bucket):
-            part = labels[start : start + self.max_bucket]
-            bucket = bucket_size(len(part), self.max_bucket)
+        conditional = self.space.num_classes > 0
+        images: np.ndarray | None = None
+        tables: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(labels), plan.max_bucket):
+            part = labels[start : start + plan.max_bucket]
+            bucket = bucket_size(len(part), plan.max_bucket, plan.min_bucket)
             padded = np.zeros(bucket, np.int32)
             padded[: len(part)] = part
             row = first_row + start
             if row + bucket > 1 << 32:
                 raise SamplingError("num_samples", "rows are numbered with 32 bits: ask for fewer samples")
             out = self._executable(bucket)(self.generator.params, key, np.uint32(row), padded)
-            parts.append(np.asarray(out)[: len(part)])
-        if not parts:
-            return np.zeros((0, *self.space.shape), np.float32)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-    def decode(self, x: np.ndarray, labels: np.ndarray | None):
-        encoder = self.generator.encoder
-        return encoder.decode(x) if self.space.kind == "image" else encoder.decode(x, labels)
+            values = self.decode(np.asarray(out)[: len(part)], part if conditional else None)
+            del out
+            if isinstance(values, np.ndarray):
+                if images is None:
+                    images = np.empty((len(labels), *values.shape[1:]), values.dtype)
+                images[start : start + len(part)] = values
+            else:
+                tables.append(values)
+        if images is not None:
+            return images
+        if len(tables) == 1:
+            return tables[0]
+        return {name: np.concatenate([t[name] for t in tables]) for name in tables[0]}
 
     def iter_chunks(
         self,
@@ -229,26 +447,27 @@ class CompiledSampler:
         seed: int,
         chunk_samples: int = 0,
         should_stop: Callable[[], bool] | None = None,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> Iterator[Chunk]:
         """Decoded chunks of a request, in order. `labels_or_n`: planned labels (see `plan_labels`), or a number of
         samples (labels then planned from the class prior with `seed`; none for an unconditional model).
         `chunk_samples` 0 means `default_chunk_samples`. `should_stop` is asked before each chunk: True ends the
-        iteration there (a cancelled or expired request generates nothing more)."""
+        iteration there (a cancelled or expired request generates nothing more). Raises Exhausted, before
+        generating anything, when the request's plan needs more than `max_request_bytes` (`plan`)."""
         if isinstance(labels_or_n, (int, np.integer)):
             n = int(labels_or_n)
             labels = plan_labels(self.generator, n, None, seed)
         else:
             labels = np.asarray(labels_or_n, np.int32)
             n = len(labels)
-        chunk = check_chunk_samples(chunk_samples) or default_chunk_samples(self.schema)
         conditional = self.space.num_classes > 0
-        for start in range(0, n, chunk):
+        plan = self.plan(n, chunk_samples, max_request_bytes)
+        for start in range(0, n, plan.chunk):
             if should_stop is not None and should_stop():
                 return
-            size = min(chunk, n - start)
+            size = min(plan.chunk, n - start)
             part = labels[start : start + size] if labels is not None else np.zeros(size, np.int32)
-            x = self.model_space(part, seed, start)
-            yield Chunk(self.decode(x, part if conditional else None), part if conditional else None, start)
+            yield Chunk(self._decoded(part, seed, start, plan), part if conditional else None, start)
 
 
 class CompiledCache:

@@ -6,6 +6,7 @@ import grpc
 
 MAX_MESSAGE_BYTES = 4 << 20
 CHUNK_SIZE = 1 << 20
+SAMPLE_REQUEST_BYTES = 256 << 20  # default bound on the memory of one Sample request (libsgde.io.sampling)
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -4,6 +4,11 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_SAMPLER_LISTEN             address to bind (default 127.0.0.1:50053)
   SGDE_SAMPLER_STATE_DIR          the artifact cache (default $SGDE_HOME/sampler)
   SGDE_SAMPLER_MAX_SAMPLES        most samples one request may ask for (default 1000000)
+  SGDE_SAMPLER_MAX_REQUEST_BYTES  most memory one request may take (default 268435456, 256 MiB). The sampler plans
+                                  each request from the model's bytes per row (its generator's activations, its
+                                  decoded and encoded rows) and refuses, with RESOURCE_EXHAUSTED, one whose plan
+                                  would need more: the message says which chunk_samples fits, or what this limit
+                                  must be for one sample of the model. Requests run concurrently, each within it.
   SGDE_SAMPLER_LOADED_MODELS      compiled generators kept in memory, least recently used dropped first (default 4)
   SGDE_SAMPLER_CACHE_BYTES        disk the cached artifacts may take (default 10 GiB; least recently used removed)
   SGDE_SAMPLER_AUTH_CACHE_SECONDS how long a token checked with the registry stays trusted (default 30)
@@ -28,6 +33,7 @@ from libsgde.security import tls
 from libsgde.server import serving
 from libsgde.server.gate import RegistryGate
 from libsgde.server.launch import Service
+from libsgde.wire.limits import SAMPLE_REQUEST_BYTES
 from libsgde.wire.proto.sgde.v1 import sampler_pb2, sampler_pb2_grpc
 from services.sampler.cache import ArtifactCache
 from services.sampler.servicer import SamplerServicer, SamplerSettings
@@ -43,6 +49,7 @@ class SamplerConfig:
     registry: str
     pki: tls.PkiPaths
     max_samples: int = 1_000_000
+    max_request_bytes: int = SAMPLE_REQUEST_BYTES
     loaded_models: int = 4
     cache_bytes: int = 10 << 30
     auth_cache_seconds: float = 30.0
@@ -60,6 +67,7 @@ class SamplerConfig:
             registry=config.service_address("registry"),
             pki=tls.PkiPaths(config.pki_dir()),
             max_samples=int(env("SGDE_SAMPLER_MAX_SAMPLES") or 1_000_000),
+            max_request_bytes=int(env("SGDE_SAMPLER_MAX_REQUEST_BYTES") or SAMPLE_REQUEST_BYTES),
             loaded_models=int(env("SGDE_SAMPLER_LOADED_MODELS") or 4),
             cache_bytes=int(env("SGDE_SAMPLER_CACHE_BYTES") or 10 << 30),
             auth_cache_seconds=float(env("SGDE_SAMPLER_AUTH_CACHE_SECONDS") or 30),
@@ -88,12 +96,16 @@ def _warm_up() -> None:
 def start(cfg: SamplerConfig) -> SamplerHandle:
     if cfg.max_samples <= 0:
         raise ValueError("SGDE_SAMPLER_MAX_SAMPLES must be > 0")
+    if cfg.max_request_bytes <= 0:
+        raise ValueError("SGDE_SAMPLER_MAX_REQUEST_BYTES must be > 0")
     cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cache = ArtifactCache(cfg.state_dir / "artifacts", cfg.loaded_models, cfg.cache_bytes)
     # The sampler's own certificate, presented to the registry; renewed on disk, it is used from the next check on.
     credentials, renewed = tls.renewable_channel_credentials(cfg.pki, "sampler")
     gate = RegistryGate(cfg.registry, credentials, cfg.auth_cache_seconds, renewed=renewed)
-    servicer = SamplerServicer(gate, cache, SamplerSettings(max_samples=cfg.max_samples))
+    servicer = SamplerServicer(
+        gate, cache, SamplerSettings(max_samples=cfg.max_samples, max_request_bytes=cfg.max_request_bytes)
+    )
 
     def add(server) -> list[str]:
         sampler_pb2_grpc.add_SamplerServiceServicer_to_server(servicer, server)
@@ -121,6 +133,7 @@ def start(cfg: SamplerConfig) -> SamplerHandle:
             "state_dir": str(cfg.state_dir),
             "registry": cfg.registry,
             "max_samples": cfg.max_samples,
+            "max_request_bytes": cfg.max_request_bytes,
             "loaded_models": cfg.loaded_models,
         },
     )

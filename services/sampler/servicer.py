@@ -4,6 +4,10 @@ answer here), and streams what libsgde.io.sampling and libsgde.io.formats make. 
 The stream: metadata, then chunks of at most 1 MiB, then a last message with the sha256 of all chunk bytes. Between
 chunks the servicer asks whether the call is still active: a cancelled call, or one past its deadline, generates
 nothing more.
+
+Memory is bounded per request: the request's plan (libsgde.io.sampling.plan_sampling, from the model's bytes per row)
+must fit in `max_request_bytes`, or the call is refused with RESOURCE_EXHAUSTED before its metadata, saying which
+chunk_samples fits or what limit one sample of the model takes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from libsgde.domain.names import MODEL_ID_RE, MODEL_OR_VERSION_RE, USERNAME_RE
 from libsgde.domain.resources import ModelVersion
 from libsgde.server.gate import RegistryGate
 from libsgde.wire.convert import privacy_to_proto
-from libsgde.wire.limits import CHUNK_SIZE
+from libsgde.wire.limits import CHUNK_SIZE, SAMPLE_REQUEST_BYTES
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc
@@ -46,6 +50,7 @@ ACTIVE = Gauge("sgde_sampler_active_streams", "Sample streams in progress")
 @dataclass(frozen=True)
 class SamplerSettings:
     max_samples: int = 1_000_000
+    max_request_bytes: int = SAMPLE_REQUEST_BYTES  # the memory one request may take (SGDE_SAMPLER_MAX_REQUEST_BYTES)
 
 
 def _parse_model(name: str) -> str:
@@ -161,6 +166,9 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         except sampling.SamplingError as e:
             raise errors.FieldError(e.field, e.description) from None
         total = len(labels) if labels is not None else int(request.num_samples)
+        limit = self.settings.max_request_bytes
+        # Exhausted (RESOURCE_EXHAUSTED) when the request would need more memory than this sampler allows.
+        sampler.plan(total, request.chunk_samples, limit, "this sampler's SGDE_SAMPLER_MAX_REQUEST_BYTES")
         yield spb.SampleResponse(
             metadata=spb.SampleMetadata(
                 version=version.name,
@@ -198,6 +206,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
                 fmt,
                 request.chunk_samples,
                 should_stop=lambda: not context.is_active(),
+                max_request_bytes=limit,
             )
             for data, now in pieces:
                 SAMPLES.inc(now - done)
@@ -208,6 +217,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
                     sent += len(piece)
                     BYTES.inc(len(piece))
                     yield spb.SampleResponse(chunk=piece, samples_done=done)
+                del data  # released before the next chunk is generated (libsgde.io.sampling bounds one at a time)
             if done < total or not context.is_active():
                 outcome = _why_stopped(context)
                 log_stopped(outcome)
