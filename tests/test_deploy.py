@@ -227,8 +227,8 @@ def test_a_renewed_server_certificate_is_served_without_a_restart(tmp_path):
 
 def test_the_gate_to_the_registry_moves_to_a_renewed_client_certificate(tmp_path, registry, pki):
     own = service_pki(pki, "trainer", tmp_path / "trainer-pki")
-    own_key = own.root / "ca.key"
-    own_key.write_bytes(pki.ca_key.read_bytes())  # only so that this test can issue into `own`
+    own.ca_key.parent.mkdir(mode=0o700, exist_ok=True)
+    own.ca_key.write_bytes(pki.ca_key.read_bytes())  # only so that this test can issue into `own`
     _issue(own, "trainer", expired=True)
     credentials, renewed = tls.renewable_channel_credentials(own, "trainer")
     gate = RegistryGate(registry.address, credentials, renewed=renewed)
