@@ -92,24 +92,6 @@ def test_a_token_issued_by_one_replica_is_accepted_by_the_other(two_registries, 
         client.close()
 
 
-def test_failed_logins_alternating_between_replicas_are_counted_once(two_registries, tmp_path):
-    alice = clients_of(two_registries, tmp_path)[0]
-    attackers = [
-        Client(a, home=tmp_path / f"attacker{i}", pki=two_registries.pki.root)
-        for i, a in enumerate(two_registries.addresses)
-    ]
-    for attempt in range(5):  # four are free; the fifth locks the account
-        with pytest.raises(SgdeError) as info:
-            attackers[attempt % 2].login(alice.username, "wrong password!!")
-        assert info.value.code == CODE.UNAUTHENTICATED
-    for attacker in attackers:  # locked on both: even the right password is refused
-        with pytest.raises(SgdeError) as info:
-            attacker.login(alice.username, PASSWORD)
-        assert info.value.code == CODE.RESOURCE_EXHAUSTED, info.value
-    for client in (alice, *attackers):
-        client.close()
-
-
 def test_concurrent_publishes_downloads_and_deletes_of_one_blob_across_replicas(two_registries, tmp_path):
     """The same bytes published into new models through one replica while the models holding them are deleted
     (and downloaded) through the other. Each round ends with: every published version downloadable (its blob is
