@@ -670,7 +670,7 @@ class Catalogue(SqlStore):
                 conn.execute(blob_uploads.delete().where(blob_uploads.c.id == upload))
         with self._tx() as conn:
             self._lock_blob(conn, sha256)
-            if conn.execute(self._blob_users(conn, sha256)).first() is not None:
+            if conn.execute(sa.select(self._in_use(conn, sha256))).scalar():
                 return False
             delete_blob(sha256)  # still locked: no upload can register until the bytes are gone
             conn.execute(blob_uploads.delete().where(blob_uploads.c.sha256 == sha256))  # expired ones
@@ -678,21 +678,20 @@ class Catalogue(SqlStore):
         return True
 
     @staticmethod
-    def _blob_users(conn: sa.Connection, sha256) -> sa.Select:
-        """A query with a row while a version references the blob or an upload of it is live."""
-        uploading = sa.select(blob_uploads.c.id).where(
-            blob_uploads.c.sha256 == sha256, blob_uploads.c.expires_at > db_clock(conn.dialect.name)
+    def _in_use(conn: sa.Connection, sha256) -> sa.ColumnElement[bool]:
+        """SQL, true while a version references the blob `sha256` (a value, or a column to correlate with) or a live
+        upload is storing it."""
+        referenced = sa.select(versions.c.id).where(versions.c.sha256 == sha256).exists()
+        uploading = (
+            sa.select(blob_uploads.c.id)
+            .where(blob_uploads.c.sha256 == sha256, blob_uploads.c.expires_at > db_clock(conn.dialect.name))
+            .exists()
         )
-        return sa.select(versions.c.id).where(versions.c.sha256 == sha256).union_all(uploading).limit(1)
+        return sa.or_(referenced, uploading)
 
     def unreferenced_blobs(self) -> list[str]:
         """Blobs that no version references and no live upload is storing: left by a replica killed mid-publish
         (after its lease), or by a deletion the blob store refused. release_blob deletes them."""
         with self._tx() as conn:
-            clock = db_clock(conn.dialect.name)
-            referenced = sa.select(versions.c.id).where(versions.c.sha256 == blobs.c.sha256)
-            uploading = sa.select(blob_uploads.c.id).where(
-                blob_uploads.c.sha256 == blobs.c.sha256, blob_uploads.c.expires_at > clock
-            )
-            query = sa.select(blobs.c.sha256).where(~referenced.exists(), ~uploading.exists()).order_by(blobs.c.sha256)
+            query = sa.select(blobs.c.sha256).where(~self._in_use(conn, blobs.c.sha256)).order_by(blobs.c.sha256)
             return list(conn.execute(query).scalars())
