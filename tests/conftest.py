@@ -36,14 +36,33 @@ def s3_store(seaweed, monkeypatch) -> S3BlobStore:
     return open_blob_store(seaweed.url(f"sgde-test-{uuid.uuid4().hex[:16]}"))
 
 
-from tests.support.fixtures import new_user, pki, registry, seaweed_tls  # noqa: E402,F401  (shared fixtures)
+from tests.support.fixtures import (  # noqa: E402,F401  (shared fixtures)
+    new_user,
+    pki,
+    postgres,
+    postgres_registry,
+    registry,
+    seaweed_tls,
+    sqlite_registry,
+    two_registries,
+)
 
 # -- markers ---------------------------------------------------------------------------------------------------------
 # An integration test talks to a real server over a socket (gRPC services, SeaweedFS); a deploy test renders and checks
 # the Kubernetes manifests. The rest are unit tests: `pytest -m "not integration and not deploy"` runs them alone, and
 # there a test that opens an inet socket from Python fails, so a missing marker shows itself.
 DEPLOY_MODULES = {"test_k8s", "test_deploy"}
-INTEGRATION_FIXTURES = {"registry", "new_user", "seaweed", "seaweed_tls", "s3_store", "fault_server", "fault_store"}
+INTEGRATION_FIXTURES = {
+    "registry",
+    "new_user",
+    "seaweed",
+    "seaweed_tls",
+    "s3_store",
+    "fault_server",
+    "fault_store",
+    "postgres",
+    "two_registries",
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,5 @@
-"""The registry over real mutual TLS on loopback: accounts, tokens, models, versions, visibility, errors."""
+"""The registry over real mutual TLS on loopback: accounts, tokens, models, versions, visibility, errors; each test on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,12 +22,18 @@ from libsgde.server import auth
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.status import field_violations
-from tests.support.fixtures import start_registry
+from tests.support.fixtures import RunningRegistry, start_registry
 from tests.support.services import PASSWORD, generator_tensors, make_artifact, merf_config, tabular_schema
 
 pytestmark = pytest.mark.integration  # real servers on loopback sockets
 
 CODE = grpc.StatusCode
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def registry(request) -> RunningRegistry:
+    """Every test here (through `registry` or `new_user`) runs on the registry with SQLite, then with PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_registry")
 
 
 def code_of(call) -> grpc.StatusCode:

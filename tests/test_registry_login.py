@@ -83,12 +83,16 @@ def test_a_storm_of_logins_runs_at_most_the_cap_of_checks_and_refuses_the_rest(t
 
 
 @integration
-def test_concurrent_guesses_through_two_registry_processes_get_five_checks(tmp_path, pki):
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_concurrent_guesses_through_two_registry_processes_get_five_checks(tmp_path, pki, database, request):
     """40 concurrent wrong passwords were all checked and nothing locked (the lock state was read before the check
-    and written from a stale count). Attempts alternate between two registry processes sharing one database."""
+    and written from a stale count). Attempts alternate between two registry processes sharing one database: a
+    SQLite file, or PostgreSQL, as the production overlay's replicas share theirs."""
     home = tmp_path / "shared"
     home.mkdir()
     env = {"SGDE_REGISTRY_MAX_PASSWORD_CHECKS": "16", "SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE": "1000"}
+    if database == "postgres":
+        env["SGDE_REGISTRY_DATABASE_URL"] = request.getfixturevalue("postgres").new_database("logins")
     blobs = (home / "blobs").as_uri()
     first = RegistryProcess(home, pki, blobs, env)
     first.start()

@@ -11,18 +11,42 @@ from sqlalchemy import event
 
 from libsgde.errors import FailedPrecondition
 
+# A server connection (PostgreSQL) per concurrent transaction, up to this many per process: two registry replicas
+# take at most 64 of PostgreSQL's default 100. More callers wait for a free one (up to pool_timeout, 30 s).
+POOL_SIZE = 8
+POOL_OVERFLOW = 24
+# An arbitrary constant: the key of the advisory lock under which replicas create the tables (see open_engine).
+_SCHEMA_LOCK_KEY = 0x5D6E_0001
+
 
 def open_engine(url: str, metadata: sa.MetaData) -> sa.Engine:
     """An engine on `url` with the tables of `metadata` created if missing."""
     is_sqlite = url.startswith("sqlite")
-    engine = sa.create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {}, pool_pre_ping=not is_sqlite
-    )
     if is_sqlite:
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _sqlite_setup(engine)
         _sqlite_check(engine, url)
-    metadata.create_all(engine)
+    else:
+        # pre-ping: a connection the server closed meanwhile (a restart, a failover, an idle timeout) is replaced
+        # before use instead of failing the caller's transaction
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together would each see a table missing and create it, and all but one fail on
+            # the duplicate: they take turns (DDL is transactional in PostgreSQL; the lock ends with the commit).
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        metadata.create_all(conn)
     return engine
+
+
+def db_clock(dialect: str) -> sa.ColumnElement:
+    """The database server's time in seconds since the epoch, as SQL: one clock for every process that shares the
+    database, however far their own clocks drift apart."""
+    if dialect == "postgresql":
+        return sa.func.extract("epoch", sa.func.clock_timestamp())
+    if dialect == "sqlite":
+        return (sa.func.julianday("now") - 2440587.5) * 86400.0
+    raise ValueError(f"no clock for SQL dialect {dialect!r}: the services' metadata lives in SQLite or PostgreSQL")
 
 
 def _sqlite_check(engine: sa.Engine, url: str) -> None:

@@ -1,6 +1,7 @@
-"""The registry's metadata in SQL (SQLite by default, any SQLAlchemy URL): users, models, shares, versions.
+"""The registry's metadata in SQL (SQLite by default, or PostgreSQL): users, models, shares, versions, blobs.
 
-Every method is one short transaction. Blobs live elsewhere (libsgde.server.storage); this module only records them.
+Every method is one short transaction. Blobs live elsewhere (libsgde.server.storage); this module records them, and
+decides when one may be deleted, for every registry process that shares the database (see `blobs` below).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from libsgde import errors
 from libsgde.server.auth import LockoutPolicy
-from libsgde.server.sql import SqlStore
+from libsgde.server.sql import SqlStore, db_clock
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 metadata = sa.MetaData()
@@ -113,6 +114,27 @@ versions = sa.Table(
     sa.UniqueConstraint("model_id", "number"),
 )
 
+# The blob store's contents, guarded across processes. The rule: a blob is deleted from the store only by
+# release_blob, with its `blobs` row locked, when no version references it and no upload of it is live; a version is
+# added only under the same lock, by a live upload that was registered (begin_upload, under the lock) before its bytes
+# were stored. So a deleter either ran before the upload registered (and the upload stores the bytes again after it),
+# or it sees the upload or the version and keeps the blob: no version ever points at a deleted blob. An upload's lease
+# ends on the database's clock (one clock for all replicas); a publish that outlives it is refused, so a replica
+# killed mid-upload blocks nothing for longer than the lease.
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),  # the blob store may hold these bytes
+)
+
+blob_uploads = sa.Table(
+    "blob_uploads",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("expires_at", sa.Float, nullable=False),  # seconds since the epoch, on the database's clock
+)
+
 
 @dataclass(frozen=True)
 class UserRow:
@@ -183,6 +205,10 @@ class Locked(Exception):
 
 
 PURGE_EVERY_SECONDS = 600.0  # how often a registry forgets long-idle login subjects
+
+
+class UploadExpired(Exception):
+    """The upload outlived its lease: its blob may have been deleted meanwhile, so it may not become a version."""
 
 
 class Catalogue(SqlStore):
@@ -502,15 +528,16 @@ class Catalogue(SqlStore):
         return updated
 
     def delete_model(self, model: ModelRow) -> list[str]:
-        """Deletes the model and its versions; returns the sha256 of blobs no version references any more."""
+        """Deletes the model and its versions; returns the sha256 of their blobs, for release_blob to delete those
+        no one uses. (Deciding that here would be wrong: two transactions deleting a blob's last two references,
+        each seeing the other's version still there, would both keep it.)"""
         with self._tx() as conn:
             shas = set(conn.execute(sa.select(versions.c.sha256).where(versions.c.model_id == model.id)).scalars())
             conn.execute(versions.delete().where(versions.c.model_id == model.id))
             conn.execute(model_tags.delete().where(model_tags.c.model_id == model.id))
             conn.execute(model_shares.delete().where(model_shares.c.model_id == model.id))
             conn.execute(models.delete().where(models.c.id == model.id))
-            still = set(conn.execute(sa.select(versions.c.sha256).where(versions.c.sha256.in_(shas))).scalars())
-        return sorted(shas - still)
+        return sorted(shas)
 
     # -- versions ----------------------------------------------------------------------------------------------
 
@@ -526,11 +553,24 @@ class Catalogue(SqlStore):
         privacy: pb.PrivacyReport,
         manifest_json: str,
         schema: pb.DataSchema,
+        upload: int,
     ) -> int:
-        """Allocates the next number and records the version in one transaction; sets the model's schema if it
-        had none. Raises Gone if the model was deleted meanwhile."""
+        """Allocates the next number and records the version in one transaction, ending `upload` (begin_upload's,
+        whose bytes are stored); sets the model's schema if it had none. Raises Gone if the model was deleted
+        meanwhile, UploadExpired if the upload's lease ended."""
         now = time.time()
         with self._tx() as conn:
+            self._lock_blob(conn, sha256)
+            live = conn.execute(
+                sa.select(blob_uploads.c.id).where(
+                    blob_uploads.c.id == upload,
+                    blob_uploads.c.sha256 == sha256,
+                    blob_uploads.c.expires_at > db_clock(conn.dialect.name),
+                )
+            ).first()
+            if live is None:
+                raise UploadExpired(sha256)
+            conn.execute(blob_uploads.delete().where(blob_uploads.c.id == upload))
             bumped = conn.execute(
                 models.update()
                 .where(models.c.id == model.id)
@@ -596,8 +636,62 @@ class Catalogue(SqlStore):
         with self._tx() as conn:
             return self._version_rows(conn, model, versions.c.number > after, limit)
 
-    def sha256_in_use(self, sha256: str) -> bool:
+    # -- blobs (the rule is above, at the `blobs` table) ----------------------------------------------------------
+
+    def _lock_blob(self, conn: sa.Connection, sha256: str) -> None:
+        """Locks the blob's row until the transaction ends, making it first if missing. (SQLite has no row locks:
+        its transactions all take the database's write lock, BEGIN IMMEDIATE, which serialises them anyway.)"""
+        for _ in range(5):
+            try:
+                with conn.begin_nested():
+                    conn.execute(blobs.insert().values(sha256=sha256))
+            except sa.exc.IntegrityError:
+                pass  # there already
+            locked = conn.execute(sa.select(blobs.c.sha256).where(blobs.c.sha256 == sha256).with_for_update())
+            if locked.first() is not None:
+                return
+            # a deleter removed the row between our insert and our lock (PostgreSQL, READ COMMITTED): once more
+        raise RuntimeError(f"could not lock blob {sha256}: its row keeps disappearing")
+
+    def begin_upload(self, sha256: str, lease_seconds: float) -> int:
+        """Registers an upload of these bytes, before they are stored: no deleter removes the blob while it is
+        live, for `lease_seconds` at most. Returns its id, for add_version or release_blob."""
         with self._tx() as conn:
-            return (
-                conn.execute(sa.select(versions.c.id).where(versions.c.sha256 == sha256).limit(1)).first() is not None
-            )
+            self._lock_blob(conn, sha256)
+            expires = db_clock(conn.dialect.name) + lease_seconds
+            return conn.execute(blob_uploads.insert().values(sha256=sha256, expires_at=expires)).inserted_primary_key[0]
+
+    def release_blob(self, sha256: str, delete_blob: Callable[[str], None], upload: int | None = None) -> bool:
+        """Ends `upload` (if given), then deletes the blob, calling `delete_blob` with its row locked, if no version
+        references it and no upload of it is live. Returns whether it was deleted; an error from `delete_blob` leaves
+        the row, so that unreferenced_blobs finds it again."""
+        if upload is not None:
+            with self._tx() as conn:
+                conn.execute(blob_uploads.delete().where(blob_uploads.c.id == upload))
+        with self._tx() as conn:
+            self._lock_blob(conn, sha256)
+            if conn.execute(sa.select(self._in_use(conn, sha256))).scalar():
+                return False
+            delete_blob(sha256)  # still locked: no upload can register until the bytes are gone
+            conn.execute(blob_uploads.delete().where(blob_uploads.c.sha256 == sha256))  # expired ones
+            conn.execute(blobs.delete().where(blobs.c.sha256 == sha256))
+        return True
+
+    @staticmethod
+    def _in_use(conn: sa.Connection, sha256) -> sa.ColumnElement[bool]:
+        """SQL, true while a version references the blob `sha256` (a value, or a column to correlate with) or a live
+        upload is storing it."""
+        referenced = sa.select(versions.c.id).where(versions.c.sha256 == sha256).exists()
+        uploading = (
+            sa.select(blob_uploads.c.id)
+            .where(blob_uploads.c.sha256 == sha256, blob_uploads.c.expires_at > db_clock(conn.dialect.name))
+            .exists()
+        )
+        return sa.or_(referenced, uploading)
+
+    def unreferenced_blobs(self) -> list[str]:
+        """Blobs that no version references and no live upload is storing: left by a replica killed mid-publish
+        (after its lease), or by a deletion the blob store refused. release_blob deletes them."""
+        with self._tx() as conn:
+            query = sa.select(blobs.c.sha256).where(~self._in_use(conn, blobs.c.sha256)).order_by(blobs.c.sha256)
+            return list(conn.execute(query).scalars())

@@ -8,6 +8,7 @@ Configuration comes from arguments or environment variables (so Kubernetes manif
   SGDE_REGISTRY_MAX_VERSION_BYTES  largest artifact accepted (default 512 MiB)
   SGDE_REGISTRY_MAX_PASSWORD_CHECKS  password checks at once (scrypt, 32 MiB each; default 4); more get UNAVAILABLE
   SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE  failed logins from one address before its logins slow down (default 30)
+  SGDE_REGISTRY_UPLOAD_LEASE_SECONDS  longest a publish may take, header to commit (default 3600)
   SGDE_REGISTRY_METRICS_PORT  Prometheus port (0 disables)
   SGDE_REGISTRY_HEALTH_PORT   plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
   SGDE_REGISTRY_HEALTH_CHECK_SECONDS  how often the database and the blob store are checked (default 5)
@@ -45,6 +46,7 @@ class RegistryConfig:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"  # where the metrics port binds: loopback unless told
     max_version_bytes: int = 512 << 20
+    upload_lease_seconds: float = 3600.0
     health_port: int = 0
     health_check_seconds: float = 5.0
     max_password_checks: int = 4
@@ -63,6 +65,7 @@ class RegistryConfig:
             metrics_port=config.metrics_port("registry"),
             metrics_host=config.metrics_host("registry"),
             max_version_bytes=int(env("SGDE_REGISTRY_MAX_VERSION_BYTES") or 512 << 20),
+            upload_lease_seconds=float(env("SGDE_REGISTRY_UPLOAD_LEASE_SECONDS") or 3600),
             health_port=config.health_port("registry"),
             health_check_seconds=config.health_check_seconds("registry"),
             max_password_checks=int(env("SGDE_REGISTRY_MAX_PASSWORD_CHECKS") or 4),
@@ -117,8 +120,12 @@ def start(cfg: RegistryConfig) -> RegistryHandle:
             max_version_bytes=cfg.max_version_bytes,
             max_password_checks=cfg.max_password_checks,
             source_lockout=auth.LockoutPolicy(cfg.login_failures_per_source, auth.SOURCE_FORGET_SECONDS),
+            upload_lease_seconds=cfg.upload_lease_seconds,
         ),
     )
+    swept = servicer.sweep_unreferenced_blobs()  # what a replica killed mid-publish may have left
+    if swept:
+        log.info("swept unreferenced blobs", extra={"count": swept})
 
     def add(server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)

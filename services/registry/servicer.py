@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,6 +44,7 @@ from services.registry.catalogue import (
     Locked,
     ModelRow,
     TooManyMetrics,
+    UploadExpired,
     UserRow,
     VersionRow,
 )
@@ -68,6 +68,9 @@ class RegistrySettings:
     max_password_checks: int = 4
     # Failed logins from one source address before its logins slow down.
     source_lockout: auth.LockoutPolicy = auth.LockoutPolicy(auth.SOURCE_FREE_FAILURES, auth.SOURCE_FORGET_SECONDS)
+    # How long a publish may take, header to commit; an upload older than this no longer keeps its blob from deletion
+    # (so one that a killed replica left keeps it no longer), and may not become a version.
+    upload_lease_seconds: float = 3600.0
 
 
 def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
@@ -143,16 +146,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.verifier = verifier
         self.settings = settings
         self.password_checks = auth.PasswordChecks(settings.max_password_checks)
-        # One lock per blob: a publish (store, then commit) and a delete (uncommit, then drop the blob) of the same
-        # content never interleave, so a committed version never points at a deleted blob.
-        self._blob_locks: dict[str, threading.Lock] = {}
-        self._blob_locks_guard = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------------------------------
-
-    def _blob_lock(self, sha256: str) -> threading.Lock:
-        with self._blob_locks_guard:
-            return self._blob_locks.setdefault(sha256, threading.Lock())
 
     def _caller(self, context: grpc.ServicerContext) -> UserRow:
         token = auth.bearer_token_from_metadata(context.invocation_metadata())
@@ -486,19 +481,26 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         user = self._caller(context)
         model = self._owned_model(user, request.name)
         for sha in self.catalogue.delete_model(model):
-            self._drop_blob_if_unused(sha)
+            self._release_blob(sha)
         return empty_pb2.Empty()
 
-    def _drop_blob_if_unused(self, sha256: str) -> None:
-        with self._blob_lock(sha256):
-            if self.catalogue.sha256_in_use(sha256):
-                return
-            try:
-                self.store.delete(sha256)
-            except StorageUnavailable:
-                # The catalogue no longer points at it; an unreachable store leaves an unreferenced blob that a
-                # later publish of the same bytes reuses. Log it for the operator.
-                log.warning("could not delete unreferenced blob", extra={"sha256": sha256})
+    def _release_blob(self, sha256: str, upload: int | None = None) -> None:
+        """Deletes the blob if no version uses it and no upload is storing it, in this replica or another (the
+        catalogue's rule, at its `blobs` table)."""
+        try:
+            self.catalogue.release_blob(sha256, self.store.delete, upload)
+        except StorageUnavailable:
+            # The catalogue no longer points at it; an unreachable store leaves an unreferenced blob that a later
+            # publish of the same bytes reuses, or the next start-up's sweep deletes. Log it for the operator.
+            log.warning("could not delete unreferenced blob", extra={"sha256": sha256})
+
+    def sweep_unreferenced_blobs(self) -> int:
+        """Deletes the blobs that nothing references (left by a replica killed mid-publish, after their upload's
+        lease, or by a deletion the store refused); returns how many it tried."""
+        shas = self.catalogue.unreferenced_blobs()
+        for sha in shas:
+            self._release_blob(sha)
+        return len(shas)
 
     # -- versions ----------------------------------------------------------------------------------------------
 
@@ -547,7 +549,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                         parsed.append(result)
                 yield data
 
-        with self._blob_lock(header.sha256):
+        # Registered before the bytes are stored, so that no replica deletes them from under this publish.
+        upload = self.catalogue.begin_upload(header.sha256, self.settings.upload_lease_seconds)
+        number = None
+        try:
             try:
                 # Receiving goes on while storage writes a part: up to 16 chunks (16 MiB) wait in between.
                 self.store.put(header.sha256, read_ahead(chunks(), depth=16), header.size_bytes)
@@ -571,11 +576,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     privacy=manifest.privacy,
                     manifest_json=manifest.to_json(),
                     schema=manifest.data_schema,
+                    upload=upload,
                 )
-            except Exception:
-                if not self.catalogue.sha256_in_use(header.sha256):
-                    self.store.delete(header.sha256)
-                raise
+            except Gone:  # deleted by its owner in the meantime
+                raise errors.NotFound.hidden(header.model) from None
+            except UploadExpired:
+                raise errors.Unavailable(
+                    f"the publish took longer than this registry allows ({self.settings.upload_lease_seconds:g} s "
+                    "from header to commit); nothing was published: publish again"
+                ) from None
+        finally:
+            if number is None:  # refused or failed: the bytes go unless another version or upload has them
+                self._release_blob(header.sha256, upload)
         version = self.catalogue.get_version(model, number)
         if version is None:  # deleted by its owner in the meantime
             raise errors.NotFound.hidden(header.model)
