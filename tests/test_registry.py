@@ -475,3 +475,31 @@ def test_create_model_refuses_fields_it_would_ignore(new_user):
     same = pb.Model(name=f"models/{alice.username}/m", owner=alice.username, description="fine")
     made = alice.registry.CreateModel(rpb.CreateModelRequest(model_id="m", model=same), metadata=alice._metadata())
     assert made.description == "fine"
+
+
+def test_per_user_quotas_on_versions_and_stored_bytes(pki, tmp_path):
+    """Limits that protect the registry: versions per model and stored bytes per user, refused with
+    RESOURCE_EXHAUSTED naming the limit, before the bytes are sent; deleting a model frees its bytes."""
+    one = make_artifact(tmp_path / "a.safetensors").stat().st_size
+    small, handle = start_registry(tmp_path / "small", pki, max_versions_per_model=2, max_user_bytes=3 * one + one // 2)
+    try:
+        alice = Client(small.address, home=tmp_path / "alice", pki=pki.root)
+        alice.register("alice", "alice@example.org", PASSWORD)
+        alice.login("alice", PASSWORD)
+        artifacts = [make_artifact(tmp_path / f"{i}.safetensors", seed=i) for i in range(4)]
+        alice.push(artifacts[0], "first")
+        alice.push(artifacts[1], "first")
+        with pytest.raises(SgdeError) as info:
+            alice.push(artifacts[2], "first")
+        assert info.value.code == CODE.RESOURCE_EXHAUSTED and "SGDE_REGISTRY_MAX_VERSIONS_PER_MODEL = 2" in str(
+            info.value
+        )
+        alice.push(artifacts[2], "second")
+        with pytest.raises(SgdeError) as info:
+            alice.push(artifacts[3], "second")
+        assert info.value.code == CODE.RESOURCE_EXHAUSTED and "SGDE_REGISTRY_MAX_USER_BYTES" in str(info.value)
+        assert [v.number for v in alice.list_versions("second")] == [1]  # nothing half-published
+        alice.delete_model("first")
+        assert alice.push(artifacts[3], "second").number == 2  # the space is free again
+    finally:
+        handle.stop(grace=1)

@@ -187,6 +187,23 @@ class Conflict(Exception):
     """A uniqueness rule was broken (the name is taken)."""
 
 
+@dataclass(frozen=True)
+class Quota:
+    """Per-user limits on what the registry stores."""
+
+    versions_per_model: int
+    stored_bytes_per_user: int
+
+
+class QuotaExceeded(Exception):
+    """A publish would pass a Quota: `limit` names which ("versions_per_model", "stored_bytes_per_user"), `used`
+    is what the user has now."""
+
+    def __init__(self, limit: str, used: int):
+        super().__init__(limit, used)
+        self.limit, self.used = limit, used
+
+
 class TooManyMetrics(Exception):
     """A metrics merge would leave more keys than allowed (args[0]: how many)."""
 
@@ -554,12 +571,17 @@ class Catalogue(SqlStore):
         manifest_json: str,
         schema: pb.DataSchema,
         upload: int,
+        quota: Quota | None = None,
     ) -> int:
         """Allocates the next number and records the version in one transaction, ending `upload` (begin_upload's,
         whose bytes are stored); sets the model's schema if it had none. Raises Gone if the model was deleted
-        meanwhile, UploadExpired if the upload's lease ended."""
+        meanwhile, UploadExpired if the upload's lease ended, QuotaExceeded if the version would pass `quota`
+        (checked with the owner's row locked, so concurrent publishes through any replica cannot all pass)."""
         now = time.time()
         with self._tx() as conn:
+            if quota is not None:
+                conn.execute(sa.select(users.c.id).where(users.c.id == model.owner_id).with_for_update())
+                self._check_quota(conn, model, size_bytes, quota)
             self._lock_blob(conn, sha256)
             live = conn.execute(
                 sa.select(blob_uploads.c.id).where(
@@ -599,6 +621,30 @@ class Catalogue(SqlStore):
                 )
             )
         return number
+
+    def _check_quota(self, conn: sa.Connection, model: ModelRow, size_bytes: int, quota: Quota) -> None:
+        count = sa.select(sa.func.count()).select_from(versions).where(versions.c.model_id == model.id)
+        used = int(conn.execute(count).scalar_one())
+        if used >= quota.versions_per_model:
+            raise QuotaExceeded("versions_per_model", used)
+        stored = self._stored_bytes(conn, model.owner_id)
+        if stored + size_bytes > quota.stored_bytes_per_user:
+            raise QuotaExceeded("stored_bytes_per_user", stored)
+
+    @staticmethod
+    def _stored_bytes(conn: sa.Connection, owner_id: int) -> int:
+        total = (
+            sa.select(sa.func.coalesce(sa.func.sum(versions.c.size_bytes), 0))
+            .select_from(versions.join(models, versions.c.model_id == models.c.id))
+            .where(models.c.owner_id == owner_id)
+        )
+        return int(conn.execute(total).scalar_one())
+
+    def check_quota(self, model: ModelRow, size_bytes: int, quota: Quota) -> None:
+        """Raises QuotaExceeded if a version of `size_bytes` would pass `quota` now (before its bytes are sent;
+        add_version checks again, atomically)."""
+        with self._tx() as conn:
+            self._check_quota(conn, model, size_bytes, quota)
 
     def _version_rows(self, conn: sa.Connection, model: ModelRow, where, limit: int | None = None) -> list[VersionRow]:
         q = sa.select(versions).where(versions.c.model_id == model.id, where).order_by(versions.c.number)

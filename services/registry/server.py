@@ -9,6 +9,8 @@ Configuration comes from arguments or environment variables (so Kubernetes manif
   SGDE_REGISTRY_MAX_PASSWORD_CHECKS  password checks at once (scrypt, 32 MiB each; default 4); more get UNAVAILABLE
   SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE  failed logins from one address before its logins slow down (default 30)
   SGDE_REGISTRY_UPLOAD_LEASE_SECONDS  longest a publish may take, header to commit (default 3600)
+  SGDE_REGISTRY_MAX_VERSIONS_PER_MODEL  versions one model may hold (default 1000)
+  SGDE_REGISTRY_MAX_USER_BYTES  bytes of artifacts one user's models may store, every version counted (default 20 GiB)
   SGDE_REGISTRY_METRICS_PORT  Prometheus port (0 disables)
   SGDE_REGISTRY_HEALTH_PORT   plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
   SGDE_REGISTRY_HEALTH_CHECK_SECONDS  how often the database and the blob store are checked (default 5)
@@ -29,7 +31,7 @@ from libsgde.server import auth, serving
 from libsgde.server.launch import Service
 from libsgde.server.storage import open_blob_store
 from libsgde.wire.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
-from services.registry.catalogue import Catalogue
+from services.registry.catalogue import Catalogue, Quota
 from services.registry.servicer import RegistryServicer, RegistrySettings
 
 log = logging.getLogger("sgde.registry")
@@ -51,6 +53,8 @@ class RegistryConfig:
     health_check_seconds: float = 5.0
     max_password_checks: int = 4
     login_failures_per_source: int = auth.SOURCE_FREE_FAILURES
+    max_versions_per_model: int = 1000
+    max_user_bytes: int = 20 << 30
 
     @classmethod
     def from_env(cls) -> RegistryConfig:
@@ -70,6 +74,8 @@ class RegistryConfig:
             health_check_seconds=config.health_check_seconds("registry"),
             max_password_checks=int(env("SGDE_REGISTRY_MAX_PASSWORD_CHECKS") or 4),
             login_failures_per_source=int(env("SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE") or auth.SOURCE_FREE_FAILURES),
+            max_versions_per_model=int(env("SGDE_REGISTRY_MAX_VERSIONS_PER_MODEL") or 1000),
+            max_user_bytes=int(env("SGDE_REGISTRY_MAX_USER_BYTES") or 20 << 30),
         )
 
 
@@ -121,6 +127,7 @@ def start(cfg: RegistryConfig) -> RegistryHandle:
             max_password_checks=cfg.max_password_checks,
             source_lockout=auth.LockoutPolicy(cfg.login_failures_per_source, auth.SOURCE_FORGET_SECONDS),
             upload_lease_seconds=cfg.upload_lease_seconds,
+            quota=Quota(cfg.max_versions_per_model, cfg.max_user_bytes),
         ),
     )
     swept = servicer.sweep_unreferenced_blobs()  # what a replica killed mid-publish may have left

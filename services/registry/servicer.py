@@ -43,6 +43,8 @@ from services.registry.catalogue import (
     Gone,
     Locked,
     ModelRow,
+    Quota,
+    QuotaExceeded,
     TooManyMetrics,
     UploadExpired,
     UserRow,
@@ -71,6 +73,8 @@ class RegistrySettings:
     # How long a publish may take, header to commit; an upload older than this no longer keeps its blob from deletion
     # (so one that a killed replica left keeps it no longer), and may not become a version.
     upload_lease_seconds: float = 3600.0
+    # Per user: versions one model may hold, and bytes of artifacts stored (every version counted).
+    quota: Quota = Quota(versions_per_model=1000, stored_bytes_per_user=20 << 30)
 
 
 def _parse_model_name(name: str, field: str = "name") -> tuple[str, str]:
@@ -494,6 +498,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             # publish of the same bytes reuses, or the next start-up's sweep deletes. Log it for the operator.
             log.warning("could not delete unreferenced blob", extra={"sha256": sha256})
 
+    def _quota_error(self, e: QuotaExceeded, size: int) -> errors.Exhausted:
+        quota = self.settings.quota
+        if e.limit == "versions_per_model":
+            return errors.Exhausted(
+                f"the model holds {e.used} versions, this registry's limit (SGDE_REGISTRY_MAX_VERSIONS_PER_MODEL = "
+                f"{quota.versions_per_model}): publish to a new model"
+            )
+        return errors.Exhausted(
+            f"your models' versions take {e.used:,} bytes; {size:,} more would pass this registry's limit of "
+            f"{quota.stored_bytes_per_user:,} bytes per user (SGDE_REGISTRY_MAX_USER_BYTES): delete a model first"
+        )
+
     def sweep_unreferenced_blobs(self) -> int:
         """Deletes the blobs that nothing references (left by a replica killed mid-publish, after their upload's
         lease, or by a deletion the store refused); returns how many it tried."""
@@ -527,6 +543,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 "header.signature",
                 "does not verify with your registered signing key over this sha256; sign with the key you registered",
             )
+        try:
+            self.catalogue.check_quota(model, header.size_bytes, self.settings.quota)  # before the bytes come
+        except QuotaExceeded as e:
+            raise self._quota_error(e, header.size_bytes) from None
         try:
             sniffer = HeaderSniffer(header.size_bytes, _check_tensors)  # the tensors the architecture implies
         except ArtifactError as e:  # a declared size too small to hold an artifact (1-7 bytes)
@@ -577,7 +597,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     manifest_json=manifest.to_json(),
                     schema=manifest.data_schema,
                     upload=upload,
+                    quota=self.settings.quota,
                 )
+            except QuotaExceeded as e:  # another publish of the same user committed first
+                raise self._quota_error(e, header.size_bytes) from None
             except Gone:  # deleted by its owner in the meantime
                 raise errors.NotFound.hidden(header.model) from None
             except UploadExpired:
