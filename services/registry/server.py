@@ -11,6 +11,13 @@ Configuration comes from arguments or environment variables (so Kubernetes manif
   SGDE_REGISTRY_METRICS_PORT  Prometheus port (0 disables)
   SGDE_REGISTRY_HEALTH_PORT   plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
   SGDE_REGISTRY_HEALTH_CHECK_SECONDS  how often the database and the blob store are checked (default 5)
+  SGDE_REGISTRY_WORKERS  gRPC worker threads, one per call in progress (default 64)
+  SGDE_REGISTRY_MAX_STREAMS  streaming calls at once (default 3/4 of the workers: the rest stay for unary calls)
+  SGDE_REGISTRY_MAX_STREAMS_PER_CALLER  streaming calls per certificate name and IP address (default half the workers)
+  SGDE_REGISTRY_STREAM_IDLE_SECONDS  a stream that sends nothing, or whose responses are not read, for this long is
+      cancelled (default 60)
+  SGDE_REGISTRY_MAX_RPC_SECONDS  longest call (default 3600; 0: no limit); _BY_METHOD: "Method=seconds,..." over it
+      (default WatchJob=0: a watch lasts as long as its job); see libsgde/server/limits.py
   SGDE_PKI_DIR                CA and certificates (default $SGDE_HOME/pki)
 """
 
@@ -19,13 +26,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from libsgde import config
 from libsgde.security import tls
 from libsgde.server import auth, serving
 from libsgde.server.launch import Service
+from libsgde.server.limits import ServerLimits
 from libsgde.server.storage import open_blob_store
 from libsgde.wire.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
 from services.registry.catalogue import Catalogue
@@ -49,6 +57,7 @@ class RegistryConfig:
     health_check_seconds: float = 5.0
     max_password_checks: int = 4
     login_failures_per_source: int = auth.SOURCE_FREE_FAILURES
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def from_env(cls) -> RegistryConfig:
@@ -67,6 +76,7 @@ class RegistryConfig:
             health_check_seconds=config.health_check_seconds("registry"),
             max_password_checks=int(env("SGDE_REGISTRY_MAX_PASSWORD_CHECKS") or 4),
             login_failures_per_source=int(env("SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE") or auth.SOURCE_FREE_FAILURES),
+            limits=ServerLimits.from_env("registry"),
         )
 
 
@@ -136,6 +146,7 @@ def start(cfg: RegistryConfig) -> RegistryHandle:
         health_check=lambda: _dependencies(catalogue, store),
         health_every=cfg.health_check_seconds,
         handle_type=RegistryHandle,
+        limits=cfg.limits,
     )
     handle.password_checks = servicer.password_checks
     handle.catalogue = catalogue
