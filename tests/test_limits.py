@@ -15,12 +15,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libsgde.client import Client
+from libsgde.errors import SgdeError
 from libsgde.security import tls
 from libsgde.server.limits import ServerLimits
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
-from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
+from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.support.fixtures import start_registry
-from tests.support.services import free_port, health_status, make_artifact, user_client
+from tests.support.services import free_port, health_status, make_artifact, tabular_schema, user_client
+from tests.support.trainer import TINY_MERF, start_trainer, trainer_client, write_csv
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -203,6 +205,60 @@ def test_a_call_past_its_time_limit_is_ended(pki, tmp_path):
             error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "limit of 1 s" in error.details()
         ), error
     finally:
+        handle.stop(grace=1)
+
+
+@pytest.mark.integration  # a real trainer and registry on loopback sockets, over mutual TLS
+def test_the_trainer_cancels_an_idle_upload_and_a_watch_outlives_the_limits(registry, pki, tmp_path):
+    limit = 1.0
+    # Every call but those that may legitimately take a while here is limited to a second; WatchJob keeps its rule.
+    lenient = {"WatchJob": 0.0, "CreateJob": 0.0, "CancelJob": 0.0, "UploadDataset": 0.0}
+    cfg, handle = start_trainer(
+        tmp_path / "trainer",
+        pki,
+        registry.address,
+        limits=ServerLimits(stream_idle_seconds=limit, max_rpc_seconds=limit, rpc_seconds=lenient),
+    )
+    release = threading.Event()
+    try:
+        alice = trainer_client(user_client(registry.address, pki, tmp_path / "homes"), cfg.listen)
+        with _channel(cfg.listen, pki) as channel:
+
+            def nothing() -> Iterator[trainer_pb2.UploadDatasetRequest]:
+                release.wait()
+                return
+                yield
+
+            upload = trainer_pb2_grpc.TrainerServiceStub(channel).UploadDataset.future(
+                nothing(), metadata=alice._metadata()
+            )
+            assert upload.exception(timeout=HANG).code() == grpc.StatusCode.CANCELLED
+
+        # A watch waits for the job's events (not idle) for longer than the limit, and sees the job to its end.
+        dataset = alice.upload_dataset(write_csv(tmp_path / "adult.csv"))
+        spec = trainer_pb2.TrainingSpec(architecture="dp-merf", target_epsilon=5.0, delta=1e-3, epochs=3, batch_size=60)
+        spec.config.update({**TINY_MERF, "generator_steps": 10**7})
+        job = alice.create_job(spec, tabular_schema(), dataset, "long")
+        events: queue.Queue = queue.Queue()
+
+        def follow() -> None:
+            try:
+                for event in alice.watch_job(job.name):
+                    events.put(event)
+            except SgdeError as e:  # the watch ended by an error: reported below
+                events.put(e)
+
+        threading.Thread(target=follow, daemon=True).start()
+        time.sleep(4 * limit)  # the watch is now older than any limit it could be under
+        alice.cancel_job(job.name)
+        deadline = time.monotonic() + HANG
+        while True:
+            event = events.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert not isinstance(event, SgdeError), event
+            if event.state == trainer_pb2.JOB_STATE_CANCELLED:
+                break
+    finally:
+        release.set()
         handle.stop(grace=1)
 
 

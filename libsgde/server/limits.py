@@ -74,7 +74,8 @@ class ServerLimits:
     max_streams_per_caller: int = 0
     stream_idle_seconds: float = 60.0
     max_rpc_seconds: float = 3600.0
-    # method name (as in the .proto) -> its own time limit, over max_rpc_seconds
+    # method name (as in the .proto) -> its own time limit, over max_rpc_seconds; a mapping given replaces the
+    # default one (UNLIMITED_METHODS), so name WatchJob in it to keep its rule
     rpc_seconds: Mapping[str, float] = field(default_factory=lambda: dict(UNLIMITED_METHODS))
     # Keepalive: a peer that stops answering pings for keepalive_timeout after keepalive_seconds of silence is
     # disconnected, which cancels its calls. Connections with no call for connection_idle_seconds are closed;
