@@ -5,7 +5,9 @@ Health has two faces. The API port (mutual TLS) serves `grpc.health.v1` beside t
 Kubernetes' gRPC probes cannot speak TLS, so a server may also open a plaintext health port that serves the same
 health servicer and nothing else (no API, no reflection). Its overall status ("") and the API's names say whether
 the server can serve (its dependencies are checked every few seconds: readiness); the `liveness` name says only that
-the process answers, so that a dead dependency takes pods out of the Service without restarting them all.
+the process answers, so that a dead dependency takes pods out of the Service without restarting them all. The
+status is also NOT_SERVING while every worker is busy (`limits.py` counts them): the probe port has workers of its
+own, so it can say so while the API port cannot answer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
 from libsgde.errors import SgdeError
+from libsgde.server.limits import LimitingInterceptor, ServerLimits
 from libsgde.wire.limits import MAX_MESSAGE_BYTES
 from libsgde.wire.status import to_status
 
@@ -171,9 +174,26 @@ class ServerHandle:
     # The plaintext health-only port, 0 when there is none.
     health_port: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
+    # What the readiness status combines: the last dependency check, and whether every worker is busy.
+    dependencies_ok: bool = False
+    workers_exhausted: bool = False
+    limiter: LimitingInterceptor | None = None
+    _status_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def set_serving(self, serving: bool) -> None:
-        status = _SERVING if serving and not self.stopping.is_set() else _NOT_SERVING
+        """Records the dependencies' state (reachable or not) and publishes the status it makes."""
+        with self._status_lock:
+            self.dependencies_ok = serving
+            self._publish()
+
+    def set_workers_exhausted(self, exhausted: bool) -> None:
+        with self._status_lock:
+            self.workers_exhausted = exhausted
+            self._publish()
+
+    def _publish(self) -> None:
+        serving = self.dependencies_ok and not self.workers_exhausted and not self.stopping.is_set()
+        status = _SERVING if serving else _NOT_SERVING
         for name in ["", *self.service_names]:
             self.health.set(name, status)
 
@@ -252,7 +272,7 @@ def start_server(
     health_check: Callable[[], object] | None = None,
     health_every: float = 5.0,
     handle_type: type[ServerHandle] = ServerHandle,
-    max_workers: int = 64,
+    limits: ServerLimits | None = None,
 ) -> ServerHandle:
     """Starts a gRPC server on `address` that only speaks mutual TLS.
 
@@ -260,17 +280,22 @@ def start_server(
     and reflection). `health_port` opens the plaintext health-only port on the same host (0: none).
     `health_check()` raises while a dependency is unreachable: the status is NOT_SERVING until its first success,
     and follows it every `health_every` seconds; without it the server is SERVING once started.
-    `handle_type` is the ServerHandle subclass to return.
+    `handle_type` is the ServerHandle subclass to return. `limits` bound what calls may hold (workers, streams,
+    idle and call time, keepalive: see `limits.py`; default `ServerLimits()`).
     """
+    limits = limits or ServerLimits()
+    limiter = LimitingInterceptor(service, limits)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=service),
-        interceptors=[_ObservingInterceptor(service)],
+        futures.ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix=service),
+        # The observer is outermost: it logs and counts the calls the limiter refuses too.
+        interceptors=[_ObservingInterceptor(service), limiter],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *limits.server_options(),
         ],
-        maximum_concurrent_rpcs=max_workers * 4,
+        maximum_concurrent_rpcs=limits.workers * 4,
     )
     names = add_servicers(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
@@ -280,8 +305,11 @@ def start_server(
     )
     port = server.add_secure_port(address, credentials)
     if port == 0:
+        limiter.close()
         raise OSError(f"cannot listen on {address}: is another server using it?")
-    handle = handle_type(server, port, health_servicer, names)
+    handle = handle_type(server, port, health_servicer, names, limiter=limiter)
+    limiter.on_exhausted = handle.set_workers_exhausted  # before any call can come: the server starts below
+    handle.on_stop.append(limiter.close)
     # The servicer answers SERVING for "" until told otherwise: say NOT_SERVING before any port opens.
     handle.set_serving(False)
     health_servicer.set(LIVENESS, _SERVING)
@@ -291,6 +319,7 @@ def start_server(
             probe_server, handle.health_port = _start_health_server(health_servicer, f"{_host(address)}:{health_port}")
         except BaseException:
             server.stop(0)
+            limiter.close()
             raise
         handle.on_stop.append(lambda: probe_server.stop(0))
     if metrics_port:

@@ -15,24 +15,35 @@ _DONE = object()
 def read_ahead(source: Iterable[bytes], depth: int = 4) -> Iterator[bytes]:
     """Yields what `source` yields, fetched by a background thread up to `depth` items ahead, so that reading
     (from S3) and sending (over gRPC) overlap. Errors of the source are raised where they occur in the sequence.
-    Closing the returned generator early stops the thread at its next item."""
+    Closing the returned generator early (a cancelled download closes it) stops the thread at its next item and
+    closes the source; nothing the thread holds outlives it."""
     items: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
 
+    def hand_over(item: object) -> bool:
+        """Queues `item` for the consumer; False once the consumer has gone. Every put checks: a consumer that
+        stopped with the queue full would otherwise leave this thread, and what it queued, blocked for good."""
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
+        reader = iter(source)
         try:
-            for item in source:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in reader:
+                if not hand_over(item):
                     return
-            items.put(_DONE)
+            hand_over(_DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
-            items.put(e)
+            hand_over(e)
+        finally:
+            close = getattr(reader, "close", None)
+            if stop.is_set() and close is not None:
+                close()  # a generator's own cleanup (an open S3 response) runs now, not when collected
 
     threading.Thread(target=produce, daemon=True, name="read-ahead").start()
     try:

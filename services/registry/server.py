@@ -14,6 +14,13 @@ Configuration comes from arguments or environment variables (so Kubernetes manif
   SGDE_REGISTRY_METRICS_PORT  Prometheus port (0 disables)
   SGDE_REGISTRY_HEALTH_PORT   plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
   SGDE_REGISTRY_HEALTH_CHECK_SECONDS  how often the database and the blob store are checked (default 5)
+  SGDE_REGISTRY_WORKERS  gRPC worker threads, one per call in progress (default 64)
+  SGDE_REGISTRY_MAX_STREAMS  streaming calls at once (default 3/4 of the workers: the rest stay for unary calls)
+  SGDE_REGISTRY_MAX_STREAMS_PER_CALLER  streaming calls per certificate name and IP address (default half the workers)
+  SGDE_REGISTRY_STREAM_IDLE_SECONDS  a stream that sends nothing, or whose responses are not read, for this long is
+      cancelled (default 60)
+  SGDE_REGISTRY_MAX_RPC_SECONDS  longest call (default 3600; 0: no limit); _BY_METHOD: "Method=seconds,..." over it
+      (default WatchJob=0: a watch lasts as long as its job); see libsgde/server/limits.py
   SGDE_PKI_DIR                CA and certificates (default $SGDE_HOME/pki)
 """
 
@@ -22,13 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from libsgde import config
 from libsgde.security import tls
 from libsgde.server import auth, serving
 from libsgde.server.launch import Service
+from libsgde.server.limits import ServerLimits
 from libsgde.server.storage import open_blob_store
 from libsgde.wire.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
 from services.registry.catalogue import Catalogue, Quota
@@ -55,6 +63,7 @@ class RegistryConfig:
     login_failures_per_source: int = auth.SOURCE_FREE_FAILURES
     max_versions_per_model: int = 1000
     max_user_bytes: int = 20 << 30
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def from_env(cls) -> RegistryConfig:
@@ -76,6 +85,7 @@ class RegistryConfig:
             login_failures_per_source=int(env("SGDE_REGISTRY_LOGIN_FAILURES_PER_SOURCE") or auth.SOURCE_FREE_FAILURES),
             max_versions_per_model=int(env("SGDE_REGISTRY_MAX_VERSIONS_PER_MODEL") or 1000),
             max_user_bytes=int(env("SGDE_REGISTRY_MAX_USER_BYTES") or 20 << 30),
+            limits=ServerLimits.from_env("registry"),
         )
 
 
@@ -150,6 +160,7 @@ def start(cfg: RegistryConfig) -> RegistryHandle:
         health_check=lambda: _dependencies(catalogue, store),
         health_every=cfg.health_check_seconds,
         handle_type=RegistryHandle,
+        limits=cfg.limits,
     )
     handle.password_checks = servicer.password_checks
     handle.catalogue = catalogue

@@ -15,6 +15,13 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_SAMPLER_METRICS_PORT       Prometheus port (0 disables)
   SGDE_SAMPLER_HEALTH_PORT        plaintext port serving only grpc.health.v1, for Kubernetes probes (0: none)
   SGDE_SAMPLER_HEALTH_CHECK_SECONDS  how often the registry is checked (default 5)
+  SGDE_SAMPLER_WORKERS  gRPC worker threads, one per call in progress (default 64)
+  SGDE_SAMPLER_MAX_STREAMS  streaming calls at once (default 3/4 of the workers: the rest stay for unary calls)
+  SGDE_SAMPLER_MAX_STREAMS_PER_CALLER  streaming calls per certificate name and IP address (default half the workers)
+  SGDE_SAMPLER_STREAM_IDLE_SECONDS  a stream that sends nothing, or whose responses are not read, for this long is
+      cancelled (default 60)
+  SGDE_SAMPLER_MAX_RPC_SECONDS  longest call (default 3600; 0: no limit); _BY_METHOD: "Method=seconds,..." over it
+      (default WatchJob=0: a watch lasts as long as its job); see libsgde/server/limits.py
   SGDE_REGISTRY_ADDRESS           the registry that checks tokens and serves the artifacts (default 127.0.0.1:50051)
   SGDE_PKI_DIR                    CA and certificates (default $SGDE_HOME/pki); the sampler presents `sampler.crt`
                                   both as a server and to the registry
@@ -25,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from libsgde import config
@@ -33,6 +40,7 @@ from libsgde.security import tls
 from libsgde.server import serving
 from libsgde.server.gate import RegistryGate
 from libsgde.server.launch import Service
+from libsgde.server.limits import ServerLimits
 from libsgde.wire.limits import SAMPLE_REQUEST_BYTES
 from libsgde.wire.proto.sgde.v1 import sampler_pb2, sampler_pb2_grpc
 from services.sampler.cache import ArtifactCache
@@ -57,6 +65,7 @@ class SamplerConfig:
     metrics_host: str = "127.0.0.1"  # where the metrics port binds: loopback unless told
     health_port: int = 0
     health_check_seconds: float = 5.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def from_env(cls) -> SamplerConfig:
@@ -75,6 +84,7 @@ class SamplerConfig:
             metrics_host=config.metrics_host("sampler"),
             health_port=config.health_port("sampler"),
             health_check_seconds=config.health_check_seconds("sampler"),
+            limits=ServerLimits.from_env("sampler"),
         )
 
 
@@ -122,6 +132,7 @@ def start(cfg: SamplerConfig) -> SamplerHandle:
         health_port=cfg.health_port,
         health_check=gate.check,
         health_every=cfg.health_check_seconds,
+        limits=cfg.limits,
         handle_type=SamplerHandle,
     )
     handle.cache = cache

@@ -17,6 +17,13 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_TRAINER_METRICS_PORT     Prometheus port (0 disables)
   SGDE_TRAINER_HEALTH_PORT      plaintext port serving only grpc.health.v1, for Kubernetes probes (0, the default: none)
   SGDE_TRAINER_HEALTH_CHECK_SECONDS  how often the jobs database and the registry are checked (default 5)
+  SGDE_TRAINER_WORKERS  gRPC worker threads, one per call in progress (default 64)
+  SGDE_TRAINER_MAX_STREAMS  streaming calls at once (default 3/4 of the workers: the rest stay for unary calls)
+  SGDE_TRAINER_MAX_STREAMS_PER_CALLER  streaming calls per certificate name and IP address (default half the workers)
+  SGDE_TRAINER_STREAM_IDLE_SECONDS  a stream that sends nothing, or whose responses are not read, for this long is
+      cancelled (default 60)
+  SGDE_TRAINER_MAX_RPC_SECONDS  longest call (default 3600; 0: no limit); _BY_METHOD: "Method=seconds,..." over it
+      (default WatchJob=0: a watch lasts as long as its job); see libsgde/server/limits.py
   SGDE_REGISTRY_ADDRESS         the registry that checks tokens and receives published models (default 127.0.0.1:50051)
   SGDE_PKI_DIR                  CA and certificates (default $SGDE_HOME/pki); the trainer presents `trainer.crt`
                                 both as a server and to the registry
@@ -36,6 +43,7 @@ from libsgde.security import tls
 from libsgde.server import serving
 from libsgde.server.gate import RegistryGate
 from libsgde.server.launch import Service
+from libsgde.server.limits import ServerLimits
 from libsgde.wire.proto.sgde.v1 import trainer_pb2, trainer_pb2_grpc
 from services.trainer.jobs import JobStore
 from services.trainer.servicer import TrainerServicer, TrainerSettings
@@ -63,6 +71,7 @@ class TrainerConfig:
     metrics_host: str = "127.0.0.1"  # where the metrics port binds: loopback unless told
     health_port: int = 0
     health_check_seconds: float = 5.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
     settings: TrainerSettings = field(default_factory=TrainerSettings)
 
     @classmethod
@@ -91,6 +100,7 @@ class TrainerConfig:
                 max_jobs_per_user=int(env("SGDE_TRAINER_MAX_JOBS_PER_USER") or 16),
                 max_user_dataset_bytes=int(env("SGDE_TRAINER_MAX_USER_DATASET_BYTES") or 4 << 30),
             ),
+            limits=ServerLimits.from_env("trainer"),
         )
 
 
@@ -161,6 +171,7 @@ def start(cfg: TrainerConfig) -> TrainerHandle:
         health_port=cfg.health_port,
         health_check=lambda: _dependencies(store, gate),
         health_every=cfg.health_check_seconds,
+        limits=cfg.limits,
         handle_type=TrainerHandle,
     )
     handle.worker = worker
