@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -288,6 +291,40 @@ def test_a_remembered_token_check_ends_with_the_token(user, trainer, registry, p
     past = expires + timedelta(seconds=auth.TokenVerifier(issuer.public_key).leeway + 1)  # the clock-skew grace
     wait_for(lambda: datetime.now(UTC) > past, timeout=15, what="the token's expiry")
     assert refusal(lambda: list(client.list_jobs())).code == CODE.UNAUTHENTICATED
+
+
+def test_an_aborted_upload_leaves_no_traceback_and_nothing_behind(user, trainer, caplog):
+    """On the first release a client that cancelled its upload made the trainer log an INTERNAL error with a
+    traceback: anyone could write tracebacks into the log."""
+    alice = user()
+    data = b"age,label\n" + b"30,no\n" * 1000
+    header = tpb.UploadDatasetRequest.Header(
+        filename="aborted.csv", size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+    )
+    sent, hold = threading.Event(), threading.Event()
+
+    def requests():
+        yield tpb.UploadDatasetRequest(header=header)
+        yield tpb.UploadDatasetRequest(chunk=data[:100])
+        sent.set()
+        hold.wait(10)
+
+    before = sorted((trainer.state_dir / "datasets").iterdir())
+    with caplog.at_level(logging.INFO):
+        call = alice.trainer.UploadDataset.future(requests(), metadata=alice._metadata(), timeout=30)
+        assert sent.wait(10)
+        time.sleep(0.5)  # the trainer has read the header and the chunk
+        call.cancel()
+        hold.set()
+        wait_for(
+            lambda: any(
+                r.getMessage() == "rpc" and "UploadDataset" in str(r.__dict__.get("method")) for r in caplog.records
+            ),
+            timeout=10,
+            what="the trainer's record of the call",
+        )
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], caplog.text
+    assert sorted((trainer.state_dir / "datasets").iterdir()) == before  # the partial file is gone
 
 
 def test_queue_and_cancel(user, trainer):

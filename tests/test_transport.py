@@ -178,3 +178,39 @@ def test_metrics_bind_loopback_unless_told(tmp_path, pki, monkeypatch):
             assert _listening_hosts(port) == expected
         finally:
             handle.stop(grace=0)
+
+
+def test_a_full_disk_is_resource_exhausted_not_internal(pki, caplog):
+    """A write that fails for want of space (ENOSPC, EDQUOT) answers RESOURCE_EXHAUSTED with what to do, not
+    INTERNAL with a traceback."""
+    import errno
+
+    from libsgde.server import serving
+    from libsgde.wire.limits import secure_channel
+    from tests.support.services import free_port
+
+    def full(request, context):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def add(server) -> list[str]:
+        handler = grpc.method_handlers_generic_handler(
+            "test.Disk", {"Write": grpc.unary_unary_rpc_method_handler(full)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        return ["test.Disk"]
+
+    handle = serving.start_server(
+        service="disk-test",
+        address=f"127.0.0.1:{free_port()}",
+        credentials=tls.server_credentials(pki, "registry"),
+        add_servicers=add,
+    )
+    try:
+        with secure_channel(f"127.0.0.1:{handle.port}", tls.channel_credentials(pki)) as channel:
+            call = channel.unary_unary("/test.Disk/Write")
+            with pytest.raises(grpc.RpcError) as info:
+                call(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "storage is full" in info.value.details()
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        handle.stop(grace=1)

@@ -12,6 +12,7 @@ own, so it can say so while the API port cannot answer.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -103,6 +104,8 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
         code_name = code.name if isinstance(code, grpc.StatusCode) else "OK"
         if isinstance(error, SgdeError):
             code_name = error.status
+        elif isinstance(error, _ClientGone):
+            code_name = "CANCELLED"
         elif error is not None and code is None:
             code_name = "INTERNAL"
         seconds = time.perf_counter() - started
@@ -133,6 +136,17 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
             context.abort_with_status(to_status(e))
         except Exception as e:  # an abort() raises a plain Exception too; keep its status
             error = e
+            if context.code() is None and not context.is_active():
+                # The client went away (an upload aborted, a download dropped): its stream raises here. Nothing to
+                # answer, and not a fault of ours worth a traceback that any client could write into the log.
+                error = _ClientGone(f"the client went away ({type(e).__name__})")
+                context.abort(grpc.StatusCode.CANCELLED, "the client went away")  # ends the call; grpc logs no trace
+            if context.code() is None and isinstance(e, OSError) and e.errno in _DISK_FULL:
+                log.error("disk full", extra={"method": full, "detail": str(e)})
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "the server's storage is full; nothing was kept: retry later, or tell its operator",
+                )
             if context.code() is None:
                 log.exception("unhandled error", extra={"method": full})
                 context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
@@ -153,6 +167,13 @@ class _ObservingInterceptor(grpc.ServerInterceptor):
                 yield from behaviour(request, context)
 
         return call
+
+
+class _ClientGone(Exception):
+    """Recorded (not raised) when a call fails because its client went away."""
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
 # The health service name a liveness probe asks for: SERVING from start to stop, whatever the dependencies say.
