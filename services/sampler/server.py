@@ -15,13 +15,8 @@ Configuration comes from environment variables (so Kubernetes manifests need no 
   SGDE_SAMPLER_METRICS_PORT       Prometheus port (0 disables)
   SGDE_SAMPLER_HEALTH_PORT        plaintext port serving only grpc.health.v1, for Kubernetes probes (0: none)
   SGDE_SAMPLER_HEALTH_CHECK_SECONDS  how often the registry is checked (default 5)
-  SGDE_SAMPLER_WORKERS  gRPC worker threads, one per call in progress (default 64)
-  SGDE_SAMPLER_MAX_STREAMS  streaming calls at once (default 3/4 of the workers: the rest stay for unary calls)
-  SGDE_SAMPLER_MAX_STREAMS_PER_CALLER  streaming calls per certificate name and IP address (default half the workers)
-  SGDE_SAMPLER_STREAM_IDLE_SECONDS  a stream that sends nothing, or whose responses are not read, for this long is
-      cancelled (default 60)
-  SGDE_SAMPLER_MAX_RPC_SECONDS  longest call (default 3600; 0: no limit); _BY_METHOD: "Method=seconds,..." over it
-      (default WatchJob=0: a watch lasts as long as its job); see libsgde/server/limits.py
+  SGDE_SAMPLER_WORKERS, _MAX_STREAMS, _MAX_STREAMS_PER_CALLER, _STREAM_IDLE_SECONDS, _MAX_RPC_SECONDS[_BY_METHOD]
+      what calls may hold (workers, streams, idle and call time): libsgde/server/limits.py, the README's table
   SGDE_REGISTRY_ADDRESS           the registry that checks tokens and serves the artifacts (default 127.0.0.1:50051)
   SGDE_PKI_DIR                    CA and certificates (default $SGDE_HOME/pki); the sampler presents `sampler.crt`
                                   both as a server and to the registry
