@@ -270,8 +270,7 @@ class JobStore(SqlStore):
         try:
             with self._tx() as conn:
                 if max_unfinished is not None:
-                    count = sa.select(sa.func.count()).where(jobs.c.owner == owner, jobs.c.state.in_([QUEUED, RUNNING]))
-                    used = int(conn.execute(count).scalar_one())
+                    used = self._unfinished(conn, owner)
                     if used >= max_unfinished:
                         raise QuotaExceeded(used)
                 conn.execute(
@@ -295,6 +294,16 @@ class JobStore(SqlStore):
         job = self.get_job(job_id)
         assert job is not None
         return job
+
+    @staticmethod
+    def _unfinished(conn: sa.Connection, owner: str) -> int:
+        count = sa.select(sa.func.count()).where(jobs.c.owner == owner, jobs.c.state.in_([QUEUED, RUNNING]))
+        return int(conn.execute(count).scalar_one())
+
+    def unfinished_jobs(self, owner: str) -> int:
+        """How many of the owner's jobs are queued or running."""
+        with self._tx() as conn:
+            return self._unfinished(conn, owner)
 
     def get_job(self, job_id: str) -> JobRow | None:
         with self._tx() as conn:

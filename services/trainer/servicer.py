@@ -303,6 +303,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 f"publish_model: you may only publish to your own models (models/{user}/...), not {name[:200]}"
             )
 
+    def _jobs_quota_error(self, used: int) -> errors.Exhausted:
+        return errors.Exhausted(
+            f"you have {used} queued or running jobs, this trainer's limit per user "
+            f"(SGDE_TRAINER_MAX_JOBS_PER_USER = {self.settings.max_jobs_per_user}): wait for one to end, or cancel one"
+        )
+
     def CreateJob(self, request: tpb.CreateJobRequest, context) -> tpb.Job:
         from libsgde.io.datasets import LoadCancelled
         from libsgde.io.training import SpecError, check_spec
@@ -341,6 +347,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             violations.append(("dataset", str(e)))
         if violations:
             raise errors.FieldError.many(violations)
+        unfinished = self.store.unfinished_jobs(user)
+        if unfinished >= self.settings.max_jobs_per_user:  # before the load it would cost; create_job checks again
+            raise self._jobs_quota_error(unfinished)
         # Load the data once now: its size N fixes delta's bound and the batch size's, and data and schema must agree.
         # At most `data_checks` loads run at once (each takes memory in proportion to the data); a load stops when
         # the caller goes away.
@@ -358,7 +367,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise errors.FieldError(spec_field(e.field), e.description) from None
         finally:
             del data
-        limit = self.settings.max_jobs_per_user
         try:
             job = self.store.create_job(
                 user,
@@ -367,13 +375,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 request.dataset,
                 request.publish_model,
                 request_id,
-                max_unfinished=limit,
+                max_unfinished=self.settings.max_jobs_per_user,
             )
         except QuotaExceeded as e:
-            raise errors.Exhausted(
-                f"you have {e.used} queued or running jobs, this trainer's limit per user "
-                f"(SGDE_TRAINER_MAX_JOBS_PER_USER = {limit}): wait for one to end, or cancel one"
-            ) from None
+            raise self._jobs_quota_error(e.used) from None
         except Conflict:  # the same request raced itself
             job = self.store.find_request(user, request_id or "")
             if job is None:
