@@ -17,8 +17,10 @@ from google.protobuf import empty_pb2
 
 from libsgde.client import Client, SgdeError
 from libsgde.io.artifact import build_manifest, write_artifact
+from libsgde.ml.mechanisms import MeanEmbeddingRelease
 from libsgde.security import signing
 from libsgde.server import auth
+from libsgde.wire.convert import privacy_to_proto
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.status import field_violations
@@ -251,6 +253,22 @@ def publish_refused(registry, client: Client, model_id: str, data: bytes) -> grp
     assert not [p for p in blob_files(registry) if p.name == sha], "no blob of the refused artifact"
     assert not list(registry.blob_root.rglob(".tmp*"))
     return info.value
+
+
+def test_a_privacy_claim_the_accountant_does_not_confirm_is_refused(registry, new_user, tmp_path):
+    """The registry recomputes epsilon from the manifest's own mechanism parameters at every publish; on the first
+    release a self-declared report (here: a tenth of the true epsilon) was published and shown to everyone."""
+    honest = privacy_to_proto(MeanEmbeddingRelease().report(4.0, 1.0, 1, 0.0, 500, 1e-4))
+    lie = pb.PrivacyReport()
+    lie.CopyFrom(honest)
+    lie.epsilon = honest.epsilon / 10
+    alice = new_user()
+    data = tiny_artifact(tmp_path / "lie.safetensors", edit=lambda t, f: f.update(privacy=lie))
+    error = publish_refused(registry, alice, "liar", data)
+    assert "the accountant gives" in error.details()
+    tiny_artifact(tmp_path / "honest.safetensors", edit=lambda t, f: f.update(privacy=honest))
+    version = alice.push(tmp_path / "honest.safetensors", "honest")
+    assert version.privacy.epsilon == honest.epsilon and version.privacy.mechanism == "dp-merf"
 
 
 def test_a_well_formed_tiny_artifact_publishes(new_user, tmp_path):

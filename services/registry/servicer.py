@@ -120,13 +120,16 @@ class _PageToken:
         return after
 
 
-def _check_tensors(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
-    """The strict reader's architecture check (libsgde.io.generator.check_tensors), run on the header at publish.
-    Imported at first use: it imports JAX and flax (architectures compute their tensor shapes with jax.eval_shape),
-    which would add seconds to the registry's start-up."""
+def _check_artifact(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
+    """Run on the header at publish: the strict reader's architecture check (libsgde.io.generator.check_tensors),
+    and the privacy claim recomputed by the accountant (libsgde.io.privacy). Imported at first use: they import JAX
+    and flax (architectures compute their tensor shapes with jax.eval_shape), which would add seconds to the
+    registry's start-up."""
     from libsgde.io.generator import check_tensors
+    from libsgde.io.privacy import check_privacy_claim
 
     check_tensors(manifest, tensors)
+    check_privacy_claim(manifest)
 
 
 def _page_size(size: int) -> int:
@@ -548,7 +551,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         except QuotaExceeded as e:
             raise self._quota_error(e, header.size_bytes) from None
         try:
-            sniffer = HeaderSniffer(header.size_bytes, _check_tensors)  # the tensors the architecture implies
+            sniffer = HeaderSniffer(header.size_bytes, _check_artifact)  # tensors and privacy claim checked
         except ArtifactError as e:  # a declared size too small to hold an artifact (1-7 bytes)
             raise errors.FieldError("header.size_bytes", str(e)) from None
         parsed: list[ArtifactHeader] = []
