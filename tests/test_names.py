@@ -18,6 +18,8 @@ VALID = {
     "SHA256_RE": "0" * 64,
     "EMAIL_RE": "alice@example.org",
     "TAG_RE": "tabular",
+    "FEDERATION_ID_RE": "hospitals",
+    "FEDERATION_NAME_RE": "federations/hospitals",
     "METRIC_KEY_RE": "tstr.logreg",
     "JOB_NAME_RE": "jobs/0123456789abcdef",
     "DATASET_NAME_RE": "datasets/0123456789abcdef",

@@ -108,6 +108,9 @@ def test_grpcurl_lists_describes_and_calls(registry, pki, new_user):
         pki, "-d", '{"name": "models/../etc"}', registry.address, "sgde.v1.RegistryService/GetModel", token=alice._token
     )
     assert "InvalidArgument" in bad.stderr
+    assert "sgde.v1.FederationService" in services
+    federations = _grpcurl(pki, registry.address, "sgde.v1.FederationService/ListFederations", token=alice._token)
+    assert federations.returncode == 0 and json.loads(federations.stdout) == {}, federations.stderr
 
 
 def test_grpcurl_without_client_certificate_fails(registry, pki):

@@ -37,6 +37,7 @@ class RegistrySession:
         self, channel: grpc.Channel, token: str | None = None, username: str | None = None, timeout: float = 30.0
     ):
         self.registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        self.federations = registry_pb2_grpc.FederationServiceStub(channel)
         self.timeout = timeout
         self._token = token
         self._username = username

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from libsgde import config
+from libsgde.client.federations import Federations
 from libsgde.client.jobs import Jobs
 from libsgde.client.names import model_name
 from libsgde.client.sampling import Sampling
@@ -25,7 +26,7 @@ from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc, trainer_pb2_grpc
 
 
-class Client(Jobs, Sampling):
+class Client(Jobs, Sampling, Federations):
     """A connection to the registry (and, when used, the trainer and the sampler) over mutual TLS, acting for the
     user whose token is under $SGDE_HOME."""
 

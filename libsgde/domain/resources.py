@@ -48,6 +48,12 @@ class JobState(_Named):
     CANCELLED = 6
 
 
+class MemberState(_Named):
+    UNSPECIFIED = 0
+    INVITED = 1
+    ACTIVE = 2
+
+
 class OutputFormat(_Named):
     UNSPECIFIED = 0
     CSV = 1
@@ -167,3 +173,43 @@ class SampleMetadata:
     data_schema: Any  # sgde.v1.DataSchema
     privacy: PrivacyReport
     class_counts: list[int]  # per class, in the schema's class order (empty when unconditional)
+
+
+@dataclass(frozen=True)
+class PrivacyPolicy:
+    """What a federation admits (0 or empty: no limit)."""
+
+    max_epsilon: float = 0.0
+    max_delta: float = 0.0
+    architectures: list[str] = field(default_factory=list)
+    min_dataset_size: int = 0
+
+
+@dataclass(frozen=True)
+class Member:
+    username: str
+    state: MemberState
+    since: datetime | None  # invited, or accepted
+
+
+@dataclass(frozen=True)
+class Federation:
+    name: str  # "federations/{id}"
+    coordinator: str
+    description: str
+    data_schema: Any  # sgde.v1.DataSchema: every member trains on it
+    policy: PrivacyPolicy
+    members: list[Member]
+    create_time: datetime | None
+    update_time: datetime | None
+
+
+@dataclass(frozen=True)
+class FederationGenerator:
+    """A member's admitted generator; its privacy is the registry's own recomputation."""
+
+    member: str
+    version: str  # "models/{owner}/{model}/versions/{n}"
+    architecture: str
+    privacy: PrivacyReport | None
+    admit_time: datetime | None

@@ -393,6 +393,12 @@ def load_artifact(
     return header, arrays
 
 
+def parse_manifest(text: str) -> Manifest:
+    """A manifest from its JSON (as `Manifest.to_json` wrote it, e.g. stored by the registry), checked as the strict
+    reader checks one; raises ArtifactError."""
+    return _manifest_from_dict(_strict_json(text, "manifest"))
+
+
 def build_manifest(
     architecture: str, config: dict, data_schema: pb.DataSchema, privacy: pb.PrivacyReport, training: dict
 ) -> Manifest:

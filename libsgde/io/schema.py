@@ -150,3 +150,25 @@ def schema_from_dict(d: dict[str, Any]) -> pb.DataSchema:
 def schemas_equal(a: pb.DataSchema, b: pb.DataSchema) -> bool:
     """Whether two schemas are the same, compared through their deterministic serialization."""
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def first_difference(a: pb.DataSchema, b: pb.DataSchema) -> str | None:
+    """The path of the first field where two schemas differ ("tabular.columns[2].upper"), or None if they are the
+    same. The comparison is canonical: their proto3 JSON forms, key by key in sorted order (unset fields are absent)."""
+    return _first_difference(schema_to_dict(a), schema_to_dict(b), "")
+
+
+def _first_difference(a: Any, b: Any, path: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i in range(max(len(a), len(b))):
+            found = _first_difference(a[i] if i < len(a) else None, b[i] if i < len(b) else None, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if a == b else path or "data_schema"

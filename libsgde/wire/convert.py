@@ -170,3 +170,39 @@ def sample_metadata_from_proto(m: spb.SampleMetadata) -> res.SampleMetadata:
         privacy_from_proto(m.privacy),
         list(m.class_counts),
     )
+
+
+def policy_to_proto(p: res.PrivacyPolicy) -> rpb.PrivacyPolicy:
+    return rpb.PrivacyPolicy(
+        max_epsilon=p.max_epsilon,
+        max_delta=p.max_delta,
+        architectures=list(p.architectures),
+        min_dataset_size=p.min_dataset_size,
+    )
+
+
+def federation_from_proto(m: rpb.Federation) -> res.Federation:
+    policy = res.PrivacyPolicy(
+        m.policy.max_epsilon, m.policy.max_delta, list(m.policy.architectures), m.policy.min_dataset_size
+    )
+    members = [res.Member(x.username, res.MemberState(x.state), time_from_proto(x.since)) for x in m.members]
+    return res.Federation(
+        m.name,
+        m.coordinator,
+        m.description,
+        m.data_schema,
+        policy,
+        members,
+        time_from_proto(m.create_time),
+        time_from_proto(m.update_time),
+    )
+
+
+def generator_from_proto(m: rpb.Generator) -> res.FederationGenerator:
+    return res.FederationGenerator(
+        m.member,
+        m.version,
+        m.architecture,
+        privacy_from_proto(m.privacy) if m.HasField("privacy") else None,
+        time_from_proto(m.admit_time),
+    )

@@ -35,10 +35,13 @@ from libsgde.server.limits import ServerLimits
 from libsgde.server.storage import open_blob_store
 from libsgde.wire.proto.sgde.v1 import registry_pb2, registry_pb2_grpc
 from services.registry.catalogue import Catalogue, Quota
+from services.registry.federation_store import FederationStore
+from services.registry.federations import FederationServicer
 from services.registry.servicer import RegistryServicer, RegistrySettings
 
 log = logging.getLogger("sgde.registry")
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+FEDERATION_SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name
 
 
 @dataclass
@@ -120,6 +123,7 @@ def start(cfg: RegistryConfig) -> RegistryHandle:
     if sqlite_path and sqlite_path != ":memory:":
         _private_sqlite_file(Path(sqlite_path))
     catalogue = Catalogue(cfg.database_url)
+    federations = FederationStore(catalogue)
     store = open_blob_store(cfg.blob_url)
     key = auth.load_or_create_token_key(cfg.token_key)
     servicer = RegistryServicer(
@@ -134,6 +138,7 @@ def start(cfg: RegistryConfig) -> RegistryHandle:
             upload_lease_seconds=cfg.upload_lease_seconds,
             quota=Quota(cfg.max_versions_per_model, cfg.max_user_bytes),
         ),
+        federations,
     )
     swept = servicer.sweep_unreferenced_blobs()  # what a replica killed mid-publish may have left
     if swept:
@@ -141,7 +146,8 @@ def start(cfg: RegistryConfig) -> RegistryHandle:
 
     def add(server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
+        registry_pb2_grpc.add_FederationServiceServicer_to_server(FederationServicer(servicer, federations), server)
+        return [SERVICE_NAME, FEDERATION_SERVICE_NAME]
 
     # The first status comes from a real check of the database and the store, before any port answers SERVING.
     handle = serving.start_server(

@@ -50,6 +50,7 @@ from services.registry.catalogue import (
     UserRow,
     VersionRow,
 )
+from services.registry.federation_store import FederationStore
 
 log = logging.getLogger("sgde.registry")
 
@@ -146,8 +147,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         issuer: auth.TokenIssuer,
         verifier: auth.TokenVerifier,
         settings: RegistrySettings = RegistrySettings(),
+        federations: FederationStore | None = None,
     ):
         self.catalogue = catalogue
+        self.federations = federations
         self.store = store
         self.issuer = issuer
         self.verifier = verifier
@@ -198,12 +201,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return model
 
     def _visible_version(self, user: UserRow, name: str) -> VersionRow:
+        """A version the caller may read: of a model it may see, or admitted to a federation it is a member of."""
         owner, model_id, number = _parse_version_name(name)
-        model = self._visible_model(user, f"models/{owner}/{model_id}")
-        version = self.catalogue.get_version(model, number)
-        if version is None:
+        model = self.catalogue.get_model(owner, model_id)
+        version = self.catalogue.get_version(model, number) if model is not None else None
+        if version is None or not (self._can_see(user, version.model) or self._admitted_for(user, version)):
             raise errors.NotFound.hidden(name)
         return version
+
+    def _admitted_for(self, user: UserRow, version: VersionRow) -> bool:
+        return self.federations is not None and self.federations.admitted_to_member_of(
+            user.id, version.model.id, version.number
+        )
 
     @staticmethod
     def _user_message(user: UserRow, viewer: UserRow | None) -> rpb.User:

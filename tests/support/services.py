@@ -240,14 +240,27 @@ def sized_merf_config(schema: pb.DataSchema, n_floats: int) -> dict:
         hidden.append(widest)
 
 
-def make_artifact(path: Path, n_floats: int = 64, seed: int = 0, schema: pb.DataSchema | None = None) -> Path:
+def merf_privacy(noise_multiplier: float = 4.0, dataset_size: int = 500, delta: float = 1e-4) -> pb.PrivacyReport:
+    """The accountant's report of one dp-merf release with these parameters (what the registry recomputes)."""
+    from libsgde.ml.mechanisms import MeanEmbeddingRelease
+    from libsgde.wire.convert import privacy_to_proto
+
+    return privacy_to_proto(MeanEmbeddingRelease().report(noise_multiplier, 1.0, 1, 0.0, dataset_size, delta))
+
+
+def make_artifact(
+    path: Path,
+    n_floats: int = 64,
+    seed: int = 0,
+    schema: pb.DataSchema | None = None,
+    privacy: pb.PrivacyReport | None = None,
+) -> Path:
     """A small valid artifact: dp-merf with random weights, about `n_floats` of them, each tensor of the shape the
-    architecture implies (so the registry's tensor check passes). Its privacy report says "none": these bytes come
-    from no training at all."""
+    architecture implies (so the registry's tensor check passes). Its privacy report says "none" unless given
+    (merf_privacy gives an honest one): these bytes come from no training at all."""
     schema = schema or tabular_schema()
     config = sized_merf_config(schema, n_floats)
-    manifest = build_manifest(
-        "dp-merf", config, schema, pb.PrivacyReport(mechanism="none", epsilon=float("inf")), {"note": "test"}
-    )
+    privacy = privacy or pb.PrivacyReport(mechanism="none", epsilon=float("inf"))
+    manifest = build_manifest("dp-merf", config, schema, privacy, {"note": "test"})
     write_artifact(path, generator_tensors(schema, config, seed), manifest)
     return path

@@ -5,12 +5,22 @@ from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from libsgde.wire.proto.sgde.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class MemberState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEMBER_STATE_UNSPECIFIED: _ClassVar[MemberState]
+    MEMBER_STATE_INVITED: _ClassVar[MemberState]
+    MEMBER_STATE_ACTIVE: _ClassVar[MemberState]
+MEMBER_STATE_UNSPECIFIED: MemberState
+MEMBER_STATE_INVITED: MemberState
+MEMBER_STATE_ACTIVE: MemberState
 
 class User(_message.Message):
     __slots__ = ("name", "username", "email", "signing_public_key", "create_time")
@@ -187,3 +197,157 @@ class DownloadVersionResponse(_message.Message):
     version: _common_pb2.ModelVersion
     chunk: bytes
     def __init__(self, version: _Optional[_Union[_common_pb2.ModelVersion, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class PrivacyPolicy(_message.Message):
+    __slots__ = ("max_epsilon", "max_delta", "architectures", "min_dataset_size")
+    MAX_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELTA_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURES_FIELD_NUMBER: _ClassVar[int]
+    MIN_DATASET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    max_epsilon: float
+    max_delta: float
+    architectures: _containers.RepeatedScalarFieldContainer[str]
+    min_dataset_size: int
+    def __init__(self, max_epsilon: _Optional[float] = ..., max_delta: _Optional[float] = ..., architectures: _Optional[_Iterable[str]] = ..., min_dataset_size: _Optional[int] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("username", "state", "since")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    state: MemberState
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, username: _Optional[str] = ..., state: _Optional[_Union[MemberState, str]] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Federation(_message.Message):
+    __slots__ = ("name", "coordinator", "description", "data_schema", "policy", "members", "create_time", "update_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    DATA_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    coordinator: str
+    description: str
+    data_schema: _common_pb2.DataSchema
+    policy: PrivacyPolicy
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., coordinator: _Optional[str] = ..., description: _Optional[str] = ..., data_schema: _Optional[_Union[_common_pb2.DataSchema, _Mapping]] = ..., policy: _Optional[_Union[PrivacyPolicy, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Generator(_message.Message):
+    __slots__ = ("member", "version", "architecture", "privacy", "admit_time")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    ADMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    member: str
+    version: str
+    architecture: str
+    privacy: _common_pb2.PrivacyReport
+    admit_time: _timestamp_pb2.Timestamp
+    def __init__(self, member: _Optional[str] = ..., version: _Optional[str] = ..., architecture: _Optional[str] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyReport, _Mapping]] = ..., admit_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateFederationRequest(_message.Message):
+    __slots__ = ("federation_id", "federation")
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    federation_id: str
+    federation: Federation
+    def __init__(self, federation_id: _Optional[str] = ..., federation: _Optional[_Union[Federation, _Mapping]] = ...) -> None: ...
+
+class GetFederationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListFederationsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListFederationsResponse(_message.Message):
+    __slots__ = ("federations", "next_page_token")
+    FEDERATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    federations: _containers.RepeatedCompositeFieldContainer[Federation]
+    next_page_token: str
+    def __init__(self, federations: _Optional[_Iterable[_Union[Federation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class UpdateFederationRequest(_message.Message):
+    __slots__ = ("federation", "update_mask")
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    federation: Federation
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, federation: _Optional[_Union[Federation, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class DeleteFederationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class InviteMemberRequest(_message.Message):
+    __slots__ = ("name", "username")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    username: str
+    def __init__(self, name: _Optional[str] = ..., username: _Optional[str] = ...) -> None: ...
+
+class AcceptInvitationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeclineInvitationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LeaveFederationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveMemberRequest(_message.Message):
+    __slots__ = ("name", "username")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    username: str
+    def __init__(self, name: _Optional[str] = ..., username: _Optional[str] = ...) -> None: ...
+
+class PushGeneratorRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class ListGeneratorsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListGeneratorsResponse(_message.Message):
+    __slots__ = ("generators",)
+    GENERATORS_FIELD_NUMBER: _ClassVar[int]
+    generators: _containers.RepeatedCompositeFieldContainer[Generator]
+    def __init__(self, generators: _Optional[_Iterable[_Union[Generator, _Mapping]]] = ...) -> None: ...

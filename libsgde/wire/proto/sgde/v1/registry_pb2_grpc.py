@@ -667,3 +667,579 @@ class RegistryService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class FederationServiceStub:
+    """Federations: silos that agree on a data schema, a task and a privacy policy, and exchange DP generators trained on
+    that schema (subscribe: be invited and accept; push: submit a model version; pull: list and download the admitted
+    generators). Served by the registry. Name: "federations/{id}". Calls carry the user's token like RegistryService's.
+    Everything about a federation is NOT_FOUND to those who are neither members nor invited, exactly as if it did not
+    exist.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateFederation = channel.unary_unary(
+                '/sgde.v1.FederationService/CreateFederation',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.CreateFederationRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+                _registered_method=True)
+        self.GetFederation = channel.unary_unary(
+                '/sgde.v1.FederationService/GetFederation',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.GetFederationRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+                _registered_method=True)
+        self.ListFederations = channel.unary_unary(
+                '/sgde.v1.FederationService/ListFederations',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.ListFederationsRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.ListFederationsResponse.FromString,
+                _registered_method=True)
+        self.UpdateFederation = channel.unary_unary(
+                '/sgde.v1.FederationService/UpdateFederation',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.UpdateFederationRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+                _registered_method=True)
+        self.DeleteFederation = channel.unary_unary(
+                '/sgde.v1.FederationService/DeleteFederation',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.DeleteFederationRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.InviteMember = channel.unary_unary(
+                '/sgde.v1.FederationService/InviteMember',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.InviteMemberRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+                _registered_method=True)
+        self.AcceptInvitation = channel.unary_unary(
+                '/sgde.v1.FederationService/AcceptInvitation',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.AcceptInvitationRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+                _registered_method=True)
+        self.DeclineInvitation = channel.unary_unary(
+                '/sgde.v1.FederationService/DeclineInvitation',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.DeclineInvitationRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.LeaveFederation = channel.unary_unary(
+                '/sgde.v1.FederationService/LeaveFederation',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.LeaveFederationRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/sgde.v1.FederationService/RemoveMember',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+                _registered_method=True)
+        self.PushGenerator = channel.unary_unary(
+                '/sgde.v1.FederationService/PushGenerator',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.PushGeneratorRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.Generator.FromString,
+                _registered_method=True)
+        self.ListGenerators = channel.unary_unary(
+                '/sgde.v1.FederationService/ListGenerators',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.ListGeneratorsRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.ListGeneratorsResponse.FromString,
+                _registered_method=True)
+
+
+class FederationServiceServicer:
+    """Federations: silos that agree on a data schema, a task and a privacy policy, and exchange DP generators trained on
+    that schema (subscribe: be invited and accept; push: submit a model version; pull: list and download the admitted
+    generators). Served by the registry. Name: "federations/{id}". Calls carry the user's token like RegistryService's.
+    Everything about a federation is NOT_FOUND to those who are neither members nor invited, exactly as if it did not
+    exist.
+    """
+
+    def CreateFederation(self, request, context):
+        """The caller becomes the coordinator, and its first member.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFederation(self, request, context):
+        """Members and invitees.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFederations(self, request, context):
+        """The federations the caller belongs to or is invited to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateFederation(self, request, context):
+        """Description and policy (update_mask paths: description, policy). Coordinator only. A new policy applies to
+        generators pushed from then on; those admitted before stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFederation(self, request, context):
+        """Coordinator only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InviteMember(self, request, context):
+        """Coordinator only: invites a registered user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptInvitation(self, request, context):
+        """The invitee only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineInvitation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveFederation(self, request, context):
+        """A member (not the coordinator) leaves; its admitted generator goes with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Coordinator only: removes a member or withdraws an invitation; the member's admitted generator goes too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushGenerator(self, request, context):
+        """A member submits one of its own model versions. Admitted only if its schema equals the federation's (canonical
+        comparison), its architecture is allowed, its N is large enough and its (epsilon, delta), recomputed by the
+        registry from the artifact's mechanism parameters, are within the policy; refusals name the field. One
+        generator per member: a newer push replaces the member's previous one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGenerators(self, request, context):
+        """Members: the admitted generators, one per member. Each one's version can be downloaded with
+        RegistryService.DownloadVersion by every member, whatever the model's own visibility.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FederationServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateFederation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFederation,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.CreateFederationRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.Federation.SerializeToString,
+            ),
+            'GetFederation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFederation,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.GetFederationRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.Federation.SerializeToString,
+            ),
+            'ListFederations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFederations,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.ListFederationsRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.ListFederationsResponse.SerializeToString,
+            ),
+            'UpdateFederation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateFederation,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.UpdateFederationRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.Federation.SerializeToString,
+            ),
+            'DeleteFederation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFederation,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.DeleteFederationRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'InviteMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.InviteMember,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.InviteMemberRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.Federation.SerializeToString,
+            ),
+            'AcceptInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptInvitation,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.AcceptInvitationRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.Federation.SerializeToString,
+            ),
+            'DeclineInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineInvitation,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.DeclineInvitationRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'LeaveFederation': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveFederation,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.LeaveFederationRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.Federation.SerializeToString,
+            ),
+            'PushGenerator': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushGenerator,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.PushGeneratorRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.Generator.SerializeToString,
+            ),
+            'ListGenerators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGenerators,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.ListGeneratorsRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.ListGeneratorsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'sgde.v1.FederationService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('sgde.v1.FederationService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class FederationService:
+    """Federations: silos that agree on a data schema, a task and a privacy policy, and exchange DP generators trained on
+    that schema (subscribe: be invited and accept; push: submit a model version; pull: list and download the admitted
+    generators). Served by the registry. Name: "federations/{id}". Calls carry the user's token like RegistryService's.
+    Everything about a federation is NOT_FOUND to those who are neither members nor invited, exactly as if it did not
+    exist.
+    """
+
+    @staticmethod
+    def CreateFederation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/CreateFederation',
+            sgde_dot_v1_dot_registry__pb2.CreateFederationRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFederation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/GetFederation',
+            sgde_dot_v1_dot_registry__pb2.GetFederationRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFederations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/ListFederations',
+            sgde_dot_v1_dot_registry__pb2.ListFederationsRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.ListFederationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateFederation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/UpdateFederation',
+            sgde_dot_v1_dot_registry__pb2.UpdateFederationRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFederation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/DeleteFederation',
+            sgde_dot_v1_dot_registry__pb2.DeleteFederationRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InviteMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/InviteMember',
+            sgde_dot_v1_dot_registry__pb2.InviteMemberRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/AcceptInvitation',
+            sgde_dot_v1_dot_registry__pb2.AcceptInvitationRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/DeclineInvitation',
+            sgde_dot_v1_dot_registry__pb2.DeclineInvitationRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveFederation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/LeaveFederation',
+            sgde_dot_v1_dot_registry__pb2.LeaveFederationRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/RemoveMember',
+            sgde_dot_v1_dot_registry__pb2.RemoveMemberRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.Federation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushGenerator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/PushGenerator',
+            sgde_dot_v1_dot_registry__pb2.PushGeneratorRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.Generator.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGenerators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.FederationService/ListGenerators',
+            sgde_dot_v1_dot_registry__pb2.ListGeneratorsRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.ListGeneratorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,193 @@
+"""Federations over real mutual TLS: who may do what (no existence leak), what is admitted (each refusal names its
+field), and pulling every member's generator, whatever its model's own visibility."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import pytest
+
+from libsgde.client import SgdeError
+from libsgde.domain.resources import MemberState, PrivacyPolicy
+from libsgde.io.artifact import build_manifest, read_header, write_artifact
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
+from tests.support.fixtures import store_unchecked
+from tests.support.services import make_artifact, merf_privacy, tabular_schema
+
+pytestmark = pytest.mark.integration  # real servers on loopback sockets
+
+CODE = grpc.StatusCode
+POLICY = PrivacyPolicy(max_epsilon=10.0, max_delta=1e-3, architectures=["dp-merf"], min_dataset_size=100)
+
+
+def refusal(call) -> SgdeError:
+    with pytest.raises(SgdeError) as info:
+        call()
+    return info.value
+
+
+def fields(error: SgdeError) -> list[str]:
+    return [f for f, _ in error.violations]
+
+
+@pytest.fixture
+def hospitals(new_user):
+    """A federation: alice coordinates, bob is a member, carol is invited, dave is not in it."""
+    alice, bob, carol, dave = new_user(), new_user(), new_user(), new_user()
+    fed = f"hospitals-{alice.username}"
+    alice.create_federation(fed, tabular_schema(), POLICY, description="patients")
+    alice.invite(fed, bob.username)
+    bob.accept_invitation(fed)
+    alice.invite(fed, carol.username)
+    return fed, alice, bob, carol, dave
+
+
+def push(client, fed: str, tmp_path, model: str, **privacy):
+    path = make_artifact(tmp_path / f"{client.username}-{model}.safetensors", privacy=merf_privacy(**privacy))
+    client.push(path, model)  # private: only federation membership lets others read it
+    return client.push_generator(fed, model)
+
+
+def test_who_may_do_what_and_no_existence_leak(hospitals, tmp_path):
+    fed, alice, bob, carol, dave = hospitals
+    federation = alice.get_federation(fed)
+    states = {m.username: m.state for m in federation.members}
+    assert states == {
+        alice.username: MemberState.ACTIVE,
+        bob.username: MemberState.ACTIVE,
+        carol.username: MemberState.INVITED,
+    }
+    assert federation.policy == POLICY and federation.coordinator == alice.username
+
+    # Dave, and a federation that does not exist: the same code and message, for every call.
+    missing = "no-such-federation"
+    calls = {
+        "get": lambda c, f: c.get_federation(f),
+        "generators": lambda c, f: c.generators(f),
+        "accept": lambda c, f: c.accept_invitation(f),
+        "decline": lambda c, f: c.decline_invitation(f),
+        "leave": lambda c, f: c.leave_federation(f),
+        "invite": lambda c, f: c.invite(f, bob.username),
+        "remove": lambda c, f: c.remove_member(f, bob.username),
+        "update": lambda c, f: c.update_federation(f, description="x"),
+        "delete": lambda c, f: c.delete_federation(f),
+        "push": lambda c, f: c.push_generator(f, "anything@1"),
+    }
+    for what, call in calls.items():
+        theirs = refusal(lambda call=call: call(dave, fed))
+        absent = refusal(lambda call=call: call(dave, missing))
+        assert theirs.code == absent.code == CODE.NOT_FOUND, what
+        assert theirs.message.replace(fed, "F") == absent.message.replace(missing, "F"), what
+    assert [f.name for f in dave.list_federations()] == []
+
+    # Carol, invited: sees it (to decide), may accept or decline, nothing else.
+    assert carol.get_federation(fed).name == f"federations/{fed}"
+    assert [f.name for f in carol.list_federations()] == [f"federations/{fed}"]
+    assert refusal(lambda: carol.generators(fed)).code == CODE.PERMISSION_DENIED
+    assert refusal(lambda: push(carol, fed, tmp_path, "early")).code == CODE.PERMISSION_DENIED
+
+    # Bob, a member: pushes and pulls, may not run the federation.
+    push(bob, fed, tmp_path, "bob-model")
+    for what in ("invite", "remove", "update", "delete"):
+        assert refusal(lambda what=what: calls[what](bob, fed)).code == CODE.PERMISSION_DENIED, what
+    assert refusal(lambda: alice.leave_federation(fed)).code == CODE.FAILED_PRECONDITION  # the coordinator deletes
+
+    # Removed, Bob is an outsider again: NOT_FOUND, and his generator left with him.
+    alice.remove_member(fed, bob.username)
+    assert refusal(lambda: bob.get_federation(fed)).code == CODE.NOT_FOUND
+    assert alice.generators(fed) == []
+    carol.decline_invitation(fed)
+    assert refusal(lambda: carol.get_federation(fed)).code == CODE.NOT_FOUND
+    alice.delete_federation(fed)
+    assert refusal(lambda: alice.get_federation(fed)).code == CODE.NOT_FOUND
+
+
+def test_admission_refusals_name_the_field(hospitals, tmp_path, registry):
+    fed, alice, bob, carol, dave = hospitals
+
+    other = tabular_schema()
+    other.tabular.columns[0].upper = 99
+    path = make_artifact(tmp_path / "other.safetensors", schema=other, privacy=merf_privacy())
+    bob.push(path, "other-schema")
+    error = refusal(lambda: bob.push_generator(fed, "other-schema"))
+    assert fields(error) == ["version.data_schema.tabular.columns[0].upper"]
+
+    for model, privacy, field in (
+        ("small", {"dataset_size": 50}, "version.privacy.dataset_size"),
+        ("loose", {"noise_multiplier": 0.3}, "version.privacy.epsilon"),
+        ("wide-delta", {"delta": 1.5e-3}, "version.privacy.delta"),  # over the policy's 1e-3, under 1/N
+    ):
+        error = refusal(lambda model=model, privacy=privacy: push(bob, fed, tmp_path, model, **privacy))
+        assert fields(error) == [field], (model, str(error))
+    bob.push(make_artifact(tmp_path / "nodp.safetensors"), "no-dp")
+    assert fields(refusal(lambda: bob.push_generator(fed, "no-dp"))) == ["version.privacy.mechanism"]
+
+    alice.update_federation(fed, policy=PrivacyPolicy(architectures=["cvae"]))
+    assert fields(refusal(lambda: push(bob, fed, tmp_path, "merf"))) == ["version.architecture"]
+    alice.update_federation(fed, policy=POLICY)
+
+    # A version whose claim the accountant does not confirm (a registry from before the publish check holds one).
+    honest = merf_privacy()
+    lie = type(honest)()
+    lie.CopyFrom(honest)
+    lie.epsilon = honest.epsilon / 10
+    source = make_artifact(tmp_path / "lie-src.safetensors", privacy=honest)
+    header = read_header(source)
+    manifest = build_manifest("dp-merf", header.manifest.config, tabular_schema(), lie, {"note": "hand-edited"})
+    from libsgde.io.artifact import load_artifact
+
+    tensors = load_artifact(source)[1]
+    write_artifact(tmp_path / "lie.safetensors", tensors, manifest)
+    version = store_unchecked(registry, bob, "hand-edited", tmp_path / "lie.safetensors")
+    assert fields(refusal(lambda: bob.push_generator(fed, version))) == ["version.privacy.epsilon"]
+
+    alice.push(make_artifact(tmp_path / "alices.safetensors", privacy=merf_privacy()), "alices")
+    error = refusal(lambda: bob.push_generator(fed, f"{alice.username}/alices@1"))
+    assert error.code in (CODE.NOT_FOUND, CODE.INVALID_ARGUMENT)  # private: bob cannot even see it
+    alice.update_model("alices", visibility="public")
+    assert fields(refusal(lambda: bob.push_generator(fed, f"{alice.username}/alices@1"))) == ["version"]
+    assert alice.generators(fed) == []  # nothing was admitted
+
+
+def test_push_replaces_and_members_pull_every_generator(hospitals, tmp_path):
+    fed, alice, bob, carol, dave = hospitals
+    first = push(bob, fed, tmp_path, "bob-v", noise_multiplier=4.0)
+    again = push(bob, fed, tmp_path, "bob-w", noise_multiplier=5.0)
+    mine = push(alice, fed, tmp_path, "alice-v")
+    generators = {g.member: g for g in alice.generators(fed)}
+    assert set(generators) == {alice.username, bob.username}  # one per member: bob's newer push replaced his first
+    assert generators[bob.username].version == again.version != first.version
+    assert generators[bob.username].privacy.epsilon == merf_privacy(noise_multiplier=5.0).epsilon
+
+    pulled = alice.pull_federation(fed, tmp_path / "pulled")  # bob's model is private, yet alice may read it
+    assert [v.name for _, v in pulled] == [again.version]
+    path, version = pulled[0]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == version.sha256
+    assert refusal(lambda: dave.pull(again.version, tmp_path / "dave")).code == CODE.NOT_FOUND
+    assert len(bob.pull_federation(fed, tmp_path / "bobs", include_mine=True)) == 2
+    assert mine.member == alice.username
+
+    bob.leave_federation(fed)
+    assert [g.member for g in alice.generators(fed)] == [alice.username]
+    assert refusal(lambda: alice.pull(again.version, tmp_path / "after")).code == CODE.NOT_FOUND
+
+
+def test_create_refuses_what_would_not_work(new_user):
+    alice = new_user()
+    no_task = tabular_schema()
+    no_task.tabular.label_column = ""
+    assert fields(refusal(lambda: alice.create_federation("no-task", no_task))) == ["federation.data_schema"]
+    bad = PrivacyPolicy(max_epsilon=-1, architectures=["evil-net"])
+    error = refusal(lambda: alice.create_federation("bad-policy", tabular_schema(), bad))
+    assert fields(error) == ["federation.policy.max_epsilon", "federation.policy.architectures"]
+    assert fields(refusal(lambda: alice.create_federation("Bad Id", tabular_schema()))) == ["federation_id"]
+    alice.create_federation(f"taken-{alice.username}", tabular_schema())
+    assert (
+        refusal(lambda: alice.create_federation(f"taken-{alice.username}", tabular_schema())).code
+        == CODE.ALREADY_EXISTS
+    )
+    raw = rpb.CreateFederationRequest(federation_id="raw", federation=rpb.Federation(coordinator="someone"))
+    with pytest.raises(grpc.RpcError) as info:
+        alice.federations.CreateFederation(raw, metadata=alice._metadata())
+    assert info.value.code() == CODE.INVALID_ARGUMENT
