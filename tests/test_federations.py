@@ -4,13 +4,17 @@ field), and pulling every member's generator, whatever its model's own visibilit
 from __future__ import annotations
 
 import hashlib
+import json
 
 import grpc
 import pytest
+from click.testing import CliRunner
 
+from libsgde.cli import main
 from libsgde.client import SgdeError
 from libsgde.domain.resources import MemberState, PrivacyPolicy
-from libsgde.io.artifact import build_manifest, read_header, write_artifact
+from libsgde.io.artifact import build_manifest, load_artifact, read_header, write_artifact
+from libsgde.io.schema import schema_to_dict
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from tests.support.fixtures import store_unchecked
 from tests.support.services import make_artifact, merf_privacy, tabular_schema
@@ -135,8 +139,6 @@ def test_admission_refusals_name_the_field(hospitals, tmp_path, registry):
     source = make_artifact(tmp_path / "lie-src.safetensors", privacy=honest)
     header = read_header(source)
     manifest = build_manifest("dp-merf", header.manifest.config, tabular_schema(), lie, {"note": "hand-edited"})
-    from libsgde.io.artifact import load_artifact
-
     tensors = load_artifact(source)[1]
     write_artifact(tmp_path / "lie.safetensors", tensors, manifest)
     version = store_unchecked(registry, bob, "hand-edited", tmp_path / "lie.safetensors")
@@ -191,3 +193,37 @@ def test_create_refuses_what_would_not_work(new_user):
     with pytest.raises(grpc.RpcError) as info:
         alice.federations.CreateFederation(raw, metadata=alice._metadata())
     assert info.value.code() == CODE.INVALID_ARGUMENT
+
+
+def test_the_cli_runs_a_federation(hospitals, registry, pki, tmp_path, monkeypatch):
+    fed, alice, bob, carol, dave = hospitals
+    monkeypatch.setenv("SGDE_PKI_DIR", str(pki.root))
+    monkeypatch.setenv("SGDE_REGISTRY_ADDRESS", registry.address)
+    runner = CliRunner()
+
+    def sgde(client, *args: str, ok: bool = True) -> str:
+        monkeypatch.setenv("SGDE_HOME", str(client.home))
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert (result.exit_code == 0) == ok, result.output
+        return result.output
+
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(schema_to_dict(tabular_schema())))
+    clinics = f"clinics-{alice.username}"
+    created = sgde(
+        alice, "federation", "create", clinics, "--schema", str(schema), "--max-epsilon", "10", "--arch", "dp-merf"
+    )
+    assert f"federations/{clinics}" in created and "epsilon <= 10" in created
+    sgde(alice, "federation", "invite", clinics, bob.username)
+    assert "invited" in sgde(bob, "federation", "list")
+    sgde(bob, "federation", "accept", clinics)
+    bob.push(make_artifact(tmp_path / "bobs.safetensors", privacy=merf_privacy()), "bobs")
+    assert "checked by the registry" in sgde(bob, "federation", "push", clinics, "bobs")
+    shown = sgde(alice, "federation", "show", clinics)
+    assert f"models/{bob.username}/bobs/versions/1" in shown and "dp-merf" in shown
+    pulled = sgde(alice, "federation", "pull", clinics, "--out", str(tmp_path / "pulled"))
+    assert f"models/{bob.username}/bobs/versions/1" in pulled and len(list((tmp_path / "pulled").iterdir())) == 1
+    assert "not found" in sgde(dave, "federation", "show", clinics, ok=False)
+    sgde(bob, "federation", "leave", clinics)
+    sgde(alice, "federation", "delete", clinics, "--yes")
+    assert "no federations" in sgde(bob, "federation", "list") or fed in sgde(bob, "federation", "list")
