@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from libsgde.cli.common import _client, _read_password, handles_errors, main, out
+from libsgde.cli.common import _client, _read_password, as_json, handles_errors, json_option, main, out, print_json
 
 
 @main.command()
@@ -50,12 +50,16 @@ def logout(ctx) -> None:
 
 
 @main.command()
+@json_option
 @click.pass_context
 @handles_errors
-def whoami(ctx) -> None:
+def whoami(ctx, json_output: bool) -> None:
     """Show who the saved token belongs to."""
     from libsgde.security.signing import fingerprint
 
     with _client(ctx) as client:
         user = client.whoami()
+        if json_output:  # the fingerprint too: it is what people compare, the key itself is base64
+            print_json({**as_json(user), "signing_key_fingerprint": fingerprint(user.signing_public_key)})
+            return
         out.print(f"{user.username} <{user.email}> signing key {fingerprint(user.signing_public_key)}")

@@ -10,7 +10,17 @@ import click
 from rich.progress import BarColumn, Progress
 from rich.table import Column, Table
 
-from libsgde.cli.common import _client, _fail, _transfer_bar, console, handles_errors, main, out
+from libsgde.cli.common import (
+    _client,
+    _fail,
+    _transfer_bar,
+    console,
+    handles_errors,
+    json_option,
+    main,
+    out,
+    print_json,
+)
 
 
 def _state(state: int) -> str:
@@ -194,16 +204,21 @@ def jobs() -> None:
 
 @jobs.command("list")
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "published", "failed", "cancelled"]))
+@json_option
 @click.pass_context
 @handles_errors
-def jobs_list(ctx, state: str | None) -> None:
+def jobs_list(ctx, state: str | None, json_output: bool) -> None:
     """Your jobs, newest first."""
     from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 
     table = Table("state", "model", "architecture", "progress", "epsilon")
     table.columns.insert(0, Column("job", no_wrap=True, min_width=21))  # the whole name: it is what commands take
     with _client(ctx) as client:
-        for job in client.list_jobs(state=tpb.JobState.Value(f"JOB_STATE_{state.upper()}") if state else 0):
+        listed = client.list_jobs(state=tpb.JobState.Value(f"JOB_STATE_{state.upper()}") if state else 0)
+        if json_output:
+            print_json(list(listed))
+            return
+        for job in listed:
             p = job.latest_progress
             table.add_row(
                 job.name,
@@ -220,14 +235,18 @@ def jobs_list(ctx, state: str | None) -> None:
 
 @jobs.command("show")
 @click.argument("job")
+@json_option
 @click.pass_context
 @handles_errors
-def jobs_show(ctx, job: str) -> None:
+def jobs_show(ctx, job: str, json_output: bool) -> None:
     """A job: its spec, state, progress, privacy report, error."""
     import dataclasses
 
     with _client(ctx) as client:
         j = client.get_job(job)
+    if json_output:
+        print_json(j)
+        return
     out.print(f"[bold]{j.name}[/]  {_state(j.state)}  (owner {j.owner})")
     out.print(f"dataset {j.dataset} -> {j.publish_model}")
 
@@ -309,12 +328,16 @@ def datasets() -> None:
 
 
 @datasets.command("list")
+@json_option
 @click.pass_context
 @handles_errors
-def datasets_list(ctx) -> None:
+def datasets_list(ctx, json_output: bool) -> None:
     """Your uploads, newest first."""
     with _client(ctx) as client:
         rows = list(client.list_datasets())
+    if json_output:
+        print_json(rows)
+        return
     table = Table("dataset", "file", "bytes", "uploaded", box=None)
     for d in rows:
         uploaded = d.create_time.strftime("%Y-%m-%d %H:%M") if d.create_time else ""

@@ -7,7 +7,17 @@ from pathlib import Path
 import click
 from rich.table import Column, Table
 
-from libsgde.cli.common import _client, _fail, _transfer_bar, handles_errors, main, out
+from libsgde.cli.common import (
+    _client,
+    _fail,
+    _transfer_bar,
+    as_json,
+    handles_errors,
+    json_option,
+    main,
+    out,
+    print_json,
+)
 from libsgde.domain.privacy import PrivacyReport
 from libsgde.domain.resources import DataKind
 
@@ -41,14 +51,18 @@ def _evaluation_summary(metrics) -> str:
 @click.option("--owner", default="")
 @click.option("--tag", default="")
 @click.option("--kind", type=click.Choice([k.text for k in DataKind if k]), default=None)
+@json_option
 @click.pass_context
 @handles_errors
-def models_list(ctx, owner: str, tag: str, kind: str | None) -> None:
+def models_list(ctx, owner: str, tag: str, kind: str | None, json_output: bool) -> None:
     """Models you may see."""
     with _client(ctx) as client:
         listed = list(
             client.list_models(owner=owner, tag=tag, data_kind=DataKind[kind.upper()] if kind else DataKind.UNSPECIFIED)
         )
+        if json_output:
+            print_json(listed)
+            return
         # The whole name (it is what commands take); the other columns wrap.
         table = Table(
             Column("name", no_wrap=True, min_width=max((len(m.name) for m in listed), default=4)),
@@ -74,12 +88,16 @@ def models_list(ctx, owner: str, tag: str, kind: str | None) -> None:
 
 @models.command("show")
 @click.argument("model")
+@json_option
 @click.pass_context
 @handles_errors
-def models_show(ctx, model: str) -> None:
+def models_show(ctx, model: str, json_output: bool) -> None:
     """A model and its versions."""
     with _client(ctx) as client:
         m = client.get_model(model)
+        if json_output:  # the model's fields, and its versions as the table lists them
+            print_json({**as_json(m), "versions": list(client.list_versions(m.name))})
+            return
         out.print(
             f"[bold]{m.name}[/]  {m.visibility.text}"
             + (f" (shared with {', '.join(m.shared_with)})" if m.shared_with else "")
