@@ -226,4 +226,8 @@ def test_the_cli_runs_a_federation(hospitals, registry, pki, tmp_path, monkeypat
     assert "not found" in sgde(dave, "federation", "show", clinics, ok=False)
     sgde(bob, "federation", "leave", clinics)
     sgde(alice, "federation", "delete", clinics, "--yes")
-    assert "no federations" in sgde(bob, "federation", "list") or fed in sgde(bob, "federation", "list")
+    listed = json.loads(sgde(bob, "federation", "list", "--json"))
+    assert [f["name"] for f in listed] == [f"federations/{fed}"]  # clinics is gone; hospitals stays
+    shown = json.loads(sgde(alice, "federation", "show", fed, "--json"))
+    assert shown["policy"]["max_epsilon"] == POLICY.max_epsilon and shown["generators"] == []
+    assert {m["username"]: m["state"] for m in shown["members"]}[bob.username] == "active"

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import click
-from rich.table import Table
+from rich.table import Column, Table
 
-from libsgde.cli.common import _client, _fail, handles_errors, main, out
+from libsgde.cli.common import _client, _fail, as_json, handles_errors, json_option, main, out, print_json
 from libsgde.domain.resources import PrivacyPolicy
 
 
@@ -52,13 +52,18 @@ def federation_create(ctx, federation_id, schema_file, description, max_epsilon,
 
 
 @federation.command("list")
+@json_option
 @click.pass_context
 @handles_errors
-def federation_list(ctx) -> None:
+def federation_list(ctx, json_output: bool) -> None:
     """Federations you belong to or are invited to."""
     with _client(ctx) as client:
         me, rows = client._me(), list(client.list_federations())
-    table = Table("federation", "coordinator", "you", "members", "policy", "description", box=None)
+    if json_output:
+        return print_json(rows)
+    # The whole name (it is what commands take); the other columns wrap.
+    name = Column("federation", no_wrap=True, min_width=max((len(f.name) for f in rows), default=10))
+    table = Table(name, "coordinator", "you", "members", "policy", "description", box=None)
     for f in rows:
         mine = next((m.state.text for m in f.members if m.username == me), "")
         table.add_row(f.name, f.coordinator, mine, str(len(f.members)), _policy_line(f.policy), f.description)
@@ -67,9 +72,10 @@ def federation_list(ctx) -> None:
 
 @federation.command("show")
 @click.argument("federation_ref")
+@json_option
 @click.pass_context
 @handles_errors
-def federation_show(ctx, federation_ref: str) -> None:
+def federation_show(ctx, federation_ref: str, json_output: bool) -> None:
     """The federation: schema, policy, members and their admitted generators."""
     from libsgde.io.schema import schema_to_dict
 
@@ -78,10 +84,12 @@ def federation_show(ctx, federation_ref: str) -> None:
         me = client._me()
         active = any(m.username == me and m.state.text == "active" for m in f.members)
         generators = {g.member: g for g in client.generators(federation_ref)} if active else {}
+    if json_output:
+        return print_json({**as_json(f), "generators": as_json(list(generators.values()))})
     out.print(f"{f.name} (coordinator {f.coordinator}) {f.description}", highlight=False)
     out.print(f"policy: {_policy_line(f.policy)}", highlight=False)
     out.print(f"schema: {json.dumps(schema_to_dict(f.data_schema))}", highlight=False)
-    table = Table("member", "state", "generator", "epsilon", "delta", "N", box=None)
+    table = Table("member", "state", Column("generator", no_wrap=True), "epsilon", "delta", "N", box=None)
     for m in f.members:
         g = generators.get(m.username)
         privacy = g.privacy if g else None
