@@ -9,20 +9,28 @@ import json
 import grpc
 import pytest
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
 from libsgde.cli import main
-from libsgde.client import SgdeError
+from libsgde.client import Client, SgdeError
 from libsgde.domain.resources import MemberState, PrivacyPolicy
 from libsgde.io.artifact import build_manifest, load_artifact, read_header, write_artifact
 from libsgde.io.schema import schema_to_dict
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
+from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from tests.support.fixtures import store_unchecked
+from tests.support.sampler import start_sampler
 from tests.support.services import make_artifact, merf_privacy, tabular_schema
+from tests.support.trainer import wait_for
 
 pytestmark = pytest.mark.integration  # real servers on loopback sockets
 
 CODE = grpc.StatusCode
 POLICY = PrivacyPolicy(max_epsilon=10.0, max_delta=1e-3, architectures=["dp-merf"], min_dataset_size=100)
+
+
+def metric(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 def refusal(call) -> SgdeError:
@@ -231,3 +239,62 @@ def test_the_cli_runs_a_federation(hospitals, registry, pki, tmp_path, monkeypat
     shown = json.loads(sgde(alice, "federation", "show", fed, "--json"))
     assert shown["policy"]["max_epsilon"] == POLICY.max_epsilon and shown["generators"] == []
     assert {m["username"]: m["state"] for m in shown["members"]}[bob.username] == "active"
+
+
+@pytest.fixture(scope="module")
+def sampler(tmp_path_factory, pki, registry):
+    cfg, handle = start_sampler(tmp_path_factory.mktemp("federation-sampler"), pki, registry.address)
+    yield cfg.listen
+    handle.stop(grace=1)
+
+
+def with_sampler(client, address: str) -> Client:
+    return Client(client.address, sampler=address, home=client.home, pki=client.pki.root)
+
+
+def test_sample_federation_quotas_sources_and_seeds(hospitals, sampler, tmp_path):
+    fed, alice, bob, carol, dave = hospitals
+    carol.accept_invitation(fed)
+    for client, n in ((alice, 500), (bob, 100), (carol, 300)):
+        push(client, fed, tmp_path, f"gen-{n}", dataset_size=n)
+    me = with_sampler(alice, sampler)
+
+    n_of = {bob.username: 100, carol.username: 300}
+    first, second = sorted(n_of)  # parts come in the members' order
+
+    equal = me.sample_federation(fed, 41, seed=7)
+    assert [(m, len(s)) for m, s in equal.parts] == [(first, 21), (second, 20)]  # not alice's own
+    assert list(equal.sources) == [first] * 21 + [second] * 20 and len(equal.values["age"]) == 41
+    again = me.sample_federation(fed, 41, seed=7)
+    assert [s.sha256 for _, s in again.parts] == [s.sha256 for _, s in equal.parts]  # reproducible per seed
+    other = me.sample_federation(fed, 41, seed=8)
+    assert [s.sha256 for _, s in other.parts] != [s.sha256 for _, s in equal.parts]
+
+    proportional = me.sample_federation(fed, 40, seed=7, quota="proportional")
+    assert [len(s) for _, s in proportional.parts] == [n_of[first] // 10, n_of[second] // 10]  # N: 100 and 300
+    every = me.sample_federation(fed, 30, seed=7, include_own=True)
+    assert [m for m, _ in every.parts] == sorted([alice.username, bob.username, carol.username])
+
+    by_class = me.sample_federation(fed, seed=7, class_counts={"no": 5, "yes": 3})
+    counts = [list(s.metadata.class_counts) for _, s in by_class.parts]
+    assert counts == [[3, 2], [2, 1]] and by_class.labels.tolist() == [0, 0, 0, 1, 1, 0, 0, 1]
+
+    assert refusal(lambda: with_sampler(dave, sampler).sample_federation(fed, 10)).code == CODE.NOT_FOUND
+    assert refusal(lambda: me.sample_federation(fed, 10, quota="random")).code == CODE.INVALID_ARGUMENT
+
+
+def test_a_cancelled_federation_stream_stops(hospitals, sampler, tmp_path):
+    fed, alice, bob, *_ = hospitals
+    push(bob, fed, tmp_path, "big")
+    me = with_sampler(alice, sampler)
+    request = spb.SampleFederationRequest(federation=f"federations/{fed}", num_samples=1_000_000, chunk_samples=64)
+    stream = me.sampler.SampleFederation(request, metadata=me._metadata(), timeout=60)
+    assert next(stream).source == bob.username
+    assert next(stream).sample.HasField("metadata")
+    before = metric("sgde_sampler_samples_total")
+    stream.cancel()
+    wait_for(lambda: metric("sgde_sampler_active_streams") == 0, timeout=20, what="the sampler to stop")
+    stopped = metric("sgde_sampler_samples_total")
+    assert stopped - before < 1_000_000
+    wait_for(lambda: True, timeout=1)
+    assert metric("sgde_sampler_samples_total") == stopped  # nothing more is generated

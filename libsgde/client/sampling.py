@@ -87,6 +87,82 @@ class Samples:
         return frame
 
 
+def _collect_part(messages: Iterator[Any], out: str | Path | None, progress: Progress | None) -> Samples:
+    """One Sample stream's messages (metadata, chunks, the sha256) into Samples, checked against the sha256."""
+    state: dict = {}
+
+    def pieces() -> Iterator[bytes]:
+        for message in messages:
+            which = message.WhichOneof("payload")
+            if which == "metadata":
+                state["metadata"] = sample_metadata_from_proto(message.metadata)
+                if progress:
+                    progress(0, state["metadata"].num_samples)
+            elif which == "chunk":
+                if "metadata" not in state:
+                    raise Internal("the sampler sent data before its metadata")
+                yield message.chunk
+                if progress:
+                    progress(message.samples_done, state["metadata"].num_samples)
+            elif message.sha256:
+                state["sha256"] = message.sha256
+                return  # the part's last message
+
+    def check(digest: str) -> None:
+        if "sha256" not in state:
+            raise Unavailable("the sample stream ended before its last message; nothing was kept, try again")
+        if state["sha256"] != digest:
+            raise VerificationError(
+                f"the sampled bytes hash to {digest}, the sampler announced {state['sha256']}; nothing was kept, "
+                "try again"
+            )
+
+    digest, data = collect(pieces(), out, check)
+    metadata = state["metadata"]
+    return Samples(metadata, digest, FORMAT_NAMES[metadata.format], data, Path(out) if out is not None else None)
+
+
+def _until_next_part(messages: Iterator[Any]) -> Iterator[Any]:
+    """The messages of the current part of a SampleFederation stream: up to and including its sha256 message."""
+    for message in messages:
+        yield message
+        if message.sample.sha256:
+            return
+
+
+@dataclass
+class FederationSamples:
+    """SampleFederation's parts, one per member: (source, Samples). `sources` names each row's member; `labels`
+    and `values` join the parts in order (tables: {column: array}; images: one array)."""
+
+    parts: list[tuple[str, Samples]]
+
+    def __len__(self) -> int:
+        return sum(len(samples) for _, samples in self.parts)
+
+    @property
+    def sources(self) -> Any:
+        import numpy as np
+
+        return np.concatenate([np.full(len(s), member, dtype=object) for member, s in self.parts])
+
+    @property
+    def labels(self) -> Any:
+        import numpy as np
+
+        labels = [s.labels for _, s in self.parts]
+        return None if any(x is None for x in labels) else np.concatenate(labels)
+
+    @property
+    def values(self) -> Any:
+        import numpy as np
+
+        values = [s.values for _, s in self.parts]
+        if isinstance(values[0], dict):
+            return {k: np.concatenate([v[k] for v in values]) for k in values[0]}
+        return np.concatenate(values)
+
+
 def checked_format(fmt: str) -> str:
     """The canonical format name, or a FieldError on `format`."""
     try:
@@ -133,37 +209,54 @@ class Sampling(RegistrySession, abc.ABC):
             format=FORMATS[fmt],
             chunk_samples=chunk_samples,
         )
-        state: dict = {}
-
-        def pieces(stream: Any) -> Iterator[bytes]:
-            for message in stream:
-                which = message.WhichOneof("payload")
-                if which == "metadata":
-                    state["metadata"] = sample_metadata_from_proto(message.metadata)
-                    if progress:
-                        progress(0, state["metadata"].num_samples)
-                elif which == "chunk":
-                    if "metadata" not in state:
-                        raise Internal("the sampler sent data before its metadata")
-                    yield message.chunk
-                    if progress:
-                        progress(message.samples_done, state["metadata"].num_samples)
-                elif message.sha256:
-                    state["sha256"] = message.sha256
-
-        def check(digest: str) -> None:
-            if "sha256" not in state:
-                raise Unavailable("the sample stream ended before its last message; nothing was kept, try again")
-            if state["sha256"] != digest:
-                raise VerificationError(
-                    f"the sampled bytes hash to {digest}, the sampler announced "
-                    f"{state['sha256']}; nothing was kept, try again"
-                )
-
-        with cancelling(self.sampler.Sample(request, metadata=self._metadata(), timeout=timeout)) as stream:
+        stream = self.sampler.Sample(request, metadata=self._metadata(), timeout=timeout)
+        with cancelling(stream):
             try:
-                digest, data = collect(pieces(stream), out, check)
+                return _collect_part(iter(stream), out, progress)
             except grpc.RpcError as e:
                 raise from_rpc_error(e) from None
-        metadata = state["metadata"]
-        return Samples(metadata, digest, FORMAT_NAMES[metadata.format], data, Path(out) if out is not None else None)
+
+    def sample_federation(
+        self,
+        federation: str,
+        num_samples: int = 0,
+        *,
+        seed: int = 0,
+        class_counts: Mapping[str, int] | None = None,
+        quota: str = "equal",
+        include_own: bool = False,
+        format: str = "npy",
+        chunk_samples: int = 0,
+        timeout: float | None = None,
+    ) -> FederationSamples:
+        """Synthetic data from every generator admitted to a federation you are a member of (not your own unless
+        `include_own`): `num_samples` in all, split between the members equally or in proportion to their N
+        (`quota` "equal" | "proportional"), or exactly `class_counts` in all, each class split equally. One part per
+        member, each checked against its sha256; the same request and seed give the same bytes."""
+        fmt = checked_format(format)
+        quotas = {"equal": spb.FEDERATION_QUOTA_EQUAL, "proportional": spb.FEDERATION_QUOTA_PROPORTIONAL_TO_N}
+        if quota not in quotas:
+            raise FieldError("quota", f"'equal' or 'proportional', not {quota!r}")
+        request = spb.SampleFederationRequest(
+            federation=federation if federation.startswith("federations/") else f"federations/{federation}",
+            num_samples=num_samples,
+            seed=seed,
+            class_counts=dict(class_counts or {}),
+            format=FORMATS[fmt],
+            chunk_samples=chunk_samples,
+            quota=quotas[quota],
+            include_own=include_own,
+        )
+        stream = self.sampler.SampleFederation(request, metadata=self._metadata(), timeout=timeout)
+        parts: list[tuple[str, Samples]] = []
+        with cancelling(stream):
+            try:
+                messages = iter(stream)
+                for message in messages:
+                    if not message.source:
+                        raise Internal("the sampler sent a part without saying whose it is")
+                    part = (m.sample for m in _until_next_part(messages))
+                    parts.append((message.source, _collect_part(part, None, None)))
+            except grpc.RpcError as e:
+                raise from_rpc_error(e) from None
+        return FederationSamples(parts)

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge
 
 from libsgde import errors
-from libsgde.domain.names import MODEL_ID_RE, MODEL_OR_VERSION_RE, USERNAME_RE
+from libsgde.client.registry import RegistrySession
+from libsgde.domain.names import FEDERATION_NAME_RE, MODEL_ID_RE, MODEL_OR_VERSION_RE, USERNAME_RE
 from libsgde.domain.resources import ModelVersion
 from libsgde.server.gate import RegistryGate
 from libsgde.wire.convert import privacy_to_proto
 from libsgde.wire.limits import CHUNK_SIZE, SAMPLE_REQUEST_BYTES
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc
 from services.sampler.cache import ArtifactCache
@@ -78,6 +80,59 @@ def _manifest_schema(version: ModelVersion) -> pb.DataSchema | None:
         return schema_from_dict(json.loads(version.manifest_json)["data_schema"])
     except (ValueError, KeyError, TypeError, SchemaError):
         return None
+
+
+def _as_sample_request(request: spb.SampleFederationRequest) -> spb.SampleRequest:
+    """The request's totals as one Sample request (for the checks every part must pass in all)."""
+    return spb.SampleRequest(
+        num_samples=request.num_samples,
+        seed=request.seed,
+        class_counts=dict(request.class_counts),
+        format=request.format,
+        chunk_samples=request.chunk_samples,
+    )
+
+
+def _shares(total: int, weights: list[float]) -> list[int]:
+    """`total` split in proportion to `weights` by largest remainders (ties to the earlier), summing to `total`."""
+    whole = sum(weights)
+    exact = [total * w / whole for w in weights] if whole > 0 else [total / len(weights)] * len(weights)
+    shares = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - shares[i]), i))
+    for i in by_remainder[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def _part_seed(seed: int, member: str) -> int:
+    """A part's seed: from the request's seed and the member alone, so that a part is the same whoever else is in."""
+    digest = hashlib.sha256(f"{seed}\0{member}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def federation_parts(request: spb.SampleFederationRequest, generators) -> list[spb.SampleRequest]:
+    """One Sample request per generator: its share of the rows (or of each class), its own seed, the same format."""
+    if request.quota == spb.FEDERATION_QUOTA_PROPORTIONAL_TO_N:
+        weights = [float(g.privacy.dataset_size) for g in generators]
+    else:
+        weights = [1.0] * len(generators)
+    if request.class_counts:
+        per_class = {c: _shares(n, [1.0] * len(generators)) for c, n in sorted(request.class_counts.items())}
+        counts = [{c: shares[i] for c, shares in per_class.items() if shares[i]} for i in range(len(generators))]
+        totals = [0] * len(generators)
+    else:
+        counts, totals = [{} for _ in generators], _shares(int(request.num_samples), weights)
+    return [
+        spb.SampleRequest(
+            model=g.version,
+            num_samples=n,
+            seed=_part_seed(request.seed, g.member),
+            class_counts=c,
+            format=request.format,
+            chunk_samples=request.chunk_samples,
+        )
+        for g, n, c in zip(generators, totals, counts, strict=True)
+    ]
 
 
 def _why_stopped(context) -> str:
@@ -137,14 +192,45 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         return violations
 
     def Sample(self, request: spb.SampleRequest, context) -> Iterator[spb.SampleResponse]:
-        from libsgde.io import formats, sampling
-
         user, token = self.gate.caller(context)
         name = _parse_model(request.model)
         violations = self._check_request(request, None, None)
         if violations:
             raise errors.FieldError.many(violations)
+        yield from self._stream(user, self.gate.session_for(token, user), name, request, context)
+
+    def SampleFederation(self, request: spb.SampleFederationRequest, context) -> Iterator[spb.SampleFederationResponse]:
+        user, token = self.gate.caller(context)
+        if not FEDERATION_NAME_RE.fullmatch(request.federation):
+            raise errors.FieldError("federation", f"expected federations/{{id}}, got {request.federation[:200]!r}")
+        if request.quota not in spb.FederationQuota.values():
+            raise errors.FieldError("quota", "EQUAL or PROPORTIONAL_TO_N")
+        violations = self._check_request(_as_sample_request(request), None, None)
+        if violations:
+            raise errors.FieldError.many(violations)
         client = self.gate.session_for(token, user)
+        listed = client._call(client.federations.ListGenerators, rpb.ListGeneratorsRequest(name=request.federation))
+        generators = [g for g in listed.generators if request.include_own or g.member != user]
+        if not generators:
+            raise errors.FailedPrecondition(
+                f"{request.federation} has no admitted generator"
+                + ("" if request.include_own else " of another member (include_own adds yours)")
+            )
+        for generator, part in zip(generators, federation_parts(request, generators), strict=True):
+            if not (part.num_samples or part.class_counts):
+                continue  # a share of nothing
+            yield spb.SampleFederationResponse(source=generator.member)
+            for message in self._stream(user, client, generator.version, part, context):
+                yield spb.SampleFederationResponse(sample=message)
+            if not context.is_active():
+                return
+
+    def _stream(
+        self, user: str, client: RegistrySession, name: str, request: spb.SampleRequest, context
+    ) -> Iterator[spb.SampleResponse]:
+        """One Sample stream of version `name`, checked against its schema, its format and this sampler's limits."""
+        from libsgde.io import formats, sampling
+
         version = client.get_version(name)  # NOT_FOUND, PERMISSION_DENIED...: the registry's answer is ours
         kind = version.data_kind.text if version.data_kind else None
         violations = self._check_request(request, _manifest_schema(version), kind)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from libsgde.wire.proto.sgde.v1 import common_pb2 as sgde_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sgde/v1/sampler.proto\x12\x07sgde.v1\x1a\x14sgde/v1/common.proto\"\xf2\x01\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12=\n\x0c\x63lass_counts\x18\x04 \x03(\x0b\x32\'.sgde.v1.SampleRequest.ClassCountsEntry\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x15\n\rchunk_samples\x18\x06 \x01(\x05\x1a\x32\n\x10\x43lassCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xdf\x01\n\x0eSampleMetadata\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12%\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\'\n\x07privacy\x18\x06 \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\x12\x14\n\x0c\x63lass_counts\x18\x07 \x03(\x03\"\x7f\n\x0eSampleResponse\x12+\n\x08metadata\x18\x01 \x01(\x0b\x32\x17.sgde.v1.SampleMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0csamples_done\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\tB\t\n\x07payload*v\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x02\x12\x19\n\x15OUTPUT_FORMAT_PARQUET\x10\x03\x32M\n\x0eSamplerService\x12;\n\x06Sample\x12\x16.sgde.v1.SampleRequest\x1a\x17.sgde.v1.SampleResponse0\x01\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15sgde/v1/sampler.proto\x12\x07sgde.v1\x1a\x14sgde/v1/common.proto\"\xc9\x02\n\x17SampleFederationRequest\x12\x12\n\nfederation\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12G\n\x0c\x63lass_counts\x18\x04 \x03(\x0b\x32\x31.sgde.v1.SampleFederationRequest.ClassCountsEntry\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x15\n\rchunk_samples\x18\x06 \x01(\x05\x12\'\n\x05quota\x18\x07 \x01(\x0e\x32\x18.sgde.v1.FederationQuota\x12\x13\n\x0binclude_own\x18\x08 \x01(\x08\x1a\x32\n\x10\x43lassCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"S\n\x18SampleFederationResponse\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\'\n\x06sample\x18\x02 \x01(\x0b\x32\x17.sgde.v1.SampleResponse\"\xf2\x01\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x03\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12=\n\x0c\x63lass_counts\x18\x04 \x03(\x0b\x32\'.sgde.v1.SampleRequest.ClassCountsEntry\x12%\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x15\n\rchunk_samples\x18\x06 \x01(\x05\x1a\x32\n\x10\x43lassCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xdf\x01\n\x0eSampleMetadata\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x02 \x01(\t\x12%\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x15.sgde.v1.OutputFormat\x12\x13\n\x0bnum_samples\x18\x04 \x01(\x03\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12\'\n\x07privacy\x18\x06 \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\x12\x14\n\x0c\x63lass_counts\x18\x07 \x03(\x03\"\x7f\n\x0eSampleResponse\x12+\n\x08metadata\x18\x01 \x01(\x0b\x32\x17.sgde.v1.SampleMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x14\n\x0csamples_done\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\tB\t\n\x07payload*w\n\x0f\x46\x65\x64\x65rationQuota\x12 \n\x1c\x46\x45\x44\x45RATION_QUOTA_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x44\x45RATION_QUOTA_EQUAL\x10\x01\x12&\n\"FEDERATION_QUOTA_PROPORTIONAL_TO_N\x10\x02*v\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_CSV\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x02\x12\x19\n\x15OUTPUT_FORMAT_PARQUET\x10\x03\x32\xa8\x01\n\x0eSamplerService\x12;\n\x06Sample\x12\x16.sgde.v1.SampleRequest\x1a\x17.sgde.v1.SampleResponse0\x01\x12Y\n\x10SampleFederation\x12 .sgde.v1.SampleFederationRequest\x1a!.sgde.v1.SampleFederationResponse0\x01\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sgde.v1.sampler_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z\027sgde.dev/sgde/v1;sgdev1'
+  _globals['_SAMPLEFEDERATIONREQUEST_CLASSCOUNTSENTRY']._loaded_options = None
+  _globals['_SAMPLEFEDERATIONREQUEST_CLASSCOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._loaded_options = None
   _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTPUTFORMAT']._serialized_start=656
-  _globals['_OUTPUTFORMAT']._serialized_end=774
-  _globals['_SAMPLEREQUEST']._serialized_start=57
-  _globals['_SAMPLEREQUEST']._serialized_end=299
-  _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_start=249
-  _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_end=299
-  _globals['_SAMPLEMETADATA']._serialized_start=302
-  _globals['_SAMPLEMETADATA']._serialized_end=525
-  _globals['_SAMPLERESPONSE']._serialized_start=527
-  _globals['_SAMPLERESPONSE']._serialized_end=654
-  _globals['_SAMPLERSERVICE']._serialized_start=776
-  _globals['_SAMPLERSERVICE']._serialized_end=853
+  _globals['_FEDERATIONQUOTA']._serialized_start=1073
+  _globals['_FEDERATIONQUOTA']._serialized_end=1192
+  _globals['_OUTPUTFORMAT']._serialized_start=1194
+  _globals['_OUTPUTFORMAT']._serialized_end=1312
+  _globals['_SAMPLEFEDERATIONREQUEST']._serialized_start=57
+  _globals['_SAMPLEFEDERATIONREQUEST']._serialized_end=386
+  _globals['_SAMPLEFEDERATIONREQUEST_CLASSCOUNTSENTRY']._serialized_start=336
+  _globals['_SAMPLEFEDERATIONREQUEST_CLASSCOUNTSENTRY']._serialized_end=386
+  _globals['_SAMPLEFEDERATIONRESPONSE']._serialized_start=388
+  _globals['_SAMPLEFEDERATIONRESPONSE']._serialized_end=471
+  _globals['_SAMPLEREQUEST']._serialized_start=474
+  _globals['_SAMPLEREQUEST']._serialized_end=716
+  _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_start=336
+  _globals['_SAMPLEREQUEST_CLASSCOUNTSENTRY']._serialized_end=386
+  _globals['_SAMPLEMETADATA']._serialized_start=719
+  _globals['_SAMPLEMETADATA']._serialized_end=942
+  _globals['_SAMPLERESPONSE']._serialized_start=944
+  _globals['_SAMPLERESPONSE']._serialized_end=1071
+  _globals['_SAMPLERSERVICE']._serialized_start=1315
+  _globals['_SAMPLERSERVICE']._serialized_end=1483
 # @@protoc_insertion_point(module_scope)

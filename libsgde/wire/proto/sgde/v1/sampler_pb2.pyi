@@ -8,16 +8,60 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FederationQuota(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEDERATION_QUOTA_UNSPECIFIED: _ClassVar[FederationQuota]
+    FEDERATION_QUOTA_EQUAL: _ClassVar[FederationQuota]
+    FEDERATION_QUOTA_PROPORTIONAL_TO_N: _ClassVar[FederationQuota]
+
 class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     OUTPUT_FORMAT_UNSPECIFIED: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_CSV: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_NPY: _ClassVar[OutputFormat]
     OUTPUT_FORMAT_PARQUET: _ClassVar[OutputFormat]
+FEDERATION_QUOTA_UNSPECIFIED: FederationQuota
+FEDERATION_QUOTA_EQUAL: FederationQuota
+FEDERATION_QUOTA_PROPORTIONAL_TO_N: FederationQuota
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
 OUTPUT_FORMAT_CSV: OutputFormat
 OUTPUT_FORMAT_NPY: OutputFormat
 OUTPUT_FORMAT_PARQUET: OutputFormat
+
+class SampleFederationRequest(_message.Message):
+    __slots__ = ("federation", "num_samples", "seed", "class_counts", "format", "chunk_samples", "quota", "include_own")
+    class ClassCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FEDERATION_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_OWN_FIELD_NUMBER: _ClassVar[int]
+    federation: str
+    num_samples: int
+    seed: int
+    class_counts: _containers.ScalarMap[str, int]
+    format: OutputFormat
+    chunk_samples: int
+    quota: FederationQuota
+    include_own: bool
+    def __init__(self, federation: _Optional[str] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., class_counts: _Optional[_Mapping[str, int]] = ..., format: _Optional[_Union[OutputFormat, str]] = ..., chunk_samples: _Optional[int] = ..., quota: _Optional[_Union[FederationQuota, str]] = ..., include_own: _Optional[bool] = ...) -> None: ...
+
+class SampleFederationResponse(_message.Message):
+    __slots__ = ("source", "sample")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    sample: SampleResponse
+    def __init__(self, source: _Optional[str] = ..., sample: _Optional[_Union[SampleResponse, _Mapping]] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
     __slots__ = ("model", "num_samples", "seed", "class_counts", "format", "chunk_samples")

@@ -40,6 +40,11 @@ class SamplerServiceStub:
                 request_serializer=sgde_dot_v1_dot_sampler__pb2.SampleRequest.SerializeToString,
                 response_deserializer=sgde_dot_v1_dot_sampler__pb2.SampleResponse.FromString,
                 _registered_method=True)
+        self.SampleFederation = channel.unary_stream(
+                '/sgde.v1.SamplerService/SampleFederation',
+                request_serializer=sgde_dot_v1_dot_sampler__pb2.SampleFederationRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_sampler__pb2.SampleFederationResponse.FromString,
+                _registered_method=True)
 
 
 class SamplerServiceServicer:
@@ -57,6 +62,17 @@ class SamplerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SampleFederation(self, request, context):
+        """Server-streaming synthetic data from every generator admitted to a federation the caller is a member of (the
+        registry's answer about membership is ours): one part per member, in the order of the members' names, each
+        started by a message naming its `source` (the member) and followed by that part's messages exactly as Sample
+        sends them (its metadata, its chunks, its sha256). Every row of a part comes from its source. Reproducible per
+        seed: each part's seed is derived from the request's seed and its member.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SamplerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +80,11 @@ def add_SamplerServiceServicer_to_server(servicer, server):
                     servicer.Sample,
                     request_deserializer=sgde_dot_v1_dot_sampler__pb2.SampleRequest.FromString,
                     response_serializer=sgde_dot_v1_dot_sampler__pb2.SampleResponse.SerializeToString,
+            ),
+            'SampleFederation': grpc.unary_stream_rpc_method_handler(
+                    servicer.SampleFederation,
+                    request_deserializer=sgde_dot_v1_dot_sampler__pb2.SampleFederationRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_sampler__pb2.SampleFederationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +115,33 @@ class SamplerService:
             '/sgde.v1.SamplerService/Sample',
             sgde_dot_v1_dot_sampler__pb2.SampleRequest.SerializeToString,
             sgde_dot_v1_dot_sampler__pb2.SampleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SampleFederation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sgde.v1.SamplerService/SampleFederation',
+            sgde_dot_v1_dot_sampler__pb2.SampleFederationRequest.SerializeToString,
+            sgde_dot_v1_dot_sampler__pb2.SampleFederationResponse.FromString,
             options,
             channel_credentials,
             insecure,
