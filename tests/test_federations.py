@@ -252,7 +252,7 @@ def with_sampler(client, address: str) -> Client:
     return Client(client.address, sampler=address, home=client.home, pki=client.pki.root)
 
 
-def test_sample_federation_quotas_sources_and_seeds(hospitals, sampler, tmp_path):
+def test_sample_federation_quotas_sources_and_seeds(hospitals, sampler, tmp_path, monkeypatch):
     fed, alice, bob, carol, dave = hospitals
     carol.accept_invitation(fed)
     for client, n in ((alice, 500), (bob, 100), (carol, 300)):
@@ -278,6 +278,17 @@ def test_sample_federation_quotas_sources_and_seeds(hospitals, sampler, tmp_path
     by_class = me.sample_federation(fed, seed=7, class_counts={"no": 5, "yes": 3})
     counts = [list(s.metadata.class_counts) for _, s in by_class.parts]
     assert counts == [[3, 2], [2, 1]] and by_class.labels.tolist() == [0, 0, 0, 1, 1, 0, 0, 1]
+
+    # The same through the CLI: one file per member.
+    for name, value in (("SGDE_HOME", alice.home), ("SGDE_SAMPLER_ADDRESS", sampler), ("SGDE_PKI_DIR", alice.pki.root)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("SGDE_REGISTRY_ADDRESS", alice.address)
+    args = ["federation", "sample", fed, "-n", "41", "--seed", "7", "--format", "csv", "--out", str(tmp_path / "s")]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    files = {p.stem: p for p in (tmp_path / "s").iterdir()}
+    assert sorted(files) == [first, second] and "21 samples" in result.output
+    assert len(files[first].read_text().splitlines()) == 22  # a header and 21 rows
 
     assert refusal(lambda: with_sampler(dave, sampler).sample_federation(fed, 10)).code == CODE.NOT_FOUND
     assert refusal(lambda: me.sample_federation(fed, 10, quota="random")).code == CODE.INVALID_ARGUMENT

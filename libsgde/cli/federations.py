@@ -187,3 +187,39 @@ def federation_pull(ctx, federation_ref: str, folder: Path, include_mine: bool) 
         out.print(f"{version.name} -> {path}", highlight=False)
     if not pulled:
         out.print("no generators to pull yet", highlight=False)
+
+
+@federation.command("sample")
+@click.argument("federation_ref")
+@click.option("-n", "num_samples", type=int, default=0, help="Samples in all, split between the members.")
+@click.option("--class", "classes", multiple=True, metavar="NAME=COUNT", help="Exact counts per class in all.")
+@click.option("--quota", type=click.Choice(["equal", "proportional"]), default="equal", help="Shares by member.")
+@click.option("--include-mine", is_flag=True, help="Your own generator too.")
+@click.option("--seed", type=int, default=0)
+@click.option("--format", "fmt", type=click.Choice(["csv", "npy", "parquet"]), default="npy")
+@click.option("--out", "folder", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.pass_context
+@handles_errors
+def federation_sample(ctx, federation_ref, num_samples, classes, quota, include_mine, seed, fmt, folder) -> None:
+    """Synthetic data from the members' generators: one file per member, MEMBER.FORMAT in the folder."""
+    from libsgde.cli.sample import _class_counts
+    from libsgde.io.atomic import write_atomic
+
+    counts = _class_counts(classes)
+    if bool(counts) == bool(num_samples):
+        _fail("say how many samples: -n N, or --class NAME=COUNT ... (not both)")
+    with _client(ctx) as client:
+        samples = client.sample_federation(
+            federation_ref,
+            num_samples,
+            seed=seed,
+            class_counts=counts,
+            quota=quota,
+            include_own=include_mine,
+            format=fmt,
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for member, part in samples.parts:
+        path = folder / f"{member}.{fmt}"
+        write_atomic(path, part.raw(), mode=0o644)
+        out.print(f"{path}: {len(part):,} samples of {part.metadata.version} (sha256 {part.sha256})", highlight=False)
