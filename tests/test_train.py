@@ -6,8 +6,10 @@ import pytest
 from sklearn.datasets import load_breast_cancer, load_digits
 
 from libsgde.cli.demo_data import breast_cancer_schema
+from libsgde.io.artifact import read_header
 from libsgde.io.encoding import EncodedData, encoder_for
 from libsgde.io.generator import load_generator
+from libsgde.io.privacy import check_privacy_claim
 from libsgde.io.training import SpecError, TrainingCancelled, TrainSpec, check_spec, train
 from libsgde.ml.privacy import accounting
 from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
@@ -82,6 +84,7 @@ def test_each_architecture_learns_and_samples_inside_the_schema(arch, dataset, r
     )
     assert 7.5 < p.epsilon <= 8.0 and p.rdp_epsilon >= p.epsilon
     assert abs(events[-1].epsilon_spent - p.epsilon) < 1e-9
+    check_privacy_claim(read_header(result.path).manifest)  # the registry's recomputation agrees, for every arch
     generator = load_generator(result.path)
     values, labels = generator.sample(200, seed=5)
     if dataset == "cancer":
