@@ -21,7 +21,7 @@ from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from tests.support.fixtures import store_unchecked
 from tests.support.sampler import start_sampler
 from tests.support.services import make_artifact, merf_privacy, tabular_schema
-from tests.support.trainer import wait_for
+from tests.support.trainer import wait_for, write_csv
 
 pytestmark = pytest.mark.integration  # real servers on loopback sockets
 
@@ -309,3 +309,20 @@ def test_a_cancelled_federation_stream_stops(hospitals, sampler, tmp_path):
     assert stopped - before < 1_000_000
     wait_for(lambda: True, timeout=1)
     assert metric("sgde_sampler_samples_total") == stopped  # nothing more is generated
+
+
+def test_federation_evaluate_reports_what_membership_buys(hospitals, sampler, tmp_path, monkeypatch):
+    fed, alice, bob, *_ = hospitals
+    push(bob, fed, tmp_path, "bobs")
+    for name, value in (("SGDE_HOME", alice.home), ("SGDE_SAMPLER_ADDRESS", sampler), ("SGDE_PKI_DIR", alice.pki.root)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("SGDE_REGISTRY_ADDRESS", alice.address)
+    train, holdout = write_csv(tmp_path / "train.csv", rows=60, seed=1), write_csv(tmp_path / "real.csv", seed=2)
+    args = ["federation", "evaluate", fed, "--train", str(train), "--real", str(holdout), "--classifier", "logreg"]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "ev")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "(a) local" in result.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["context"]["synthetic_rows_by_member"] == {bob.username: 60}  # the others' only, as many as hers
+    assert set(report["results"][0]["accuracy"]) == {"local", "others", "both"}
+    assert (tmp_path / "ev" / "membership.png").stat().st_size > 0

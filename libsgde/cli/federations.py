@@ -223,3 +223,36 @@ def federation_sample(ctx, federation_ref, num_samples, classes, quota, include_
         path = folder / f"{member}.{fmt}"
         write_atomic(path, part.raw(), mode=0o644)
         out.print(f"{path}: {len(part):,} samples of {part.metadata.version} (sha256 {part.sha256})", highlight=False)
+
+
+@federation.command("evaluate")
+@click.argument("federation_ref")
+@click.option("--train", "train_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--real", "holdout_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--samples", type=int, default=0, help="Synthetic samples from the others (default: your rows).")
+@click.option("--seed", type=int, default=0)
+@click.option("--out", "folder", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--classifier", "classifiers", multiple=True, help="logreg, mlp or cnn (repeat; default: all).")
+@click.pass_context
+@handles_errors
+def federation_evaluate(ctx, federation_ref, train_file, holdout_file, samples, seed, folder, classifiers) -> None:
+    """What membership buys: on your held-out data (--real), a classifier trained on your data (--train), on the
+    others' synthetic data, and on both."""
+    from libsgde.client.evaluation import evaluate_federation
+
+    with _client(ctx) as client:
+        result = evaluate_federation(
+            client,
+            federation_ref,
+            train_file,
+            holdout_file,
+            num_samples=samples or None,
+            seed=seed,
+            out=folder,
+            classifiers=list(classifiers) or None,
+        )
+    table = Table("classifier", "(a) local", "(b) others' synthetic", "(c) both", box=None)
+    for r in result.results:
+        table.add_row(r.classifier, *(f"{r.accuracy[a]:.3f}" for a in ("local", "others", "both")))
+    out.print(table)
+    out.print(f"report: {result.folder / 'report.md'}", highlight=False)

@@ -8,12 +8,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from libsgde.evaluate import Evaluation, evaluate
 from libsgde.evaluate.report import write_report
 from libsgde.io.datasets import load_dataset
 from libsgde.io.encoding import EncodedData, TabularEncoder, encoder_for
 
-__all__ = ["ModelEvaluation", "encode_samples", "evaluate_model"]
+__all__ = ["FederationEvaluation", "ModelEvaluation", "encode_samples", "evaluate_federation", "evaluate_model"]
 
 MAX_DEFAULT_SAMPLES = 100_000
 
@@ -112,3 +114,65 @@ def evaluate_model(
     if published:
         client.set_metrics(_model_of(model), metrics)
     return ModelEvaluation(ev, source, samples.metadata.artifact_sha256, folder, files, metrics, published)
+
+
+@dataclass
+class FederationEvaluation:
+    results: list  # libsgde.evaluate.membership.MembershipResult, one per classifier
+    folder: Path
+    files: list[str]
+    sources: dict[str, int]  # member -> synthetic samples of theirs used
+
+
+def evaluate_federation(
+    client,
+    federation: str,
+    train_path: Path,
+    holdout_path: Path,
+    *,
+    num_samples: int | None = None,
+    seed: int = 0,
+    out: Path | None = None,
+    classifiers: list[str] | None = None,
+) -> FederationEvaluation:
+    """What membership buys: on your held-out data (`holdout_path`), a classifier trained on your local data
+    (`train_path`), on the other members' synthetic data (sampled through the sampler, equal shares; `num_samples`
+    in all, default as many as your local rows), and on both. Both files are read against the federation's schema.
+    The report (report.md, report.json, membership.png) goes to `out` (default `evaluation-<federation>`)."""
+    from libsgde.evaluate import image_shape as shape_of
+    from libsgde.evaluate.membership import membership_value, write_membership_report
+
+    fed = client.get_federation(federation)
+    schema = fed.data_schema
+    local = load_dataset(Path(train_path), schema)
+    holdout = load_dataset(Path(holdout_path), schema)
+    samples = client.sample_federation(federation, num_samples or len(local), seed=seed)
+    synthetic = encode_samples_of(samples)
+    image = shape_of(holdout.space) if holdout.space.kind == "image" else None
+    results = membership_value(local, synthetic, holdout, classifiers=classifiers, image_shape=image, seed=seed)
+    sources = {member: len(part) for member, part in samples.parts}
+    folder = Path(out) if out is not None else Path(f"evaluation-{fed.name.removeprefix('federations/')}")
+    names = list(schema.image.class_names) if schema.HasField("image") else _label_categories(schema)
+    context = {
+        "federation": fed.name,
+        "member": client.username,
+        "seed": seed,
+        "train_file": str(train_path),
+        "holdout_file": str(holdout_path),
+        "local_rows": len(local),
+        "synthetic_rows_by_member": sources,
+    }
+    files = write_membership_report(folder, results, names, context)
+    return FederationEvaluation(results, folder, files, sources)
+
+
+def encode_samples_of(federation_samples) -> EncodedData:
+    """A FederationSamples back in model space (its parts joined in order)."""
+    parts = [encode_samples(part) for _, part in federation_samples.parts]
+    labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
+    return EncodedData(np.concatenate([p.x for p in parts]), labels, parts[0].space)
+
+
+def _label_categories(schema) -> list[str]:
+    t = schema.tabular
+    return next(list(c.categories) for c in t.columns if c.name == t.label_column)
