@@ -45,7 +45,7 @@ def test_tiny_demo_writes_a_sensible_report(tmp_path):
     cached = {
         p.name.removesuffix(".safetensors") for p in (out / "home" / "sampler" / "artifacts").glob("*.safetensors")
     }
-    assert cached == {summary["models"][name]["sha256"] for name in ("digits", "breast_cancer")}
+    assert {summary["models"][name]["sha256"] for name in ("digits", "breast_cancer")} <= cached  # + the federation's
     for name in ("digits", "breast_cancer"):
         p = summary["models"][name]["privacy"]
         assert 0 < p["epsilon"] <= 3 and p["delta"] == 1e-5
@@ -55,6 +55,15 @@ def test_tiny_demo_writes_a_sensible_report(tmp_path):
         for accuracies in (ev["tstr"], ev["trtr"]):
             assert accuracies and all(0.0 <= a <= 1.0 for a in accuracies.values())
         assert min(ev["trtr"].values()) > 0.85  # the real-data baseline is what it should be
+    # The federation: three silos, each generator admitted with the registry's epsilon, the three arms measured.
+    federation = summary["federation"]
+    assert len(federation["members"]) == 3 and all(0 < m["epsilon"] <= 3 for m in federation["members"])
+    others = {m["member"] for m in federation["members"]} - {federation["evaluated_by"]}
+    assert set(federation["synthetic_rows_by_member"]) == others  # the evaluating silo's own is not among them
+    for accuracy in federation["membership"].values():
+        assert set(accuracy) == {"local", "others", "both"} and all(0 <= a <= 1 for a in accuracy.values())
+    assert (out / "federation" / "membership.png").read_bytes().startswith(PNG)
+    assert "What membership buys" in (out / "summary.md").read_text()
     per_class = summary["evaluation"]["digits"]["per_class"]
     assert len(per_class["tstr"]) == len(per_class["trtr"]) == 10
     assert all(0.0 <= a <= 1.0 for a in per_class["tstr"] + per_class["trtr"])

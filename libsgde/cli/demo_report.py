@@ -86,6 +86,35 @@ def machine_info() -> dict:
     return info
 
 
+def _federation_lines(f: dict) -> list[str]:
+    lines = [
+        "## A federation of three digit silos",
+        "",
+        f"`{f['name']}`: the digits training split in thirds, one per silo (user); each trained a DP generator on "
+        "its third and pushed it, admitted after the registry recomputed its epsilon.",
+        "",
+        "| member | rows | generator | epsilon | delta |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {m['member']} | {m['rows']} | `{m['version']}` | {m['epsilon']:.3g} | {m['delta']:.1e} |"
+        for m in f["members"]
+    ]
+    lines += [
+        "",
+        f"What membership buys {f['evaluated_by']}, on the held-out real digits: a classifier trained on (a) its "
+        "third alone, (b) the two others' synthetic digits alone, (c) both. Report: "
+        f"[{f['report']}]({f['report']}).",
+        "",
+        "| classifier | (a) local | (b) others' synthetic | (c) both |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {clf} | {a['local']:.3f} | {a['others']:.3f} | {a['both']:.3f} |" for clf, a in f["membership"].items()
+    ]
+    return [*lines, ""]
+
+
 def summary_markdown(s: dict) -> str:
     lines = [
         "# SGDE demo",
@@ -132,6 +161,7 @@ def summary_markdown(s: dict) -> str:
         "",
         "![breast_cancer marginals](breast_cancer_marginals.png)",
         "",
+        *_federation_lines(s["federation"]),
         "## Schemas: public bounds, not read from the data",
         "",
         f"- digits: 8x8 grey images, pixel_max {s['schemas']['digits']['pixel_max']}: "

@@ -13,7 +13,9 @@ in a fresh $SGDE_HOME under the report folder, the demo
    artifacts and sampling them here);
 5. trains classifiers on the synthetic data and tests them on the held-out real data (TSTR), beside the same
    classifiers trained on the real training split (TRTR);
-6. writes `digits_samples.png`, `breast_cancer_marginals.png`, `summary.md` and `summary.json`.
+6. splits digits across three silos (three users), which form a federation, each training and pushing a DP
+   generator; the first silo measures what membership buys it (libsgde/cli/demo_federation.py);
+7. writes `digits_samples.png`, `breast_cancer_marginals.png`, `federation/`, `summary.md` and `summary.json`.
 
 `run_demo(out, tiny=True)` is the same walk with tiny models and few samples, for the tests.
 """
@@ -41,6 +43,7 @@ from libsgde.cli.demo_data import (
     breast_cancer_upper,
     prepare_data,
 )
+from libsgde.cli.demo_federation import run_federation
 from libsgde.cli.demo_report import machine_info, plot_digits, plot_marginals, summary_markdown
 from libsgde.client import Client
 from libsgde.domain.resources import Job, JobState, ModelVersion
@@ -396,6 +399,34 @@ def run_demo(
                 c_values,
                 f"breast_cancer: real training split vs synthetic ({arch}, epsilon {eps_c:.3g}, delta {delta:g})",
             )
+        with timer.phase("federation"):
+
+            def make_client(silo: str) -> Client:
+                other = stack.enter_context(
+                    Client(
+                        addresses.registry,
+                        trainer=addresses.trainer,
+                        sampler=addresses.sampler,
+                        home=home / silo,
+                        pki=pki.root,
+                    )
+                )
+                name, secret = f"demo-{silo}-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
+                other.register(name, f"{name}@example.org", secret)
+                other.login(name, secret)
+                return other
+
+            federation = run_federation(
+                client,
+                make_client,
+                data["digits"],
+                out,
+                spec=_spec(arch, data["digits"], epsilon, delta, tiny, seed),
+                train_and_publish=train_and_publish,
+                classifiers=["logreg"] if tiny else ["logreg", "mlp"],
+                seed=seed,
+                log=log,
+            )
         log("stopping the services")
     seconds = round(time.perf_counter() - started, 2)
     summary = {
@@ -411,6 +442,7 @@ def run_demo(
         "user": user,
         "models": models,
         "evaluation": evaluation,
+        "federation": federation,
         "schemas": {
             "digits": {"pixel_max": DIGITS_PIXEL_MAX, "source": "the format's definition: pixels are counts 0..16"},
             "breast_cancer": {
@@ -429,6 +461,9 @@ def run_demo(
             "breast_cancer_marginals.png",
             "data/digits.schema.json",
             "data/breast_cancer.schema.json",
+            "federation/report.md",
+            "federation/report.json",
+            "federation/membership.png",
         ],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
