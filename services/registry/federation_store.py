@@ -99,11 +99,8 @@ class FederationStore:
     """The federation tables, on the catalogue's engine."""
 
     def __init__(self, catalogue: Catalogue):
-        self.engine = catalogue.engine
-        metadata.create_all(self.engine, tables=[federations, federation_members, federation_generators])
-
-    def _tx(self):
-        return self.engine.begin()
+        self._tx = catalogue._tx  # one engine and one way to open a transaction for all the registry's tables
+        metadata.create_all(catalogue.engine, tables=[federations, federation_members, federation_generators])
 
     # -- federations --------------------------------------------------------------------------------------------
 

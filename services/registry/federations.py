@@ -195,23 +195,23 @@ class FederationServicer(registry_pb2_grpc.FederationServiceServicer):
             raise errors.Conflict(f"{invitee.username} is a member of {row.name} or invited already")
         return federation_message(self._federation(user, request.name))
 
-    def AcceptInvitation(self, request: rpb.AcceptInvitationRequest, context) -> rpb.Federation:
-        user = self.registry._caller(context)
-        row = self._federation(user, request.name)
+    def _as_invitee(self, user: UserRow, name: str, member_says: str) -> FederationRow:
+        row = self._federation(user, name)
         member = row.member(user.id)
         assert member is not None
         if member.state != INVITED:
-            raise errors.FailedPrecondition(f"you are a member of {row.name} already")
+            raise errors.FailedPrecondition(f"you are a member of {row.name} {member_says}")
+        return row
+
+    def AcceptInvitation(self, request: rpb.AcceptInvitationRequest, context) -> rpb.Federation:
+        user = self.registry._caller(context)
+        row = self._as_invitee(user, request.name, "already")
         self.store.accept(row, user.id)
         return federation_message(self._federation(user, request.name))
 
     def DeclineInvitation(self, request: rpb.DeclineInvitationRequest, context) -> empty_pb2.Empty:
         user = self.registry._caller(context)
-        row = self._federation(user, request.name)
-        member = row.member(user.id)
-        assert member is not None
-        if member.state != INVITED:
-            raise errors.FailedPrecondition(f"you are a member of {row.name}: leave it instead")
+        row = self._as_invitee(user, request.name, "already: leave it instead")
         self.store.remove(row, user.id)
         return empty_pb2.Empty()
 
