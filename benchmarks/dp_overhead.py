@@ -44,10 +44,7 @@ import optax
 
 from benchmarks._machine import machine_line
 from libsgde.ml.architectures import get_architecture
-from libsgde.ml.privacy import (
-    ghost,
-    merf,
-)
+from libsgde.ml.privacy import ghost, merf, prior
 from libsgde.ml.space import Block, ModelSpace
 from libsgde.ml.train import dpmerf_step, dpsgd_step
 
@@ -187,14 +184,14 @@ def run_merf(repeats: int, max_seconds: float) -> list[tuple[str, float, float, 
             return merf.noisy_release(key, x, onehot, freqs, SIGMA)
 
         emb, counts = release(jax.random.key(1))
-        prior = merf.class_prior(counts)
+        class_prior = prior.class_prior(counts)
         target = emb / jnp.maximum(jnp.sum(jnp.maximum(counts, 0.0)), 1.0)
         module = arch.module(space, config)
         optimizer = optax.adam(LR)
         params = arch.init(gen_key, space, config)
         batch = config["generator_batch"]
 
-        step_fn = dpmerf_step(module, optimizer, target, prior, freqs, batch, jax.random.key(3))
+        step_fn = dpmerf_step(module, optimizer, target, class_prior, freqs, batch, jax.random.key(3))
 
         holder = {"state": (params, optimizer.init(params)), "i": 0}
 

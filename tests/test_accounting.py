@@ -142,3 +142,60 @@ def test_accounting_in_two_threads_at_once_never_changes_the_absl_level():
             job.result()  # raises what the thread raised
     assert records == []
     assert seen == {level} and logger.level == level
+
+
+# A run's further releases (libsgde.domain.privacy.PrivacyComponent) compose with its main mechanism. The figures
+# below are recomputed here from dp-accounting's own classes, independently of libsgde's event builders.
+def _independent_epsilon(events, delta, accountant):
+    import dp_accounting as dpa
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    acc = (
+        pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+        if accountant == "pld"
+        else rdp_privacy_accountant.RdpAccountant()
+    )
+    acc.compose(dpa.ComposedDpEvent(events))
+    return acc.get_epsilon(delta)
+
+
+def test_a_composed_report_is_dp_accountings_composition_of_its_events():
+    import dp_accounting as dpa
+
+    from libsgde.domain.privacy import EXPONENTIAL, GAUSSIAN, POISSON_GAUSSIAN, PrivacyComponent
+    from libsgde.ml.mechanisms import DP_MERF, DP_SGD
+
+    sgd = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.1)), 300)
+    prior = PrivacyComponent("class_prior", GAUSSIAN, noise_multiplier=20.0)
+    report = DP_SGD.report(1.1, 0.01, 300, 1.0, 10_000, 1e-5, (prior,))
+    assert report.accountant == "pld" and report.components == (prior,)
+    assert report.epsilon == pytest.approx(_independent_epsilon([sgd, dpa.GaussianDpEvent(20.0)], 1e-5, "pld"))
+    assert report.epsilon > DP_SGD.report(1.1, 0.01, 300, 1.0, 10_000, 1e-5).epsilon  # the prior is not free
+
+    teacher = PrivacyComponent("teacher", POISSON_GAUSSIAN, noise_multiplier=2.0, sampling_rate=0.05, steps=200)
+    report = DP_MERF.report(8.0, 1.0, 1, 0.0, 10_000, 1e-5, (teacher,))
+    teacher_event = dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.05, dpa.GaussianDpEvent(2.0)), 200)
+    assert report.epsilon == pytest.approx(_independent_epsilon([dpa.GaussianDpEvent(8.0), teacher_event], 1e-5, "pld"))
+
+    # An exponential-mechanism selection of epsilon e is (e^2 / 8)-zCDP: PLD cannot hold it, RDP reports the whole.
+    selection = PrivacyComponent("selection", EXPONENTIAL, pure_epsilon=0.1, steps=10)
+    report = DP_MERF.report(8.0, 1.0, 1, 0.0, 10_000, 1e-5, (selection,))
+    zcdp = dpa.SelfComposedDpEvent(dpa.ZCDpEvent(0.1**2 / 8), 10)
+    assert report.accountant == "rdp"
+    assert report.epsilon == pytest.approx(_independent_epsilon([dpa.GaussianDpEvent(8.0), zcdp], 1e-5, "rdp"))
+    assert report.rdp_epsilon == report.epsilon
+
+
+def test_calibration_against_fixed_components_meets_the_whole_target():
+    from libsgde.domain.privacy import GAUSSIAN, PrivacyComponent
+    from libsgde.ml.mechanisms import DP_SGD
+    from libsgde.ml.privacy.accounting import share_noise_multiplier
+
+    prior = PrivacyComponent("class_prior", GAUSSIAN, noise_multiplier=share_noise_multiplier(0.25, 2.0, 1e-5))
+    alone = calibrate_noise_multiplier(2.0, 1e-5, 0.02, 500)
+    with_prior = calibrate_noise_multiplier(2.0, 1e-5, 0.02, 500, fixed=(prior,))
+    epsilon = DP_SGD.report(with_prior, 0.02, 500, 1.0, 10_000, 1e-5, (prior,)).epsilon
+    assert 2.0 * 0.99 <= epsilon <= 2.0
+    # In Gaussian-DP terms a quarter of epsilon is about a sixteenth of the budget: DP-SGD's noise barely grows.
+    assert alone < with_prior < alone * 1.1

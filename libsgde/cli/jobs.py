@@ -274,7 +274,8 @@ def jobs_show(ctx, job: str, json_output: bool) -> None:
         pr = j.privacy
         out.print(
             f"privacy: epsilon {pr.epsilon:.4g} at delta {pr.delta:.3g} ({pr.mechanism}, {pr.accountant}; "
-            f"noise multiplier {pr.noise_multiplier:.4g}, {pr.steps} steps, N = {pr.dataset_size})",
+            f"noise multiplier {pr.noise_multiplier:.4g}, {pr.steps} steps, N = {pr.dataset_size})"
+            + "".join(f"; with {c.describe()}" for c in pr.components),
             highlight=False,
         )
     if j.artifact_sha256:

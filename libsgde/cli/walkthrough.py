@@ -166,6 +166,7 @@ def _privacy(version: ModelVersion) -> dict:
         "rdp_epsilon": p.rdp_epsilon,
         "noise_multiplier": p.noise_multiplier,
         "dataset_size": p.dataset_size,
+        "components": [c.describe() for c in p.components],
     }
 
 
@@ -350,7 +351,7 @@ def run_demo(
             log(
                 f"published {version.name} (signed by {user}): epsilon {p.epsilon:.4g} at delta {p.delta:.3g}, "
                 f"mechanism {p.mechanism}, accountant {p.accountant} (RDP cross-check {p.rdp_epsilon:.4g}), "
-                f"N = {p.dataset_size}"
+                f"N = {p.dataset_size}" + "".join(f"; with {c.describe()}" for c in p.components)
             )
             if p.epsilon > epsilon + 1e-9:
                 raise DemoError(f"{version.name} reports epsilon {p.epsilon} above the target {epsilon}")

@@ -25,6 +25,7 @@ import numpy as np
 from google.protobuf import json_format
 from safetensors.numpy import save as _st_save
 
+from libsgde.domain.privacy import COMPONENT_KINDS
 from libsgde.errors import FieldError
 from libsgde.io.atomic import write_atomic
 from libsgde.io.schema import SchemaError, data_kind, schema_from_dict, schema_to_dict
@@ -50,6 +51,7 @@ _CODE_OF_NAME = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int32"
 _TENSOR_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,256}")
 _ARCHITECTURE = re.compile(r"[a-z][a-z0-9-]{0,63}")
 _MECHANISM = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_PURPOSE = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # a privacy component's purpose, e.g. "class_prior"
 _MANIFEST_KEYS = ("format", "format_version", "architecture", "config", "data_schema", "privacy", "training")
 
 
@@ -280,6 +282,9 @@ def _manifest_from_dict(raw: Any) -> Manifest:
     return Manifest(version, arch, raw["config"], schema, _parse_privacy(raw["privacy"]), raw["training"], raw)
 
 
+MAX_PRIVACY_COMPONENTS = 16  # a run's further releases; more would only make the registry's recomputation slow
+
+
 def _parse_privacy(d: dict) -> pb.PrivacyReport:
     p = pb.PrivacyReport()
     try:
@@ -308,6 +313,19 @@ def _parse_privacy(d: dict) -> pb.PrivacyReport:
         value = getattr(p, field)  # all >= 0; only rdp_epsilon may be Infinity (a model trained without DP)
         if not 0 <= value < math.inf and not (field == "rdp_epsilon" and value == math.inf):
             raise bad(field, f"must be a finite number >= 0 (got {value})")
+    if len(p.components) > MAX_PRIVACY_COMPONENTS:
+        raise bad("components", f"at most {MAX_PRIVACY_COMPONENTS} (got {len(p.components)})")
+    for i, c in enumerate(p.components):
+        where = f"components[{i}]"
+        if not _PURPOSE.fullmatch(c.purpose):
+            raise bad(f"{where}.purpose", f"{_short(c.purpose)} must match {_PURPOSE.pattern}")
+        if c.kind not in COMPONENT_KINDS:
+            raise bad(f"{where}.kind", f"{_short(c.kind)} is not one of {', '.join(COMPONENT_KINDS)}")
+        if not 0 <= c.sampling_rate <= 1:
+            raise bad(f"{where}.sampling_rate", f"must be in [0, 1] (got {c.sampling_rate})")
+        for field in ("noise_multiplier", "clip_norm", "pure_epsilon", "steps"):
+            if not 0 <= getattr(c, field) < math.inf:
+                raise bad(f"{where}.{field}", f"must be a finite number >= 0 (got {getattr(c, field)})")
     return p
 
 

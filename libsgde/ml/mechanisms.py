@@ -3,7 +3,8 @@
 mechanism; nothing else chooses a loop by a string.
 
 - `DPSGD`: Poisson-sampled batches, per-example clipping, Gaussian noise at every step (libsgde.ml.privacy.dpsgd,
-  ghost clipping where the layers allow it); accounted as a self-composed Poisson-sampled Gaussian.
+  ghost clipping where the layers allow it); accounted as a self-composed Poisson-sampled Gaussian, composed with
+  the DP class prior's release (libsgde.ml.privacy.prior) when the config's `class_prior_share` is above 0.
 - `MeanEmbeddingRelease` (dp-merf): one Gaussian release of a sum of norm-1 vectors (libsgde.ml.privacy.merf); the
   generator then trains on the release alone, at no further cost.
 """
@@ -13,17 +14,17 @@ from __future__ import annotations
 import abc
 import math
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from libsgde.domain.privacy import PrivacyReport
+from libsgde.domain.privacy import GAUSSIAN, PrivacyComponent, PrivacyReport
 from libsgde.domain.specs import TrainSpec
 from libsgde.errors import FieldError
-from libsgde.ml.privacy import accounting, dpsgd, ghost, merf
+from libsgde.ml.privacy import accounting, dpsgd, ghost, merf, prior
 from libsgde.ml.train import EPSILON_EVERY_S, Run, TrainOutcome, dpmerf_step, dpsgd_step
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ class Mechanism(abc.ABC):
         every spec that check_spec accepted runs."""
         return None
 
+    def required_components(self, config: dict[str, Any]) -> frozenset[str]:
+        """The purposes of the components a run with this (filled-in) config reports: the registry refuses a
+        report that names other ones, so that no release of a run can be left out of its epsilon."""
+        return frozenset()
+
     @abc.abstractmethod
     def event(self, noise_multiplier: float, sampling_rate: float, steps: int) -> DpEvent:
         """The dp-accounting event of a run with these parameters."""
@@ -55,20 +61,24 @@ class Mechanism(abc.ABC):
         clip_norm: float,
         dataset_size: int,
         delta: float,
+        components: tuple[PrivacyComponent, ...] = (),
     ) -> PrivacyReport:
-        """The privacy report of a run with these parameters: PLD epsilon, and RDP as a cross-check."""
-        event = self.event(noise_multiplier, sampling_rate, steps)
+        """The privacy report of a run with these parameters, composed with its further releases: PLD epsilon
+        (RDP where PLD cannot compose them), and RDP as a cross-check."""
+        event = accounting.composed_event(self.event(noise_multiplier, sampling_rate, steps), components)
+        accountant = accounting.accountant_for(event)
         return PrivacyReport(
             mechanism=self.name,
-            epsilon=accounting.event_pld_epsilon(event, delta),
+            epsilon=accounting.event_epsilon(event, delta, accountant),
             delta=delta,
-            accountant="pld",
+            accountant=accountant,
             noise_multiplier=noise_multiplier,
             sampling_rate=sampling_rate,
             steps=steps,
             clip_norm=clip_norm,
             dataset_size=dataset_size,
             rdp_epsilon=accounting.event_rdp_epsilon(event, delta),
+            components=components,
         )
 
     @abc.abstractmethod
@@ -76,9 +86,28 @@ class Mechanism(abc.ABC):
         """Calibrate the noise to `run.spec.target_epsilon`, train, and report what was spent."""
 
 
-def _uniform_prior(num_classes: int) -> np.ndarray:
-    k = max(num_classes, 1)
-    return np.full(k, 1.0 / k)
+CLASS_PRIOR_SHARE = "class_prior_share"  # the config option of DP-SGD architectures (0: uniform prior, no release)
+# The DP-SGD loop folds its step numbers (0 .. T-1) into the mechanism key; the prior's noise takes another stream.
+_PRIOR_STREAM = 2**32 - 1
+
+
+def release_class_prior(
+    run: Run, share: float
+) -> tuple[np.ndarray, tuple[PrivacyComponent, ...], dict[str, np.ndarray]]:
+    """(class prior [max(K, 1)], its component, checkpoint extras). With share 0 the prior is uniform and nothing is
+    released; else the label counts are released once with the noise of a Gaussian mechanism at `share` of the
+    target epsilon (accounting.share_noise_multiplier), and a resumed run reuses the counts it saved."""
+    classes = max(run.space.num_classes, 1)
+    if share <= 0:
+        return np.full(classes, 1.0 / classes), (), {}
+    sigma = accounting.share_noise_multiplier(share, run.spec.target_epsilon, run.spec.delta)
+    if run.resumed and "noisy_counts" in run.resumed.extra:
+        counts = jnp.asarray(run.resumed.extra["noisy_counts"])
+    else:
+        key = jax.random.fold_in(run.mechanism_key, _PRIOR_STREAM)
+        counts = prior.noisy_class_counts(key, jnp.asarray(run.labels), classes, sigma)
+    component = PrivacyComponent(prior.CLASS_PRIOR_PURPOSE, GAUSSIAN, noise_multiplier=sigma)
+    return np.asarray(prior.class_prior(counts)), (component,), {"noisy_counts": np.asarray(counts)}
 
 
 class DPSGD(Mechanism):
@@ -91,14 +120,25 @@ class DPSGD(Mechanism):
     def event(self, noise_multiplier: float, sampling_rate: float, steps: int) -> DpEvent:
         return accounting.dpsgd_event(noise_multiplier, sampling_rate, steps)
 
+    def required_components(self, config: dict[str, Any]) -> frozenset[str]:
+        return frozenset({prior.CLASS_PRIOR_PURPOSE}) if config.get(CLASS_PRIOR_SHARE, 0.0) > 0 else frozenset()
+
     def train(self, run: Run) -> TrainOutcome:
-        """Poisson batches padded to a fixed shape, per-example clipping (ghost clipping when every layer allows
-        it, else vmap), Gaussian noise calibrated to the target epsilon, Adam on the privatised gradient."""
+        """The DP class prior (if the config asks for it), then Poisson batches padded to a fixed shape,
+        per-example clipping (ghost clipping when every layer allows it, else vmap), Gaussian noise calibrated so
+        that the whole run (prior included) meets the target epsilon, Adam on the privatised gradient."""
         spec, space, n, config = run.spec, run.space, len(run), run.spec.config
         assert config is not None  # filled in by check_spec
+        class_prior, components, extra = release_class_prior(run, config.get(CLASS_PRIOR_SHARE, 0.0))
         q = spec.batch_size / n
         total = max(1, round(spec.epochs * n / spec.batch_size))
-        sigma = accounting.calibrate_noise_multiplier(spec.target_epsilon, spec.delta, q, total)
+        sigma = accounting.calibrate_noise_multiplier(spec.target_epsilon, spec.delta, q, total, fixed=components)
+
+        def spent(steps: int) -> float:  # the running epsilon: the steps so far, composed with the prior
+            if not components:
+                return accounting.pld_epsilon(sigma, q, steps, spec.delta)
+            return self.report(sigma, q, steps, spec.clip_norm, n, spec.delta, components).epsilon
+
         module = run.arch.module(space, config)
         optimizer = optax.adam(spec.learning_rate)
         params = run.arch.init(run.init_key, space, config)
@@ -125,7 +165,7 @@ class DPSGD(Mechanism):
             total,
             int(run.start_step / steps_per_epoch),
             0.0,
-            accounting.pld_epsilon(sigma, q, run.start_step, spec.delta) if run.start_step else 0.0,
+            spent(run.start_step) if run.start_step else 0.0,
             0,
             (f"resumed from step {run.start_step}; " if run.resumed else "")
             + f"noise multiplier {sigma:.4g} for epsilon {spec.target_epsilon:g} at delta {spec.delta:.3g} "
@@ -138,12 +178,12 @@ class DPSGD(Mechanism):
             state, loss = step_fn(state, indices, mask, step)
             done = step + 1
             if time.monotonic() - epsilon_at >= EPSILON_EVERY_S or done == total:
-                epsilon, epsilon_at = accounting.pld_epsilon(sigma, q, done, spec.delta), time.monotonic()
+                epsilon, epsilon_at = spent(done), time.monotonic()
             run.report(
                 done, total, int(done / steps_per_epoch), float(loss), epsilon, spec.batch_size, force=done == total
             )
             if done < total:
-                run.maybe_checkpoint(done, state)
+                run.maybe_checkpoint(done, state, extra)
         training = {
             "steps": total,
             "epochs": spec.epochs,
@@ -154,10 +194,7 @@ class DPSGD(Mechanism):
             "optimizer": "adam",
         }
         return TrainOutcome(
-            state[0],
-            _uniform_prior(space.num_classes),
-            self.report(sigma, q, total, spec.clip_norm, n, spec.delta),
-            training,
+            state[0], class_prior, self.report(sigma, q, total, spec.clip_norm, n, spec.delta, components), training
         )
 
 
@@ -189,14 +226,14 @@ class MeanEmbeddingRelease(Mechanism):
             emb, counts = merf.noisy_release(
                 run.mechanism_key, jnp.asarray(run.x).reshape(n, dim), onehot, freqs, sigma
             )
-        prior = merf.class_prior(counts)
+        class_prior = prior.class_prior(counts)
         target = emb / jnp.maximum(jnp.sum(jnp.maximum(counts, 0.0)), 1.0)
         module = run.arch.module(space, config)
         optimizer = optax.adam(spec.learning_rate)
         params = run.arch.init(gen_key, space, config)
         state = run.restore((params, optimizer.init(params)))
         batch, total = config["generator_batch"], config["generator_steps"]
-        step_fn = dpmerf_step(module, optimizer, target, prior, freqs, batch, jax.random.fold_in(run.init_key, 1))
+        step_fn = dpmerf_step(module, optimizer, target, class_prior, freqs, batch, jax.random.fold_in(run.init_key, 1))
 
         privacy = self.report(sigma, 1.0, 1, 1.0, n, spec.delta)
         run.report(
@@ -225,7 +262,7 @@ class MeanEmbeddingRelease(Mechanism):
             "seed": spec.seed,
             "optimizer": "adam",
         }
-        return TrainOutcome(state[0], np.asarray(prior), privacy, training)
+        return TrainOutcome(state[0], np.asarray(class_prior), privacy, training)
 
 
 DP_SGD = DPSGD()

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf import json_format, timestamp_pb2
 
 from libsgde.domain import resources as res
-from libsgde.domain.privacy import PrivacyReport
+from libsgde.domain.privacy import PrivacyComponent, PrivacyReport
 from libsgde.domain.specs import TrainSpec
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
@@ -17,11 +17,19 @@ from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 
 
 def privacy_to_proto(report: PrivacyReport) -> pb.PrivacyReport:
-    return pb.PrivacyReport(**dataclasses.asdict(report))
+    return pb.PrivacyReport(
+        **{f.name: getattr(report, f.name) for f in dataclasses.fields(PrivacyReport) if f.name != "components"},
+        components=[pb.PrivacyComponent(**dataclasses.asdict(c)) for c in report.components],
+    )
 
 
 def privacy_from_proto(message: pb.PrivacyReport) -> PrivacyReport:
-    return PrivacyReport(**{f.name: getattr(message, f.name) for f in dataclasses.fields(PrivacyReport)})
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(PrivacyReport) if f.name != "components"}
+    components = tuple(
+        PrivacyComponent(**{f.name: getattr(c, f.name) for f in dataclasses.fields(PrivacyComponent)})
+        for c in message.components
+    )
+    return PrivacyReport(**fields, components=components)
 
 
 def train_spec_from_proto(spec: tpb.TrainingSpec) -> TrainSpec:

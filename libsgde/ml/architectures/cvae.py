@@ -7,7 +7,8 @@ on pixels in [0, 1], with an MLP encoder/decoder (`network: mlp`, the default) o
 step cost about a non-private one, while conv layers need vmap(grad) (about 65x slower per step on 28x28 images,
 benchmarks/dp_overhead.py), and on digits at epsilon 10 it gave better samples for the same epochs. Loss per example:
 reconstruction + beta * KL(q(z|x,y) || N(0, I)).
-Conditioning on the label is by concatenating its one-hot code to the encoder input and to z.
+Conditioning on the label is by concatenating its one-hot code to the encoder input and to z. The class prior (the
+label proportions of unlabelled samples) is released with DP beside the DP-SGD run (`class_prior_share`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import optax
 
 from libsgde.ml.architectures.base import Architecture, Option, decode_tabular_sample, one_hot, row_normals
 from libsgde.ml.layers import MLP
-from libsgde.ml.mechanisms import DP_SGD
+from libsgde.ml.mechanisms import CLASS_PRIOR_SHARE, DP_SGD
 from libsgde.ml.space import ModelSpace
 
 
@@ -140,6 +141,9 @@ class CVAE(Architecture):
             "latent_dim": Option(16, 1, 1024),
             "beta": Option(1.0, 1e-3, 1e3),
             "hidden": Option([256, 256], 1, 8192),
+            # The DP class prior's share of the target epsilon (libsgde.ml.mechanisms.release_class_prior); 0 keeps a
+            # uniform prior and releases nothing. An unconditional model has no classes to count.
+            CLASS_PRIOR_SHARE: Option(0.25 if space.num_classes >= 2 else 0.0, 0.0, 0.5),
         }
         if space.kind == "tabular":
             return {**common, "numeric_sigma": Option(0.1, 1e-3, 10.0)}

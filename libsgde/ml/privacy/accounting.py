@@ -1,9 +1,14 @@
-"""Privacy accounting for DP-SGD with Google's dp-accounting: PLD for the reported epsilon, RDP as a cross-check,
-and noise calibration to a target epsilon before training.
+"""Privacy accounting with Google's dp-accounting: PLD for the reported epsilon, RDP as a cross-check, and noise
+calibration to a target epsilon before training.
 
 DP-SGD with Poisson sampling rate q, noise multiplier sigma (noise std = sigma * clip norm) and T steps is the
 T-fold composition of the Poisson-subsampled Gaussian mechanism; its epsilon at a given delta comes from the
-accountant, never from a formula of our own.
+accountant, never from a formula of our own. A run that releases more than its main mechanism (a DP class prior, a
+teacher, selections: a report's components) is accounted as one composed event.
+
+An exponential-mechanism selection of epsilon e is (e^2 / 8)-zCDP (Cesar and Rogers, "Bounding, Concentrating, and
+Truncating: Unifying Privacy Loss Composition for Data Analytics", ALT 2021): the RDP accountant composes it, the
+PLD accountant cannot, so a composition holding one is reported with RDP.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import dp_accounting as dpa
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from libsgde.domain.privacy import EXPONENTIAL, GAUSSIAN, POISSON_GAUSSIAN, PrivacyComponent
 from libsgde.errors import FieldError
 
 # PLD value discretisation. Coarser intervals (1e-2) are badly pessimistic over thousands of steps.
@@ -58,6 +64,51 @@ def gaussian_event(noise_multiplier: float) -> dpa.DpEvent:
     """One release of a sum of vectors of norm <= 1 plus N(0, sigma^2 I) noise (DP-MERF's mean embedding)."""
     _check_mechanism(noise_multiplier, 1.0, 1)
     return dpa.GaussianDpEvent(noise_multiplier)
+
+
+def exponential_event(pure_epsilon: float, steps: int = 1) -> dpa.DpEvent:
+    """`steps` exponential-mechanism selections of `pure_epsilon` each, as (e^2 / 8)-zCDP (bounded range)."""
+    if not (math.isfinite(pure_epsilon) and pure_epsilon > 0):
+        raise PrivacyError("pure_epsilon", "must be finite and > 0")
+    _check_mechanism(1.0, 1.0, steps)
+    return _self_composed(dpa.ZCDpEvent(pure_epsilon**2 / 8), steps)
+
+
+def _self_composed(event: dpa.DpEvent, steps: int) -> dpa.DpEvent:
+    return event if steps == 1 else dpa.SelfComposedDpEvent(event, steps)
+
+
+def component_event(component: PrivacyComponent) -> dpa.DpEvent:
+    """The DpEvent of one component of a privacy report (libsgde.domain.privacy)."""
+    c = component
+    if c.kind == GAUSSIAN:
+        return _self_composed(gaussian_event(c.noise_multiplier), c.steps)
+    if c.kind == POISSON_GAUSSIAN:
+        return dpsgd_event(c.noise_multiplier, c.sampling_rate, c.steps)
+    if c.kind == EXPONENTIAL:
+        return exponential_event(c.pure_epsilon, c.steps)
+    raise PrivacyError(
+        "kind", f"unknown component kind {c.kind!r}; known: {GAUSSIAN}, {POISSON_GAUSSIAN}, {EXPONENTIAL}"
+    )
+
+
+def composed_event(main: dpa.DpEvent, components: tuple[PrivacyComponent, ...] = ()) -> dpa.DpEvent:
+    """The main mechanism's event composed with the components'."""
+    return dpa.ComposedDpEvent([main, *map(component_event, components)]) if components else main
+
+
+def accountant_for(event: dpa.DpEvent) -> str:
+    """ "pld" when the PLD accountant can compose the event (the tighter figure), else "rdp"."""
+    return "pld" if pld_privacy_accountant.PLDAccountant().supports(event) else "rdp"
+
+
+def event_epsilon(event: dpa.DpEvent, delta: float, accountant: str) -> float:
+    """Epsilon at `delta` from the named accountant ("pld" or "rdp")."""
+    if accountant == "pld":
+        return event_pld_epsilon(event, delta)
+    if accountant == "rdp":
+        return event_rdp_epsilon(event, delta)
+    raise PrivacyError("accountant", f"unknown accountant {accountant!r}; known: pld, rdp")
 
 
 def event_pld_epsilon(event: dpa.DpEvent, delta: float, discretization: float = DEFAULT_DISCRETIZATION) -> float:
@@ -125,11 +176,17 @@ def calibrate_noise_multiplier(
     steps: int,
     discretization: float = DEFAULT_DISCRETIZATION,
     tolerance: float = 1e-3,
+    fixed: tuple[PrivacyComponent, ...] = (),
 ) -> float:
-    """The smallest DP-SGD noise multiplier (to within `tolerance`) whose PLD epsilon is at most `target_epsilon`."""
+    """The smallest DP-SGD noise multiplier (to within `tolerance`) whose PLD epsilon, composed with the `fixed`
+    components (already calibrated releases of the same run), is at most `target_epsilon`."""
     _check_mechanism(1.0, sampling_rate, steps)
     return calibrate_event(
-        lambda s: dpsgd_event(s, sampling_rate, steps), target_epsilon, delta, discretization, tolerance
+        lambda s: composed_event(dpsgd_event(s, sampling_rate, steps), fixed),
+        target_epsilon,
+        delta,
+        discretization,
+        tolerance,
     )
 
 
@@ -139,6 +196,16 @@ def calibrate_gaussian(target_epsilon: float, delta: float) -> float:
     return calibrate_event(gaussian_event, target_epsilon, delta)
 
 
+def share_noise_multiplier(share: float, target_epsilon: float, delta: float) -> float:
+    """The noise multiplier of a side release (a class prior, say) given `share` of the target epsilon: that of one
+    Gaussian mechanism at (share * target_epsilon, delta). A public rule, so the main mechanism is then calibrated
+    against the composition; in Gaussian-DP terms the side release takes about share^2 of the budget, so the main
+    mechanism's noise grows by only about 1 / sqrt(1 - share^2)."""
+    if not 0 < share < 1:
+        raise PrivacyError("share", "must be in (0, 1)")
+    return calibrate_gaussian(share * target_epsilon, delta)
+
+
 def calibrate_event(
     make_event: Callable[[float], dpa.DpEvent],
     target_epsilon: float,
@@ -146,8 +213,9 @@ def calibrate_event(
     discretization: float = DEFAULT_DISCRETIZATION,
     tolerance: float = 1e-3,
 ) -> float:
-    """The smallest noise multiplier s (to within `tolerance`) for which make_event(s) has PLD epsilon at most
-    `target_epsilon` at `delta`."""
+    """The smallest noise multiplier s (to within `tolerance`) for which make_event(s) has epsilon at most
+    `target_epsilon` at `delta`, by the accountant it will be reported with (accountant_for: PLD, or RDP for a
+    composition PLD cannot hold)."""
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
         raise PrivacyError("target_epsilon", "must be finite and > 0")
     if not 0 < delta < 1:
@@ -162,6 +230,8 @@ def calibrate_event(
         bracket_interval=dpa.LowerEndpointAndGuess(0.01, 1.0),
         tol=tolerance,
     )
+    if accountant_for(make_event(upper)) == "rdp":
+        return float(upper)
 
     def pld_search(lower: float) -> float:
         return float(

@@ -42,12 +42,6 @@ def noisy_release(
     return noisy_emb * scale, noisy_counts * scale
 
 
-def class_prior(noisy_counts: jax.Array) -> jax.Array:
-    """Class proportions from noisy counts (negative counts become 0; all-zero gives uniform)."""
-    c = jnp.maximum(noisy_counts, 0.0)
-    return jnp.where(jnp.sum(c) > 0, c / jnp.maximum(jnp.sum(c), 1e-12), 1.0 / c.shape[0])
-
-
 def mmd_loss(target: jax.Array, synthetic_phi: jax.Array, synthetic_onehot: jax.Array) -> jax.Array:
     """|| target - mean_j phi(g_j) onehot(y_j)^T ||^2 with target the real mean embedding [F, K]."""
     mean = synthetic_phi.T @ synthetic_onehot / synthetic_phi.shape[0]

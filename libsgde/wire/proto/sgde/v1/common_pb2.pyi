@@ -86,7 +86,7 @@ class ImageSchema(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., channels: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., pixel_max: _Optional[float] = ...) -> None: ...
 
 class PrivacyReport(_message.Message):
-    __slots__ = ("mechanism", "epsilon", "delta", "accountant", "noise_multiplier", "sampling_rate", "steps", "clip_norm", "dataset_size", "rdp_epsilon")
+    __slots__ = ("mechanism", "epsilon", "delta", "accountant", "noise_multiplier", "sampling_rate", "steps", "clip_norm", "dataset_size", "rdp_epsilon", "components")
     MECHANISM_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class PrivacyReport(_message.Message):
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     DATASET_SIZE_FIELD_NUMBER: _ClassVar[int]
     RDP_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     mechanism: str
     epsilon: float
     delta: float
@@ -107,7 +108,26 @@ class PrivacyReport(_message.Message):
     clip_norm: float
     dataset_size: int
     rdp_epsilon: float
-    def __init__(self, mechanism: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., sampling_rate: _Optional[float] = ..., steps: _Optional[int] = ..., clip_norm: _Optional[float] = ..., dataset_size: _Optional[int] = ..., rdp_epsilon: _Optional[float] = ...) -> None: ...
+    components: _containers.RepeatedCompositeFieldContainer[PrivacyComponent]
+    def __init__(self, mechanism: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., accountant: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., sampling_rate: _Optional[float] = ..., steps: _Optional[int] = ..., clip_norm: _Optional[float] = ..., dataset_size: _Optional[int] = ..., rdp_epsilon: _Optional[float] = ..., components: _Optional[_Iterable[_Union[PrivacyComponent, _Mapping]]] = ...) -> None: ...
+
+class PrivacyComponent(_message.Message):
+    __slots__ = ("purpose", "kind", "noise_multiplier", "sampling_rate", "steps", "clip_norm", "pure_epsilon")
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_RATE_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    PURE_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    purpose: str
+    kind: str
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+    clip_norm: float
+    pure_epsilon: float
+    def __init__(self, purpose: _Optional[str] = ..., kind: _Optional[str] = ..., noise_multiplier: _Optional[float] = ..., sampling_rate: _Optional[float] = ..., steps: _Optional[int] = ..., clip_norm: _Optional[float] = ..., pure_epsilon: _Optional[float] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "owner", "description", "tags", "data_schema", "data_kind", "visibility", "shared_with", "latest_version", "create_time", "update_time", "metrics")
