@@ -318,7 +318,7 @@ def plan(spec: TrainSpec, schema, n: int, budget_s: float, max_epochs: int = 0) 
     filled = timing.pop("spec")
     usable = max(0.0, 0.85 * budget_s - timing["compile_s"])
     steps = max(1, int(usable / timing["step_s"]))
-    if get_architecture(filled.architecture).mechanism == "dp-sgd":
+    if get_architecture(filled.architecture).mechanism.name == "dp-sgd":
         per_epoch = n / filled.batch_size
         epochs = max(1, int(steps / per_epoch))
         if max_epochs:
