@@ -25,12 +25,12 @@ def check_tensors(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
         arch = get_architecture(manifest.architecture)
         space = model_space(manifest.data_schema)
         config = arch.configure(manifest.config, space)
+        expected = artifact_tensor_shapes(arch, space, config)  # may refuse too: shapes written by training
     except ConfigError as e:
         field = "architecture" if e.key == "architecture" else f"config.{e.key}"
         raise ArtifactError(f"manifest {field}: {e.description}", field) from None
     if config != manifest.config:
         raise ArtifactError("manifest config: incomplete (every setting must be written out)", "config")
-    expected = artifact_tensor_shapes(arch, space, config)
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ArtifactError(

@@ -159,7 +159,7 @@ def train(
     tensors[CLASS_PRIOR] = np.asarray(outcome.class_prior, np.float32)
     privacy = privacy_to_proto(outcome.privacy)
     assert spec.config is not None  # check_spec filled it in
-    manifest = build_manifest(arch.name, spec.config, schema, privacy, outcome.training)
+    manifest = build_manifest(arch.name, outcome.config or spec.config, schema, privacy, outcome.training)
     sha = write_artifact(Path(out_path), tensors, manifest)
     if folder:
         ckpt.remove_checkpoint(folder)

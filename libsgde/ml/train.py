@@ -62,13 +62,16 @@ class Checkpoint:
 
 @dataclass
 class TrainOutcome:
-    """What a mechanism's loop returns: the trained parameters, the class prior [max(K, 1)], the privacy report
-    and what the manifest records of the training."""
+    """What a mechanism's loop returns: the trained parameters, the class prior [max(K, 1)], the privacy report,
+    what the manifest records of the training, and the config if training filled in part of it."""
 
     params: Params
     class_prior: np.ndarray
     privacy: PrivacyReport
     training: dict[str, Any]
+    # The config the manifest records when training completes it (a marginal model's chosen cliques); None: the
+    # spec's own.
+    config: dict[str, Any] | None = None
 
 
 SaveCheckpoint = Callable[[int, bytes, Any, dict[str, np.ndarray]], None]  # (step, secret, state, extra)
