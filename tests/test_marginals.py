@@ -80,7 +80,7 @@ def test_huge_epsilon_recovers_the_marginals_of_a_tiny_table(data):
     model = mg.estimate(sizes, measured, 3000)
     for clique in ((0,), (1,), (2,), (0, 1), (1, 2)):
         truth = mg.marginal(values, sizes, clique)
-        estimated = mg.model_marginals(model, [clique])[clique]
+        estimated = mg.model_marginals(model, [clique], jax.random.key(1))[clique]
         assert np.abs(estimated - truth).max() <= 0.01 * len(values), (clique, estimated, truth)
 
 
@@ -200,3 +200,23 @@ def test_label_weighted_workload_weights_the_label(data):
     weights = mg.candidate_weights(work)
     assert weights[(2,)] > weights[(0,)]  # the label overlaps the heavy cliques
     assert jnp.all(jnp.asarray(list(weights.values())) > 0)
+
+
+def test_sampled_model_marginals_match_exact_inference(data):
+    """The Monte Carlo marginals AIM and MST score candidates with are the model's, to sampling error."""
+    from mbi import marginal_oracles
+
+    sizes = mg.attribute_sizes(data.space, 4)
+    values = mg.discretise(data.x, data.labels, data.space, 4)
+    key = jax.random.key(0)
+    measured = [mg.measure(jax.random.fold_in(key, a), values, sizes, (a,), 1.0) for a in range(3)]
+    measured += [
+        mg.measure(jax.random.fold_in(key, 9 + i), values, sizes, p, 1.0) for i, p in enumerate([(0, 1), (1, 2)])
+    ]
+    model = mg.estimate(sizes, measured, 500)
+    sampled = mg.model_marginals(model, [(0, 2), (0, 1, 2)], jax.random.key(3))
+    for clique, counts in sampled.items():
+        exact = np.asarray(
+            marginal_oracles.variable_elimination(model.potentials, clique, float(model.total)).datavector()
+        )
+        assert np.abs(counts - exact).max() <= 0.02 * float(model.total), clique

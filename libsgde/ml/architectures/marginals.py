@@ -227,6 +227,11 @@ class _Fit:
         self.selected += 1
         return key
 
+    def estimate_key(self) -> jax.Array:
+        """The key of the model's sampled marginals before a selection: public (the seed's), as what it draws is
+        post-processing of the measurements."""
+        return jax.random.fold_in(self.run.init_key, self.selected)
+
     def estimate(self, iters: int) -> Any:
         self.model = mg.estimate(self.sizes, self.measurements, iters, warm_start=self.model)
         done = self.measured + self.selected
@@ -244,7 +249,10 @@ class MSTMechanism(MarginalMechanism):
 
     def select_and_measure(self, fit: _Fit, space: ModelSpace, config: dict[str, Any], selections: int) -> None:
         allowed = sorted(tuple(sorted(e)) for e in _allowed_pairs(fit.sizes, config["max_cells"]).edges)
-        for pair in mg.mst_select(fit.next_selection_key, fit.data, fit.sizes, fit.model, fit.eps_sel, allowed):
+        pairs = mg.mst_select(
+            fit.next_selection_key, fit.estimate_key(), fit.data, fit.sizes, fit.model, fit.eps_sel, allowed
+        )
+        for pair in pairs:
             fit.measure(pair)
 
 
@@ -274,7 +282,9 @@ class AIMMechanism(MarginalMechanism):
                 for r, w in weights.items()
                 if r in cliques or mg.model_cells(sizes, [*cliques, r]) <= config["max_model_cells"]
             }
-            chosen = mg.aim_select(fit.next_selection_key(), fit.data, sizes, fit.model, fits, fit.eps_sel, fit.sigma)
+            chosen = mg.aim_select(
+                fit.next_selection_key(), fit.estimate_key(), fit.data, sizes, fit.model, fits, fit.eps_sel, fit.sigma
+            )
             fit.measure(chosen)
             if chosen not in cliques:
                 cliques.append(chosen)

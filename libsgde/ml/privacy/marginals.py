@@ -15,6 +15,7 @@ Mechanism for Differentially Private Synthetic Data" (VLDB 2022).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -131,10 +132,39 @@ def estimate(
     return model
 
 
-def model_marginals(model: MarkovRandomField, cliques: Sequence[Clique]) -> dict[Clique, np.ndarray]:
-    """The model's marginals (counts) over these cliques, flattened in each clique's attribute order."""
-    many = marginal_oracles.calculate_many_marginals(model.potentials, list(cliques), float(model.total))
-    return {cl: np.asarray(many.project(cl).datavector(), np.float64) for cl in cliques}
+MONTE_CARLO_ROWS = 1 << 16
+
+
+def model_marginals(
+    model: MarkovRandomField, cliques: Sequence[Clique], key: jax.Array, rows: int = MONTE_CARLO_ROWS
+) -> dict[Clique, np.ndarray]:
+    """The model's marginals (counts, flattened in each clique's attribute order) over these cliques: exact where
+    the model holds a clique containing it, else estimated from `rows` rows sampled from the model (mbi's exact
+    variable elimination, query by query, takes tens of seconds per AIM round on CPU; the sampling error, about
+    total * sqrt(p / rows) per cell, is far below the measurement noise it is compared with). Post-processing: the
+    model and `key` alone."""
+    sizes = model.domain.shape
+    out = {cl: np.asarray(model.project(cl).datavector(), np.float64) for cl in cliques if model.marginals.supports(cl)}
+    rest = [cl for cl in cliques if cl not in out]
+    if rest:
+        potentials = log_potentials(model)
+        drawn = np.asarray(_sampler(tuple(sizes), tuple(potentials))(list(potentials.values()), key, rows))
+        scale = float(model.total) / rows
+        out.update({cl: scale * marginal(drawn, sizes, cl) for cl in rest})
+    return {cl: out[cl] for cl in cliques}
+
+
+@functools.lru_cache(maxsize=8)
+def _sampler(sizes: tuple[int, ...], cliques: tuple[Clique, ...]) -> Callable[..., jax.Array]:
+    """A jitted unconditional sampler of the model with these cliques: (potentials, key, rows) -> values."""
+    plan = sampling_plan(sizes, cliques, None)
+
+    def draw(potentials: list[jax.Array], key: jax.Array, rows: int) -> jax.Array:
+        logits = conditional_logits(sizes, cliques, potentials, plan)
+        keys = jax.random.split(key, rows)
+        return sample_attributes(sizes, plan, logits, keys, jnp.zeros(rows, jnp.int32), None)
+
+    return jax.jit(draw, static_argnums=2)
 
 
 # -- MST: a maximum spanning tree of noisy pairwise errors --------------------------------------------------------
@@ -142,6 +172,7 @@ def model_marginals(model: MarkovRandomField, cliques: Sequence[Clique]) -> dict
 
 def mst_select(
     next_key: Callable[[], jax.Array],
+    estimate_key: jax.Array,
     data: np.ndarray,
     sizes: Sequence[int],
     model: MarkovRandomField,
@@ -152,7 +183,7 @@ def mst_select(
     between its marginal in the data and in the model of the one-way measurements (sensitivity 1); Kruskal's
     algorithm then adds, as many times as the forest has edges (a function of `pairs` alone), an edge between two
     components drawn by the exponential mechanism at `epsilon` (its key from `next_key()`)."""
-    estimated = model_marginals(model, pairs)
+    estimated = model_marginals(model, pairs, estimate_key)
     quality = {p: float(np.abs(marginal(data, sizes, p) - estimated[p]).sum()) for p in pairs}
     components = nx.utils.UnionFind(range(len(sizes)))
     chosen: list[Clique] = []
@@ -186,6 +217,7 @@ def candidate_weights(work: dict[Clique, float]) -> dict[Clique, float]:
 
 def aim_select(
     key: jax.Array,
+    estimate_key: jax.Array,
     data: np.ndarray,
     sizes: Sequence[int],
     model: MarkovRandomField,
@@ -197,7 +229,7 @@ def aim_select(
     of measuring r with noise sigma subtracted: a marginal worth measuring is one the model gets wrong by more than
     the measurement's own noise), drawn by the exponential mechanism at `epsilon` with sensitivity max_r w_r."""
     candidates = list(weights)
-    estimated = model_marginals(model, candidates)
+    estimated = model_marginals(model, candidates, estimate_key)
     quality = np.array(
         [
             weights[r]
