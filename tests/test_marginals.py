@@ -194,6 +194,29 @@ def test_architectures_model_tables_only_and_refuse_a_preset_structure(data, tmp
         train(data, schema(), TrainSpec("mst", 1.0, config={**FAST, "cliques": [[0, 1, 2]]}), tmp_path / "x")
 
 
+def test_an_unconditional_table_trains_and_samples(tmp_path):
+    """No label column: the model samples every attribute, and the prior is the single class."""
+    unlabelled = pb.DataSchema(tabular=pb.TabularSchema(columns=list(schema().tabular.columns)[:2]))
+    rows = table()
+    encoded = encoder_for(unlabelled).encode({"x": rows["x"], "colour": rows["colour"]})
+    spec = TrainSpec("mst", 2.0, config=dict(FAST), seed=1)
+    result = train(encoded, unlabelled, spec, tmp_path / "u.safetensors", secret=SECRET)
+    gen = load_generator(result.path)
+    values, labels = gen.sample(50, seed=2)
+    assert labels is None and len(values["x"]) == 50 and gen.class_prior.tolist() == [1.0]
+
+
+def test_a_schema_of_too_many_attributes_is_refused():
+    """The junction tree configure builds for a manifest's cliques grows with the attributes: they are capped."""
+    from libsgde.io.encoding import model_space
+    from libsgde.ml.architectures import ConfigError
+
+    columns = [pb.Column(name=f"c{i}", type=pb.COLUMN_TYPE_CONTINUOUS, lower=0.0, upper=1.0) for i in range(70)]
+    wide = pb.DataSchema(tabular=pb.TabularSchema(columns=columns))
+    with pytest.raises(ConfigError, match="2 to 64 attributes"):
+        get_architecture("mst").configure({}, model_space(wide))
+
+
 def test_label_weighted_workload_weights_the_label(data):
     work = mg.workload(3, [2, 3], 2, 4.0)
     assert work[(0, 2)] == 4.0 and work[(0, 1)] == 1.0 and work[(0, 1, 2)] == 4.0

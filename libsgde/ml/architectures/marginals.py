@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 SELECTION = "selection"  # the purpose of the exponential-mechanism component
 MAX_CLIQUES = 512
+# Attributes (columns and label) a model may have: the junction tree that configure builds for a manifest's cliques
+# costs about attributes^2 x cliques steps, and the registry builds it for every manifest it checks.
+MAX_ATTRIBUTES = 64
 MAX_CLIQUE_ATTRIBUTES = 8
 MAX_CELLS = 4_000_000  # the largest a `max_cells` or `max_model_cells` setting may be (float32: 16 MB)
 
@@ -326,8 +329,11 @@ class MarginalArchitecture(Architecture):
         sized by them is allocated."""
         config = super().configure(raw, space)
         sizes = mg.attribute_sizes(space, config["bins"])
-        if len(sizes) < 2:
-            raise ConfigError("architecture", f"{self.name} needs at least two attributes (columns and label)")
+        if not 2 <= len(sizes) <= MAX_ATTRIBUTES:
+            raise ConfigError(
+                "architecture",
+                f"{self.name} models 2 to {MAX_ATTRIBUTES} attributes (columns and label), not {len(sizes)}",
+            )
         if max(sizes) > config["max_cells"]:
             raise ConfigError("max_cells", f"an attribute has {max(sizes)} values, over max_cells")
         if sum(sizes) > config["max_model_cells"]:
