@@ -205,7 +205,14 @@ def test_dpmerf_release_has_sensitivity_one():
 # Every architecture's class prior comes from a DP release (issue 14): sampled without labels, a 75/25 table gives
 # about 75/25, not the uniform 50/50 a prior-free model gives. At epsilon 1 and N = 4,000 the count noise of every
 # architecture moves the share by well under 0.01 (one standard deviation); 0.05 is the test's margin.
-PRIOR_CONFIGS = {"cvae": TINY["cvae"], "dp-merf": TINY["dp-merf"]}
+MARGINALS = {"iters": 100, "final_iters": 300, "bins": 4}
+PRIOR_CONFIGS = {
+    "cvae": TINY["cvae"],
+    "dp-merf": TINY["dp-merf"],
+    "mst": MARGINALS,
+    "aim": {**MARGINALS, "rounds": 2},
+    "aim-label": {**MARGINALS, "rounds": 2},
+}
 
 
 def test_every_tabular_architecture_is_in_the_prior_test():
