@@ -842,7 +842,7 @@ def _settings(r: dict) -> str:
         rounds = (
             f", {c['rounds']} rounds, ways {c['ways']}, label weight {c['label_weight']:g}" if "rounds" in c else ""
         )
-        return f"bins {c['bins']}{rounds}, {len(c['cliques'])} cliques, {t['seconds']:.0f} s"
+        return f"bins {c['bins']}{rounds}, {len(c['cliques'])} cliques, {t['measurements']} measurements"
     if r["privacy"]["mechanism"] == "dp-sgd":
         net = (
             f"conv channels {c['channels']}"

@@ -194,6 +194,13 @@ def test_architectures_model_tables_only_and_refuse_a_preset_structure(data, tmp
         train(data, schema(), TrainSpec("mst", 1.0, config={**FAST, "cliques": [[0, 1, 2]]}), tmp_path / "x")
 
 
+def test_the_same_secret_and_seed_give_the_same_artifact(data, trained, tmp_path):
+    again = train(data, schema(), TrainSpec("mst", 2.0, config=dict(FAST), seed=3), tmp_path / "m", secret=SECRET)
+    assert again.sha256 == trained["mst"].sha256
+    other = train(data, schema(), TrainSpec("mst", 2.0, config=dict(FAST), seed=3), tmp_path / "o", secret=b"other")
+    assert other.sha256 != trained["mst"].sha256
+
+
 def test_an_unconditional_table_trains_and_samples(tmp_path):
     """No label column: the model samples every attribute, and the prior is the single class."""
     unlabelled = pb.DataSchema(tabular=pb.TabularSchema(columns=list(schema().tabular.columns)[:2]))

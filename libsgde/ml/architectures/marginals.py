@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dp_accounting as dpa
@@ -148,7 +147,6 @@ class MarginalMechanism(Mechanism):
     def train(self, run: Run) -> TrainOutcome:
         spec, space, config = run.spec, run.space, run.spec.config
         assert config is not None  # filled in by check_spec
-        started = time.monotonic()
         sigma, eps_sel, m, t = self.calibrate(space, config, spec.target_epsilon, spec.delta)
         components = (_selection(eps_sel, t),)
         privacy = self.report(sigma, 1.0, m, 0.0, len(run), spec.delta, components)
@@ -191,7 +189,6 @@ class MarginalMechanism(Mechanism):
             "selection_epsilon": eps_sel,
             "seed": spec.seed,
             "estimator": "mirror descent (mbi)",
-            "seconds": round(time.monotonic() - started, 1),
         }
         return TrainOutcome(params, prior, privacy, training, config=trained)
 
