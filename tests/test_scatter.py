@@ -41,6 +41,7 @@ TINY = {
     "teacher_epochs": 2,
     "teacher_batch": 64,
     "teacher_candidates": 3,
+    "teacher_guidance": 0.01,
 }
 
 

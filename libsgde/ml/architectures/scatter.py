@@ -21,7 +21,8 @@ What is released (the private data is touched by exactly these two mechanisms, c
    composed event); the report carries it as the component ("teacher", "poisson-gaussian").
 
 Post-processing (no further privacy cost): the generator (noise and one-hot label -> a small transposed-conv network
--> sigmoid pixels) trained with Adam to match the noisy mean embedding divided by the noisy count; and sampling:
+-> sigmoid pixels) trained with Adam to match the noisy mean embedding divided by the noisy count, plus, with
+`teacher_guidance` > 0, that weight times the released teacher's cross-entropy on the samples' labels; and sampling:
 `generate` draws `teacher_candidates` candidates for row i from fold_in(keys[i], a) and keeps the first one the
 teacher assigns to labels[i], else the one it gives labels[i] the highest probability. The row's label stays the
 requested one (exact class counts), and row i depends on keys[i] and labels[i] alone.
@@ -203,9 +204,12 @@ def generator_step(
     features: tuple[int, str, float],
     batch: int,
     train_key: jax.Array,
+    teacher: dict[str, jax.Array] | None = None,
+    guidance: float = 0.0,
 ) -> Callable[[State, int], tuple[State, jax.Array]]:
     """The jitted generator step (state, step) -> (state, loss): Adam on || target - mean_j v(g_j) ||^2 over the
-    released blocks (the counts block aside: the labels are drawn from the released prior). Post-processing."""
+    released blocks (the counts block aside: the labels are drawn from the released prior), plus `guidance` times
+    the DP teacher's mean cross-entropy on the samples' labels. Post-processing of the two releases."""
     classes = prior.shape[0]
 
     @jax.jit
@@ -218,7 +222,11 @@ def generator_step(
             images = apply_array(module, p, labels, gen_key, method="relaxed")
             s = scattering.features(images, *features)
             synthetic = embedding_blocks(s, images.reshape(batch, -1), jax.nn.one_hot(labels, classes), freqs, weights)
-            return sum((jnp.sum((target[b] - synthetic[b] / batch) ** 2) for b in target), jnp.zeros(()))
+            mmd = sum((jnp.sum((target[b] - synthetic[b] / batch) ** 2) for b in target), jnp.zeros(()))
+            if teacher is None or not guidance:
+                return mmd
+            logits = s @ teacher["kernel"] + teacher["bias"]
+            return mmd - guidance * jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -389,7 +397,20 @@ class ScatterEmbeddingRelease(Mechanism):
         generator_only = {"generator": params["generator"]}
         state = run.restore((generator_only, optimizer.init(generator_only)))
         batch, total = config["generator_batch"], config["generator_steps"]
-        step_fn = generator_step(module, optimizer, target, prior, freqs, weights, features, batch, train_key)
+        teacher_params = {k.split("/", 1)[1]: jnp.asarray(v) for k, v in extra.items() if k.startswith("teacher/")}
+        step_fn = generator_step(
+            module,
+            optimizer,
+            target,
+            prior,
+            freqs,
+            weights,
+            features,
+            batch,
+            train_key,
+            teacher_params or None,
+            config["teacher_guidance"],
+        )
         run.report(
             run.start_step,
             total,
@@ -410,9 +431,7 @@ class ScatterEmbeddingRelease(Mechanism):
                 run.maybe_checkpoint(done, state, extra)
         trained = dict(state[0])
         if components:
-            trained[TEACHER] = {
-                k.split("/", 1)[1]: jnp.asarray(v) for k, v in extra.items() if k.startswith("teacher/")
-            }
+            trained[TEACHER] = teacher_params
         training = {
             "generator_steps": total,
             "learning_rate": spec.learning_rate,
@@ -458,6 +477,8 @@ class ScatterMerf(Architecture):
             "teacher_clip": Option(1.0, 1e-6, 1e3),
             "teacher_lr": Option(0.01, 1e-6, 10.0),
             "teacher_candidates": Option(4, 1, 64),
+            # The generator's loss adds this times the teacher's cross-entropy on its samples (0: matching alone).
+            "teacher_guidance": Option(0.0, 0.0, 1e3),
         }
 
     def configure(self, raw: dict[str, Any] | None, space: ModelSpace) -> dict[str, Any]:
