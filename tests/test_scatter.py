@@ -22,7 +22,7 @@ from libsgde.io.artifact import ArtifactError, load_artifact, write_artifact
 from libsgde.io.encoding import encoder_for
 from libsgde.io.generator import load_generator
 from libsgde.io.privacy import check_privacy_claim
-from libsgde.io.training import TrainSpec, train
+from libsgde.io.training import TrainingCancelled, TrainSpec, train
 from libsgde.ml import scattering
 from libsgde.ml.architectures import ConfigError, get_architecture
 from libsgde.ml.architectures.scatter import block_weights, calibrate, feature_settings, teacher_clipped_sum
@@ -257,3 +257,33 @@ def test_tensor_names_are_the_generator_and_the_teacher(trained):
     _, tensors = load_artifact(Path(trained.path))
     assert {k.split("/")[0] for k in tensors} == {"generator", "teacher", "class_prior"}
     assert tensors["teacher/kernel"].shape == (scattering.feature_dim((8, 8, 1), 1), 10)
+
+
+def test_a_stopped_run_resumes_without_releasing_again_to_the_same_artifact(digits, trained, tmp_path):
+    schema, data = digits
+    spec = TrainSpec("scatter-merf", 3.0, config=TINY, learning_rate=3e-3, seed=2)
+    stops = iter([False] * 3 + [True])
+    with pytest.raises(TrainingCancelled):
+        train(
+            data,
+            schema,
+            spec,
+            tmp_path / "a.safetensors",
+            secret=b"s" * 32,
+            checkpoint_dir=tmp_path / "ckpt",
+            should_stop=lambda: next(stops, False),
+        )
+    events = []
+    # Another secret is ignored: the release and the teacher come from the checkpoint, not from a second release.
+    resumed = train(
+        data,
+        schema,
+        spec,
+        tmp_path / "b.safetensors",
+        secret=b"x" * 32,
+        checkpoint_dir=tmp_path / "ckpt",
+        on_progress=events.append,
+    )
+    assert any(e.message.startswith("resumed from step 4") for e in events)
+    assert not any(e.message.startswith("released") for e in events)
+    assert resumed.sha256 == trained.sha256
