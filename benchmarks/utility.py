@@ -61,7 +61,9 @@ from libsgde.client import sample_local
 from libsgde.io.datasets import load_dataset
 from libsgde.io.encoding import EncodedData, encoder_for
 from libsgde.io.training import TrainSpec, check_spec, train
+from libsgde.ml import scattering
 from libsgde.ml.architectures import get_architecture
+from libsgde.ml.architectures import scatter as scatter_arch
 from libsgde.ml.privacy import (
     dpsgd,
     ghost,
@@ -127,7 +129,7 @@ PUBLISHED = {
     },
 }
 
-IMAGE_ARCHS = ("cvae-mlp", "cvae-conv", "dp-merf")
+IMAGE_ARCHS = ("cvae-mlp", "cvae-conv", "dp-merf", "scatter-merf")
 TABULAR_ARCHS = ("cvae", "dp-merf", "mst", "aim", "aim-label")
 MARGINAL_ARCHS = ("mst", "aim", "aim-label")  # their train budget is a fixed number of rounds, never a clock
 DATASETS = ("fashion-mnist", "digits", "breast_cancer", "wine", "compas", "german")
@@ -442,6 +444,10 @@ def time_step(spec: TrainSpec, schema, n: int, warmup_steps: int = 3, timed_step
             indices = rng.integers(0, fake_n, padded).astype(np.int32)
             mask = (np.arange(padded) < round(q * n)).astype(np.float32)
             return step(state, indices, mask, i)
+    elif arch.name == "scatter-merf":
+        one, overhead_s = _scatter_merf_step(spec, space, n, module, optimizer, key, rng)
+        generator_only = {"generator": params["generator"]}  # the teacher is trained apart, by DP-SGD
+        state = (generator_only, optimizer.init(generator_only))
     else:
         cfg = spec.config
         dim = math.prod(space.shape)
@@ -459,12 +465,45 @@ def time_step(spec: TrainSpec, schema, n: int, warmup_steps: int = 3, timed_step
     for i in range(warmup_steps):
         state, loss = one(state, i)
         jax.block_until_ready(loss)
-    compile_s = time.perf_counter() - t0
+    compile_s = time.perf_counter() - t0 + (overhead_s if arch.name == "scatter-merf" else 0.0)
     t0 = time.perf_counter()
     for i in range(timed_steps):
         state, loss = one(state, warmup_steps + i)
     jax.block_until_ready(loss)
     return {"compile_s": compile_s, "step_s": (time.perf_counter() - t0) / timed_steps, "spec": spec}
+
+
+def _scatter_merf_step(spec: TrainSpec, space, n: int, module, optimizer, key, rng):
+    """scatter-merf's generator step on a zero target of the release's shapes, and an estimate of the time before
+    the first step (the features of N images, the release, the teacher's DP-SGD steps), timed on random data."""
+    cfg = spec.config
+    features = scatter_arch.feature_settings(space, cfg)
+    weights = scatter_arch.block_weights(cfg)
+    freqs = scatter_arch.frequencies(key, space, cfg)
+    classes = max(space.num_classes, 1)
+    fake = jnp.asarray(rng.random((512, *space.shape), np.float32))
+    labels = jax.nn.one_hot(jnp.asarray(rng.integers(0, classes, 512)), classes)
+    s = scattering.features_in_chunks(fake, *features)
+    jax.block_until_ready(s)
+    t0 = time.perf_counter()
+    s = scattering.features_in_chunks(fake, *features)
+    blocks = scatter_arch.embedding_blocks(s, fake.reshape(512, -1), labels, freqs, weights)
+    jax.block_until_ready(blocks)
+    overhead_s = (time.perf_counter() - t0) * n / 512
+    if cfg["teacher_share"]:
+        q, teacher_steps = scatter_arch.teacher_schedule(cfg, n)
+        padded = min(512, dpsgd.padded_batch_size(n, q))
+        params = {"kernel": jnp.zeros((s.shape[1], classes)), "bias": jnp.zeros(classes)}
+        clipped = jax.jit(lambda p, x, y, m: scatter_arch.teacher_clipped_sum(p, x, y, m, 1.0))
+        jax.block_until_ready(clipped(params, s[:padded], labels[:padded], jnp.ones(padded)))
+        t0 = time.perf_counter()
+        jax.block_until_ready(clipped(params, s[:padded], labels[:padded], jnp.ones(padded)))
+        overhead_s += (time.perf_counter() - t0) * teacher_steps * dpsgd.padded_batch_size(n, q) / padded
+    target = {b: jnp.zeros_like(v) for b, v in blocks.items() if b != "counts"}
+    step = scatter_arch.generator_step(
+        module, optimizer, target, jnp.full(classes, 1 / classes), freqs, weights, features, cfg["generator_batch"], key
+    )
+    return (lambda state, i: step(state, i)), overhead_s
 
 
 def plan(spec: TrainSpec, schema, n: int, budget_s: float, max_epochs: int = 0) -> tuple[TrainSpec, dict]:
@@ -852,6 +891,14 @@ def _settings(r: dict) -> str:
         return (
             f"{net} latent {c['latent_dim']} beta {c['beta']:g}, batch {t['batch_size']}, {t['epochs']} ep, "
             f"lr {t['learning_rate']:g}, clip {r['privacy']['clip_norm']:g}"
+        )
+    if r["privacy"]["mechanism"] == "scatter-merf":
+        weights = "/".join(f"{c['weight_' + b]:g}" for b in ("moment", "rff", "pixel", "counts"))
+        return (
+            f"J {c['scatter_j']} {c['normalisation']}, weights m/r/p/c {weights}, features {c['features']} ls "
+            f"{c['lengthscale']:g}, channels {c['channels']}, batch {c['generator_batch']}, lr {t['learning_rate']:g}; "
+            f"teacher share {c['teacher_share']:g}, {c['teacher_epochs']} ep, batch {c['teacher_batch']}, lr "
+            f"{c['teacher_lr']:g}, {c['teacher_candidates']} candidates"
         )
     return (
         f"hidden {c['hidden']} features {c['features']} ls {c['lengthscale']:g}, batch {c['generator_batch']}, "

@@ -8,9 +8,12 @@ from libsgde.ml.architectures.base import Architecture, ConfigError
 from libsgde.ml.architectures.cvae import CVAE
 from libsgde.ml.architectures.dpmerf import DPMERF
 from libsgde.ml.architectures.marginals import AIM, MST, AIMLabel
+from libsgde.ml.architectures.scatter import ScatterMerf
 from libsgde.ml.space import ModelSpace
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (CVAE(), DPMERF(), MST(), AIM(), AIMLabel())}
+ARCHITECTURES: dict[str, Architecture] = {
+    a.name: a for a in (CVAE(), DPMERF(), ScatterMerf(), MST(), AIM(), AIMLabel())
+}
 CLASS_PRIOR = "class_prior"  # float32 [max(K, 1)]: label proportions used when a caller asks for no labels
 
 __all__ = ["ARCHITECTURES", "CLASS_PRIOR", "Architecture", "ConfigError", "artifact_tensor_shapes", "get_architecture"]
