@@ -112,7 +112,9 @@ def _published(job) -> str:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The data schema (JSON; see `sgde schema infer`).",
 )
-@click.option("--arch", required=True, help="Architecture, e.g. cvae or dp-merf.")
+@click.option(
+    "--arch", required=True, help="Architecture: cvae, dp-merf, scatter-merf (images), mst, aim or aim-label (tables)."
+)
 @click.option("--epsilon", type=float, required=True, help="Target epsilon of the (epsilon, delta) guarantee.")
 @click.option("--delta", type=float, default=0.0, help="Default: 1e-5 or 1/(10 N), whichever is smaller.")
 @click.option("--epochs", type=int, default=0, help="Default 10.")
