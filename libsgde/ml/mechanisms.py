@@ -25,7 +25,7 @@ from libsgde.domain.privacy import GAUSSIAN, PrivacyComponent, PrivacyReport
 from libsgde.domain.specs import TrainSpec
 from libsgde.errors import FieldError
 from libsgde.ml.privacy import accounting, dpsgd, ghost, merf, prior
-from libsgde.ml.train import EPSILON_EVERY_S, Run, TrainOutcome, dpmerf_step, dpsgd_step
+from libsgde.ml.train import EPSILON_EVERY_S, Run, TrainOutcome, dpmerf_step, dpsgd_step, fit_generator
 
 if TYPE_CHECKING:
     from dp_accounting import DpEvent
@@ -236,32 +236,17 @@ class MeanEmbeddingRelease(Mechanism):
         step_fn = dpmerf_step(module, optimizer, target, class_prior, freqs, batch, jax.random.fold_in(run.init_key, 1))
 
         privacy = self.report(sigma, 1.0, 1, 1.0, n, spec.delta)
-        run.report(
-            run.start_step,
+        state, training = fit_generator(
+            run,
+            step_fn,
+            state,
             total,
-            0,
-            0.0,
+            batch,
             privacy.epsilon,
-            0,
-            (f"resumed from step {run.start_step}; " if run.resumed else "")
-            + f"released the mean embedding once with noise multiplier {sigma:.4g} (epsilon "
-            f"{privacy.epsilon:.4g} at delta {spec.delta:.3g}); the generator now trains at no further "
-            "privacy cost",
-            force=True,
+            f"released the mean embedding once with noise multiplier {sigma:.4g} (epsilon {privacy.epsilon:.4g} at "
+            f"delta {spec.delta:.3g}); the generator now trains at no further privacy cost",
+            {"embedding": np.asarray(emb), "counts": np.asarray(counts)},
         )
-        extra = {"embedding": np.asarray(emb), "counts": np.asarray(counts)}
-        for step in range(run.start_step, total):
-            state, loss = step_fn(state, step)
-            done = step + 1
-            run.report(done, total, 0, float(loss), privacy.epsilon, batch, force=done == total)
-            if done < total:
-                run.maybe_checkpoint(done, state, extra)
-        training = {
-            "generator_steps": total,
-            "learning_rate": spec.learning_rate,
-            "seed": spec.seed,
-            "optimizer": "adam",
-        }
         return TrainOutcome(state[0], np.asarray(class_prior), privacy, training)
 
 

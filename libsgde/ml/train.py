@@ -185,6 +185,30 @@ def dpsgd_step(
     return step_fn
 
 
+def generator_step(
+    optimizer: optax.GradientTransformation,
+    prior: jax.Array,
+    batch: int,
+    train_key: jax.Array,
+    loss_fn: Callable[[Params, jax.Array, jax.Array], jax.Array],
+) -> Callable[[State, int], tuple[State, jax.Array]]:
+    """The jitted step of a generator fitted to a private release: (state, step) -> (state, loss). Each step draws
+    `batch` labels from the released class prior and applies Adam to loss_fn(params, labels, key), which compares
+    the generator's samples with the release alone: post-processing, it never touches the private data."""
+    classes = prior.shape[0]
+
+    @jax.jit
+    def step_fn(state: State, step: jax.Array) -> tuple[State, jax.Array]:
+        params, opt_state = state
+        label_key, gen_key = jax.random.split(jax.random.fold_in(train_key, step))
+        labels = jax.random.choice(label_key, classes, (batch,), p=prior)
+        loss, grads = jax.value_and_grad(loss_fn)(params, labels, gen_key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    return step_fn
+
+
 def dpmerf_step(
     module: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -194,22 +218,42 @@ def dpmerf_step(
     batch: int,
     train_key: jax.Array,
 ) -> Callable[[State, int], tuple[State, jax.Array]]:
-    """The jitted DP-MERF generator step: (state, step) -> (state, loss). Post-processing of the released
-    embedding `target` [F, K]: it never touches the private data."""
+    """The jitted DP-MERF generator step (generator_step): the MMD between the released embedding `target` [F, K]
+    and the samples' random features."""
     classes = target.shape[1]
 
-    @jax.jit
-    def step_fn(state: State, step: jax.Array) -> tuple[State, jax.Array]:
-        params, opt_state = state
-        label_key, gen_key = jax.random.split(jax.random.fold_in(train_key, step))
-        labels = jax.random.choice(label_key, classes, (batch,), p=prior)
+    def loss_fn(p: Params, labels: jax.Array, key: jax.Array) -> jax.Array:
+        x = apply_array(module, p, labels, key, method="relaxed").reshape(labels.shape[0], -1)
+        return merf.mmd_loss(target, merf.feature_map(x, freqs), jax.nn.one_hot(labels, classes))
 
-        def loss_fn(p: Params) -> jax.Array:
-            x = apply_array(module, p, labels, gen_key, method="relaxed").reshape(batch, -1)
-            return merf.mmd_loss(target, merf.feature_map(x, freqs), jax.nn.one_hot(labels, classes))
+    return generator_step(optimizer, prior, batch, train_key, loss_fn)
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
 
-    return step_fn
+def fit_generator(
+    run: Run,
+    step_fn: Callable[[State, int], tuple[State, jax.Array]],
+    state: State,
+    total: int,
+    batch: int,
+    epsilon: float,
+    message: str,
+    extra: dict[str, np.ndarray],
+) -> tuple[State, dict[str, Any]]:
+    """The loop after a release: `total` generator steps from the run's start step, with progress (the epsilon is
+    the release's, spent once) and checkpoints holding `extra` (the release, never made twice). Returns the state
+    and what the manifest records of the training."""
+    prefix = f"resumed from step {run.start_step}; " if run.resumed else ""
+    run.report(run.start_step, total, 0, 0.0, epsilon, 0, prefix + message, force=True)
+    for step in range(run.start_step, total):
+        state, loss = step_fn(state, step)
+        done = step + 1
+        run.report(done, total, 0, float(loss), epsilon, batch, force=done == total)
+        if done < total:
+            run.maybe_checkpoint(done, state, extra)
+    spec = run.spec
+    return state, {
+        "generator_steps": total,
+        "learning_rate": spec.learning_rate,
+        "seed": spec.seed,
+        "optimizer": "adam",
+    }

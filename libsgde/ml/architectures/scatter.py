@@ -52,7 +52,8 @@ from libsgde.ml.mechanisms import Mechanism
 from libsgde.ml.privacy import accounting, dpsgd, merf, prior
 from libsgde.ml.pytree import Params, apply_array
 from libsgde.ml.space import ModelSpace
-from libsgde.ml.train import Run, State, TrainOutcome
+from libsgde.ml.train import Run, State, TrainOutcome, fit_generator
+from libsgde.ml.train import generator_step as train_generator_step
 
 if TYPE_CHECKING:
     from dp_accounting import DpEvent
@@ -208,32 +209,22 @@ def generator_step(
     teacher: dict[str, jax.Array] | None = None,
     guidance: float = 0.0,
 ) -> Callable[[State, int], tuple[State, jax.Array]]:
-    """The jitted generator step (state, step) -> (state, loss): Adam on || target - mean_j v(g_j) ||^2 over the
+    """The jitted generator step (libsgde.ml.train.generator_step): || target - mean_j v(g_j) ||^2 over the
     released blocks (the counts block aside: the labels are drawn from the released prior), plus `guidance` times
     the DP teacher's mean cross-entropy on the samples' labels. Post-processing of the two releases."""
     classes = prior.shape[0]
 
-    @jax.jit
-    def step_fn(state: State, step: jax.Array) -> tuple[State, jax.Array]:
-        params, opt_state = state
-        label_key, gen_key = jax.random.split(jax.random.fold_in(train_key, step))
-        labels = jax.random.choice(label_key, classes, (batch,), p=prior)
+    def loss_fn(p: Params, labels: jax.Array, key: jax.Array) -> jax.Array:
+        images = apply_array(module, p, labels, key, method="relaxed")
+        s = scattering.features(images, *features)
+        synthetic = embedding_blocks(s, images.reshape(batch, -1), jax.nn.one_hot(labels, classes), freqs, weights)
+        mmd = sum((jnp.sum((target[b] - synthetic[b] / batch) ** 2) for b in target), jnp.zeros(()))
+        if teacher is None or not guidance:
+            return mmd
+        logits = s @ teacher["kernel"] + teacher["bias"]
+        return mmd - guidance * jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
 
-        def loss_fn(p: Params) -> jax.Array:
-            images = apply_array(module, p, labels, gen_key, method="relaxed")
-            s = scattering.features(images, *features)
-            synthetic = embedding_blocks(s, images.reshape(batch, -1), jax.nn.one_hot(labels, classes), freqs, weights)
-            mmd = sum((jnp.sum((target[b] - synthetic[b] / batch) ** 2) for b in target), jnp.zeros(()))
-            if teacher is None or not guidance:
-                return mmd
-            logits = s @ teacher["kernel"] + teacher["bias"]
-            return mmd - guidance * jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    return step_fn
+    return train_generator_step(optimizer, prior, batch, train_key, loss_fn)
 
 
 # -- the teacher ------------------------------------------------------------------------------------------------------
@@ -412,33 +403,20 @@ class ScatterEmbeddingRelease(Mechanism):
             teacher_params or None,
             config["teacher_guidance"],
         )
-        run.report(
-            run.start_step,
+        state, training = fit_generator(
+            run,
+            step_fn,
+            state,
             total,
-            0,
-            0.0,
+            batch,
             privacy.epsilon,
-            0,
-            (f"resumed from step {run.start_step}; " if run.resumed else "")
-            + f"epsilon {privacy.epsilon:.4g} at delta {spec.delta:.3g} for everything released; the generator now "
+            f"epsilon {privacy.epsilon:.4g} at delta {spec.delta:.3g} for everything released; the generator now "
             "trains at no further privacy cost",
-            force=True,
+            extra,
         )
-        for step in range(run.start_step, total):
-            state, loss = step_fn(state, step)
-            done = step + 1
-            run.report(done, total, 0, float(loss), privacy.epsilon, batch, force=done == total)
-            if done < total:
-                run.maybe_checkpoint(done, state, extra)
         trained = dict(state[0])
         if components:
             trained[TEACHER] = teacher_params
-        training = {
-            "generator_steps": total,
-            "learning_rate": spec.learning_rate,
-            "seed": spec.seed,
-            "optimizer": "adam",
-        }
         return TrainOutcome(trained, np.asarray(prior), privacy, training)
 
 
