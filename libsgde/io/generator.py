@@ -30,7 +30,17 @@ def check_tensors(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
         field = "architecture" if e.key == "architecture" else f"config.{e.key}"
         raise ArtifactError(f"manifest {field}: {e.description}", field) from None
     if config != manifest.config:
-        raise ArtifactError("manifest config: incomplete (every setting must be written out)", "config")
+        unstated = sorted(set(config) - set(manifest.config))
+        raise ArtifactError(
+            "manifest config: incomplete (every setting must be written out)"
+            + (
+                f"; it does not state {', '.join(unstated)}: an artifact written before that setting existed, "
+                "retrain the model with this version of SGDE"
+                if unstated
+                else ""
+            ),
+            "config",
+        )
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         raise ArtifactError(
