@@ -357,7 +357,7 @@ class ScatterEmbeddingRelease(Mechanism):
                 config["generator_steps"],
                 0,
                 0.0,
-                0.0,
+                self.report(sigma, 1.0, 1, 1.0, n, spec.delta).epsilon,  # spent so far: the release alone
                 0,
                 f"released the scattering-space mean embedding once with noise multiplier {sigma:.4g} "
                 f"({time.monotonic() - started:.0f} s for the features)",
