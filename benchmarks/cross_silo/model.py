@@ -55,7 +55,7 @@ class ModelSpec:
 
 
 def init(spec: ModelSpec, key: jax.Array) -> Params:
-    """He-uniform weights (PyTorch's default scale for these layers), zero biases."""
+    """Weights uniform in +-1/sqrt(fan_in) (PyTorch's default scale for these layers), zero biases."""
     params = {}
     keys = jax.random.split(key, len(spec.shapes()))
     for k, (name, shape) in zip(keys, spec.shapes().items()):
@@ -159,13 +159,13 @@ def train(spec: ModelSpec, params: Params, x: np.ndarray, y: np.ndarray, cfg: Lo
     n, b = len(x), cfg.batch_size
     batches = -(-n // b)
     anchor, opt_state = params, optimizer.init(params)
+    masks = (np.arange(batches * b) < n).astype(np.float32).reshape(batches, b)
     for _ in range(cfg.epochs):
         order = np.zeros(batches * b, np.int64)
         order[:n] = rng.permutation(n)
-        mask = (np.arange(batches * b) < n).astype(np.float32)
         xs = x[order].reshape(batches, b, *x.shape[1:])
         ys = y[order].reshape(batches, b)
-        params, opt_state = epoch(params, opt_state, anchor, xs, ys, mask.reshape(batches, b))
+        params, opt_state = epoch(params, opt_state, anchor, xs, ys, masks)
     return params
 
 

@@ -14,7 +14,6 @@ index lists (`Split.to_json`), so a run can be reproduced and audited.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,7 +124,3 @@ def split_from_json(record: dict) -> Split:
         tuple(np.asarray(ix, np.int64) for ix in record["train"]),
         tuple(np.asarray(ix, np.int64) for ix in record["holdout"]),
     )
-
-
-def dump(split: Split) -> str:
-    return json.dumps(split.to_json())
