@@ -42,10 +42,8 @@ def inputs(source: utility.Dataset, x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), *source.image_shape) if source.image_shape else x
 
 
-def load(name: str, data_dir: Path, seed: int = 0) -> Data:
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; one of {DATASETS}")
-    source = utility.load(name, data_dir, utility.FASHION_DIR, seed)
+def from_source(name: str, source: utility.Dataset) -> Data:
+    """Classifier arrays of one of the utility benchmark's data sets."""
     return Data(
         name,
         source,
@@ -54,3 +52,18 @@ def load(name: str, data_dir: Path, seed: int = 0) -> Data:
         inputs(source, source.x_test),
         np.asarray(source.y_test, np.int32),
     )
+
+
+def load(name: str, data_dir: Path, seed: int = 0) -> Data:
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; one of {DATASETS}")
+    return from_source(name, utility.load(name, data_dir, utility.FASHION_DIR, seed))
+
+
+def subsample(data: Data, size: int, seed: int) -> Data:
+    """The first `size` rows of a seeded permutation of the training part (the test set is kept whole): a smaller
+    protocol for a 2-core machine. 0 or a size past the end keeps everything."""
+    if not size or size >= len(data.y):
+        return data
+    keep = np.sort(np.random.default_rng(seed).permutation(len(data.y))[:size])
+    return Data(data.name, data.source, data.x[keep], data.y[keep], data.x_test, data.y_test)

@@ -1,0 +1,149 @@
+"""OUT/results.json -> OUT/report.md and plots: accuracy per arm (mean and worst silo) per split and epsilon, the gain
+over local only, bytes and seconds per round, reconstruction PSNR / SSIM, and the aims, each with its figure."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+ARM_LABELS = {
+    "local": "local only",
+    "centralised": "centralised (ceiling, non-private)",
+    "fedavg": "FedAvg (Flower)",
+    "fedprox": "FedProx (Flower)",
+    "secaggplus": "FedAvg + SecAgg+ (Flower)",
+    "dp-fedavg": "DP-FedAvg",
+    "sgde": "SGDE: others' synthetic + own real",
+    "sgde-synthetic": "SGDE: others' synthetic alone",
+}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _label(rec: dict) -> str:
+    eps = rec.get("epsilon")
+    return ARM_LABELS[rec["arm"]] + (f", ε={eps:g}" if eps is not None else "")
+
+
+def _rows(runs: dict) -> list[dict]:
+    """One row per (arm, epsilon) and per SGDE variant, with the scores the tables show."""
+    rows = []
+    for rec in runs.values():
+        if "scores" not in rec:
+            continue
+        rows.append({**rec, "label": _label(rec)})
+        if rec["arm"] == "sgde" and "scores_synthetic_only" in rec:
+            rows.append(
+                {**rec, "arm": "sgde-synthetic", "label": _label({**rec, "arm": "sgde-synthetic"}),
+                 "scores": rec["scores_synthetic_only"]}
+            )  # fmt: skip
+    return rows
+
+
+def accuracy_tables(doc: dict) -> list[str]:
+    out = []
+    rows = _rows(doc.get("runs", {}))
+    for key in dict.fromkeys((r["dataset"], r["split"]) for r in rows):
+        here = [r for r in rows if (r["dataset"], r["split"]) == key]
+        local = next((r for r in here if r["arm"] == "local"), None)
+        base = local["scores"]["test"]["mean"] if local else None
+        out += [
+            f"### {key[0]}, {key[1]}",
+            "",
+            "| arm | test acc. mean | worst silo | own held-out mean | worst silo | gain over local (points) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in here:
+            t, h = r["scores"]["test"], r["scores"]["holdout"]
+            gain = "–" if base is None else f"{100 * (t['mean'] - base):+.1f}"
+            out.append(
+                f"| {r['label']} | {_pct(t['mean'])} | {_pct(t['worst'])} | {_pct(h['mean'])} | {_pct(h['worst'])} "
+                f"| {gain} |"
+            )
+        out.append("")
+    return out
+
+
+def cost_table(doc: dict) -> list[str]:
+    out = ["| arm | data set, split | seconds / round (median) | MB up / round | MB down / round | clients |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
+    for rec in doc.get("runs", {}).values():
+        fl = rec.get("flower")
+        if fl:
+            up, down = (np.median(fl[f"bytes_{d}_per_round"]) / 1e6 for d in ("up", "down"))
+            out.append(
+                f"| {_label(rec)} | {rec['dataset']}, {rec['split']} | {np.median(fl['seconds_per_round']):.2f} "
+                f"| {up:.2f} | {down:.2f} | {fl['clients']} |"
+            )
+        elif rec.get("seconds_per_round"):
+            out.append(
+                f"| {_label(rec)} (in-process) | {rec['dataset']}, {rec['split']} "
+                f"| {np.median(rec['seconds_per_round']):.2f} | – | – | {len(rec.get('clients', []))} |"
+            )
+    return out
+
+
+def _bar_plot(doc: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(doc.get("runs", {}))
+    written = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        here = [r for r in rows if r["dataset"] == dataset]
+        split_names = list(dict.fromkeys(r["split"] for r in here))
+        labels = list(dict.fromkeys(r["label"] for r in here))
+        fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(split_names) + 4), 4.5))
+        width = 0.8 / max(1, len(labels))
+        for i, label in enumerate(labels):
+            means = [
+                next((r["scores"]["test"]["mean"] for r in here if r["split"] == s and r["label"] == label), np.nan)
+                for s in split_names
+            ]
+            ax.bar(np.arange(len(split_names)) + i * width, means, width, label=label)
+        ax.set_xticks(np.arange(len(split_names)) + 0.4 - width / 2, split_names)
+        ax.set_ylabel("global test accuracy (mean over silos)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{dataset}: arms per split")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+        fig.tight_layout()
+        path = out / f"accuracy-{dataset}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(f"![{dataset}]({path.name})")
+    return written
+
+
+def write(out: Path) -> Path:
+    doc = json.loads((out / "results.json").read_text())
+    lines = [
+        "# SGDE against federated learning: the cross-silo benchmark",
+        "",
+        f"Command: `{doc.get('command', '')}`  ",
+        f"Machine: {doc.get('machine', '')}",
+        "",
+        "Protocol: `" + json.dumps(doc.get("protocol", {})) + "`",
+        "",
+        "## Accuracy",
+        "",
+        "Test: the global test set (never divided, never used to choose anything); each silo's own model (local only,"
+        " SGDE) or the one global model (federated arms). Held-out: each silo's own held-out part.",
+        "",
+        *accuracy_tables(doc),
+        *_bar_plot(doc, out),
+        "",
+        "## Cost per round",
+        "",
+        *cost_table(doc),
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
