@@ -39,9 +39,13 @@ def _rows(runs: dict) -> list[dict]:
         rows.append({**rec, "label": _label(rec)})
         if rec["arm"] == "sgde" and "scores_synthetic_only" in rec:
             rows.append(
-                {**rec, "arm": "sgde-synthetic", "label": _label({**rec, "arm": "sgde-synthetic"}),
-                 "scores": rec["scores_synthetic_only"]}
-            )  # fmt: skip
+                {
+                    **rec,
+                    "arm": "sgde-synthetic",
+                    "label": _label({**rec, "arm": "sgde-synthetic"}),
+                    "scores": rec["scores_synthetic_only"],
+                }
+            )
     return rows
 
 
@@ -70,8 +74,10 @@ def accuracy_tables(doc: dict) -> list[str]:
 
 
 def cost_table(doc: dict) -> list[str]:
-    out = ["| arm | data set, split | seconds / round (median) | MB up / round | MB down / round | clients |",
-           "|---|---|---|---|---|---|"]  # fmt: skip
+    out = [
+        "| arm | data set, split | seconds / round (median) | MB up / round | MB down / round | clients |",
+        "|---|---|---|---|---|---|",
+    ]
     for rec in doc.get("runs", {}).values():
         fl = rec.get("flower")
         if fl:
@@ -86,6 +92,66 @@ def cost_table(doc: dict) -> list[str]:
                 f"| {np.median(rec['seconds_per_round']):.2f} | – | – | {len(rec.get('clients', []))} |"
             )
     return out
+
+
+def _test_mean(runs: dict, key: str, part: str = "scores") -> float | None:
+    rec = runs.get(key)
+    return rec[part]["test"]["mean"] if rec and part in rec else None
+
+
+def aims(doc: dict, dataset: str = "fashion-mnist") -> list[str]:
+    """The issue's aims, each with the figure that meets or misses it (missing runs say so)."""
+    runs, extra = doc.get("runs", {}), doc.get("extras", {}).get(f"{dataset}/inversion", {})
+    rows = []
+
+    def row(aim: str, figure: str, met: bool | str | None) -> None:
+        verdict = met if isinstance(met, str) else "not run" if met is None else "met" if met else "**missed**"
+        rows.append(f"| {aim} | {figure} | {verdict} |")
+
+    attack = extra.get("fedavg", {}).get("batch1-steps1")
+    row(
+        "attack: >= 20 dB PSNR on a FedAvg update at batch 1",
+        f"{attack['psnr']:.1f} dB" if attack else "–",
+        None if attack is None else attack["psnr"] >= 20,
+    )
+    d = f"{dataset}/dirichlet-0.5"
+    local = _test_mean(runs, f"{d}/local")
+    for eps in doc.get("protocol", {}).get("epsilons", []):
+        e = f"eps={eps:g}"
+        sgde, dp, fed = (_test_mean(runs, f"{d}/{a}") for a in (f"sgde/{e}", f"dp-fedavg/{e}", "fedavg"))
+        have = sgde is not None and local is not None
+        row(
+            f"Dirichlet(0.5), ε={eps:g}: SGDE + local >= local only + 4 points",
+            f"{_pct(sgde)} vs {_pct(local)} ({100 * (sgde - local):+.1f})" if have else "–",
+            None if not have else sgde - local >= 0.04,
+        )
+        have = sgde is not None and dp is not None
+        row(
+            f"Dirichlet(0.5), ε={eps:g}: SGDE beats DP-FedAvg",
+            f"{_pct(sgde)} vs {_pct(dp)}" if have else "–",
+            None if not have else sgde > dp,
+        )
+        have = sgde is not None and fed is not None
+        row(
+            f"Dirichlet(0.5), ε={eps:g}: gap to non-private FedAvg (reported)",
+            f"{_pct(sgde)} vs {_pct(fed)} ({100 * (sgde - fed):+.1f})" if have else "–",
+            None if not have else "reported",
+        )
+        path = _test_mean(runs, f"{dataset}/pathological-1/sgde/{e}")
+        row(
+            f"pathological (1 class a silo), ε={eps:g}: SGDE >= 75 %",
+            _pct(path),
+            None if path is None else path >= 0.75,
+        )
+    for eps_key, near in extra.get("sgde_nearest", {}).items():
+        rec = extra.get("fedavg", {}).get("batch1-steps1")
+        row(
+            f"SGDE ({eps_key}) nearest-sample PSNR well below FedAvg's reconstruction",
+            f"{near['psnr']:.1f} dB vs {rec['psnr']:.1f} dB" if rec else f"{near['psnr']:.1f} dB",
+            None if rec is None else near["psnr"] < rec["psnr"] - 3,
+        )
+        row(f"SGDE ({eps_key}) membership-inference AUC <= 0.55", f"{near['mia_auc']:.3f}", near["mia_auc"] <= 0.55)
+    return ["| aim | figure | verdict |", "|---|---|---|", *rows]
 
 
 def _bar_plot(doc: dict, out: Path) -> list[str]:
@@ -130,6 +196,10 @@ def write(out: Path) -> Path:
         f"Machine: {doc.get('machine', '')}",
         "",
         "Protocol: `" + json.dumps(doc.get("protocol", {})) + "`",
+        "",
+        "## Aims",
+        "",
+        *aims(doc),
         "",
         "## Accuracy",
         "",
