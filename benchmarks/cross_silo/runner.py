@@ -182,6 +182,28 @@ def run_sgde(ctx: Context, eps: float | None) -> dict:
     )
 
 
+def run_paillier(spec: model.ModelSpec, clients: int, measured: dict) -> dict:
+    """Paillier-encrypted FedAvg's cost per client and round for this data set's model, extrapolated from one
+    measured round of a small model with 2048-bit keys (`measured`, shared by every data set)."""
+    from benchmarks.cross_silo import paillier
+
+    return {
+        "measured": measured,
+        "model_params": spec.size(),
+        "extrapolated": {kind: paillier.extrapolate(measured[kind], spec.size(), clients) for kind in measured},
+    }
+
+
+def measure_paillier(log: Callable[[str], None]) -> dict:
+    from benchmarks.cross_silo import paillier
+
+    log("paillier: one measured round, 2,000 parameters, 3 clients, 2048-bit keys, unpacked and packed ...")
+    return {
+        kind: paillier.measure(2000, 3, key_bits=2048, packed=kind == "packed", seed=0)
+        for kind in ("unpacked", "packed")
+    }
+
+
 RUNNERS: dict[str, Callable[[Context, float | None], dict]] = {
     "local": run_local,
     "centralised": run_centralised,
@@ -255,4 +277,12 @@ def run(
                             f"{key}: test mean {s['test']['mean']:.3f} worst {s['test']['worst']:.3f}; "
                             f"holdout mean {s['holdout']['mean']:.3f} ({record_['seconds']:.0f} s)"
                         )
+            extras = results.doc.setdefault("extras", {})
+            if "paillier" in protocol.extras and f"{name}/paillier" not in extras:
+                if "paillier-measured" not in extras:
+                    extras["paillier-measured"] = measure_paillier(log)
+                extras[f"{name}/paillier"] = run_paillier(
+                    dataset.model_spec(), protocol.silos, extras["paillier-measured"]
+                )
+                results.save()
     return results
