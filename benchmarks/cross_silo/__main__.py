@@ -21,7 +21,7 @@ from pathlib import Path
 from benchmarks.cross_silo import report, runner
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = {"train_size": 12000, "rounds": 10, "splits": ("dirichlet-0.5", "pathological-1"), "synthetic_per_member": 500}
+QUICK = {"train_size": 12000, "rounds": 10, "splits": ("dirichlet-0.5", "pathological-1"), "synthetic_per_member": 300}
 
 
 def main(argv: list[str] | None = None) -> None:

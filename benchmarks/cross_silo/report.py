@@ -228,7 +228,7 @@ def write(out: Path) -> Path:
     lines = [
         "# SGDE against federated learning: the cross-silo benchmark",
         "",
-        f"Command: `{doc.get('command', '')}`  ",
+        "Commands: " + "; ".join(f"`{c}`" for c in doc.get("commands", [])) + "  ",
         f"Machine: {doc.get('machine', '')}",
         "",
         "Protocol: `" + json.dumps(doc.get("protocol", {})) + "`",

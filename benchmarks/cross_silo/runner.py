@@ -57,12 +57,30 @@ def split_spec(name: str, silos: int, seed: int) -> splits.SplitSpec:
     raise ValueError(f"unknown split {name!r}: iid, dirichlet-<alpha> or pathological-<classes per silo>")
 
 
-class Results:
-    """OUT/results.json: {"runs": {key: record}, ...}, rewritten atomically after every run."""
+# What a recorded run depends on besides its key: a resumed run must share these with the recorded ones.
+SHARED = ("silos", "rounds", "local_epochs", "train_size", "secagg_rounds", "prox_mu", "sgde_architecture",
+          "synthetic_per_member", "seed")  # fmt: skip
 
-    def __init__(self, path: Path, fresh: bool) -> None:
+
+class Results:
+    """OUT/results.json: {"runs": {key: record}, ...}, rewritten atomically after every run. Resuming with another
+    protocol (rounds, silos, ...) is refused: one report, one protocol."""
+
+    def __init__(self, path: Path, fresh: bool, protocol: Protocol) -> None:
         self.path = path
         self.doc: dict = {"runs": {}} if fresh or not path.exists() else json.loads(path.read_text())
+        recorded = self.doc.get("protocol", {})
+        differ = [k for k in SHARED if k in recorded and recorded[k] != asdict(protocol)[k]]
+        if self.doc["runs"] and differ:
+            raise SystemExit(
+                f"{path} holds runs of another protocol ({', '.join(f'{k} {recorded[k]}' for k in differ)}): "
+                "give the same settings, another --out, or --fresh"
+            )
+        merged = {
+            k: sorted({*recorded.get(k, ()), *getattr(protocol, k)})
+            for k in ("datasets", "splits", "arms", "extras", "epsilons")
+        }
+        self.doc["protocol"] = asdict(protocol) | merged
 
     def __contains__(self, key: str) -> bool:
         return key in self.doc["runs"]
@@ -240,8 +258,11 @@ def run(
     """Every arm of the protocol on every (data set, split); returns the results (also in OUT/results.json).
     `load(name, data_dir, seed)` gives a data set (tests pass a small one)."""
     out.mkdir(parents=True, exist_ok=True)
-    results = Results(out / "results.json", fresh)
-    results.doc |= {"protocol": asdict(protocol), "command": command, "machine": machine_line()}
+    results = Results(out / "results.json", fresh, protocol)
+    commands = results.doc.setdefault("commands", [])
+    if command and command not in commands:
+        commands.append(command)
+    results.doc["machine"] = machine_line()
     local = model.LocalTraining(epochs=protocol.local_epochs)
     with _sgde_services(protocol, out / "work") as services:
         for name in protocol.datasets:
