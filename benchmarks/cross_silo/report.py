@@ -122,6 +122,37 @@ def secure_aggregation_table(doc: dict) -> list[str]:
     return out
 
 
+def leakage_table(doc: dict) -> list[str]:
+    """Reconstruction quality per attack setting beside SGDE's nearest samples and membership-inference AUC."""
+    out = []
+    for key, ex in doc.get("extras", {}).items():
+        if not key.endswith("/inversion"):
+            continue
+        at = ex.get("attacked", {})
+        out += [
+            f"### {key.split('/')[0]}: silo {at.get('silo')} of {at.get('split')}, {at.get('images')} training images",
+            "",
+            "| what the attacker has | PSNR dB (mean) | SSIM (mean) | note |",
+            "|---|---|---|---|",
+        ]
+        for arm in ("fedavg", "dp-fedavg"):
+            for r in ex.get(arm, {}).values():
+                note = r["labels"]
+                if r.get("labels_recovered_right") is not None:
+                    note += f", {100 * r['labels_recovered_right']:.0f} % right"
+                out.append(f"| {r['label']} | {r['psnr']:.1f} | {r['ssim']:.3f} | {note} |")
+        for eps, r in ex.get("sgde_nearest", {}).items():
+            out.append(
+                f"| SGDE generator ({r['architecture']}, {eps}): nearest of {r['samples_searched']:,} samples "
+                f"| {r['psnr']:.1f} | {r['ssim']:.3f} | membership-inference AUC {r['mia_auc']:.3f} "
+                f"(calibrated {r['mia_calibrated_auc']:.3f}; {r['audit_members']} members vs as many non-members) |"
+            )
+        if ex.get("figure"):
+            out += ["", f"![reconstructions]({ex['figure']})"]
+        out.append("")
+    return out
+
+
 def _test_mean(runs: dict, key: str, part: str = "scores") -> float | None:
     rec = runs.get(key)
     return rec[part]["test"]["mean"] if rec and part in rec else None
@@ -249,6 +280,9 @@ def write(out: Path) -> Path:
         "",
         *cost_table(doc),
         "",
+        "## Gradient inversion against what SGDE publishes",
+        "",
+        *leakage_table(doc),
         "## Secure and encrypted aggregation",
         "",
         *secure_aggregation_table(doc),

@@ -214,6 +214,28 @@ def run_paillier(spec: model.ModelSpec, clients: int, measured: dict) -> dict:
     }
 
 
+def run_inversion(protocol: Protocol, dataset: data.Data, out: Path, log: Callable[[str], None]) -> dict:
+    """The leakage extra (leakage.py) on silo 0 of the Dirichlet(0.5) split (else the protocol's first)."""
+    from benchmarks.cross_silo import leakage
+
+    name = "dirichlet-0.5" if "dirichlet-0.5" in protocol.splits else protocol.splits[0]
+    split = splits.make_split(dataset.y, split_spec(name, protocol.silos, protocol.seed))
+    rows = len(split.train[0])
+    dp = dp_fedavg.DpTraining(epsilon=max(protocol.epsilons), epochs=protocol.local_epochs)
+    return leakage.run_leakage(
+        dataset,
+        split,
+        architecture=protocol.sgde_architecture.get(dataset.name, "dp-merf"),
+        epsilons=protocol.epsilons,
+        dp_noise_multiplier=dp_fedavg.client_privacy(rows, dp, protocol.rounds).noise_multiplier,
+        learning_rate=model.LocalTraining().learning_rate,
+        seed=protocol.seed,
+        workdir=out / "work" / dataset.name,
+        out=out / f"inversion-{dataset.name}.png",
+        log=log,
+    )
+
+
 def measure_paillier(log: Callable[[str], None]) -> dict:
     from benchmarks.cross_silo import paillier
 
@@ -307,5 +329,8 @@ def run(
                 extras[f"{name}/paillier"] = run_paillier(
                     dataset.model_spec(), protocol.silos, extras["paillier-measured"]
                 )
+                results.save()
+            if "inversion" in protocol.extras and dataset.source.image_shape and f"{name}/inversion" not in extras:
+                extras[f"{name}/inversion"] = run_inversion(protocol, dataset, out, log)
                 results.save()
     return results
