@@ -159,6 +159,16 @@ def alive(pid: int, start: int) -> bool:
     return stat is not None and stat[1] == start
 
 
+def _signal_alive(tree: dict[int, int], sig: signal.Signals) -> None:
+    """Send `sig` to every process of `tree` (pid -> start time) that is still the process we started."""
+    for pid, start in tree.items():
+        if alive(pid, start):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 class Processes:
     """The deployment's processes: started in sessions of their own, logged to files, all stopped on exit."""
 
@@ -196,23 +206,13 @@ class Processes:
         what is left after GRACE_S; direct children are reaped."""
         self.observe()
         tree = dict(self.seen)
-        for pid, start in tree.items():
-            if alive(pid, start):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        _signal_alive(tree, signal.SIGTERM)
         deadline = time.monotonic() + GRACE_S
         while time.monotonic() < deadline and any(alive(p, s) for p, s in tree.items()):
             for proc in self.started.values():
                 proc.poll()  # reap, so a finished child stops counting as alive
             time.sleep(0.1)
-        for pid, start in tree.items():
-            if alive(pid, start):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _signal_alive(tree, signal.SIGKILL)
         for proc in self.started.values():
             try:
                 proc.wait(timeout=GRACE_S)
