@@ -313,7 +313,7 @@ def run_flower(
     if rounds < 1 or len(silo_files) < 2:
         raise ValueError("need at least 1 round and 2 silos")
     python = env.ensure_flower_env(log)
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()  # the processes run in other folders: every path they get is absolute
     workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{strategy}-", dir=workdir))
     results_dir = run_dir / "results"
