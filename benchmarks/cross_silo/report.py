@@ -98,8 +98,9 @@ def secure_aggregation_table(doc: dict) -> list[str]:
     """Per client and round: what plain FedAvg, SecAgg+ (both measured on the Flower deployment) and Paillier
     (measured on a small model, extrapolated to the data set's) cost."""
     out = [
-        "| data set | aggregation | client upload / round | client seconds / round | how |",
-        "|---|---|---|---|---|",
+        "| data set | aggregation | client upload / round | seconds / round | test accuracy after round r "
+        "(FedAvg's at r) | how |",
+        "|---|---|---|---|---|---|",
     ]
     runs, extras = doc.get("runs", {}), doc.get("extras", {})
     for dataset in dict.fromkeys(r["dataset"] for r in runs.values()):
@@ -108,16 +109,21 @@ def secure_aggregation_table(doc: dict) -> list[str]:
             if recs:
                 fl = recs[0]["flower"]
                 up = np.median(fl["bytes_up_per_round"]) / fl["clients"]
+                plain = runs.get(f"{dataset}/{recs[0]['split']}/fedavg", {}).get("flower", {})
+                r = len(fl["accuracy_per_round"])
+                at_r = plain.get("accuracy_per_round", [])[r - 1 : r]
+                acc = f"r={r}: {_pct(fl['accuracy_per_round'][-1])}" + (f" ({_pct(at_r[0])})" if at_r else "")
                 out.append(
-                    f"| {dataset} | {ARM_LABELS[arm]} | {up / 1e3:,.0f} kB | {np.median(fl['seconds_per_round']):.2f}"
-                    f" (the round, all clients) | measured, {recs[0]['split']}, {fl['clients']} SuperNodes, TLS |"
+                    f"| {dataset} | {ARM_LABELS[arm]} | {up / 1e3:,.0f} kB | {np.median(fl['seconds_per_round']):.1f}"
+                    f" | {acc} | measured, {recs[0]['split']}, {fl['clients']} SuperNodes, TLS |"
                 )
         pai = extras.get(f"{dataset}/paillier")
         for kind, e in (pai or {}).get("extrapolated", {}).items():
             out.append(
                 f"| {dataset} | Paillier 2048-bit, {kind} | {e['ciphertext_bytes_per_client'] / 1e3:,.0f} kB "
                 f"({e['expansion']:.1f}x float32) | {e['encrypt_s_per_client']:.1f} encrypt; round "
-                f"{e['round_s']:.1f} | extrapolated to {e['num_params']:,} parameters, {e['clients']} clients |"
+                f"{e['round_s']:.1f} | exact up to quantisation (tested) "
+                f"| extrapolated to {e['num_params']:,} parameters, {e['clients']} clients |"
             )
     return out
 
@@ -150,7 +156,7 @@ def leakage_table(doc: dict) -> list[str]:
         if ex.get("figure"):
             out += ["", f"![reconstructions]({ex['figure']})"]
         out.append("")
-    return out
+    return out or ["Not run (`--extra inversion`, image data sets only).", ""]
 
 
 def _test_mean(runs: dict, key: str, part: str = "scores") -> float | None:
