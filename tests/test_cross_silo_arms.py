@@ -116,3 +116,17 @@ def test_silo_views_cut_the_training_part_by_the_split():
         np.testing.assert_array_equal(v.x[:, 0], tr)
         np.testing.assert_array_equal(v.x_holdout[:, 0], ho)
         assert len(np.unique(v.y)) == 1
+
+
+def test_runs_made_in_separate_folders_merge_and_another_protocol_is_refused(tmp_path):
+    base = runner.Protocol(datasets=("wine",), splits=("iid",), arms=("local",), extras=(), silos=3, rounds=1)
+    runner.run(base, tmp_path / "a", load=_wine, log=lambda _: None)
+    other = runner.Protocol(**{**base.__dict__, "arms": ("dp-fedavg",), "epsilons": (2.0,)})
+    runner.run(other, tmp_path / "b", command="b", load=_wine, log=lambda _: None)
+    merged = runner.merge(tmp_path / "a", [tmp_path / "b"])
+    assert set(merged.doc["runs"]) == {"wine/iid/local", "wine/iid/dp-fedavg/eps=2"}
+    assert merged.doc["protocol"]["arms"] == ["dp-fedavg", "local"] and "b" in merged.doc["commands"]
+    longer = runner.Protocol(**{**base.__dict__, "rounds": 2})
+    runner.run(longer, tmp_path / "c", load=_wine, log=lambda _: None)
+    with pytest.raises(SystemExit, match="another protocol"):
+        runner.merge(tmp_path / "a", [tmp_path / "c"])

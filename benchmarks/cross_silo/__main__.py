@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench-out" / "cross_silo")
     ap.add_argument("--fresh", action="store_true", help="forget recorded runs in OUT/results.json")
     ap.add_argument("--report-only", action="store_true", help="write the report from OUT/results.json and stop")
+    ap.add_argument(
+        "--merge", nargs="+", type=Path, metavar="DIR", help="add the runs of other result folders (same protocol)"
+    )
     args = ap.parse_args(argv)
 
     protocol = runner.Protocol(**QUICK) if args.quick else runner.Protocol()
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in protocol.splits:
         runner.split_spec(name, protocol.silos, protocol.seed)  # refuse a bad name before hours of work
     command = "python -m benchmarks.cross_silo " + shlex.join(sys.argv[1:] if argv is None else argv)
-    if not args.report_only:
+    if args.merge:
+        runner.merge(args.out, args.merge)
+    elif not args.report_only:
         runner.run(protocol, args.out, fresh=args.fresh, command=command)
     path = report.write(args.out)
     print(f"report: {path}")

@@ -95,6 +95,29 @@ class Results:
         tmp.replace(self.path)
 
 
+def merge(out: Path, others: list[Path]) -> Results:
+    """The runs, extras and split summaries of other result folders of the same protocol (runs made at once in
+    separate folders) into OUT's, theirs winning on a shared key; their figures are copied beside."""
+    import shutil
+
+    results = Results(
+        out / "results.json", False, Protocol(**json.loads((out / "results.json").read_text())["protocol"])
+    )
+    for other in others:
+        doc = json.loads((other / "results.json").read_text())
+        Results(out / "results.json", False, Protocol(**doc["protocol"]))  # refuses another protocol
+        for k in ("datasets", "splits", "arms", "extras", "epsilons"):
+            results.doc["protocol"][k] = sorted({*results.doc["protocol"][k], *doc["protocol"][k]})
+        for k in ("runs", "extras", "splits"):
+            results.doc.setdefault(k, {}).update(doc.get(k, {}))
+        results.doc["commands"] += [c for c in doc.get("commands", []) if c not in results.doc["commands"]]
+        for png in other.glob("*.png"):
+            if not png.name.startswith("accuracy-"):
+                shutil.copy(png, out / png.name)
+    results.save()
+    return results
+
+
 @dataclass
 class Context:
     protocol: Protocol
