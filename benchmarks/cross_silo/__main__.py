@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK = {"train_size": 12000, "rounds": 10, "splits": ("dirichlet-0.5", "pathological-1"), "synthetic_per_member": 300}
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    # SIGTERM (and SIGINT, which a shell's background job ignores) unwinds like Ctrl-C, so the Flower deployment
+    # and the services stop with the run instead of outliving it.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the reduced protocol (see above)")
     ap.add_argument("--dataset", nargs="+", choices=runner.data.DATASETS)
