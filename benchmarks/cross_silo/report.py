@@ -27,7 +27,10 @@ def _pct(x: float | None) -> str:
 
 def _label(rec: dict) -> str:
     eps = rec.get("epsilon")
-    return ARM_LABELS[rec["arm"]] + (f", ε={eps:g}" if eps is not None else "")
+    label = ARM_LABELS[rec["arm"]] + (f", ε={eps:g}" if eps is not None else "")
+    if rec["arm"] == "secaggplus" and rec.get("flower"):  # a shorter run, for its cost
+        label += f", {rec['flower']['rounds']} rounds only (its cost run)"
+    return label
 
 
 def _rows(runs: dict) -> list[dict]:
