@@ -2,12 +2,13 @@
 
     python -m benchmarks.cross_silo [--quick] [--dataset fashion-mnist compas] [--split dirichlet-0.5 ...]
         [--arm local fedavg ...] [--epsilon 1 10] [--rounds 20] [--train-size N] [--out DIR] [--fresh]
-        [--report-only]
+        [--report-only] [--merge DIR ...]
 
 writes DIR (default bench-out/cross_silo) with results.json, report.md and plots. `--quick` is the reduced
-protocol a 2-core machine finishes in about an hour (12,000 training images, 10 rounds, the two splits the aims
+protocol a 2-core machine finishes in about three hours (12,000 training images, 10 rounds, the two splits the aims
 name); the default is the whole training set, every split, 20 rounds of 1 local epoch (NIID-Bench runs 50 rounds of
-10 local epochs: about 30x the compute, for a machine with a GPU). A run resumes from DIR/results.json.
+10 local epochs: 25 times the compute, for a machine with a GPU). A run resumes from DIR/results.json; `--merge`
+adds the runs of other folders made at once with the same protocol.
 """
 
 from __future__ import annotations
