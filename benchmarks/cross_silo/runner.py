@@ -62,6 +62,15 @@ SHARED = ("silos", "rounds", "local_epochs", "train_size", "secagg_rounds", "pro
           "synthetic_per_member", "seed")  # fmt: skip
 
 
+def _refuse_another_protocol(recorded: dict, given: dict, path: Path) -> None:
+    differ = [k for k in SHARED if k in recorded and recorded[k] != given[k]]
+    if differ:
+        raise SystemExit(
+            f"{path} holds runs of another protocol ({', '.join(f'{k} {recorded[k]}' for k in differ)}): "
+            "give the same settings, another --out, or --fresh"
+        )
+
+
 class Results:
     """OUT/results.json: {"runs": {key: record}, ...}, rewritten atomically after every run. Resuming with another
     protocol (rounds, silos, ...) is refused: one report, one protocol."""
@@ -70,12 +79,8 @@ class Results:
         self.path = path
         self.doc: dict = {"runs": {}} if fresh or not path.exists() else json.loads(path.read_text())
         recorded = self.doc.get("protocol", {})
-        differ = [k for k in SHARED if k in recorded and recorded[k] != asdict(protocol)[k]]
-        if self.doc["runs"] and differ:
-            raise SystemExit(
-                f"{path} holds runs of another protocol ({', '.join(f'{k} {recorded[k]}' for k in differ)}): "
-                "give the same settings, another --out, or --fresh"
-            )
+        if self.doc["runs"]:
+            _refuse_another_protocol(recorded, asdict(protocol), path)
         merged = {
             k: sorted({*recorded.get(k, ()), *getattr(protocol, k)})
             for k in ("datasets", "splits", "arms", "extras", "epsilons")
@@ -100,17 +105,17 @@ def merge(out: Path, others: list[Path]) -> Results:
     separate folders) into OUT's, theirs winning on a shared key; their figures are copied beside."""
     import shutil
 
-    results = Results(
-        out / "results.json", False, Protocol(**json.loads((out / "results.json").read_text())["protocol"])
-    )
+    path = out / "results.json"
+    results = Results(path, False, Protocol(**json.loads(path.read_text())["protocol"]))
     for other in others:
         doc = json.loads((other / "results.json").read_text())
-        Results(out / "results.json", False, Protocol(**doc["protocol"]))  # refuses another protocol
+        _refuse_another_protocol(doc["protocol"], results.doc["protocol"], other / "results.json")
         for k in ("datasets", "splits", "arms", "extras", "epsilons"):
             results.doc["protocol"][k] = sorted({*results.doc["protocol"][k], *doc["protocol"][k]})
         for k in ("runs", "extras", "splits"):
             results.doc.setdefault(k, {}).update(doc.get(k, {}))
-        results.doc["commands"] += [c for c in doc.get("commands", []) if c not in results.doc["commands"]]
+        commands = results.doc.setdefault("commands", [])
+        commands += [c for c in doc.get("commands", []) if c not in commands]
         for png in other.glob("*.png"):
             if not png.name.startswith("accuracy-"):
                 shutil.copy(png, out / png.name)
