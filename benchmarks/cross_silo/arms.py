@@ -1,7 +1,6 @@
-"""The in-process arms: local only, centralised (non-private), and FedAvg / FedProx / DP-FedAvg as a loop of
-rounds over the same client step (`fedavg_rounds`). The Flower deployment (flower/) runs FedAvg, FedProx and
-SecAgg+ as a real one; this loop is what DP-FedAvg runs on, and its aggregate is aggregate.fedavg, which the
-tests compare with Flower's.
+"""The in-process arms: local only, centralised (non-private), and FedAvg's loop of rounds over a client step
+(`fedavg_rounds`), which DP-FedAvg runs on (its aggregate is aggregate.fedavg, which the tests compare with
+Flower's). FedAvg, FedProx and SecAgg+ themselves run on the Flower deployment (flower/).
 
 Every arm trains model.py's classifier with the same budget: `rounds * local.epochs` passes over a silo's data
 (local only and centralised train that many epochs in one go).
@@ -65,8 +64,3 @@ def fedavg_rounds(
         if on_round:
             on_round(r, params, time.perf_counter() - started)
     return params
-
-
-def sgd_client(spec: model.ModelSpec, local: model.LocalTraining) -> ClientStep:
-    """FedAvg's client (FedProx's when local.prox_mu > 0): local.epochs of SGD from the global model."""
-    return lambda params, silo, _round, seed: model.train(spec, params, silo.x, silo.y, local, seed)

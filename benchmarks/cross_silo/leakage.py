@@ -15,6 +15,7 @@ service runs); its samples stream in chunks and only the nearest to each target 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,19 +26,18 @@ import numpy as np
 from benchmarks.cross_silo import image_metrics, inversion, model
 from benchmarks.cross_silo.data import Data
 from benchmarks.cross_silo.sgde_arm import DELTA, GENERATORS, write_silo_file
-from benchmarks.cross_silo.silos import silo_views
+from benchmarks.cross_silo.silos import SiloView, silo_views
 from benchmarks.cross_silo.splits import Split
 
 TARGETS = 8
 CHUNK = 20_000
 
 
-def _generator(data: Data, split: Split, architecture: str, epsilon: float, seed: int, workdir: Path) -> Path:
+def _generator(data: Data, silo: SiloView, architecture: str, epsilon: float, seed: int, workdir: Path) -> Path:
     from libsgde.domain.specs import TrainSpec
     from libsgde.io.datasets import load_dataset
     from libsgde.io.training import train
 
-    silo = silo_views(data, split)[0]
     path = write_silo_file(silo, data.source.schema, workdir / "leakage-data")
     settings = GENERATORS.get((data.name, architecture), {"config": {}})
     spec = TrainSpec(architecture, epsilon, delta=DELTA, seed=seed + silo.index, **settings)
@@ -56,21 +56,24 @@ def _samples(artifact: Path, total: int, pixel_max: float) -> Iterator[np.ndarra
 
 
 def sgde_exposure(
-    data: Data, split: Split, architecture: str, epsilon: float, seed: int, workdir: Path, samples: int
+    data: Data, silo: SiloView, architecture: str, epsilon: float, seed: int, workdir: Path, samples: int
 ) -> tuple[dict, np.ndarray]:
     """The nearest of `samples` generated images to each target (PSNR / SSIM) and the membership-inference audit
     of silo 0's generator (its training rows against its held-out rows, 10,000 samples)."""
     from libsgde.evaluate.audit import audit
 
-    silo = silo_views(data, split)[0]
     targets = silo.x[:TARGETS]
     started = time.perf_counter()
-    artifact = _generator(data, split, architecture, epsilon, seed, workdir)
+    artifact = _generator(data, silo, architecture, epsilon, seed, workdir)
     trained_s = time.perf_counter() - started
     pixel_max = float(data.source.schema.image.pixel_max)
-    nearest, psnr, ssim = image_metrics.nearest_samples(targets, _samples(artifact, samples, pixel_max))
-    first = next(_samples(artifact, min(10_000, samples), pixel_max))
-    verdict = audit(silo.x.reshape(len(silo), -1), silo.x_holdout.reshape(len(silo.x_holdout), -1), first, seed=seed)
+    chunks = _samples(artifact, samples, pixel_max)
+    first = next(chunks)  # the audit's samples: the search's first chunk, not generated again
+    nearest, psnr, ssim = image_metrics.nearest_samples(targets, itertools.chain([first], chunks))
+    synthetic = first[:10_000].reshape(-1, silo.x[0].size)
+    verdict = audit(
+        silo.x.reshape(len(silo), -1), silo.x_holdout.reshape(len(silo.x_holdout), -1), synthetic, seed=seed
+    )
     return {
         "architecture": architecture,
         "epsilon": epsilon,
@@ -119,7 +122,7 @@ def run_leakage(
     for eps in epsilons:
         log(f"leakage: silo 0's {architecture} generator at epsilon {eps:g}, nearest of {samples:,} samples")
         results["sgde_nearest"][f"eps={eps:g}"], nearest = sgde_exposure(
-            data, split, architecture, eps, seed, workdir, samples
+            data, silo, architecture, eps, seed, workdir, samples
         )
     shown = {k: v for k, v in reconstructions.items() if "b=1 " in k or "b=8 " in k}
     inversion.figure(targets, shown, nearest, out)
