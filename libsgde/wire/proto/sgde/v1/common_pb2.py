@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sgde/v1/common.proto\x12\x07sgde.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\nDataSchema\x12)\n\x07tabular\x18\x01 \x01(\x0b\x32\x16.sgde.v1.TabularSchemaH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.sgde.v1.ImageSchemaH\x00\x42\x06\n\x04kind\"k\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04type\x18\x02 \x01(\x0e\x32\x13.sgde.v1.ColumnType\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\"G\n\rTabularSchema\x12 \n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x0f.sgde.v1.Column\x12\x14\n\x0clabel_column\x18\x02 \x01(\t\"f\n\x0bImageSchema\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x11\n\tpixel_max\x18\x05 \x01(\x01\"\x83\x02\n\rPrivacyReport\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x12\n\naccountant\x18\x04 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x05 \x01(\x01\x12\x15\n\rsampling_rate\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x03\x12\x11\n\tclip_norm\x18\x08 \x01(\x01\x12\x14\n\x0c\x64\x61taset_size\x18\t \x01(\x03\x12\x13\n\x0brdp_epsilon\x18\n \x01(\x01\x12-\n\ncomponents\x18\x0b \x03(\x0b\x32\x19.sgde.v1.PrivacyComponent\"\x9a\x01\n\x10PrivacyComponent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rsampling_rate\x18\x04 \x01(\x01\x12\r\n\x05steps\x18\x05 \x01(\x03\x12\x11\n\tclip_norm\x18\x06 \x01(\x01\x12\x14\n\x0cpure_epsilon\x18\x07 \x01(\x01\"\xad\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12$\n\tdata_kind\x18\x06 \x01(\x0e\x32\x11.sgde.v1.DataKind\x12\'\n\nvisibility\x18\x07 \x01(\x0e\x32\x13.sgde.v1.Visibility\x12\x13\n\x0bshared_with\x18\x08 \x03(\t\x12\x16\n\x0elatest_version\x18\t \x01(\x03\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07metrics\x18\x0c \x03(\x0b\x32\x1b.sgde.v1.Model.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x90\x02\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\x12$\n\tdata_kind\x18\x07 \x01(\x0e\x32\x11.sgde.v1.DataKind\x12\'\n\x07privacy\x18\x08 \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmanifest_json\x18\n \x01(\t*Q\n\x08\x44\x61taKind\x12\x19\n\x15\x44\x41TA_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_KIND_TABULAR\x10\x01\x12\x13\n\x0f\x44\x41TA_KIND_IMAGE\x10\x02*{\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OLUMN_TYPE_CONTINUOUS\x10\x01\x12\x17\n\x13\x43OLUMN_TYPE_INTEGER\x10\x02\x12\x1b\n\x17\x43OLUMN_TYPE_CATEGORICAL\x10\x03*n\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_SHARED\x10\x02\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x03\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14sgde/v1/common.proto\x12\x07sgde.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\nDataSchema\x12)\n\x07tabular\x18\x01 \x01(\x0b\x32\x16.sgde.v1.TabularSchemaH\x00\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x14.sgde.v1.ImageSchemaH\x00\x42\x06\n\x04kind\"\x93\x01\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04type\x18\x02 \x01(\x0e\x32\x13.sgde.v1.ColumnType\x12\r\n\x05lower\x18\x03 \x01(\x01\x12\r\n\x05upper\x18\x04 \x01(\x01\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x10\n\x08nullable\x18\x06 \x01(\x08\x12\x14\n\x0cpoint_masses\x18\x07 \x03(\x01\"_\n\nCsvOptions\x12\x11\n\tno_header\x18\x01 \x01(\x08\x12\x11\n\tdelimiter\x18\x02 \x01(\t\x12\x18\n\x10strip_whitespace\x18\x03 \x01(\x08\x12\x11\n\tna_tokens\x18\x04 \x03(\t\"i\n\rTabularSchema\x12 \n\x07\x63olumns\x18\x01 \x03(\x0b\x32\x0f.sgde.v1.Column\x12\x14\n\x0clabel_column\x18\x02 \x01(\t\x12 \n\x03\x63sv\x18\x03 \x01(\x0b\x32\x13.sgde.v1.CsvOptions\"f\n\x0bImageSchema\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x11\n\tpixel_max\x18\x05 \x01(\x01\"\x83\x02\n\rPrivacyReport\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x12\n\naccountant\x18\x04 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x05 \x01(\x01\x12\x15\n\rsampling_rate\x18\x06 \x01(\x01\x12\r\n\x05steps\x18\x07 \x01(\x03\x12\x11\n\tclip_norm\x18\x08 \x01(\x01\x12\x14\n\x0c\x64\x61taset_size\x18\t \x01(\x03\x12\x13\n\x0brdp_epsilon\x18\n \x01(\x01\x12-\n\ncomponents\x18\x0b \x03(\x0b\x32\x19.sgde.v1.PrivacyComponent\"\x9a\x01\n\x10PrivacyComponent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\x12\x15\n\rsampling_rate\x18\x04 \x01(\x01\x12\r\n\x05steps\x18\x05 \x01(\x03\x12\x11\n\tclip_norm\x18\x06 \x01(\x01\x12\x14\n\x0cpure_epsilon\x18\x07 \x01(\x01\"\xad\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12(\n\x0b\x64\x61ta_schema\x18\x05 \x01(\x0b\x32\x13.sgde.v1.DataSchema\x12$\n\tdata_kind\x18\x06 \x01(\x0e\x32\x11.sgde.v1.DataKind\x12\'\n\nvisibility\x18\x07 \x01(\x0e\x32\x13.sgde.v1.Visibility\x12\x13\n\x0bshared_with\x18\x08 \x03(\t\x12\x16\n\x0elatest_version\x18\t \x01(\x03\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07metrics\x18\x0c \x03(\x0b\x32\x1b.sgde.v1.Model.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x90\x02\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06number\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x14\n\x0c\x61rchitecture\x18\x06 \x01(\t\x12$\n\tdata_kind\x18\x07 \x01(\x0e\x32\x11.sgde.v1.DataKind\x12\'\n\x07privacy\x18\x08 \x01(\x0b\x32\x16.sgde.v1.PrivacyReport\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmanifest_json\x18\n \x01(\t*Q\n\x08\x44\x61taKind\x12\x19\n\x15\x44\x41TA_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44\x41TA_KIND_TABULAR\x10\x01\x12\x13\n\x0f\x44\x41TA_KIND_IMAGE\x10\x02*{\n\nColumnType\x12\x1b\n\x17\x43OLUMN_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OLUMN_TYPE_CONTINUOUS\x10\x01\x12\x17\n\x13\x43OLUMN_TYPE_INTEGER\x10\x02\x12\x1b\n\x17\x43OLUMN_TYPE_CATEGORICAL\x10\x03*n\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x16\n\x12VISIBILITY_PRIVATE\x10\x01\x12\x15\n\x11VISIBILITY_SHARED\x10\x02\x12\x15\n\x11VISIBILITY_PUBLIC\x10\x03\x42\x1bP\x01Z\x17sgde.dev/sgde/v1;sgdev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'P\001Z\027sgde.dev/sgde/v1;sgdev1'
   _globals['_MODEL_METRICSENTRY']._loaded_options = None
   _globals['_MODEL_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_DATAKIND']._serialized_start=1582
-  _globals['_DATAKIND']._serialized_end=1663
-  _globals['_COLUMNTYPE']._serialized_start=1665
-  _globals['_COLUMNTYPE']._serialized_end=1788
-  _globals['_VISIBILITY']._serialized_start=1790
-  _globals['_VISIBILITY']._serialized_end=1900
+  _globals['_DATAKIND']._serialized_start=1754
+  _globals['_DATAKIND']._serialized_end=1835
+  _globals['_COLUMNTYPE']._serialized_start=1837
+  _globals['_COLUMNTYPE']._serialized_end=1960
+  _globals['_VISIBILITY']._serialized_start=1962
+  _globals['_VISIBILITY']._serialized_end=2072
   _globals['_DATASCHEMA']._serialized_start=66
   _globals['_DATASCHEMA']._serialized_end=168
-  _globals['_COLUMN']._serialized_start=170
-  _globals['_COLUMN']._serialized_end=277
-  _globals['_TABULARSCHEMA']._serialized_start=279
-  _globals['_TABULARSCHEMA']._serialized_end=350
-  _globals['_IMAGESCHEMA']._serialized_start=352
-  _globals['_IMAGESCHEMA']._serialized_end=454
-  _globals['_PRIVACYREPORT']._serialized_start=457
-  _globals['_PRIVACYREPORT']._serialized_end=716
-  _globals['_PRIVACYCOMPONENT']._serialized_start=719
-  _globals['_PRIVACYCOMPONENT']._serialized_end=873
-  _globals['_MODEL']._serialized_start=876
-  _globals['_MODEL']._serialized_end=1305
-  _globals['_MODEL_METRICSENTRY']._serialized_start=1259
-  _globals['_MODEL_METRICSENTRY']._serialized_end=1305
-  _globals['_MODELVERSION']._serialized_start=1308
-  _globals['_MODELVERSION']._serialized_end=1580
+  _globals['_COLUMN']._serialized_start=171
+  _globals['_COLUMN']._serialized_end=318
+  _globals['_CSVOPTIONS']._serialized_start=320
+  _globals['_CSVOPTIONS']._serialized_end=415
+  _globals['_TABULARSCHEMA']._serialized_start=417
+  _globals['_TABULARSCHEMA']._serialized_end=522
+  _globals['_IMAGESCHEMA']._serialized_start=524
+  _globals['_IMAGESCHEMA']._serialized_end=626
+  _globals['_PRIVACYREPORT']._serialized_start=629
+  _globals['_PRIVACYREPORT']._serialized_end=888
+  _globals['_PRIVACYCOMPONENT']._serialized_start=891
+  _globals['_PRIVACYCOMPONENT']._serialized_end=1045
+  _globals['_MODEL']._serialized_start=1048
+  _globals['_MODEL']._serialized_end=1477
+  _globals['_MODEL_METRICSENTRY']._serialized_start=1431
+  _globals['_MODEL_METRICSENTRY']._serialized_end=1477
+  _globals['_MODELVERSION']._serialized_start=1480
+  _globals['_MODELVERSION']._serialized_end=1752
 # @@protoc_insertion_point(module_scope)

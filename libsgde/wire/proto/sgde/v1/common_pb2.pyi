@@ -50,26 +50,44 @@ class DataSchema(_message.Message):
     def __init__(self, tabular: _Optional[_Union[TabularSchema, _Mapping]] = ..., image: _Optional[_Union[ImageSchema, _Mapping]] = ...) -> None: ...
 
 class Column(_message.Message):
-    __slots__ = ("name", "type", "lower", "upper", "categories")
+    __slots__ = ("name", "type", "lower", "upper", "categories", "nullable", "point_masses")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOWER_FIELD_NUMBER: _ClassVar[int]
     UPPER_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    NULLABLE_FIELD_NUMBER: _ClassVar[int]
+    POINT_MASSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: ColumnType
     lower: float
     upper: float
     categories: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ColumnType, str]] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
+    nullable: bool
+    point_masses: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ColumnType, str]] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., categories: _Optional[_Iterable[str]] = ..., nullable: _Optional[bool] = ..., point_masses: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class CsvOptions(_message.Message):
+    __slots__ = ("no_header", "delimiter", "strip_whitespace", "na_tokens")
+    NO_HEADER_FIELD_NUMBER: _ClassVar[int]
+    DELIMITER_FIELD_NUMBER: _ClassVar[int]
+    STRIP_WHITESPACE_FIELD_NUMBER: _ClassVar[int]
+    NA_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    no_header: bool
+    delimiter: str
+    strip_whitespace: bool
+    na_tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, no_header: _Optional[bool] = ..., delimiter: _Optional[str] = ..., strip_whitespace: _Optional[bool] = ..., na_tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TabularSchema(_message.Message):
-    __slots__ = ("columns", "label_column")
+    __slots__ = ("columns", "label_column", "csv")
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     LABEL_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    CSV_FIELD_NUMBER: _ClassVar[int]
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     label_column: str
-    def __init__(self, columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., label_column: _Optional[str] = ...) -> None: ...
+    csv: CsvOptions
+    def __init__(self, columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., label_column: _Optional[str] = ..., csv: _Optional[_Union[CsvOptions, _Mapping]] = ...) -> None: ...
 
 class ImageSchema(_message.Message):
     __slots__ = ("height", "width", "channels", "class_names", "pixel_max")
