@@ -211,7 +211,8 @@ def test_infer_schema_from_csv(tmp_path):
     assert k.categories == ["a", "b"] and y.categories == ["9", "10"]  # numeric labels sort as numbers
     assert (same.lower, same.upper) == (7, 8)
     assert warnings[0].startswith("PRIVACY") and "NOT private" in warnings[0]
-    assert any("'n' has 1 empty values" in w for w in warnings) and any("'same' holds one value" in w for w in warnings)
+    assert n.nullable and any("'n' is missing in 1 of 3 rows (blank: 1)" in w for w in warnings)
+    assert any("'same' holds one value" in w for w in warnings)
     many = write(tmp_path / "ids.csv", "id\n" + "\n".join(f"user{i}" for i in range(1001)) + "\n")
     with pytest.raises(DataError, match="column 'id'.*more than 1000 categories"):
         infer_schema(many)

@@ -21,7 +21,7 @@ from libsgde.evaluate.audit import AuditResult, audit_records
 from libsgde.evaluate.classifiers import CLASSIFIERS, Classifier, make_classifier
 from libsgde.evaluate.fidelity import ImageFidelity, TabularFidelity, image_fidelity, tabular_fidelity
 from libsgde.evaluate.utility import UtilityResult
-from libsgde.io.encoding import EncodedData
+from libsgde.io.encoding import EncodedData, block_choices
 from libsgde.io.sampling import class_names
 from libsgde.ml.space import ModelSpace
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
@@ -154,10 +154,11 @@ def json_safe(value):
 
 
 def category_names(schema: pb.DataSchema) -> dict[str, list[str]]:
-    """Column name -> categories of a tabular schema's categorical columns, and "label" -> class names."""
+    """Categorical block name -> its choices (a column's categories, a nullable one's "(missing)", a numeric
+    column's mode block's "continuous", point masses and "(missing)"), and "label" -> class names."""
     if schema.WhichOneof("kind") != "tabular":
         return {}
-    names = {c.name: list(c.categories) for c in schema.tabular.columns if c.type == pb.COLUMN_TYPE_CATEGORICAL}
+    names = block_choices(schema)
     names["label"] = class_names(schema)
     return names
 

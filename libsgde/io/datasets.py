@@ -1,14 +1,16 @@
 """Data files read into model space, checked against a schema; and first-draft schemas proposed from files.
 
 Files are untrusted: sizes are checked before memory is allocated, npz archives are read without pickles, and anything
-malformed is a `DataError` that says what to fix. Formats: CSV (tabular; the first row names the columns), npz
-(images in an array `x` or `images`, labels in `y` or `labels`) and MNIST-style idx files (optionally gzipped).
+malformed is a `DataError` that says what to fix. Formats: CSV (tabular; read as the schema's `tabular.csv` declares:
+a header naming the columns or none, the delimiter, whitespace stripped or not, NA tokens), npz (images in an array
+`x` or `images`, labels in `y` or `labels`) and MNIST-style idx files (optionally gzipped).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import math
 import struct
 import zipfile
@@ -26,6 +28,7 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 DEFAULT_MAX_BYTES = 2 * 1024**3  # raw data read from one file (decompressed); model space is up to 4x that for bytes
 MAX_INFERRED_CATEGORIES = 1000
 CSV_CHUNK_ROWS = 65_536  # rows of strings held at once while a CSV is encoded
+CSV_WHITESPACE = " \t"  # what csv.strip_whitespace removes around a field
 IMAGE_KEYS, LABEL_KEYS = ("x", "images"), ("y", "labels")
 IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),
@@ -35,6 +38,10 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
+# Field values that `sgde schema infer` reads as missing unless told otherwise: the ones pandas reads as missing by
+# default (less spreadsheet error codes) and "?", which UCI data sets use.
+COMMON_NA_TOKENS = tuple("? NA N/A n/a #N/A #NA <NA> NaN nan -NaN -nan NULL null None".split())
+POINT_MASS_SHARE = 0.5  # a numeric value this common is proposed (in a warning) as a public point mass
 PRIVACY_WARNING = (
     "PRIVACY: the bounds, categories and class names in this schema were read from the data itself and "
     "are NOT private: they reveal e.g. the smallest and largest values and every rare category. "
@@ -72,7 +79,8 @@ def load_dataset(
         )
     limit = 4 * max_bytes if max_encoded_bytes is None else max_encoded_bytes
     if isinstance(encoder, TabularEncoder):
-        return _load_csv(path, encoder, max_bytes, limit, coerce, should_stop or (lambda: False))
+        options = schema.tabular.csv
+        return _load_csv(path, encoder, options, max_bytes, limit, coerce, should_stop or (lambda: False))
     h, w, c = encoder.space.shape
     shapes: set[tuple[int, ...]] = {(h, w, c), (h, w)} if c == 1 else {(h, w, c)}
     need_labels = encoder.space.num_classes > 0
@@ -97,6 +105,7 @@ def _too_big(name: str, encoded_bytes: int, limit: int) -> str:
 def _load_csv(
     path: Path,
     encoder: TabularEncoder,
+    options: pb.CsvOptions,
     max_bytes: int,
     max_encoded_bytes: int,
     coerce: bool,
@@ -104,7 +113,7 @@ def _load_csv(
 ) -> EncodedData:
     parts: list[EncodedData] = []
     encoded_bytes, row_bytes = 0, 4 * (encoder.space.shape[0] + 1)
-    for columns, lines in _csv_chunks(path, max_bytes, encoder, CSV_CHUNK_ROWS):
+    for columns, lines in _csv_chunks(path, max_bytes, options, encoder, CSV_CHUNK_ROWS):
         if should_stop():
             raise LoadCancelled(path.name)
         encoded_bytes += len(lines) * row_bytes
@@ -114,9 +123,13 @@ def _load_csv(
             parts.append(encoder.encode(columns, coerce=coerce))
         except DataError as e:
             line = None if e.row is None else lines[e.row]
-            raise DataError(e.detail, column=e.column, row=e.row, where=path.name, line=line) from None
+            detail = e.detail
+            value = None if e.row is None or e.column not in columns else columns[e.column][e.row]
+            if isinstance(value, str) and value != value.strip(CSV_WHITESPACE):
+                detail += "; the value has spaces around it: to remove them, set csv.strip_whitespace (--strip)"
+            raise DataError(detail, column=e.column, row=e.row, where=path.name, line=line) from None
     if not parts:
-        raise DataError(f"{path.name} has a header but no data rows")
+        raise DataError(f"{path.name} has no data rows")
     return _concatenate(parts)
 
 
@@ -148,60 +161,134 @@ def _file_kind(path: Path) -> str:
     )
 
 
-def _csv_chunks(
-    path: Path, max_bytes: int, encoder: TabularEncoder | None, chunk_rows: int | None
-) -> Iterator[tuple[dict[str, list[str]], list[int]]]:
-    """(column name -> strings, file line of each row) per chunk of at most `chunk_rows` data rows (None: one
-    chunk); the header is checked first (by the encoder too, when given)."""
+def _delimiter(options: pb.CsvOptions) -> str:
+    delimiter = options.delimiter or ","
+    if len(delimiter) != 1 or delimiter in '"\r\n':
+        raise DataError(
+            f"csv.delimiter {delimiter!r} is not usable: give one character other than a quote or a line break "
+            "(',', ';', '|', a tab)"
+        )
+    return delimiter
+
+
+def _missing_values(options: pb.CsvOptions) -> frozenset[str]:
+    """The field values that read as missing: a blank field, and the schema's NA tokens."""
+    return frozenset(("", *options.na_tokens))
+
+
+def _cleaned(values: list[str], strip: bool, missing: frozenset[str]) -> list[str | None]:
+    """A column's fields as the schema declares them read: stripped of spaces and tabs if `strip`, None if missing."""
+    if strip:
+        values = [v.strip(CSV_WHITESPACE) for v in values]
+    if missing.isdisjoint(values):  # the common case, checked in C
+        return list(values)
+    return [None if v in missing else v for v in values]
+
+
+def _csv_records(
+    path: Path, max_bytes: int, options: pb.CsvOptions, encoder: TabularEncoder | None, chunk_rows: int | None
+) -> Iterator[tuple[list[str], list[list[str]], list[int]]]:
+    """(column names, raw fields of each column, file line of each row) per chunk of at most `chunk_rows` data rows
+    (None: one chunk). The header is checked first (by the encoder too, when given). A file without a header
+    (`options.no_header`) has the schema's columns in order, or, with no encoder, columns named c0, c1, ..."""
     size = path.stat().st_size
     if size > max_bytes:
         raise DataError(f"{path.name} is {size:,} bytes, over the limit of {max_bytes:,}; raise max_bytes")
-    line = 1
+    delimiter = _delimiter(options)
+    reader = None
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header:
-                raise DataError(f"{path.name} is empty: its first row must be a header naming the columns")
-            twice = sorted(name for name, count in Counter(header).items() if count > 1)
-            if twice:
-                raise DataError(f"{path.name}: the header names columns {twice[:10]} more than once; rename them")
-            if encoder is not None:
-                try:
-                    encoder.check_columns(header)
-                except DataError as e:
-                    raise DataError(e.detail, column=e.column, where=path.name) from None
+            reader = csv.reader(f, delimiter=delimiter)
+            first = next(reader, None)
+            while first == []:  # blank lines before the first row
+                first = next(reader, None)
+            if not first:
+                what = "data" if options.no_header else "a header naming the columns"
+                raise DataError(f"{path.name} is empty: its first row must be {what}")
+            pending: list[list[str]] = []
+            if options.no_header:
+                # The first row is data, whatever it looks like: guessing would drop a row or read one as names.
+                header = [c.name for c in encoder.schema.columns] if encoder else [f"c{i}" for i in range(len(first))]
+                pending.append(first)
+            else:
+                header = [n.strip(CSV_WHITESPACE) for n in first] if options.strip_whitespace else first
+                _check_header(path, header, encoder)
             columns: list[list[str]] = [[] for _ in header]
             lines: list[int] = []
-            for fields in reader:
-                line = reader.line_num
+            for fields in itertools.chain(pending, reader):
                 if not fields:
                     continue  # a blank line
                 if len(fields) != len(header):
                     raise DataError(
-                        f"has {len(fields)} fields but the header has {len(header)}", where=path.name, line=line
+                        _wrong_width(len(fields), len(header), options.no_header, encoder is not None),
+                        where=path.name,
+                        line=reader.line_num,
                     )
                 for values, value in zip(columns, fields):
                     values.append(value)
-                lines.append(line)
+                lines.append(reader.line_num)
                 if chunk_rows is not None and len(lines) >= chunk_rows:
-                    yield dict(zip(header, columns)), lines
+                    yield header, columns, lines
                     columns, lines = [[] for _ in header], []
             if lines:
-                yield dict(zip(header, columns)), lines
+                yield header, columns, lines
     except UnicodeDecodeError:
         raise DataError(f"{path.name} is not UTF-8 text; save it as UTF-8") from None
     except csv.Error as e:
-        raise DataError(f"not valid CSV ({e})", where=path.name, line=line) from None
+        raise DataError(f"not valid CSV ({e})", where=path.name, line=reader.line_num if reader else 1) from None
 
 
-def _read_csv(path: Path, max_bytes: int) -> tuple[list[str], dict[str, list[str]]]:
-    """(header, column name -> list of strings) of a whole CSV file."""
-    chunks = list(_csv_chunks(path, max_bytes, None, None))
+def _check_header(path: Path, header: list[str], encoder: TabularEncoder | None) -> None:
+    twice = sorted(name for name, count in Counter(header).items() if count > 1)
+    if twice:
+        raise DataError(f"{path.name}: the header names columns {twice[:10]} more than once; rename them")
+    if encoder is None:
+        return
+    try:
+        encoder.check_columns(header)
+    except DataError as e:
+        detail, declared = e.detail, encoder.schema.columns
+        if len(header) == 1 and len(declared) > 1:
+            detail += "; the first line is one field: is the delimiter right? (csv.delimiter, --delimiter)"
+        elif not {c.name for c in declared} & set(header):
+            detail += (
+                f"; the first line names none of the schema's columns: if {path.name} has no header (its first "
+                "line is data), declare csv.no_header in the schema or give --no-header"
+            )
+        raise DataError(detail, column=e.column, where=path.name) from None
+
+
+def _wrong_width(fields: int, width: int, no_header: bool, declared: bool) -> str:
+    if fields == 1 and width > 1:
+        return f"has 1 field but {width} columns are expected: is the delimiter right? (csv.delimiter, --delimiter)"
+    if not no_header:
+        return f"has {fields} fields but the header has {width}"
+    if declared:
+        return (
+            f"has {fields} fields but the schema declares {width} columns (the file has no header: its fields are "
+            "the schema's columns, in order)"
+        )
+    return f"has {fields} fields but the first line has {width}"
+
+
+def _csv_chunks(
+    path: Path, max_bytes: int, options: pb.CsvOptions, encoder: TabularEncoder | None, chunk_rows: int | None
+) -> Iterator[tuple[dict[str, list[str | None]], list[int]]]:
+    """(column name -> values, file line of each row) per chunk, read as `options` declare: fields stripped when
+    `strip_whitespace`, and None where a field is blank or one of `na_tokens` (the encoder decides whether the
+    column may be missing)."""
+    missing = _missing_values(options)
+    for header, columns, lines in _csv_records(path, max_bytes, options, encoder, chunk_rows):
+        yield {n: _cleaned(v, options.strip_whitespace, missing) for n, v in zip(header, columns)}, lines
+
+
+def _read_csv(path: Path, max_bytes: int, options: pb.CsvOptions) -> tuple[list[str], list[list[str]]]:
+    """(column names, raw fields of each column) of a whole CSV file (neither stripped nor read for NA tokens)."""
+    chunks = list(_csv_records(path, max_bytes, options, None, None))
     if not chunks:
-        raise DataError(f"{path.name} has a header but no data rows")
-    columns = chunks[0][0]
-    return list(columns), columns
+        raise DataError(f"{path.name} has no data rows")
+    header, columns, _ = chunks[0]
+    return header, columns
 
 
 def _read_image_file(
@@ -330,32 +417,141 @@ def _read_idx(
 
 
 def infer_schema(
-    path: Path, label_column: str | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES
+    path: Path,
+    label_column: str | None = None,
+    *,
+    csv_options: pb.CsvOptions | None = None,
+    detect_na: bool = True,
+    detect_strip: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[pb.DataSchema, list[str]]:
     """A first-draft schema read from a data file, and warnings to act on. The first warning is always that the
-    draft is NOT private: its bounds and categories come from the data and must be replaced by public knowledge."""
+    draft is NOT private: its bounds and categories come from the data and must be replaced by public knowledge.
+
+    A CSV file is read as `csv_options` declare (default: a header, commas, nothing stripped, blank fields
+    missing). With `detect_strip`, fields with spaces or tabs around them turn `strip_whitespace` on; with
+    `detect_na`, the COMMON_NA_TOKENS found in the file join `na_tokens`. Columns with missing values are declared
+    `nullable`. Each of these decisions is said in the warnings, with the columns and rows it concerns."""
     path = Path(path)
     warnings = [PRIVACY_WARNING]
     kind = _file_kind(path)
     if kind == "csv":
-        header, columns = _read_csv(path, max_bytes)
-        if label_column is not None and label_column not in columns:
-            raise DataError(f"{path.name} has no column {label_column!r} to use as the label (it has {header[:10]})")
-        schema = pb.DataSchema(
-            tabular=pb.TabularSchema(
-                columns=[_infer_column(n, columns[n], n == label_column, warnings) for n in header],
-                label_column=label_column or "",
-            )
-        )
+        options = pb.CsvOptions()
+        if csv_options is not None:
+            options.CopyFrom(csv_options)
+        tabular = _infer_tabular(path, label_column, options, detect_na, detect_strip, max_bytes, warnings)
+        schema = pb.DataSchema(tabular=tabular)
     else:
         if label_column is not None:
             raise DataError(
                 "a label column is for CSV files; image labels come from the file's y or labels array "
                 "(or the labels-idx1 file)"
             )
+        if csv_options is not None and csv_options.ListFields():
+            raise DataError(f"{path.name} is not a CSV file: CSV options (header, delimiter, NA tokens) do not apply")
         schema = pb.DataSchema(image=_infer_image(path, kind, max_bytes, warnings))
     validate_schema(schema)
     return schema, warnings
+
+
+def _infer_tabular(
+    path: Path,
+    label_column: str | None,
+    options: pb.CsvOptions,
+    detect_na: bool,
+    detect_strip: bool,
+    max_bytes: int,
+    warnings: list[str],
+) -> pb.TabularSchema:
+    header, raw = _read_csv(path, max_bytes, options)
+    rows = len(raw[0])
+    if detect_strip and not options.strip_whitespace:
+        _detect_padding(path, header, raw, options, warnings)
+        if options.strip_whitespace:
+            header = [name.strip(CSV_WHITESPACE) for name in header]
+            _check_header(path, header, None)
+    if options.no_header:
+        warnings.append(
+            f"{path.name} has no header: its {len(header)} columns are named c0 to c{len(header) - 1} here, in "
+            "the file's order; rename them in the schema (keep the order)"
+        )
+    elif any(_as_numbers([name]) is not None for name in header):
+        warnings.append(
+            f"the first line of {path.name} names columns {[n for n in header if _as_numbers([n]) is not None][:5]}, "
+            "which look like data: if the file has no header, infer again with --no-header"
+        )
+    if label_column is not None and label_column not in header:
+        raise DataError(f"{path.name} has no column {label_column!r} to use as the label (it has {header[:10]})")
+    strip = options.strip_whitespace
+    columns = [[v.strip(CSV_WHITESPACE) for v in values] for values in raw] if strip else raw
+    if detect_na:
+        _detect_na_tokens(header, columns, options, warnings)
+    missing = _missing_values(options)
+    inferred = []
+    for name, values in zip(header, columns):
+        found = Counter(v for v in values if v in missing)
+        column = _infer_column(name, [None if v in missing else v for v in values], name == label_column, warnings)
+        if found:
+            counts = ", ".join(f"{'blank' if t == '' else repr(t)}: {c:,}" for t, c in found.most_common())
+            if name == label_column:  # every row needs a class: a label column cannot be nullable
+                warnings.append(
+                    f"the label column {name!r} is missing in {found.total():,} of {rows:,} rows ({counts}): "
+                    "every row needs a class, so those rows will be refused; drop them before training"
+                )
+            else:
+                column.nullable = True
+                warnings.append(
+                    f"column {name!r} is missing in {found.total():,} of {rows:,} rows ({counts}): it is declared "
+                    "nullable, so generators learn how often it is missing (nothing is imputed)"
+                )
+        inferred.append(column)
+    tabular = pb.TabularSchema(columns=inferred, label_column=label_column or "")
+    if options.ListFields():  # only what differs from a plain CSV file
+        tabular.csv.CopyFrom(options)
+    return tabular
+
+
+def _detect_padding(
+    path: Path, header: list[str], raw: list[list[str]], options: pb.CsvOptions, warnings: list[str]
+) -> None:
+    """Turn `strip_whitespace` on if fields have spaces or tabs around them (" State-gov"), saying where."""
+    padded: dict[str, int] = {}
+    example = None
+    for name, values in zip(header, raw):
+        count = sum(1 for v in values if v != v.strip(CSV_WHITESPACE))
+        if count:
+            padded[name.strip(CSV_WHITESPACE)] = count
+            example = example or next(v for v in values if v != v.strip(CSV_WHITESPACE))
+    names_padded = [n for n in header if n != n.strip(CSV_WHITESPACE)]
+    if not padded and not names_padded:
+        return
+    options.strip_whitespace = True
+    where = ", ".join(f"{n!r} ({c:,} rows)" for n, c in list(padded.items())[:10]) + (
+        ", ..." if len(padded) > 10 else ""
+    )
+    warnings.append(
+        f"fields of {path.name} have spaces or tabs around them (e.g. {(example or names_padded[0])!r}; "
+        f"{'columns ' + where if padded else 'the header only'}): csv.strip_whitespace is set, so they are read "
+        "without them; if the spaces are part of the values, infer again with --no-strip"
+    )
+
+
+def _detect_na_tokens(header: list[str], columns: list[list[str]], options: pb.CsvOptions, warnings: list[str]) -> None:
+    """Add the COMMON_NA_TOKENS that the file holds to `na_tokens`, saying in which columns."""
+    seen: dict[str, list[str]] = {}
+    for name, values in zip(header, columns):
+        for token in set(values).intersection(COMMON_NA_TOKENS):
+            seen.setdefault(token, []).append(name)
+    delimiter = options.delimiter or ","
+    new = [t for t in COMMON_NA_TOKENS if t in seen and t not in options.na_tokens and delimiter not in t]
+    if not new:
+        return
+    options.na_tokens.extend(new)
+    found = "; ".join(f"{t!r} in {', '.join(repr(n) for n in seen[t][:10])}" for t in new)
+    warnings.append(
+        f"read as missing values (csv.na_tokens): {found}. If one of them is a real value, infer again with "
+        "--na TOKEN for each token that does mean missing (--na '' for none: blank fields are always missing)"
+    )
 
 
 def _as_numbers(values: list[str]) -> np.ndarray | None:
@@ -366,17 +562,13 @@ def _as_numbers(values: list[str]) -> np.ndarray | None:
     return numbers if np.isfinite(numbers).all() else None
 
 
-def _infer_column(name: str, values: list[str], is_label: bool, warnings: list[str]) -> pb.Column:
-    present = [v for v in values if v.strip()]
-    if len(present) < len(values):
-        warnings.append(
-            f"column {name!r} has {len(values) - len(present)} empty values: missing values are not "
-            "supported yet; fill or drop those rows before training"
-        )
+def _infer_column(name: str, values: list[str | None], is_label: bool, warnings: list[str]) -> pb.Column:
+    present = [v for v in values if v is not None]
     if not present:
-        raise DataError("has no values to infer a type from; drop it or declare it by hand", column=name)
+        raise DataError("has no values to infer a type from (all missing); drop it or declare it by hand", column=name)
     numbers = _as_numbers(present)
     if numbers is not None and not is_label:
+        _point_mass_candidate(name, numbers, len(values), warnings)
         integer = bool(np.all(numbers == np.round(numbers)))
         lower, upper = float(numbers.min()), float(numbers.max())
         if lower == upper:
@@ -391,12 +583,26 @@ def _infer_column(name: str, values: list[str], is_label: bool, warnings: list[s
     if len(distinct) > MAX_INFERRED_CATEGORIES:
         raise DataError(
             f"has {len(distinct):,} distinct values, more than {MAX_INFERRED_CATEGORIES} categories; it "
-            "looks like an identifier, free text, or numbers with some text in them: drop the column, "
-            "fix its values, or declare it by hand",
+            "looks like an identifier, free text, or numbers with some text in them (an NA token not "
+            "recognised? give it with --na): drop the column, fix its values, or declare it by hand",
             column=name,
         )
     ordered = sorted(distinct, key=float) if numbers is not None else sorted(distinct)
     return pb.Column(name=name, type=pb.COLUMN_TYPE_CATEGORICAL, categories=ordered)
+
+
+def _point_mass_candidate(name: str, numbers: np.ndarray, rows: int, warnings: list[str]) -> None:
+    """Propose (never set) a point mass: a value that covers POINT_MASS_SHARE of the rows or more."""
+    values, counts = np.unique(numbers, return_counts=True)
+    top = int(np.argmax(counts))
+    share = counts[top] / rows
+    if share >= POINT_MASS_SHARE and len(values) > 1:
+        value = float(values[top])
+        warnings.append(
+            f"column {name!r} is {value:g} in {share:.0%} of rows: if {value:g} is a value it is publicly known "
+            f"to take often (e.g. 0 for an amount), declare point_masses: [{value:g}] so that generators reproduce "
+            "it; it is not set here, because point masses must be public knowledge, not read from the data"
+        )
 
 
 def _infer_image(path: Path, kind: str, max_bytes: int, warnings: list[str]) -> pb.ImageSchema:

@@ -3,15 +3,20 @@
 - CSV (tabular only): a header row of the schema's column names in schema order (the label column included, by its
   name), then one row per sample. Floats are written as Python's repr (the shortest text that reads back to the same
   float64), integers as integers, categories as their names (quoted as RFC 4180 asks when they hold a comma, a quote
-  or a line break). Lines end in "\\n"; the text is UTF-8.
+  or a line break). Lines end in "\\n"; the text is UTF-8. A missing value (nullable columns) is an empty field,
+  whatever the schema's csv.na_tokens: every CSV reader reads an empty field as missing (ours always does), and no
+  category is empty; a table of one column writes it as "" so that the row is not a blank line.
 - NPY (tabular and images): one .npy array whose header, written first, carries the request's total N, so that the
   chunks concatenate into a valid file as they arrive. Images: N x H x W x C of the decoded dtype (uint8, uint16 or
   float32, from the schema's pixel_max). Tabular: a structured array [N] with one field per column in schema order:
-  continuous '<f8', integer '<i8', categorical '<U{L}' with L the schema's longest category (so the width is known
-  before the first sample). A table of a few hundred columns has a header over numpy's default 10,000-byte cap:
-  read it with np.load(..., max_header_size=...), as `read_samples` does.
+  continuous '<f8', integer the narrowest type that holds its bounds ('|u1' for [0, 255], then '<u2', '<u4', or
+  '|i1', '<i2', '<i4' when the lower bound is negative, else '<i8'; the values are those of int64), categorical
+  '<U{L}' with L the schema's longest category (so the width is known before the first sample). Missing values
+  (nullable columns): NaN in a float field, and a nullable integer column is '<f8' (int64 has no NaN); "" in a
+  categorical field (no category is empty). A table of a few hundred columns has a header over numpy's default
+  10,000-byte cap: read it with np.load(..., max_header_size=...), as `read_samples` does.
 - Parquet (tabular only, and only where `pyarrow` is importable; it is not a dependency): one row group per chunk;
-  float64, int64 and string columns.
+  float64, int64 and string columns; missing values are nulls (a nullable column's field is nullable).
 
 The bytes depend only on the values (and, for Parquet, the pyarrow version): the same request gives the same bytes.
 """
@@ -20,13 +25,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from libsgde.io.sampling import DEFAULT_MAX_REQUEST_BYTES, CompiledSampler, SamplingError
+from libsgde.io.sampling import DEFAULT_MAX_REQUEST_BYTES, CompiledSampler, SamplingError, integer_dtype
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 
@@ -114,8 +120,8 @@ def tabular_dtype(schema: pb.DataSchema) -> np.dtype:
     for col in schema.tabular.columns:
         if col.type == pb.COLUMN_TYPE_CATEGORICAL:
             fields.append((col.name, f"<U{max([1, *(len(c) for c in col.categories)])}"))
-        elif col.type == pb.COLUMN_TYPE_INTEGER:
-            fields.append((col.name, "<i8"))
+        elif col.type == pb.COLUMN_TYPE_INTEGER and not col.nullable:
+            fields.append((col.name, integer_dtype(col).str))  # the narrowest that holds the bounds
         else:
             fields.append((col.name, "<f8"))
     return np.dtype(fields)
@@ -156,6 +162,9 @@ class NpyWriter(Writer):
         else:
             self.dtype, self.shape = tabular_dtype(schema), (self.total,)
         self.names: tuple[str, ...] = self.dtype.names or ()
+        self._nullable_text = {
+            col.name for col in schema.tabular.columns if col.nullable and col.type == pb.COLUMN_TYPE_CATEGORICAL
+        }
 
     def begin(self) -> bytes:
         return npy_header(self.dtype, self.shape)
@@ -166,7 +175,11 @@ class NpyWriter(Writer):
         n = len(next(iter(values.values())))
         rows = np.empty(n, self.dtype)
         for name in self.names:
-            rows[name] = values[name]
+            column = values[name]
+            if name in self._nullable_text:  # None (missing) is written as "", not as the text "None"
+                column = np.asarray(column, dtype=object)
+                column = np.where(column == np.asarray(None, dtype=object), "", column)
+            rows[name] = column
         return rows.tobytes()
 
 
@@ -185,6 +198,7 @@ class CsvWriter(Writer):
             for col in self.columns
             if col.type == pb.COLUMN_TYPE_CATEGORICAL
         }
+        self._missing = '""' if len(self.columns) == 1 else ""  # a lone empty field would be a blank line
 
     def begin(self) -> bytes:
         return (",".join(_csv_field(col.name) for col in self.columns) + "\n").encode()
@@ -192,7 +206,12 @@ class CsvWriter(Writer):
     def _texts(self, col: pb.Column, values: np.ndarray) -> list[str]:
         if col.type == pb.COLUMN_TYPE_CATEGORICAL:
             quoted = self._categories[col.name]
+            if col.nullable:
+                return [self._missing if v is None else quoted[v] for v in values.tolist()]
             return [quoted[v] for v in values.tolist()]
+        if col.nullable:
+            spell = int if col.type == pb.COLUMN_TYPE_INTEGER else float
+            return [self._missing if v != v else repr(spell(v)) for v in values.tolist()]  # v != v: NaN
         if col.type == pb.COLUMN_TYPE_INTEGER:
             return [str(int(v)) for v in values.tolist()]
         return [repr(float(v)) for v in values.tolist()]
@@ -238,23 +257,29 @@ class ParquetWriter(Writer):
         self._pa = pa
         types = {pb.COLUMN_TYPE_CATEGORICAL: pa.string(), pb.COLUMN_TYPE_INTEGER: pa.int64()}
         self.columns = list(schema.tabular.columns)
-        self.arrow_schema = pa.schema([(col.name, types.get(col.type, pa.float64()), False) for col in self.columns])
+        self.arrow_schema = pa.schema(
+            [(col.name, types.get(col.type, pa.float64()), col.nullable) for col in self.columns]
+        )
         self._sink = _Drain()
         self._writer = pq.ParquetWriter(self._sink, self.arrow_schema)
 
     def write(self, values) -> bytes:
         pa = self._pa
         arrays = [
-            pa.array(
-                np.asarray(values[col.name]).tolist()
-                if col.type == pb.COLUMN_TYPE_CATEGORICAL
-                else np.asarray(values[col.name]),
-                type=field.type,
-            )
+            self._array(col, np.asarray(values[col.name]), field.type)
             for col, field in zip(self.columns, self.arrow_schema)
         ]
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.arrow_schema))
         return self._sink.take()
+
+    def _array(self, col: pb.Column, values: np.ndarray, kind):
+        if col.type == pb.COLUMN_TYPE_CATEGORICAL:
+            return self._pa.array(values.tolist(), type=kind)  # None is null
+        if not col.nullable:
+            return self._pa.array(values, type=kind)
+        missing = np.isnan(values)
+        numbers = np.where(missing, 0, values).astype(np.int64) if col.type == pb.COLUMN_TYPE_INTEGER else values
+        return self._pa.array(numbers, type=kind, mask=missing)
 
     def end(self) -> bytes:
         self._writer.close()
@@ -338,12 +363,18 @@ def _read_npy(data: bytes, schema: pb.DataSchema, class_counts):
     values = {}
     for col in schema.tabular.columns:
         field = array[col.name]
-        values[col.name] = (
-            field.astype(object)
-            if col.type == pb.COLUMN_TYPE_CATEGORICAL
-            else field.astype(np.int64 if col.type == pb.COLUMN_TYPE_INTEGER else np.float64)
-        )
+        if col.type == pb.COLUMN_TYPE_CATEGORICAL:
+            values[col.name] = field.astype(object)
+            if col.nullable:
+                values[col.name][field == ""] = None
+        else:
+            values[col.name] = field.astype(_number_dtype(col))
     return _tabular_result(schema, values)
+
+
+def _number_dtype(col: pb.Column) -> type:
+    """What a numeric column decodes to: int64 for an integer column that is not nullable, else float64."""
+    return np.int64 if col.type == pb.COLUMN_TYPE_INTEGER and not col.nullable else np.float64
 
 
 def _read_csv(data: bytes, schema: pb.DataSchema):
@@ -356,11 +387,11 @@ def _read_csv(data: bytes, schema: pb.DataSchema):
     values = {}
     for col, texts in zip(columns, cells):
         if col.type == pb.COLUMN_TYPE_CATEGORICAL:
-            values[col.name] = np.asarray(list(texts), dtype=object)
-        elif col.type == pb.COLUMN_TYPE_INTEGER:
+            values[col.name] = np.asarray([None if col.nullable and not v else v for v in texts], dtype=object)
+        elif col.type == pb.COLUMN_TYPE_INTEGER and not col.nullable:
             values[col.name] = np.asarray([int(v) for v in texts], np.int64)
         else:
-            values[col.name] = np.asarray([float(v) for v in texts], np.float64)
+            values[col.name] = np.asarray([math.nan if col.nullable and not v else float(v) for v in texts])
     return _tabular_result(schema, values)
 
 
@@ -373,8 +404,10 @@ def _read_parquet(data: bytes, schema: pb.DataSchema):
         column = table.column(col.name)
         if col.type == pb.COLUMN_TYPE_CATEGORICAL:
             values[col.name] = np.asarray(column.to_pylist(), dtype=object)
+        elif col.nullable:
+            values[col.name] = np.asarray(column.to_numpy(zero_copy_only=False), np.float64)  # nulls read as NaN
         else:
-            values[col.name] = column.to_numpy().astype(np.int64 if col.type == pb.COLUMN_TYPE_INTEGER else np.float64)
+            values[col.name] = column.to_numpy().astype(_number_dtype(col))
     return _tabular_result(schema, values)
 
 

@@ -17,6 +17,10 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 MAX_COLUMNS = 4096
 MAX_COLUMN_NAME = 128
 MAX_CATEGORIES = 10_000
+MAX_POINT_MASSES = 32
+MAX_NA_TOKENS = 64
+MAX_NA_TOKEN = 64
+MODE_SUFFIX = ":mode"  # a numeric column's mode block is named column + MODE_SUFFIX (libsgde.io.encoding)
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGE_VALUES = 2**24
 IMAGE_CHANNELS = (1, 3, 4)
@@ -60,11 +64,23 @@ def _validate_tabular(t: pb.TabularSchema) -> None:
         seen[col.name] = i
         if col.type in (pb.COLUMN_TYPE_CONTINUOUS, pb.COLUMN_TYPE_INTEGER):
             _validate_bounds(col, at)
+            _validate_point_masses(col, at)
         elif col.type == pb.COLUMN_TYPE_CATEGORICAL:
             _validate_categories(col, at)
+            if col.point_masses:
+                raise SchemaError(f"{at}.point_masses", "only continuous and integer columns have point masses")
         else:
             raise SchemaError(
                 f"{at}.type", "set the type: COLUMN_TYPE_CONTINUOUS, COLUMN_TYPE_INTEGER or COLUMN_TYPE_CATEGORICAL"
+            )
+    for i, col in enumerate(t.columns):
+        base = col.name[: -len(MODE_SUFFIX)] if col.name.endswith(MODE_SUFFIX) else None
+        other = t.columns[seen[base]] if base in seen else None
+        if other is not None and other.type != pb.COLUMN_TYPE_CATEGORICAL and (other.nullable or other.point_masses):
+            raise SchemaError(
+                f"tabular.columns[{i}].name",
+                f"{col.name!r} is the name of column {base!r}'s mode block (its point masses and missing values): "
+                "rename the column",
             )
     if t.label_column:
         label_index = seen.get(t.label_column)
@@ -72,6 +88,12 @@ def _validate_tabular(t: pb.TabularSchema) -> None:
             raise SchemaError("tabular.label_column", f"no column is named {_short(t.label_column)}")
         if t.columns[label_index].type != pb.COLUMN_TYPE_CATEGORICAL:
             raise SchemaError("tabular.label_column", f"the label column {t.label_column!r} must be categorical")
+        if t.columns[label_index].nullable:
+            raise SchemaError(
+                f"tabular.columns[{label_index}].nullable",
+                "the label column cannot be nullable: every row needs a class; drop the rows without one",
+            )
+    _validate_csv(t)
 
 
 def _validate_bounds(col: pb.Column, at: str) -> None:
@@ -89,6 +111,53 @@ def _validate_bounds(col: pb.Column, at: str) -> None:
         )
     if col.categories:
         raise SchemaError(f"{at}.categories", "only categorical columns have categories")
+
+
+def _validate_point_masses(col: pb.Column, at: str) -> None:
+    masses = list(col.point_masses)
+    if len(masses) > MAX_POINT_MASSES:
+        raise SchemaError(f"{at}.point_masses", f"declare at most {MAX_POINT_MASSES} point masses (got {len(masses)})")
+    for j, m in enumerate(masses):
+        where = f"{at}.point_masses[{j}]"
+        if not math.isfinite(m):
+            raise SchemaError(where, f"must be a finite number (got {m})")
+        if col.type == pb.COLUMN_TYPE_INTEGER and not float(m).is_integer():
+            raise SchemaError(where, f"an integer column's point masses are integers (got {m})")
+        if not col.lower <= m <= col.upper:
+            raise SchemaError(where, f"{m:g} is outside the column's bounds [{col.lower:g}, {col.upper:g}]")
+        if j and not masses[j - 1] < m:
+            raise SchemaError(where, f"point masses must be distinct and ascending ({masses[j - 1]:g}, then {m:g})")
+
+
+def _validate_csv(t: pb.TabularSchema) -> None:
+    csv = t.csv
+    if len(csv.delimiter) > 1 or csv.delimiter in ('"', "\r", "\n"):
+        raise SchemaError(
+            "tabular.csv.delimiter", f"must be one character other than a quote or a line break (got {csv.delimiter!r})"
+        )
+    if len(csv.na_tokens) > MAX_NA_TOKENS:
+        raise SchemaError("tabular.csv.na_tokens", f"declare at most {MAX_NA_TOKENS} tokens (got {len(csv.na_tokens)})")
+    categories = {c: col.name for col in t.columns if col.type == pb.COLUMN_TYPE_CATEGORICAL for c in col.categories}
+    seen: set[str] = set()
+    for j, token in enumerate(csv.na_tokens):
+        where = f"tabular.csv.na_tokens[{j}]"
+        if not token.strip() or token != token.strip() or len(token) > MAX_NA_TOKEN:
+            raise SchemaError(
+                where,
+                f"must be 1 to {MAX_NA_TOKEN} characters with no spaces around them (got {_short(token)}); "
+                "a blank field is always missing",
+            )
+        if any(c in token for c in '"\r\n') or (csv.delimiter or ",") in token:
+            raise SchemaError(where, f"must not hold a quote, a line break or the delimiter (got {_short(token)})")
+        if token in seen:
+            raise SchemaError(where, f"{_short(token)} appears more than once")
+        if token in categories:
+            raise SchemaError(
+                where,
+                f"{_short(token)} is a category of column {categories[token]!r}: a value cannot be both; remove "
+                "one of them",
+            )
+        seen.add(token)
 
 
 def _validate_categories(col: pb.Column, at: str) -> None:
@@ -147,15 +216,28 @@ def schema_from_dict(d: dict[str, Any]) -> pb.DataSchema:
     return schema
 
 
+def data_part(schema: pb.DataSchema) -> pb.DataSchema:
+    """The schema without `tabular.csv`: what it says about the data, not about how files of it are written."""
+    if schema.WhichOneof("kind") != "tabular" or not schema.tabular.HasField("csv"):
+        return schema
+    copy = pb.DataSchema()
+    copy.CopyFrom(schema)
+    copy.tabular.ClearField("csv")
+    return copy
+
+
 def schemas_equal(a: pb.DataSchema, b: pb.DataSchema) -> bool:
-    """Whether two schemas are the same, compared through their deterministic serialization."""
+    """Whether two schemas describe the same data, compared through their deterministic serialization. Their CSV
+    options (`tabular.csv`) are not compared: they say how files are written, not what the data is."""
+    a, b = data_part(a), data_part(b)
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
 
 
 def first_difference(a: pb.DataSchema, b: pb.DataSchema) -> str | None:
-    """The path of the first field where two schemas differ ("tabular.columns[2].upper"), or None if they are the
-    same. The comparison is canonical: their proto3 JSON forms, key by key in sorted order (unset fields are absent)."""
-    return _first_difference(schema_to_dict(a), schema_to_dict(b), "")
+    """The path of the first field where two schemas differ ("tabular.columns[2].upper"), or None if they describe
+    the same data (`tabular.csv` is not compared, as in `schemas_equal`). The comparison is canonical: their proto3
+    JSON forms, key by key in sorted order (unset fields are absent)."""
+    return _first_difference(schema_to_dict(data_part(a)), schema_to_dict(data_part(b)), "")
 
 
 def _first_difference(a: Any, b: Any, path: str) -> str | None:

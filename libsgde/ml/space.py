@@ -10,12 +10,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Block:
-    """Where one tabular column lives in a model-space row."""
+    """Where one part of a tabular column lives in a model-space row. A column is one block, except a numeric
+    column with point masses or missing values: its numeric block (named as the column) and its mode block
+    (categorical, named column + ":mode": continuous, each point mass, missing). Generators need not know: they
+    model numeric and categorical blocks alike, whatever column they come from (one may use `mode_of` to learn a
+    numeric value only where it is continuous: elsewhere it holds a fixed position)."""
 
     name: str
     kind: str  # "numeric" (continuous or integer: one value in [0, 1]) or "categorical" (one-hot)
     start: int
     width: int
+    mode_of: str = ""  # a mode block: the name of the numeric block whose mode it is (its slot 0: "continuous")
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,8 @@ if TYPE_CHECKING:
 
 SELECTION = "selection"  # the purpose of the exponential-mechanism component
 MAX_CLIQUES = 512
-# Attributes (columns and label) a model may have: the junction tree that configure builds for a manifest's cliques
-# costs about attributes^2 x cliques steps, and the registry builds it for every manifest it checks.
+# Attributes (model-space blocks and the label) a model may have: the junction tree that configure builds for a
+# manifest's cliques costs about attributes^2 x cliques steps, and the registry builds it for every manifest it checks.
 MAX_ATTRIBUTES = 64
 MAX_CLIQUE_ATTRIBUTES = 8
 MAX_CELLS = 4_000_000  # the largest a `max_cells` or `max_model_cells` setting may be (float32: 16 MB)
@@ -329,7 +329,9 @@ class MarginalArchitecture(Architecture):
         if not 2 <= len(sizes) <= MAX_ATTRIBUTES:
             raise ConfigError(
                 "architecture",
-                f"{self.name} models 2 to {MAX_ATTRIBUTES} attributes (columns and label), not {len(sizes)}",
+                f"{self.name} models 2 to {MAX_ATTRIBUTES} attributes (the label, and one per column; two for a "
+                "numeric column with point masses or missing values: its value and its mode), not "
+                f"{len(sizes)}",
             )
         if max(sizes) > config["max_cells"]:
             raise ConfigError("max_cells", f"an attribute has {max(sizes)} values, over max_cells")
