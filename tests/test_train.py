@@ -97,13 +97,13 @@ def test_each_architecture_learns_and_samples_inside_the_schema(arch, dataset, r
     assert set(labels) <= set(range(10))
 
 
-def test_conv_cvae_trains_through_the_vmap_fallback(digits, tmp_path):
+def test_conv_cvae_trains_with_ghost_clipping(digits, tmp_path):
     schema, data = digits
-    few = EncodedData(data.x[:300], data.labels[:300], data.space)  # vmap(grad) is the slow path: a few steps
+    few = EncodedData(data.x[:300], data.labels[:300], data.space)
     conv = {"network": "conv", "channels": [4], "hidden": [16], "latent_dim": 2}
     result, events = run((schema, few), "cvae", tmp_path, epochs=1, config=conv)
-    assert result.manifest.training["clipping"] == "vmap"
-    assert "vmap clipping" in events[0].message
+    assert result.manifest.training["clipping"] == "ghost"
+    assert "ghost clipping" in events[0].message
 
 
 def test_same_secret_and_seed_give_the_same_bytes_and_another_secret_does_not(cancer, tmp_path):

@@ -3,10 +3,10 @@
 Tabular: MLP encoder and decoder; the likelihood is per column type: Gaussian with fixed scale `numeric_sigma` on a
 numeric column's [0, 1] value, softmax cross-entropy on a categorical one-hot block. Images: a Bernoulli likelihood
 on pixels in [0, 1], with an MLP encoder/decoder (`network: mlp`, the default) or a convolutional one
-(`network: conv`). The MLP is the default because under DP-SGD it wins twice on CPU: ghost clipping makes its private
-step cost about a non-private one, while conv layers need vmap(grad) (about 65x slower per step on 28x28 images,
-benchmarks/dp_overhead.py), and on digits at epsilon 10 it gave better samples for the same epochs. Loss per example:
-reconstruction + beta * KL(q(z|x,y) || N(0, I)).
+(`network: conv`). Both are built from ghost-aware layers (libsgde.ml.layers), so DP-SGD clips per example without
+vmap(grad) for either (benchmarks/dp_overhead.py times both). The MLP is the default: on digits at epsilon 10 it gave
+better samples for the same epochs, and its step is the cheaper on CPU. Loss per example: reconstruction +
+beta * KL(q(z|x,y) || N(0, I)).
 Conditioning on the label is by concatenating its one-hot code to the encoder input and to z. The class prior (the
 label proportions of unlabelled samples) is released with DP beside the DP-SGD run (`class_prior_share`).
 """
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from libsgde.ml.architectures.base import Architecture, Option, decode_tabular_sample, one_hot, row_normals
-from libsgde.ml.layers import MLP
+from libsgde.ml.layers import MLP, Conv, ConvTranspose, Dense
 from libsgde.ml.mechanisms import CLASS_PRIOR_SHARE, DP_SGD
 from libsgde.ml.space import ModelSpace
 
@@ -45,10 +45,14 @@ class TabularCVAE(nn.Module):
         z = mu + jnp.exp(0.5 * logvar) * eps
         out = self.decoder(jnp.concatenate([z, y], 1))
         recon: jax.Array | float = 0.0
+        # A numeric value with a mode block is learned only where its mode is continuous (slot 0): elsewhere it
+        # holds a fixed position (a point mass's, or missing's), which the latent code need not explain.
+        continuous = {b.mode_of: x[:, b.start] for b in self.space.blocks if b.mode_of}
         for block in self.space.blocks:
             h, t = out[:, block.start : block.start + block.width], x[:, block.start : block.start + block.width]
             if block.kind == "numeric":
-                recon = recon + jnp.sum((jax.nn.sigmoid(h) - t) ** 2, 1) / (2 * self.numeric_sigma**2)
+                error = jnp.sum((jax.nn.sigmoid(h) - t) ** 2, 1) * continuous.get(block.name, 1.0)
+                recon = recon + error / (2 * self.numeric_sigma**2)
             else:
                 recon = recon - jnp.sum(t * jax.nn.log_softmax(h), 1)
         return recon + self.beta * kl_standard_normal(mu, logvar)
@@ -67,8 +71,8 @@ class ConvEncoder(nn.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         h = images
         for c in self.channels:
-            h = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2))(h))
-        return nn.Dense(self.out)(h.reshape(h.shape[0], -1))
+            h = nn.relu(Conv(c, (3, 3), strides=(2, 2))(h))
+        return Dense(self.out)(h.reshape(h.shape[0], -1))
 
 
 class ConvDecoder(nn.Module):
@@ -80,10 +84,10 @@ class ConvDecoder(nn.Module):
         height, width, c_out = self.shape
         scale = 2 ** len(self.channels)
         h0, w0 = math.ceil(height / scale), math.ceil(width / scale)
-        h = nn.relu(nn.Dense(h0 * w0 * self.channels[-1])(z)).reshape(z.shape[0], h0, w0, self.channels[-1])
+        h = nn.relu(Dense(h0 * w0 * self.channels[-1])(z)).reshape(z.shape[0], h0, w0, self.channels[-1])
         for c in self.channels[::-1]:
-            h = nn.relu(nn.ConvTranspose(c, (3, 3), strides=(2, 2))(h))
-        return nn.Conv(c_out, (3, 3))(h)[:, :height, :width, :]  # logits
+            h = nn.relu(ConvTranspose(c, (3, 3), strides=(2, 2))(h))
+        return Conv(c_out, (3, 3))(h)[:, :height, :width, :]  # logits
 
 
 class ImageCVAE(nn.Module):

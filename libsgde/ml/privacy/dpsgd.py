@@ -10,7 +10,9 @@ at C, as the accountant assumes. Batches are padded to a fixed size with a mask 
 place these pieces are put together is the training step, libsgde.ml.train.dpsgd_step.
 
 The per-example gradients here come from vmap(grad): correct for every layer. Models made only of ghost-aware
-Dense layers take the faster path in libsgde.ml.privacy.ghost, which never materialises per-example gradients.
+layers (libsgde.ml.layers: Dense, Conv, ConvTranspose) take the faster path in libsgde.ml.privacy.ghost, which
+never materialises per-example gradients of the whole model; both give the same clipped sum, so the privacy
+analysis (sensitivity C per example) is the same.
 """
 
 from __future__ import annotations
