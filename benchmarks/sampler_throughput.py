@@ -3,11 +3,12 @@ clients) beside the same generator called in-process, and the first-sample laten
 
     python benchmarks/sampler_throughput.py [--rows 200000] [--repeats 3]
 
-Both sides produce the same bytes: `sample_local` is the in-process path the SDK offers (the strict reader, the
-bucketed compiled generator, the same output format), and the service streams exactly what it would return. The
-model is a dp-merf generator at its default width with untrained weights (sampling cost does not depend on what
-the weights learned) on a breast-cancer-sized table (30 continuous columns and a 2-class label) and on 28x28
-images. The registry and the sampler run as subprocesses, as deployed.
+Both sides produce the same bytes (checked: the same sha256 for the same request): `sample_local` is the in-process
+path the SDK offers (the strict reader, the bucketed compiled generator, the same output format), and the service
+streams exactly what it would return. The model is a dp-merf generator at its default width with untrained weights
+(sampling cost does not depend on what the weights learned) on a breast-cancer-sized table (30 continuous columns
+and a 2-class label; 276 bytes a row in NPY) and on 28x28 images (pixel_max 255: uint8 levels, rounded on the
+device; 784 bytes a row). The registry and the sampler run as subprocesses, as deployed.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()  # other work on the machine makes the service's extra CPU show (see README)
     work = Path(tempfile.mkdtemp(prefix="sgde-sampler-bench-"))
     registry = sampler = None
     try:
@@ -114,7 +116,8 @@ def main() -> int:
             local_cold = timed(lambda: sample_local(path, 1))
             for size in (rows, rows // CLIENTS):  # compile the buckets these request sizes use
                 clients[0].sample(ref, size, timeout=600)
-            sample_local(path, rows)
+            if clients[0].sample(ref, rows, timeout=600).sha256 != sample_local(path, rows).sha256:
+                raise SystemExit(f"{kind}: the service and sample_local gave different bytes for the same request")
             print(f"{kind}: throughput ...", file=sys.stderr)
             local = median_rate(rows, lambda: sample_local(path, rows), args.repeats)
             one = median_rate(rows, lambda: clients[0].sample(ref, rows, timeout=600), args.repeats)
@@ -136,7 +139,8 @@ def main() -> int:
         print("|---|---|---|---|")
         for kind, *_, cold, warm, local_cold in table:
             print(f"| {kind} | {cold * 1e3:,.0f} ms | {warm * 1e3:,.1f} ms | {local_cold * 1e3:,.0f} ms |")
-        print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        before, after = (" ".join(f"{x:.2f}" for x in load) for load in (load_before, os.getloadavg()))
+        print(f"\nload average before: {before}; after: {after}")
         return 0
     finally:
         for service in (sampler, registry):

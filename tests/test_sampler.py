@@ -148,7 +148,8 @@ def test_stream_is_reproducible_checked_and_inside_the_schema(world):
     assert last.sha256 == hashlib.sha256(data).hexdigest()
 
     rows = np.load(io.BytesIO(data), allow_pickle=False)
-    assert rows.shape == (3000,) and rows.dtype.names == ("age", "label") and rows["age"].dtype == np.int64
+    assert rows.shape == (3000,) and rows.dtype.names == ("age", "label")
+    assert rows["age"].dtype == np.uint8  # the narrowest dtype that holds the bounds [0, 120]
     assert rows["age"].min() >= 0 and rows["age"].max() <= 120 and len(np.unique(rows["age"])) > 10
     no, yes = meta.class_counts
     assert list(rows["label"]) == ["no"] * no + ["yes"] * yes  # grouped in the schema's class order

@@ -12,6 +12,12 @@ bytes every time, whoever else is sampling at once:
 - Rows are generated in power-of-two buckets (labels padded to the next power of two >= the chunk, at least the
   model's smallest bucket, at most its largest; the padding is sliced off), so an odd request size never recompiles:
   a model compiles at most log2(largest / smallest) + 1 shapes, once, shared by every request.
+- Images whose schema declares integer pixel levels (an integer pixel_max in [2, 65535]) are rounded to uint8 or
+  uint16 on the device, right after generation (`pixel_levels`): the host receives a quarter (or half) of the bytes
+  and decodes nothing. The rounding is ImageEncoder.decode's, in float64 (exact: a float32 times an integer below
+  2**16 has at most 40 significant bits), so the levels are those the float32 path gives.
+- The next bucket is dispatched before the current one is handed over (JAX runs it asynchronously), so the device
+  generates while the caller decodes, encodes and streams: one bucket ahead, never more.
 - Memory is bounded per request, from bytes per row rather than rows (`row_cost`, `plan_sampling`): a model's
   largest bucket is the largest power of two <= MAX_BUCKET whose generation and decoding take about
   TARGET_BUCKET_MEMORY, its smallest MIN_BUCKET or the largest if that is smaller (a 2048 x 2048 image: one row, and
@@ -31,9 +37,11 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +64,9 @@ TARGET_CHUNK_BYTES = 1 << 20  # the sampler's own choice of chunk aims at about 
 TARGET_BUCKET_MEMORY = 64 << 20  # a model's largest bucket is generated and decoded within about this
 TARGET_CHUNK_MEMORY = 64 << 20  # the sampler's own chunk holds its values and encoded bytes within about this
 DEFAULT_MAX_REQUEST_BYTES = SAMPLE_REQUEST_BYTES  # what a request may need, unless the caller says otherwise
-# The decoders' temporaries per model-space value, beyond their input and output (measured with tracemalloc: images
-# 20, as float32 copies then float64 for rounding; tables 24, float64 copies).
+# The host decoders' temporaries per model-space value, beyond their input and output (measured with tracemalloc:
+# images 20, as float32 copies then float64 for rounding; tables 24, float64 copies). Images with integer pixel levels
+# are rounded on the device instead (`pixel_levels`), in one fused loop with no temporaries (XLA's memory analysis).
 DECODE_BYTES = {"image": 20, "tabular": 24}
 CSV_CELL_BYTES = 96  # a CSV cell's Python objects besides its text (a str, its list slot, the number on the way)
 LABEL_BYTES = 4  # per sample of a request: its int32 label, held for the whole request
@@ -140,19 +149,65 @@ def _power_of_two_at_most(n: int) -> int:
     return 1 << (max(int(n), 1).bit_length() - 1)
 
 
+def pixel_levels(schema: pb.DataSchema) -> np.dtype | None:
+    """The integer dtype an image schema's pixels decode to (libsgde.io.encoding.ImageEncoder.decode): uint8 for an
+    integer pixel_max in [2, 255], uint16 for one up to 65535; None for float pixels, and for tables."""
+    if schema.WhichOneof("kind") != "image":
+        return None
+    top = schema.image.pixel_max
+    if not (float(top).is_integer() and 2 <= top <= 65535):
+        return None
+    return np.dtype(np.uint8 if top <= 255 else np.uint16)
+
+
+def integer_dtype(col: pb.Column) -> np.dtype:
+    """The narrowest integer dtype that holds every value of an integer column: its bounds rounded outwards, unsigned
+    when the lower one is >= 0 (u1, u2, u4), else signed (i1, i2, i4); int64 beyond."""
+    low, high = math.floor(col.lower), math.ceil(col.upper)
+    for kind in ("u1", "u2", "u4") if low >= 0 else ("i1", "i2", "i4"):
+        info = np.iinfo(np.dtype(kind))
+        if info.min <= low and high <= info.max:
+            return np.dtype(kind).newbyteorder("<")
+    return np.dtype("<i8")
+
+
+def level_fn(pixel_max: float, dtype: np.dtype) -> Callable:
+    """ImageEncoder.decode's rounding of model-space images to integer pixel levels, as a device function: NaN reads
+    as 0, values are clipped into [0, 1], multiplied by pixel_max in float64 (exact), rounded half to even, clipped
+    and cast. Trace it inside `float64_tracing()`, or float64 silently becomes float32."""
+
+    def levels(x):
+        x = jnp.clip(jnp.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        return jnp.clip(jnp.rint(x.astype(jnp.float64) * pixel_max), 0, pixel_max).astype(dtype)
+
+    return levels
+
+
+def float64_tracing() -> AbstractContextManager:
+    """A context in which this thread traces with 64-bit types (other threads trace as before): `jax.enable_x64`
+    from JAX 0.8, `jax.experimental.enable_x64` before it."""
+    enable = getattr(jax, "enable_x64", None)
+    if callable(enable):
+        return enable(True)
+    from jax.experimental import enable_x64  # type: ignore[attr-defined]  # JAX < 0.8
+
+    return enable_x64(True)
+
+
 def row_bytes(schema: pb.DataSchema) -> int:
     """Bytes of one sample in NPY output (see libsgde.io.formats)."""
     if schema.WhichOneof("kind") == "image":
         im = schema.image
-        pixel = (
-            1
-            if float(im.pixel_max).is_integer() and 2 <= im.pixel_max <= 255
-            else (2 if float(im.pixel_max).is_integer() and 2 <= im.pixel_max <= 65535 else 4)
-        )
-        return im.height * im.width * im.channels * pixel
+        levels = pixel_levels(schema)
+        return im.height * im.width * im.channels * (4 if levels is None else levels.itemsize)
     total = 0
     for col in schema.tabular.columns:
-        total += 4 * max([1, *(len(c) for c in col.categories)]) if col.type == pb.COLUMN_TYPE_CATEGORICAL else 8
+        if col.type == pb.COLUMN_TYPE_CATEGORICAL:
+            total += 4 * max([1, *(len(c) for c in col.categories)])
+        elif col.type == pb.COLUMN_TYPE_INTEGER and not col.nullable:
+            total += integer_dtype(col).itemsize
+        else:
+            total += 8
     return total
 
 
@@ -173,15 +228,17 @@ def csv_row_bytes(schema: pb.DataSchema) -> int:
 class RowCost:
     """The memory sampling a model takes, in bytes (upper-bound estimates; see `row_cost`): `bucket` per row of a
     bucket (generated, then decoded, together), `chunk` per row of a chunk (its decoded values and their encoded
-    bytes, held until streamed), `fixed` per request whatever its sizes."""
+    bytes, held until streamed), `ahead` per row of the chunk made while the one before it is streamed (its encoded
+    bytes, held with it), `fixed` per request whatever its sizes."""
 
     bucket: int
     chunk: int
     fixed: int
+    ahead: int = 0
 
     def peak(self, bucket: int, chunk: int, total: int) -> int:
         """The memory of a request of `total` samples in chunks of `chunk` rows and buckets of `bucket` rows."""
-        return self.fixed + bucket * self.bucket + chunk * self.chunk + LABEL_BYTES * total
+        return self.fixed + bucket * self.bucket + chunk * (self.chunk + self.ahead) + LABEL_BYTES * total
 
 
 def _traced_bytes(jaxpr: jax_core.Jaxpr) -> int:
@@ -216,10 +273,13 @@ def row_cost(arch: Architecture, space: ModelSpace, config: dict, schema: pb.Dat
       rows less a trace of one) and fixed. XLA fuses operations and reuses buffers, so its own buffers stay below
       this (a 2048 x 2048 conv model: 112 MiB a row here, 32 MiB in XLA's memory analysis); the margin covers the
       scratch space of CPU kernels, which neither sees;
-    - decoding, per row of a bucket: the model-space rows copied to the host and DECODE_BYTES per value;
+    - decoding, per row of a bucket: the model-space rows copied to the host and DECODE_BYTES per value; images with
+      integer pixel levels: their levels on the device and on the host, nothing else;
     - a chunk, per row: its decoded values (tables: twice, the buckets' parts then joined) and their encoded bytes
       in the costliest format the data allows (NPY: twice the row's bytes, the rows and their bytes; CSV:
       `csv_row_bytes`; Parquet's arrays stay below CSV's strings);
+    - ahead, per row: the encoded bytes of one more chunk, since the sampler makes the next chunk while it streams
+      one (services/sampler/ahead.py); NPY's, or CSV's as `csv_row_bytes` bounds them;
     - fixed: the generator's batch-independent values, and two messages of streamed bytes."""
     if params is None:
         tensors = arch.tensor_shapes(space, config)
@@ -234,14 +294,21 @@ def row_cost(arch: Architecture, space: ModelSpace, config: dict, schema: pb.Dat
     one, two = traced(1), traced(2)
     values = math.prod(space.shape)
     output = row_bytes(schema)
-    if space.kind == "image":
+    levels = pixel_levels(schema)
+    if levels is not None:
+        decode = 2 * levels.itemsize * values
+        chunk = output + 2 * output
+    elif space.kind == "image":
         decode = 4 * values + DECODE_BYTES["image"] * values
         chunk = output + 2 * output
     else:
         columns = len(schema.tabular.columns)
         decode = 4 * values + DECODE_BYTES["tabular"] * values + 8 * columns
         chunk = 2 * 8 * columns + max(2 * output, csv_row_bytes(schema))
-    return RowCost(bucket=max(two - one, 0) + decode, chunk=chunk, fixed=max(2 * one - two, 0) + 2 * CHUNK_SIZE)
+    ahead = output if space.kind == "image" else max(output, csv_row_bytes(schema))
+    return RowCost(
+        bucket=max(two - one, 0) + decode, chunk=chunk, fixed=max(2 * one - two, 0) + 2 * CHUNK_SIZE, ahead=ahead
+    )
 
 
 def model_buckets(cost: RowCost, max_bucket: int = MAX_BUCKET) -> tuple[int, int]:
@@ -352,9 +419,12 @@ class Chunk:
 class CompiledSampler:
     """A loaded generator compiled for sampling in power-of-two buckets, its memory bounded per request (`plan`).
     Thread-safe: concurrent requests share the compiled executables, and each bucket compiles once however requests
-    race. `max_bucket` caps the model's largest bucket (`model_buckets` derives it from the model's row cost)."""
+    race. `max_bucket` caps the model's largest bucket (`model_buckets` derives it from the model's row cost).
+    `device_levels` False decodes images on the host from their float32 rows, as `Generator.sample` does: the
+    reference the device's rounding is tested against (the values are the same; the memory plan stays that of the
+    device path)."""
 
-    def __init__(self, generator, max_bucket: int = MAX_BUCKET):
+    def __init__(self, generator, max_bucket: int = MAX_BUCKET, *, device_levels: bool = True):
         if max_bucket < 1 or max_bucket & (max_bucket - 1):
             raise ValueError("max_bucket must be a power of two")
         self.generator = generator
@@ -364,6 +434,8 @@ class CompiledSampler:
         self.cost = row_cost(arch, space, config, self.schema, generator.params)
         self.min_bucket, self.max_bucket = model_buckets(self.cost, max_bucket)
         self._jit = jax.jit(generator_fn(arch, space, config))
+        # Images rounded to integer levels on the device (their dtype), or None.
+        self.levels = pixel_levels(self.schema) if device_levels else None
         self._compiled: dict[int, Callable] = {}
         self._compile_lock = threading.Lock()
 
@@ -392,49 +464,80 @@ class CompiledSampler:
         )
 
     def _executable(self, bucket: int) -> Callable:
+        """The compiled function of a bucket: (params, key, first row, labels [bucket]) -> a device array of
+        model-space rows, or of pixel levels (`pixel_levels`). Called, it returns at once (JAX dispatches
+        asynchronously); reading the array waits for it."""
         fn = self._compiled.get(bucket)
         if fn is None:
             with self._compile_lock:
                 fn = self._compiled.get(bucket)
                 if fn is None:
-                    fn = self._jit.lower(
-                        self.generator.params,
-                        seed_key(0),
-                        jax.ShapeDtypeStruct((), jnp.uint32),
-                        jax.ShapeDtypeStruct((bucket,), jnp.int32),
-                    ).compile()
+                    fn = self._compile(bucket)
                     self._compiled[bucket] = fn
         return fn
 
+    def _compile(self, bucket: int) -> Callable:
+        generate = self._jit.lower(
+            self.generator.params,
+            seed_key(0),
+            jax.ShapeDtypeStruct((), jnp.uint32),
+            jax.ShapeDtypeStruct((bucket,), jnp.int32),
+        ).compile()
+        if self.levels is None:
+            return generate
+        rows = jax.ShapeDtypeStruct((bucket, *self.space.shape), jnp.float32)
+        with float64_tracing():
+            levels = jax.jit(level_fn(self.schema.image.pixel_max, self.levels)).lower(rows).compile()
+        return lambda *args: levels(generate(*args))
+
     def decode(self, x: np.ndarray, labels: np.ndarray | None):
+        """Decoded values of rows the compiled function returned (pixel levels are decoded already)."""
+        if self.levels is not None:
+            return x
         encoder = self.generator.encoder
         return encoder.decode(x) if self.space.kind == "image" else encoder.decode(x, labels)
 
-    def _decoded(self, labels: np.ndarray, seed: int, first_row: int, plan: SamplingPlan):
-        """The decoded values of rows first_row .. first_row + n - 1 for int32 labels [n], n >= 1 (zeros when
-        unconditional): generated in buckets of the plan, each decoded as soon as it is generated, so that no more
-        than one bucket of model-space rows is ever held."""
+    def _dispatched(self, labels: np.ndarray, seed: int, plan: SamplingPlan) -> Generator[tuple[np.ndarray, Any]]:
+        """(labels, device output) of each bucket of a request in order, the next bucket dispatched
+        before one is handed over: the device generates it while the caller decodes and streams this one. Chunks
+        of the plan are split into buckets as if each were generated alone, so any chunk gives the same bytes."""
         key = seed_key(seed)
-        conditional = self.space.num_classes > 0
+        ahead = None
+        for chunk_start in range(0, len(labels), plan.chunk):
+            chunk = labels[chunk_start : chunk_start + plan.chunk]
+            for start in range(0, len(chunk), plan.max_bucket):
+                part = chunk[start : start + plan.max_bucket]
+                bucket = bucket_size(len(part), plan.max_bucket, plan.min_bucket)
+                row = chunk_start + start
+                if row + bucket > 1 << 32:
+                    raise SamplingError("num_samples", "rows are numbered with 32 bits: ask for fewer samples")
+                padded = np.zeros(bucket, np.int32)
+                padded[: len(part)] = part
+                launched = (part, self._executable(bucket)(self.generator.params, key, np.uint32(row), padded))
+                if ahead is not None:
+                    yield ahead
+                ahead = launched
+        if ahead is not None:
+            yield ahead
+
+    def _decoded_chunk(self, buckets: Iterator[tuple[np.ndarray, Any]], size: int, conditional: bool):
+        """The decoded values of the next `size` rows, taken bucket by bucket from `buckets` (`_dispatched`)."""
         images: np.ndarray | None = None
         tables: list[dict[str, np.ndarray]] = []
-        for start in range(0, len(labels), plan.max_bucket):
-            part = labels[start : start + plan.max_bucket]
-            bucket = bucket_size(len(part), plan.max_bucket, plan.min_bucket)
-            padded = np.zeros(bucket, np.int32)
-            padded[: len(part)] = part
-            row = first_row + start
-            if row + bucket > 1 << 32:
-                raise SamplingError("num_samples", "rows are numbered with 32 bits: ask for fewer samples")
-            out = self._executable(bucket)(self.generator.params, key, np.uint32(row), padded)
+        done = 0
+        while done < size:
+            part, out = next(buckets)
             values = self.decode(np.asarray(out)[: len(part)], part if conditional else None)
             del out
-            if isinstance(values, np.ndarray):
-                if images is None:
-                    images = np.empty((len(labels), *values.shape[1:]), values.dtype)
-                images[start : start + len(part)] = values
-            else:
+            if isinstance(values, dict):
                 tables.append(values)
+            elif len(part) == size:
+                return values  # the whole chunk in one bucket: no copy
+            else:
+                if images is None:
+                    images = np.empty((size, *values.shape[1:]), values.dtype)
+                images[done : done + len(part)] = values
+            done += len(part)
         if images is not None:
             return images
         if len(tables) == 1:
@@ -452,8 +555,12 @@ class CompiledSampler:
         """Decoded chunks of a request, in order. `labels_or_n`: planned labels (see `plan_labels`), or a number of
         samples (labels then planned from the class prior with `seed`; none for an unconditional model).
         `chunk_samples` 0 means `default_chunk_samples`. `should_stop` is asked before each chunk: True ends the
-        iteration there (a cancelled or expired request generates nothing more). Raises Exhausted, before
-        generating anything, when the request's plan needs more than `max_request_bytes` (`plan`)."""
+        iteration there (a cancelled or expired request generates nothing more than the one bucket dispatched
+        ahead). Raises Exhausted, before generating anything, when the request's plan needs more than
+        `max_request_bytes` (`plan`).
+
+        Each bucket is decoded as soon as it is ready, so that no more than one bucket of model-space rows is held
+        besides the one the device is generating."""
         if isinstance(labels_or_n, (int, np.integer)):
             n = int(labels_or_n)
             labels = plan_labels(self.generator, n, None, seed)
@@ -462,12 +569,18 @@ class CompiledSampler:
             n = len(labels)
         conditional = self.space.num_classes > 0
         plan = self.plan(n, chunk_samples, max_request_bytes)
-        for start in range(0, n, plan.chunk):
-            if should_stop is not None and should_stop():
-                return
-            size = min(plan.chunk, n - start)
-            part = labels[start : start + size] if labels is not None else np.zeros(size, np.int32)
-            yield Chunk(self._decoded(part, seed, start, plan), part if conditional else None, start)
+        rows = labels if labels is not None else np.zeros(n, np.int32)
+        buckets = self._dispatched(rows, seed, plan)
+        try:
+            for start in range(0, n, plan.chunk):
+                if should_stop is not None and should_stop():
+                    return
+                size = min(plan.chunk, n - start)
+                chunk_values = self._decoded_chunk(buckets, size, conditional)
+                part = rows[start : start + size]
+                yield Chunk(chunk_values, part if conditional else None, start)
+        finally:
+            buckets.close()
 
 
 class CompiledCache:

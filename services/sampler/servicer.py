@@ -1,9 +1,9 @@
 """SamplerService: validates requests, resolves the version with the CALLER's token (a refusal by the registry is the
 answer here), and streams what libsgde.io.sampling and libsgde.io.formats make. No modelling logic lives here.
 
-The stream: metadata, then chunks of at most 1 MiB, then a last message with the sha256 of all chunk bytes. Between
-chunks the servicer asks whether the call is still active: a cancelled call, or one past its deadline, generates
-nothing more.
+The stream: metadata, then chunks of at most 1 MiB, then a last message with the sha256 of all chunk bytes. The next
+chunk is made while one is sent (services/sampler/ahead.py). Between chunks the servicer asks whether the call is
+still active: a cancelled call, or one past its deadline, generates nothing more than the chunk being made.
 
 Memory is bounded per request: the request's plan (libsgde.io.sampling.plan_sampling, from the model's bytes per row)
 must fit in `max_request_bytes`, or the call is refused with RESOURCE_EXHAUSTED before its metadata, saying which
@@ -33,6 +33,7 @@ from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2 as spb
 from libsgde.wire.proto.sgde.v1 import sampler_pb2_grpc
+from services.sampler.ahead import MadeAhead
 from services.sampler.cache import ArtifactCache
 
 log = logging.getLogger("sgde.sampler")
@@ -268,7 +269,7 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
         )
 
         started = time.perf_counter()
-        digest, sent, done = hashlib.sha256(), 0, 0
+        sent, done = 0, 0
         ACTIVE.inc()
         outcome = "error"
 
@@ -284,31 +285,32 @@ class SamplerServicer(sampler_pb2_grpc.SamplerServiceServicer):
                 },
             )
 
+        pieces = formats.encode_stream(
+            sampler,
+            labels if labels is not None else total,
+            request.seed,
+            fmt,
+            request.chunk_samples,
+            should_stop=lambda: not context.is_active(),
+            max_request_bytes=limit,
+        )
         try:
-            pieces = formats.encode_stream(
-                sampler,
-                labels if labels is not None else total,
-                request.seed,
-                fmt,
-                request.chunk_samples,
-                should_stop=lambda: not context.is_active(),
-                max_request_bytes=limit,
-            )
-            for data, now in pieces:
-                SAMPLES.inc(now - done)
-                done = now
-                for offset in range(0, len(data), CHUNK_SIZE):
-                    piece = data[offset : offset + CHUNK_SIZE]
-                    digest.update(piece)
-                    sent += len(piece)
-                    BYTES.inc(len(piece))
-                    yield spb.SampleResponse(chunk=piece, samples_done=done)
-                del data  # released before the next chunk is generated (libsgde.io.sampling bounds one at a time)
+            with MadeAhead(pieces) as ahead:  # the next chunk is made while this one is sent
+                for data, now in ahead:
+                    SAMPLES.inc(now - done)
+                    done = now
+                    # A chunk of at most CHUNK_SIZE bytes goes as it is: slicing a bytes object whole copies nothing.
+                    for offset in range(0, len(data), CHUNK_SIZE):
+                        piece = data[offset : offset + CHUNK_SIZE]
+                        sent += len(piece)
+                        BYTES.inc(len(piece))
+                        yield spb.SampleResponse(chunk=piece, samples_done=done)
+                    data = piece = b""  # released before the chunk after next is made (two are held at most)
             if done < total or not context.is_active():
                 outcome = _why_stopped(context)
                 log_stopped(outcome)
                 return
-            yield spb.SampleResponse(samples_done=done, sha256=digest.hexdigest())
+            yield spb.SampleResponse(samples_done=done, sha256=ahead.sha256())
             outcome = "done"
             log.info(
                 "sampled",
