@@ -3,9 +3,11 @@ blobs in SeaweedFS), and the same bytes straight to the same SeaweedFS with the 
 
     python benchmarks/registry_transfer.py [--mib 256] [--repeats 3]
 
-Registry upload = Client.push (local sha256 + sign + stream + server-side verify and multipart put);
-registry download = Client.pull (stream + fsync + sha256 and signature check). Direct upload = minio put_object from
-the file; direct download = get_object streamed to a file and fsynced. Reports the median MB/s (10^6 bytes/s).
+Registry upload = Client.push (local sha256 + sign + stream + server-side verify, with 16 MiB parts sent to S3
+concurrently while the stream arrives); registry download = Client.pull (concurrent ranged reads from S3 in the
+registry, stream, written and hashed behind the receiver + fsync + signature check). Direct upload = minio
+put_object from the file; direct download = get_object streamed to a file and fsynced. Reports the median MB/s
+(10^6 bytes/s).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ if str(REPO) not in sys.path:
 
 from benchmarks._machine import machine_line
 from libsgde.security import tls
+from libsgde.server import s3_parts
 from libsgde.wire.limits import CHUNK_SIZE
 from tests.support.seaweed import SeaweedS3
 from tests.support.services import RegistryProcess, make_artifact, user_client
 
 BUCKET = "sgde-bench"
 DIRECT_BUCKET = "sgde-bench-direct"
-PART_SIZE = 16 << 20  # the registry's own multipart part size (libsgde.server.storage._PART_SIZE)
+PART_SIZE = s3_parts.PART_SIZE  # the registry's own multipart part size
 
 
 def timed(fn) -> float:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from libsgde.io.atomic import atomic_write
 from libsgde.wire.limits import CHUNK_SIZE
@@ -61,3 +63,48 @@ def cancelling(stream: Any) -> Iterator[Any]:
         yield stream
     finally:
         stream.cancel()
+
+
+class _WriteBehind:
+    """A thread that writes and hashes the pieces handed to it, in order. Both release the GIL for large pieces, so
+    receiving the next piece (and decrypting it) overlaps writing and hashing this one."""
+
+    def __init__(self, f: BinaryIO, digest: Any, depth: int):
+        self._f, self._digest = f, digest
+        self._pieces: queue.Queue[bytes | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="write-behind")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._pieces.get()) is not None:
+            if self.error is None:  # after a failure it only drains, so that the producer never blocks
+                try:
+                    self._f.write(piece)
+                    self._digest.update(piece)
+                except BaseException as e:  # noqa: BLE001 - raised in the producer's thread
+                    self.error = e
+
+    def write(self, piece: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._pieces.put(piece)
+
+    def join(self) -> None:
+        self._pieces.put(None)
+        self._thread.join()
+
+
+@contextlib.contextmanager
+def write_behind(f: BinaryIO, digest: Any, depth: int = 8) -> Iterator[Callable[[bytes], None]]:
+    """A `write(piece)` that appends to `f` and feeds `digest` in a background thread, at most `depth` pieces behind.
+    On the way out every piece has been written (or the writer's error is raised)."""
+    writer = _WriteBehind(f, digest, depth)
+    try:
+        yield writer.write
+    except BaseException:
+        writer.join()
+        raise
+    writer.join()
+    if writer.error is not None:
+        raise writer.error

@@ -2,6 +2,18 @@
 
 Blobs are keyed by their sha256. A put streams the bytes through, checks length and hash, and only then makes the
 blob visible, so a reader never sees a partial or wrong blob and a failed upload never damages a good one.
+
+Why the registry stays in the data path (and uploads parts in parallel) rather than handing clients presigned PUTs:
+a presigned upload would skip one hop, but every client would then need network access to the store (in the cluster
+MinIO is deliberately unreachable from outside), the store would accept unverified bytes from anyone holding the URL
+until it expires, and the registry would have to read every blob back to check its sha256, size and tensors (the
+store's traffic doubles, and a staging object exists that nobody has vetted). Instead the registry verifies the bytes
+as they arrive and sends 16 MiB parts to S3 concurrently while the stream is still coming, so the extra hop overlaps
+the transfer instead of following it. Only the registry holds store credentials; nothing unverified ever becomes an
+object. A failed upload cancels the parts not yet started, waits for the ones being sent, and only then aborts the
+multipart upload: no part can land after the abort and survive as an orphan. Uploads that a killed process left
+open are aborted by `sweep_abandoned_uploads` once they are older than any publish may take. Downloads read large
+blobs as a few concurrent ranged GETs, handed on in order.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -22,6 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from libsgde.domain.names import SHA256_RE
 from libsgde.errors import NotFound, SgdeError, Unavailable
 from libsgde.io.atomic import atomic_write, sweep_temporaries
+from libsgde.server import s3_parts
 from libsgde.wire.limits import CHUNK_SIZE
 
 
@@ -81,7 +95,8 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def get(self, sha256: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """The blob's bytes from `offset`. Raises BlobNotFound / StorageUnavailable here, before iteration."""
+        """The blob's bytes from `offset`, as a generator (closing it stops any reading ahead). Raises BlobNotFound /
+        StorageUnavailable here, before iteration."""
 
     @abc.abstractmethod
     def stat(self, sha256: str) -> int:
@@ -101,6 +116,11 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def check(self) -> None:
         """Raise StorageUnavailable unless the backend is reachable and writable."""
+
+    def sweep_abandoned_uploads(self, older_than_s: float) -> int:
+        """Ends the unfinished uploads started more than `older_than_s` ago (left by a process killed mid-put, or
+        whose abort failed); returns how many. The file store sweeps its temporaries when it opens."""
+        return 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
@@ -183,52 +203,9 @@ class FileBlobStore(BlobStore):
 # -- S3 ---------------------------------------------------------------------------------------------------------
 # minio is imported inside the methods: it takes ~0.3 s to import, and the CLI never loads this module.
 
-_PART_SIZE = 16 << 20
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchObject"}
-
-
-class _SourceFailed(Exception):
-    """Carries an exception raised by the caller's chunk iterator through the minio SDK untouched."""
-
-    def __init__(self, original: BaseException):
-        self.original = original
-
-
-class _VerifyingReader:
-    """File-like view of the chunk iterator for minio's put_object.
-
-    At EOF it raises instead of returning b"" when size or hash do not match: the SDK learns a part is the last only
-    by reading EOF, so it never sends the single PUT or completes the multipart upload for bad bytes.
-    """
-
-    def __init__(self, chunks: Iterable[bytes], verifier: _Verifier):
-        self._chunks, self._verifier = iter(chunks), verifier
-        self._pending = b""
-        self._eof = False
-
-    def read(self, n: int = -1) -> bytes:
-        # Gather up to n bytes in one answer: minio concatenates what read() returns, so few big answers copy less.
-        parts, have = [self._pending], len(self._pending)
-        while not self._eof and (n < 0 or have < n):
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                self._eof = True
-                self._verifier.finish()
-                break
-            except BaseException as e:  # noqa: BLE001 - even KeyboardInterrupt: minio aborts only on Exception
-                raise _SourceFailed(e) from None
-            chunk = bytes(chunk)
-            self._verifier.feed(chunk)
-            parts.append(chunk)
-            have += len(chunk)
-        data = b"".join(parts)
-        if 0 <= n < len(data):
-            data, self._pending = data[:n], data[n:]
-        else:
-            self._pending = b""
-        return data
+_POOL_WORKERS = 16  # parts and ranges being sent or fetched at once, over every transfer of one store
 
 
 def minio_client(
@@ -374,6 +351,7 @@ class S3BlobStore(BlobStore):
             ca_file=ca_file,
             pool_size=64,
         )
+        self._parts = s3_parts.PartPool(_POOL_WORKERS)
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 
@@ -442,46 +420,53 @@ class S3BlobStore(BlobStore):
 
     def put(self, sha256: str, chunks: Iterable[bytes], size: int) -> None:
         key = self._key(sha256)
-        reader = _VerifyingReader(chunks, _Verifier(sha256, size))
-        try:
-            with self._translate(f"storing {key}", writing=True):
-                self._ensure_bucket()
-                # Sequential parts (num_parallel_uploads=1): no upload thread can still be sending a part after
-                # minio aborts a failed multipart upload, and memory stays at one part per transfer.
-                self._client.put_object(
-                    self.bucket,
-                    key,
-                    reader,  # minio reads it through read(n) only
-                    length=-1,
-                    part_size=_PART_SIZE,
-                    num_parallel_uploads=1,
-                )
-        except (_SourceFailed, StorageUnavailable) as e:
-            # minio aborts the multipart upload, then re-raises; if the abort failed too, the first failure (the
-            # sender's own error or bad bytes) is further down the chain, and it is the one to report.
-            first = _first_in_chain(e, (_SourceFailed, BlobIntegrityError)) or e
-            if isinstance(first, _SourceFailed):
-                raise first.original from first.original.__cause__
-            raise first from first.__cause__
+        verifier = _Verifier(sha256, size)
+
+        def guard() -> contextlib.AbstractContextManager[None]:
+            return self._translate(f"storing {key}", writing=True)
+
+        # Only the store's calls are guarded: an error of the sender (even an OSError) reaches the caller unchanged.
+        with guard():
+            self._ensure_bucket()
+        parts = s3_parts.split_parts(chunks, s3_parts.PART_SIZE, verifier.feed)
+        if size <= s3_parts.PART_SIZE:  # one PUT, sent only once every byte is verified
+            data = b"".join(parts)
+            verifier.finish()
+            with guard():
+                self._client._put_object(self.bucket, key, data, {"Content-Type": "application/octet-stream"})
+            return
+        upload = s3_parts.MultipartUpload(self._client, self.bucket, key, self._parts, guard, s3_parts.PARTS_IN_FLIGHT)
+        upload.run(parts, before_complete=verifier.finish)
 
     def get(self, sha256: str, offset: int = 0, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        from minio.error import S3Error
-
         key = self._key(sha256)
         if offset < 0:
             raise ValueError(f"offset {offset} is negative")
         with self._translate(f"reading {key}"):
-            try:
-                response = self._client.get_object(self.bucket, key, offset=offset)
-            except S3Error as e:
-                if e.code != "InvalidRange":
-                    raise
-                # offset >= size: only offset == size is a valid (empty) read
-                _check_offset(offset, self._size(key))
-                return iter(())
-        return self._stream(response, key, chunk_size)
+            size = self._size(key)  # eagerly: a missing blob or a dead store raises here, not at the first chunk
+        _check_offset(offset, size)
+        if size - offset <= s3_parts.RANGE_SIZE:  # one GET, streamed
+            return self._stream(key, offset, size - offset, chunk_size)
 
-    def _stream(self, response, key: str, chunk_size: int) -> Iterator[bytes]:
+        def fetch(start: int, length: int) -> list[bytes]:
+            chunks = list(self._stream(key, start, length, chunk_size))
+            if sum(map(len, chunks)) != length:
+                raise StorageUnavailable(f"S3 at {self.endpoint} returned a short read of {key} at offset {start}")
+            return chunks
+
+        return _flatten(
+            s3_parts.ranged_read(fetch, offset, size, self._parts, s3_parts.RANGE_SIZE, s3_parts.RANGES_IN_FLIGHT)
+        )
+
+    def _stream(self, key: str, start: int, length: int, chunk_size: int) -> Iterator[bytes]:
+        """The bytes [start, start + length) of `key` in chunks of at most `chunk_size`; the GET is sent at once."""
+        if length == 0:
+            return _flatten(iter(()))  # a generator still: the caller may close it
+        with self._translate(f"reading {key}"):
+            response = self._client.get_object(self.bucket, key, offset=start, length=length)
+        return self._chunks(response, key, chunk_size)
+
+    def _chunks(self, response: Any, key: str, chunk_size: int) -> Iterator[bytes]:
         try:
             with self._translate(f"reading {key}"):
                 yield from response.stream(chunk_size)
@@ -509,15 +494,34 @@ class S3BlobStore(BlobStore):
         with self._translate(f"checking bucket {self.bucket}"):
             self._ensure_bucket(force=True)
 
+    def sweep_abandoned_uploads(self, older_than_s: float) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        swept, key_marker, id_marker = 0, None, None
+        with self._translate(f"sweeping abandoned uploads in bucket {self.bucket}"):
+            if not self._client.bucket_exists(self.bucket):
+                return 0
+            while True:
+                page = self._client._list_multipart_uploads(
+                    self.bucket, prefix=f"{self.prefix}sha256/", key_marker=key_marker, upload_id_marker=id_marker
+                )
+                for upload in page.uploads:
+                    if upload.initiated_time is not None and upload.initiated_time < cutoff:
+                        self._client._abort_multipart_upload(self.bucket, upload.object_name, upload.upload_id)
+                        swept += 1
+                if not page.is_truncated or not page.uploads:
+                    return swept
+                key_marker, id_marker = page.uploads[-1].object_name, page.uploads[-1].upload_id
 
-def _first_in_chain(exc: BaseException | None, types: tuple[type, ...]) -> BaseException | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, types):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+
+def _flatten(ranges: Iterator[list[bytes]]) -> Iterator[bytes]:
+    """The chunks of each range in turn."""
+    try:
+        for chunks in ranges:
+            yield from chunks
+    finally:
+        close = getattr(ranges, "close", None)
+        if close is not None:
+            close()  # a download stopped early cancels the ranges not yet fetched, now
 
 
 def open_blob_store(url: str) -> BlobStore:
