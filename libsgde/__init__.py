@@ -2,12 +2,13 @@
 
 The public API a user scripts against::
 
-    from libsgde import Client, TrainSpec, sample_local, load_generator
+    from libsgde import Client, TrainSpec, sample_local, train_local, load_generator
 
     with Client() as sgde:                      # certificates and token under $SGDE_HOME
         job = sgde.create_job(TrainSpec("dp-merf", target_epsilon=1.0), schema, dataset, "models/me/digits")
         for event in sgde.watch_job(job.name): ...
         sgde.publish_job(job.name)
+        model = train_local("adult.csv", "schema.json", TrainSpec("cvae", 1.0))  # no service; push it later
         samples = sgde.sample("me/digits", 1000, seed=7)     # .values, .labels, .to_dataframe()
 
 A failed call raises one of libsgde.errors' classes, re-exported here: `except libsgde.NotFound`, `libsgde.FieldError`
@@ -39,6 +40,8 @@ _EXPORTS = {
     "Client": "libsgde.client",
     "Samples": "libsgde.client",
     "sample_local": "libsgde.client",
+    "train_local": "libsgde.client",
+    "LocalModel": "libsgde.client",
     "TrainSpec": "libsgde.domain.specs",
     "train": "libsgde.io.training",
     "SpecError": "libsgde.io.training",

@@ -1,8 +1,10 @@
-"""`sgde train` and `sgde jobs`: DP training in the silo's trainer, then signing and publishing here."""
+"""`sgde train` and `sgde jobs`: DP training in the silo's trainer, then signing and publishing here; or, with
+`sgde train --local`, training here with no service (libsgde.client.training), published later by `models push`."""
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from libsgde.cli.common import (
     out,
     print_json,
 )
+from libsgde.cli.schema import CsvFlags, csv_flag_options, with_csv_flags
 
 
 def _state(state: int) -> str:
@@ -39,36 +42,58 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class _TrainingView:
+    """A training run's progress as `sgde train` shows it, for a trainer's job and a local run alike: a bar on a
+    terminal (step / total, epoch, loss, epsilon, rate, ETA), and each message as a line `NAME STATE: MESSAGE`."""
+
+    def __init__(self, name: str):
+        from rich.progress import MofNCompleteColumn, TextColumn
+
+        self.name = name
+        self.bar = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=console,
+            disable=not console.is_terminal,
+        )
+
+    def __enter__(self) -> _TrainingView:
+        self.bar.__enter__()
+        self.task = self.bar.add_task(self.name, total=None, stats="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def show(self, state: str, p) -> None:
+        """`p`: a ProgressEvent or a local run's Progress (the same fields)."""
+        if p.total_steps:
+            self.bar.update(
+                self.task,
+                total=p.total_steps,
+                completed=p.step,
+                stats=(
+                    f"epoch {p.epoch}  loss {_loss(p.loss)}  epsilon {p.epsilon_spent:.3g}  "
+                    f"{p.examples_per_second:,.0f} ex/s  ETA {_duration(p.eta_seconds)}"
+                ),
+            )
+        else:
+            self.bar.update(self.task, stats=state)
+        if p.message:
+            self.say(state, p.message)
+
+    def say(self, state: str, message: str) -> None:
+        console.print(f"{self.name} {state}: {message}", highlight=False)
+
+
 def _watch(client, name: str):
     """Shows the job's progress live (a bar on a terminal, its messages otherwise) until it ends; returns the job."""
-    from rich.progress import MofNCompleteColumn, TextColumn
-
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        console=console,
-        disable=not console.is_terminal,
-    )
     try:
-        with bar:
-            task = bar.add_task(name, total=None, stats="")
+        with _TrainingView(name) as view:
             for event in client.watch_job(name):
-                if event.total_steps:
-                    bar.update(
-                        task,
-                        total=event.total_steps,
-                        completed=event.step,
-                        stats=(
-                            f"epoch {event.epoch}  loss {_loss(event.loss)}  epsilon {event.epsilon_spent:.3g}  "
-                            f"{event.examples_per_second:,.0f} ex/s  ETA {_duration(event.eta_seconds)}"
-                        ),
-                    )
-                else:
-                    bar.update(task, stats=_state(event.state))
-                if event.message:
-                    console.print(f"{name} {_state(event.state)}: {event.message}", highlight=False)
+                view.show(_state(event.state), event)
     except KeyboardInterrupt:
         console.print(f"stopped watching; {name} goes on: `sgde jobs watch {name}`", highlight=False)
         sys.exit(130)
@@ -97,7 +122,7 @@ def _published(job) -> str:
     "--data",
     "data_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Data file to upload to the trainer (.csv, .npz, MNIST-style idx .gz).",
+    help="Data file to upload to the trainer (.csv, .npz, MNIST-style idx .gz); with --local, to train on here.",
 )
 @click.option(
     "--dataset",
@@ -116,18 +141,39 @@ def _published(job) -> str:
     "--arch", required=True, help="Architecture: cvae, dp-merf, scatter-merf (images), mst, aim or aim-label (tables)."
 )
 @click.option("--epsilon", type=float, required=True, help="Target epsilon of the (epsilon, delta) guarantee.")
-@click.option("--delta", type=float, default=0.0, help="Default: 1e-5 or 1/(10 N), whichever is smaller.")
-@click.option("--epochs", type=int, default=0, help="Default 10.")
-@click.option("--batch-size", type=int, default=0, help="Expected Poisson batch size (default 256).")
+@click.option("--delta", type=float, default=0.0, help="Default: min(1e-5, 0.1/N), for N training examples.")
+@click.option(
+    "--epochs", type=int, default=0, help="Default: about 2000 DP-SGD steps, ceil(2000 * batch / N) within [1, 500]."
+)
+@click.option("--batch-size", type=int, default=0, help="Expected Poisson batch size (default: min(256, N/10)).")
 @click.option("--clip-norm", type=float, default=0.0, help="Per-example clipping norm (default 1).")
 @click.option("--lr", "learning_rate", type=float, default=0.0, help="Learning rate (default 1e-3).")
 @click.option("--seed", type=int, default=0, help="Initialisation seed (public, recorded in the model).")
 @click.option("--config", "config_json", help="Architecture settings as JSON, e.g. '{\"hidden\": [64, 64]}'.")
-@click.option("--publish", "model", required=True, help="Model to publish to: NAME or YOU/NAME (made if missing).")
+@click.option("--publish", "model", help="Model to publish to: NAME or YOU/NAME (made if missing). Not with --local.")
 @click.option("--no-wait", is_flag=True, help="Submit and print the job's name; do not watch or publish.")
 @click.option(
     "--delete-data", is_flag=True, help="Delete the uploaded data from the trainer once the model is published."
 )
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Train here, with no service and no login; write the artifact (signed with your key if you have one) "
+    "and publish it later with `sgde models push`.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --local: where to write the artifact (default ./DATA-ARCH.safetensors).",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --local: the DP mechanism's secret key (at least 32 bytes; keep it private). Default: 32 fresh "
+    "random bytes, so each run's bytes differ; the same secret and --seed give the same artifact, as the trainer's.",
+)
+@csv_flag_options
 @click.pass_context
 @handles_errors
 def train_command(
@@ -147,20 +193,47 @@ def train_command(
     model: str,
     no_wait: bool,
     delete_data: bool,
+    local: bool,
+    out_path: Path | None,
+    secret_file: Path | None,
+    csv_flags: CsvFlags,
 ) -> None:
-    """Train a differentially private generator in the silo's trainer, then sign and publish it.
+    """Train a differentially private generator in the silo's trainer, then sign and publish it; or, with --local,
+    train it here and write the artifact.
 
     The data goes to the trainer only (inside the silo); what reaches the registry is the trained model, signed
-    here with your key, with the privacy report the accountant computed."""
+    here with your key, with the privacy report the accountant computed. With --local the data stays on this
+    machine, and `sgde models push FILE --name MODEL` publishes the artifact later."""
     import json
 
     from libsgde.io.schema import SchemaError, schema_from_dict
     from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 
-    if (data_file is None) == (dataset_ref is None):
+    if local:
+        misplaced = [
+            flag
+            for flag, given in (
+                ("--dataset", dataset_ref),
+                ("--publish", model),
+                ("--no-wait", no_wait),
+                ("--delete-data", delete_data),
+            )
+            if given
+        ]
+        if misplaced or data_file is None:
+            _fail(
+                "--local trains on a file here: give --data FILE"
+                + (f", without {', '.join(misplaced)}" if misplaced else "")
+                + "; publish the artifact later with `sgde models push FILE --name MODEL`"
+            )
+    elif out_path is not None or secret_file is not None:
+        _fail("--out and --secret-file go with --local (the trainer keeps its artifact and makes its own secret)")
+    elif (data_file is None) == (dataset_ref is None):
         _fail("give the data: --data FILE (uploaded) or --dataset REF (already in the silo)")
+    elif model is None:
+        _fail("name the model to publish to: --publish NAME (or train here with --local)")
     try:
-        schema = schema_from_dict(json.loads(schema_file.read_text()))
+        schema = with_csv_flags(schema_from_dict(json.loads(schema_file.read_text())), csv_flags)
     except (ValueError, SchemaError) as e:  # not JSON, or not a valid schema
         _fail(f"{schema_file}: {e}")
     spec = tpb.TrainingSpec(
@@ -181,6 +254,10 @@ def train_command(
         if not isinstance(settings, dict):
             _fail("--config must be a JSON object of settings")
         spec.config.update(settings)
+    if local:
+        assert data_file is not None
+        _train_here(data_file, schema, spec, out_path, secret_file)
+        return
     with _client(ctx) as client:
         if data_file is not None:
             with _transfer_bar("upload") as bar:
@@ -197,6 +274,37 @@ def train_command(
         _report_end(job)
         job = client.publish_job(job.name, delete_dataset=delete_data)
         out.print(_published(job), highlight=False)
+
+
+def _train_here(data_file: Path, schema, spec, out_path: Path | None, secret_file: Path | None) -> None:
+    """`sgde train --local`: libsgde.client.train_local, shown as a trainer job is."""
+    from libsgde.client.training import train_local
+    from libsgde.wire.convert import train_spec_from_proto
+
+    secret = None
+    if secret_file is not None:
+        if os.name == "posix" and secret_file.stat().st_mode & 0o077:  # as for signing keys: the owner's alone
+            _fail(f"--secret-file {secret_file} is readable by group or others: run `chmod 600 {secret_file}`")
+        secret = secret_file.read_bytes()
+    asked = train_spec_from_proto(spec)
+    try:
+        with _TrainingView(data_file.name) as view:
+            model = train_local(
+                data_file, schema, asked, out_path, secret=secret, progress=lambda p: view.show("running", p)
+            )
+    except KeyboardInterrupt:
+        _fail("stopped; nothing was written", 130)
+    pr = model.privacy
+    out.print(
+        f"trained {model.path}: epsilon {pr.epsilon:.4g} at delta {pr.delta:.3g} ({pr.mechanism}); "
+        f"sha256 {model.sha256}",
+        highlight=False,
+    )
+    if model.signature_path is not None:
+        out.print(f"signed by {model.signer} ({model.fingerprint}): {model.signature_path}", highlight=False)
+    else:
+        out.print("not signed: no signing key under $SGDE_HOME/keys (`sgde register` makes one)", highlight=False)
+    out.print(f"publish it with `sgde models push {model.path} --name MODEL`", highlight=False)
 
 
 @main.group()

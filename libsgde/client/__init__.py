@@ -16,8 +16,12 @@
     c.sample("alice/adult-dp", class_counts={"yes": 500, "no": 500}, format="csv", out="synthetic.csv")
     sample_local("alice-adult-dp-v1.safetensors", 10_000, seed=1)  # a pulled artifact, no server: the same values
 
+    m = train_local("adult.csv", "schema.json", TrainSpec("cvae", 1.0))  # no service: trained here, signed if
+    c.push(m.path, "alice/adult-cvae")                                   # a key is here; published later
+
 One module a concern: `registry` (accounts, models, versions, verified transfers), `jobs` (the trainer), `sampling`
-(the sampler), `local` (no server), `session` (the `Client` that joins them with the user's files), `names`.
+(the sampler), `local` (sampling with no server), `training` (training with no server), `session` (the `Client`
+that joins them with the user's files), `names`.
 Failures raise the classes of libsgde.errors (`NotFound`, `FieldError`, ...), re-exported here.
 """
 
@@ -28,11 +32,13 @@ from libsgde.client.names import job_name, model_name, version_name
 from libsgde.client.registry import RegistrySession
 from libsgde.client.sampling import Samples
 from libsgde.client.session import Client, token_expiry
+from libsgde.client.training import LocalModel, train_local
 from libsgde.client.transfers import publish_requests
 from libsgde.errors import SgdeError, VerificationError
 
 __all__ = [
     "Client",
+    "LocalModel",
     "RegistrySession",
     "Samples",
     "SgdeError",
@@ -42,5 +48,6 @@ __all__ = [
     "publish_requests",
     "sample_local",
     "token_expiry",
+    "train_local",
     "version_name",
 ]

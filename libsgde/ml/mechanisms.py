@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from libsgde.domain.privacy import GAUSSIAN, PrivacyComponent, PrivacyReport
-from libsgde.domain.specs import TrainSpec
+from libsgde.domain.specs import TrainSpec, dpsgd_steps
 from libsgde.errors import FieldError
 from libsgde.ml.privacy import accounting, dpsgd, ghost, merf, prior
 from libsgde.ml.train import EPSILON_EVERY_S, Run, TrainOutcome, dpmerf_step, dpsgd_step, fit_generator
@@ -131,7 +131,7 @@ class DPSGD(Mechanism):
         assert config is not None  # filled in by check_spec
         class_prior, components, extra = release_class_prior(run, config.get(CLASS_PRIOR_SHARE, 0.0))
         q = spec.batch_size / n
-        total = max(1, round(spec.epochs * n / spec.batch_size))
+        total = dpsgd_steps(spec.epochs, n, spec.batch_size)
         sigma = accounting.calibrate_noise_multiplier(spec.target_epsilon, spec.delta, q, total, fixed=components)
 
         def spent(steps: int) -> float:  # the running epsilon: the steps so far, composed with the prior

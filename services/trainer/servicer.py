@@ -32,10 +32,9 @@ from libsgde.domain.names import (
     SHA256_RE,
     USERNAME_RE,
 )
-from libsgde.io.schema import SchemaError, validate_schema
 from libsgde.server.gate import RegistryGate
 from libsgde.server.streams import first_header
-from libsgde.wire.convert import job_state_text, time_to_proto
+from libsgde.wire.convert import job_state_text, now_to_proto, time_to_proto
 from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from libsgde.wire.proto.sgde.v1 import trainer_pb2_grpc
@@ -43,6 +42,7 @@ from services.trainer.jobs import (
     CANCELLED,
     ENDED,
     PUBLISHED,
+    QUEUED,
     SUCCEEDED,
     Conflict,
     DatasetRow,
@@ -53,7 +53,7 @@ from services.trainer.jobs import (
     new_id,
 )
 from services.trainer.sources import SourceError, Sources
-from services.trainer.worker import Worker, spec_field
+from services.trainer.worker import Worker
 
 log = logging.getLogger("sgde.trainer")
 
@@ -311,8 +311,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def CreateJob(self, request: tpb.CreateJobRequest, context) -> tpb.Job:
         from libsgde.io.datasets import LoadCancelled
-        from libsgde.io.training import SpecError, check_spec
-        from libsgde.ml.privacy.accounting import PrivacyError
+        from libsgde.io.training import defaults_chosen, request_violations, spec_for_data
         from libsgde.wire.convert import train_spec_from_proto, train_spec_to_proto
 
         user, _ = self.gate.caller(context)
@@ -323,20 +322,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             earlier = self.store.find_request(user, request_id)
             if earlier is not None:
                 return job_message(earlier)  # a retry: the job it made the first time
-        violations: list[tuple[str, str]] = []
         schema = request.data_schema
-        try:
-            validate_schema(schema)
-            schema_ok = True
-        except SchemaError as e:
-            schema_ok = False
-            violations.append((f"data_schema.{e.field}" if e.field else "data_schema", e.description))
         spec = train_spec_from_proto(request.spec)
-        if schema_ok:
-            try:
-                check_spec(spec, schema)
-            except (SpecError, PrivacyError) as e:
-                violations.append((spec_field(e.field), e.description))
+        violations = request_violations(spec, schema)  # what a local run refuses too (libsgde.io.training)
         try:
             self._check_publish_model(user, request.publish_model)
         except errors.FieldError as e:
@@ -361,12 +349,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise errors.Unavailable("the request was cancelled while its dataset loaded") from None
         finally:
             self._data_checks.release()
-        try:
-            filled = check_spec(spec, schema, len(data))
-        except (SpecError, PrivacyError) as e:
-            raise errors.FieldError(spec_field(e.field), e.description) from None
-        finally:
-            del data
+        size = len(data)
+        del data
+        filled = spec_for_data(spec, schema, size)  # FieldError naming the request's field
         try:
             job = self.store.create_job(
                 user,
@@ -384,6 +369,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if job is None:
                 raise
             return job_message(job)
+        chosen = defaults_chosen(spec, filled, size)
+        if chosen:  # said where they are chosen, so that nobody is surprised by them
+            event = tpb.ProgressEvent(job=job.name, state=QUEUED, message="defaults: " + "; ".join(chosen))
+            event.time.CopyFrom(now_to_proto())
+            self.store.set_progress(job.id, event, notable=True, while_state=QUEUED)
         self.worker.submit(job.id)
         log.info("job created", extra={"job": job.name, "owner": user, "architecture": filled.architecture})
         return job_message(job)

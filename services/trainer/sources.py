@@ -25,11 +25,15 @@ from urllib.parse import urlsplit
 from libsgde.domain.names import DATASET_NAME_RE
 from libsgde.errors import FieldError
 from libsgde.io.encoding import DataError, EncodedData
+from libsgde.io.training_data import DataMismatch, describe_data_error
 from libsgde.server.storage import S3Location
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from services.trainer.jobs import JobStore
 
 log = logging.getLogger("sgde.trainer")
+
+# DataMismatch and describe_data_error are libsgde.io.training_data's (a local run words its errors the same)
+__all__ = ["DataMismatch", "SourceError", "Sources", "describe_data_error", "is_sealed"]
 
 S3_BUCKET_RE = re.compile(r"\A[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 MAX_REFERENCE = 2048
@@ -40,10 +44,6 @@ class SourceError(FieldError):
 
     def __init__(self, message: str):
         super().__init__("dataset", message, message=message)
-
-
-class DataMismatch(FieldError):
-    """The dataset does not fit the declared schema, described as much as the caller may be told."""
 
 
 def is_sealed(reference: str) -> bool:
@@ -210,43 +210,3 @@ class Sources:
             coerced = dict(data.coerced)
             log.info("sealed dataset: values mapped into the schema", extra={"dataset": reference, "coerced": coerced})
         return data
-
-
-# A DataError detail that starts with a value of the data ("'abc' is not a number", "label 7 is outside ...").
-_VALUE_FIRST = re.compile(r"^(['\"]|b['\"]|label |-?[0-9])")
-
-
-def describe_data_error(e: DataError, schema: pb.DataSchema, sealed: bool = False) -> tuple[str, str]:
-    """(field, description) for a dataset that does not fit its schema, without echoing a value of the data. The
-    field is the schema column concerned ("data_schema.tabular.columns[2]") or "dataset". For the data's owner:
-    where (file, line, column) and what to change. For a sealed source: the column and the structural problem,
-    never a line or row (module docstring)."""
-    field, declared = "dataset", ""
-    if e.column is not None and schema.WhichOneof("kind") == "tabular":
-        for i, col in enumerate(schema.tabular.columns):
-            if col.name == e.column:
-                field, declared = f"data_schema.tabular.columns[{i}]", _declared(col)
-                break
-    if sealed:
-        column = f" (column {e.column!r})" if e.column is not None else ""
-        detail = "" if _VALUE_FIRST.match(e.detail) else f": {e.detail}"
-        return field, (
-            f"the data does not fit the declared schema{column}{detail}; the trainer says no more about data you "
-            "may train on but not read: ask the silo's operator, who can see its log"
-        )
-    message = str(e)
-    if not _VALUE_FIRST.match(e.detail):
-        return field, message
-    location = message[: -len(e.detail)].rstrip(": ") if message.endswith(e.detail) else ""
-    what = f"a value does not fit the declared column ({declared})" if declared else "a value does not fit the schema"
-    return field, (
-        f"{location}: " if location else ""
-    ) + what + "; the value is not repeated here, so that the data stays in the silo"
-
-
-def _declared(col: pb.Column) -> str:
-    if col.type == pb.COLUMN_TYPE_CATEGORICAL:
-        shown = ", ".join(repr(c) for c in col.categories[:10]) + (", ..." if len(col.categories) > 10 else "")
-        return f"one of {shown}"
-    kind = "an integer" if col.type == pb.COLUMN_TYPE_INTEGER else "a finite number"
-    return f"{kind} in [{col.lower:g}, {col.upper:g}], no missing values"

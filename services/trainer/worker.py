@@ -14,10 +14,12 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
+from libsgde.domain.specs import spec_field
 from libsgde.wire.convert import job_state_text, now_to_proto
 from libsgde.wire.proto.sgde.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRow, JobStore
@@ -124,6 +126,9 @@ class Worker:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
+        # The mechanism's secret for a job; None: 32 fresh random bytes (libsgde.io.training.train), kept in the
+        # job's checkpoint only. The integration tests replace it, to compare a job's artifact with a local run's.
+        self.secret_for: Callable[[JobRow], bytes | None] = lambda job: None
 
     def job_dir(self, job_id: str) -> Path:
         return self.state_dir / "jobs" / job_id
@@ -294,6 +299,7 @@ class Worker:
                 checkpoint_dir=out_dir / "checkpoint",
                 checkpoint_every_s=self.checkpoint_every_s or CHECKPOINT_EVERY_S,
                 should_stop=lambda: stop.is_set() or self._closing.is_set(),
+                secret=self.secret_for(job),
             )
         except (TrainingCancelled, LoadCancelled):
             if stop.is_set():
@@ -329,12 +335,3 @@ def _loss_reveals_data(architecture: str) -> bool:
         return get_architecture(architecture).mechanism.loss_reveals_data
     except ConfigError:  # an unknown architecture fails the job later, with its own error
         return True
-
-
-def spec_field(field: str) -> str:
-    """The request field a SpecError / PrivacyError names: accounting errors name bare settings ("delta")."""
-    if field.startswith(("spec.", "data_schema")):
-        return field
-    if field == "dataset_size":
-        return "dataset"
-    return f"spec.{field}"
