@@ -168,8 +168,9 @@ def test_every_list_and_show_command_prints_json_with_the_tables_facts(sgde, reg
 
     # models show: the model and its versions
     shown = strict_json(sgde("models", "show", "people", "--json").stdout)
-    assert {k: v for k, v in shown.items() if k != "versions"} == m
+    assert {k: v for k, v in shown.items() if k not in ("versions", "card")} == m
     versions = shown["versions"]
+    assert shown["card"]["version"] == versions[-1]["name"]  # the latest version's card (tests/test_model_card.py)
     assert [v["number"] for v in versions] == [1, 2]
     none, dp = versions
     assert none["privacy"]["mechanism"] == "none" and none["privacy"]["epsilon"] == "Infinity"

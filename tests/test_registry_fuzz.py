@@ -57,6 +57,7 @@ def test_lookups(caller, name, offset):
     clean(lambda: r.GetModel(rpb.GetModelRequest(name=name), metadata=md, timeout=10))
     clean(lambda: r.GetVersion(rpb.GetVersionRequest(name=name), metadata=md, timeout=10))
     clean(lambda: r.GetUser(rpb.GetUserRequest(name=name), metadata=md, timeout=10))
+    clean(lambda: r.GetModelCard(rpb.GetModelCardRequest(name=name), metadata=md, timeout=10))
     clean(
         lambda: list(r.DownloadVersion(rpb.DownloadVersionRequest(name=name, offset=offset), metadata=md, timeout=10))
     )
@@ -107,6 +108,8 @@ def test_create_and_update(caller, model_id, description, tags, visibility, shar
             timeout=10,
         )
     )
+    merge = rpb.MergeModelMetricsRequest(name=model.name, metrics=metrics, version=visibility)
+    clean(lambda: r.MergeModelMetrics(merge, metadata=md, timeout=10))
 
 
 @FUZZ

@@ -92,11 +92,13 @@ def models_list(ctx, owner: str, tag: str, kind: str | None, json_output: bool) 
 @click.pass_context
 @handles_errors
 def models_show(ctx, model: str, json_output: bool) -> None:
-    """A model and its versions."""
+    """A model, its versions, and the model card of its latest version (MODEL@N: of version N)."""
     with _client(ctx) as client:
-        m = client.get_model(model)
-        if json_output:  # the model's fields, and its versions as the table lists them
-            print_json({**as_json(m), "versions": list(client.list_versions(m.name))})
+        m = client.get_model(model.rsplit("@", 1)[0].split("/versions/")[0])
+        names_version = "@" in model or "/versions/" in model
+        card = client.model_card(model) if m.latest_version or names_version else None
+        if json_output:  # the model's fields, its versions as the table lists them, and the card (null if none)
+            print_json({**as_json(m), "versions": list(client.list_versions(m.name)), "card": card})
             return
         out.print(
             f"[bold]{m.name}[/]  {m.visibility.text}"
@@ -122,6 +124,8 @@ def models_show(ctx, model: str, json_output: bool) -> None:
                 f"{v.create_time:%Y-%m-%d %H:%M}" if v.create_time else "",
             )
         out.print(table)
+        if card is not None:  # as markdown, unrendered: people read it, and it pastes into a README as it is
+            out.print("\n" + card.markdown, markup=False, highlight=False, emoji=False, soft_wrap=True, end="")
 
 
 @models.command("push")

@@ -9,6 +9,7 @@ acting for a user builds one over its own channel with the token that user forwa
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,12 +19,19 @@ import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
 from libsgde.client.names import model_name, version_name
-from libsgde.client.transfers import Progress, publish_requests
+from libsgde.client.transfers import Progress, publish_requests, write_behind
+from libsgde.domain.card import ModelCard
 from libsgde.domain.resources import Model, ModelVersion, User, Visibility
 from libsgde.errors import Conflict, NotFound, SgdeError, Unauthenticated, VerificationError
 from libsgde.io.artifact import file_digest
 from libsgde.security import signing
-from libsgde.wire.convert import model_from_proto, user_from_proto, version_from_proto, visibility_to_proto
+from libsgde.wire.convert import (
+    card_from_proto,
+    model_from_proto,
+    user_from_proto,
+    version_from_proto,
+    visibility_to_proto,
+)
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
@@ -125,16 +133,29 @@ class RegistrySession:
         )
 
     def set_metrics(
-        self, ref: str, metrics: Mapping[str, float], *, merge: bool = True, remove: Sequence[str] = ()
+        self,
+        ref: str,
+        metrics: Mapping[str, float],
+        *,
+        merge: bool = True,
+        remove: Sequence[str] = (),
+        version: int | None = None,
     ) -> Model:
         """Stores evaluation results on a model (owner only): keys of 1-64 characters in a-z 0-9 _ . : / -, finite
         values, at most 200. With `merge` the model's other metrics stay (merged by the registry in one
         transaction, so concurrent evaluations keep each other's keys) and `remove` names keys to drop; without
-        it they are replaced."""
+        it they are replaced. The registry records who stored each key and when, and with `merge` the `version`
+        they were measured on (default: the `evaluate.version` that `sgde evaluate` stores among them), so that
+        the version's model card shows them."""
         values = {k: float(v) for k, v in metrics.items()}
         if not merge:
             return self.update_model(ref, metrics=values)
-        request = rpb.MergeModelMetricsRequest(name=model_name(ref, self._username), metrics=values, remove=remove)
+        if version is None:  # a value the registry will refuse as a metric says no version
+            said = values.get("evaluate.version", 0.0)
+            version = int(said) if math.isfinite(said) and said.is_integer() else 0
+        request = rpb.MergeModelMetricsRequest(
+            name=model_name(ref, self._username), metrics=values, remove=remove, version=version
+        )
         return model_from_proto(self._call(self.registry.MergeModelMetrics, request))
 
     def share(self, ref: str, users: list[str]) -> Model:
@@ -196,6 +217,13 @@ class RegistrySession:
             self._call(self.registry.GetVersion, rpb.GetVersionRequest(name=version_name(ref, self._username)))
         )
 
+    def model_card(self, ref: str) -> ModelCard:
+        """The model card of a version (MODEL for its latest, MODEL@N, or .../versions/N): data, schema,
+        architecture, privacy, metrics with who stored them, audit verdict and signing key, from the registry's
+        records, with its markdown (`card.markdown`)."""
+        name = version_name(ref, self._username)
+        return card_from_proto(self._call(self.registry.GetModelCard, rpb.GetModelCardRequest(name=name)))
+
     def list_versions(self, ref: str) -> Iterator[ModelVersion]:
         return self._pages(
             self.registry.ListVersions,
@@ -231,16 +259,17 @@ class RegistrySession:
                 rpb.DownloadVersionRequest(name=version.name, offset=offset), metadata=self._metadata(), timeout=timeout
             )
             with open(partial, "ab") as f:
-                for message in stream:
-                    if message.WhichOneof("payload") == "version":
-                        if message.version.sha256 != version.sha256:
-                            raise SgdeError("the version changed during the download; try again")
-                        continue
-                    f.write(message.chunk)
-                    digest.update(message.chunk)
-                    offset += len(message.chunk)
-                    if progress:
-                        progress(offset, version.size_bytes)
+                with write_behind(f, digest) as write:  # writing and hashing overlap receiving
+                    for message in stream:
+                        if message.WhichOneof("payload") == "version":
+                            if message.version.sha256 != version.sha256:
+                                raise SgdeError("the version changed during the download; try again")
+                            continue
+                        chunk = message.chunk  # each read of the field copies it
+                        write(chunk)
+                        offset += len(chunk)
+                        if progress:
+                            progress(offset, version.size_bytes)
                 f.flush()
                 os.fsync(f.fileno())
         except grpc.RpcError as e:

@@ -21,6 +21,7 @@ from libsgde.io.encoding import model_space
 from libsgde.ml.architectures import ConfigError, get_architecture
 from libsgde.ml.privacy import accounting
 from libsgde.wire.convert import privacy_from_proto
+from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 
 __all__ = ["RELATIVE_TOLERANCE", "check_privacy_claim"]
 
@@ -30,9 +31,11 @@ RELATIVE_TOLERANCE = 1e-3
 NO_DP = "none"
 
 
-def check_privacy_claim(manifest: Manifest) -> None:
+def check_privacy_claim(manifest: Manifest) -> pb.PrivacyReport:
     """Raises ArtifactError (field "privacy.*") unless the manifest's privacy report is what the accountant gives
-    for its own parameters, or an honest "none" (no differential privacy: epsilon +inf)."""
+    for its own parameters, or an honest "none" (no differential privacy: epsilon +inf). Returns the report to
+    record: the manifest's, with epsilon and rdp_epsilon as the accountant recomputed them (not the claim, which
+    may differ from them within RELATIVE_TOLERANCE)."""
     p = manifest.privacy
     if p.mechanism == NO_DP:
         if p.epsilon != math.inf:
@@ -40,7 +43,7 @@ def check_privacy_claim(manifest: Manifest) -> None:
                 f"privacy: mechanism 'none' (no differential privacy) must state epsilon +inf, not {p.epsilon:g}",
                 "privacy.epsilon",
             )
-        return
+        return p
     try:
         arch = get_architecture(manifest.architecture)
         config = arch.configure(manifest.config, model_space(manifest.data_schema))
@@ -89,6 +92,10 @@ def check_privacy_claim(manifest: Manifest) -> None:
                 + "); publish the artifact the trainer wrote",
                 f"privacy.{name}",
             )
+    recorded = pb.PrivacyReport()
+    recorded.CopyFrom(p)
+    recorded.epsilon, recorded.rdp_epsilon = epsilon, rdp
+    return recorded
 
 
 @functools.lru_cache(maxsize=512)  # pure and slow (up to seconds): a model published again costs nothing

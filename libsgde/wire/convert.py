@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime
 
 from google.protobuf import json_format, timestamp_pb2
 
+from libsgde.domain import card as cards
 from libsgde.domain import resources as res
 from libsgde.domain.privacy import PrivacyComponent, PrivacyReport
 from libsgde.domain.specs import TrainSpec
@@ -213,4 +215,68 @@ def generator_from_proto(m: rpb.Generator) -> res.FederationGenerator:
         m.architecture,
         privacy_from_proto(m.privacy) if m.HasField("privacy") else None,
         time_from_proto(m.admit_time),
+    )
+
+
+def schema_summary_from_proto(schema: pb.DataSchema) -> cards.SchemaSummary:
+    """A model card's view of a schema: column types, bounds, category counts, nullability, point masses, or the
+    image shape; and the label's classes."""
+    kind = schema.WhichOneof("kind")
+    if kind == "image":
+        image = schema.image
+        return cards.SchemaSummary(
+            res.DataKind.IMAGE,
+            classes=list(image.class_names),
+            height=image.height,
+            width=image.width,
+            channels=image.channels,
+            pixel_max=image.pixel_max,
+        )
+    if kind != "tabular":
+        return cards.SchemaSummary(res.DataKind.UNSPECIFIED)
+    columns, classes = [], []
+    for c in schema.tabular.columns:
+        categorical = c.type == pb.COLUMN_TYPE_CATEGORICAL
+        columns.append(
+            cards.ColumnSummary(
+                name=c.name,
+                type=pb.ColumnType.Name(c.type).removeprefix("COLUMN_TYPE_").lower(),
+                lower=None if categorical else c.lower,
+                upper=None if categorical else c.upper,
+                categories=len(c.categories),
+                nullable=c.nullable,
+                point_masses=list(c.point_masses),
+            )
+        )
+        if c.name == schema.tabular.label_column:
+            classes = list(c.categories)
+    return cards.SchemaSummary(res.DataKind.TABULAR, columns, schema.tabular.label_column, classes)
+
+
+def metric_record_from_proto(m: rpb.MetricRecord) -> cards.MetricRecord:
+    return cards.MetricRecord(m.key, m.value, m.author, time_from_proto(m.update_time), m.version)
+
+
+def card_from_proto(m: rpb.ModelCard) -> cards.ModelCard:
+    return cards.ModelCard(
+        name=m.name,
+        version=m.version,
+        model=m.model,
+        owner=m.owner,
+        description=m.description,
+        tags=list(m.tags),
+        data_kind=res.DataKind(m.data_kind),
+        schema=schema_summary_from_proto(m.data_schema),
+        architecture=m.architecture,
+        architecture_config=json.loads(m.architecture_config_json or "{}"),
+        training=json.loads(m.training_json or "{}"),
+        privacy=privacy_from_proto(m.privacy),
+        metrics=[metric_record_from_proto(r) for r in m.metrics],
+        audit_verdict=m.audit_verdict,
+        signing_key_fingerprint=m.signing_key_fingerprint,
+        signature_verified=m.signature_verified,
+        sha256=m.sha256,
+        size_bytes=m.size_bytes,
+        create_time=time_from_proto(m.create_time),
+        markdown=m.markdown,
     )

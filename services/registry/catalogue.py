@@ -114,6 +114,19 @@ versions = sa.Table(
     sa.UniqueConstraint("model_id", "number"),
 )
 
+# Who stored each of a model's current metrics, when, and the version it was measured on (0: not said): the model
+# cards' provenance. One row per key of `models.metrics`, written in the same transaction as the map; a key without a
+# row was stored before this table existed.
+metric_records = sa.Table(
+    "metric_records",
+    metadata,
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("author", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 # The blob store's contents, guarded across processes. The rule: a blob is deleted from the store only by
 # release_blob, with its `blobs` row locked, when no version references it and no upload of it is live; a version is
 # added only under the same lock, by a live upload that was registered (begin_upload, under the lock) before its bytes
@@ -181,6 +194,13 @@ class VersionRow:
 
 
 log = logging.getLogger("sgde.registry")
+
+
+@dataclass(frozen=True)
+class MetricProvenance:
+    author: str
+    version: int
+    updated_at: float
 
 
 class Conflict(Exception):
@@ -501,7 +521,9 @@ class Catalogue(SqlStore):
         visibility: int | None = None,
         shared_with: list[str] | None = None,
         metrics: dict[str, float] | None = None,
+        author: str = "",
     ) -> ModelRow:
+        """Changes what is given; `author` (the caller) is recorded as the author of every metric in `metrics`."""
         values: dict = {"updated_at": time.time()}
         if metrics is not None:  # the whole map is replaced, as a field mask naming a map field means
             values["metrics"] = json.dumps(metrics, sort_keys=True)
@@ -516,14 +538,26 @@ class Catalogue(SqlStore):
                 self._set_tags(conn, model.id, tags)
             if shared_with is not None:
                 self._set_shares(conn, model.id, self._share_ids(conn, shared_with))
+            if metrics is not None:
+                conn.execute(metric_records.delete().where(metric_records.c.model_id == model.id))
+                self._record_metrics(conn, model.id, list(metrics), author, 0, values["updated_at"])
         updated = self.get_model(model.owner, model.model_id)
         if updated is None:
             raise Gone(model.model_id)
         return updated
 
-    def merge_metrics(self, model: ModelRow, metrics: dict[str, float], remove: list[str], limit: int) -> ModelRow:
-        """Sets `metrics` and removes `remove` in one transaction (the row locked while it is read and written);
-        raises TooManyMetrics if the result would hold more than `limit` keys, Gone if the model is gone."""
+    def merge_metrics(
+        self,
+        model: ModelRow,
+        metrics: dict[str, float],
+        remove: list[str],
+        limit: int,
+        author: str = "",
+        version: int = 0,
+    ) -> ModelRow:
+        """Sets `metrics` and removes `remove` in one transaction (the row locked while it is read and written),
+        recording `author` and the `version` they were measured on for each key set; raises TooManyMetrics if the
+        result would hold more than `limit` keys, Gone if the model is gone."""
         with self._tx() as conn:
             current = conn.execute(
                 sa.select(models.c.metrics).where(models.c.id == model.id).with_for_update()
@@ -534,15 +568,50 @@ class Catalogue(SqlStore):
             merged.update(metrics)
             if len(merged) > limit:
                 raise TooManyMetrics(len(merged))
+            now = time.time()
             conn.execute(
                 models.update()
                 .where(models.c.id == model.id)
-                .values(metrics=json.dumps(merged, sort_keys=True), updated_at=time.time())
+                .values(metrics=json.dumps(merged, sort_keys=True), updated_at=now)
             )
+            replaced = sorted({*remove, *metrics})  # their records go; those set are written anew below
+            if replaced:
+                c = metric_records.c
+                conn.execute(metric_records.delete().where(c.model_id == model.id, c.key.in_(replaced)))
+            self._record_metrics(conn, model.id, list(metrics), author, version, now)
         updated = self.get_model(model.owner, model.model_id)
         if updated is None:
             raise Gone(model.model_id)
         return updated
+
+    @staticmethod
+    def _record_metrics(
+        conn: sa.Connection, model_pk: int, keys: list[str], author: str, version: int, now: float
+    ) -> None:
+        if keys:
+            conn.execute(
+                metric_records.insert(),
+                [
+                    {"model_id": model_pk, "key": k, "author": author, "version": version, "updated_at": now}
+                    for k in keys
+                ],
+            )
+
+    def metrics_with_provenance(self, model: ModelRow) -> dict[str, tuple[float, MetricProvenance | None]]:
+        """The model's metrics now, each with who stored it, when, and on which version (None for keys stored
+        before the registry recorded this), read in one transaction so that no value is paired with another
+        writer's record."""
+        c = metric_records.c
+        with self._tx() as conn:
+            # FOR SHARE: waits for a writer of the row (which holds it FOR UPDATE), so under PostgreSQL's READ
+            # COMMITTED the records read next are those committed with this map.
+            stored = conn.execute(
+                sa.select(models.c.metrics).where(models.c.id == model.id).with_for_update(read=True)
+            ).scalar()
+            rows = conn.execute(sa.select(metric_records).where(c.model_id == model.id)).mappings()
+            provenance = {r["key"]: MetricProvenance(r["author"], r["version"], r["updated_at"]) for r in rows}
+        metrics = json.loads(stored) if stored is not None else {}
+        return {key: (value, provenance.get(key)) for key, value in metrics.items()}
 
     def delete_model(self, model: ModelRow) -> list[str]:
         """Deletes the model and its versions; returns the sha256 of their blobs, for release_blob to delete those
@@ -553,6 +622,7 @@ class Catalogue(SqlStore):
             conn.execute(versions.delete().where(versions.c.model_id == model.id))
             conn.execute(model_tags.delete().where(model_tags.c.model_id == model.id))
             conn.execute(model_shares.delete().where(model_shares.c.model_id == model.id))
+            conn.execute(metric_records.delete().where(metric_records.c.model_id == model.id))
             conn.execute(models.delete().where(models.c.id == model.id))
         return sorted(shas)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +38,7 @@ from libsgde.wire.limits import CHUNK_SIZE
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
 from libsgde.wire.proto.sgde.v1 import registry_pb2 as rpb
 from libsgde.wire.proto.sgde.v1 import registry_pb2_grpc
+from services.registry.cards import model_card
 from services.registry.catalogue import (
     Catalogue,
     Conflict,
@@ -131,6 +133,14 @@ def _check_artifact(manifest: Manifest, tensors: dict[str, TensorInfo]) -> None:
 
     check_tensors(manifest, tensors)
     check_privacy_claim(manifest)
+
+
+def _recorded_privacy(manifest: Manifest) -> pb.PrivacyReport:
+    """The privacy report a version records: its epsilons as the accountant recomputed them at publish (cached:
+    _check_artifact computed them moments before)."""
+    from libsgde.io.privacy import check_privacy_claim
+
+    return check_privacy_claim(manifest)
 
 
 def _page_size(size: int) -> int:
@@ -396,8 +406,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if violations:
             raise errors.FieldError.many(violations)
         model = self._owned_model(user, request.name)
+        if not 0 <= request.version <= model.latest_version:
+            raise errors.FieldError(
+                "version",
+                f"{request.name} has no version {request.version}; give the number of the version measured "
+                f"(1-{model.latest_version}), or 0",
+            )
         try:
-            row = self.catalogue.merge_metrics(model, dict(request.metrics), list(request.remove), MAX_METRICS)
+            row = self.catalogue.merge_metrics(
+                model,
+                dict(request.metrics),
+                list(request.remove),
+                MAX_METRICS,
+                author=user.username,
+                version=request.version,
+            )
         except TooManyMetrics as e:
             raise errors.FieldError(
                 "metrics", f"the model would hold {e.args[0]} metrics, over the limit of {MAX_METRICS}; remove some"
@@ -486,6 +509,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 visibility=m.visibility if "visibility" in paths else None,
                 shared_with=list(m.shared_with) if "shared_with" in paths else None,
                 metrics=dict(m.metrics) if "metrics" in paths else None,
+                author=user.username,
             )
         except KeyError as e:
             raise errors.FieldError("model.shared_with", f"no user named {e.args[0]!r}") from None
@@ -528,6 +552,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         shas = self.catalogue.unreferenced_blobs()
         for sha in shas:
             self._release_blob(sha)
+        try:  # multipart uploads of such a replica: older than the lease, none of them can still commit
+            self.store.sweep_abandoned_uploads(self.settings.upload_lease_seconds)
+        except StorageUnavailable:
+            log.warning("could not sweep abandoned uploads from blob storage")
         return len(shas)
 
     # -- versions ----------------------------------------------------------------------------------------------
@@ -586,8 +614,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         number = None
         try:
             try:
-                # Receiving goes on while storage writes a part: up to 16 chunks (16 MiB) wait in between.
-                self.store.put(header.sha256, read_ahead(chunks(), depth=16), header.size_bytes)
+                # Receiving goes on while storage sends parts (several at once to S3): up to 8 chunks wait between.
+                self.store.put(header.sha256, read_ahead(chunks(), depth=8), header.size_bytes)
             except ArtifactError as e:
                 raise errors.FieldError("chunk", f"not a valid SGDE artifact: {e}") from None
             except BlobIntegrityError as e:
@@ -605,7 +633,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     signature=header.signature,
                     architecture=manifest.architecture,
                     data_kind=manifest.data_kind,
-                    privacy=manifest.privacy,
+                    privacy=_recorded_privacy(manifest),
                     manifest_json=manifest.to_json(),
                     schema=manifest.data_schema,
                     upload=upload,
@@ -656,6 +684,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         token = _PageToken.encode(rows[-1].number, request.parent) if more else ""
         return rpb.ListVersionsResponse(versions=[self._version_message(v) for v in rows], next_page_token=token)
 
+    def GetModelCard(self, request: rpb.GetModelCardRequest, context) -> rpb.ModelCard:
+        user = self._caller(context)
+        version = self._visible_version(user, request.name.removesuffix("/card"))
+        owner = self.catalogue.get_user(version.model.owner)
+        if owner is None:  # an owner is never deleted while their models exist
+            raise errors.NotFound.hidden(request.name)
+        sees_model = self._can_see(user, version.model)
+        return model_card(version, owner, reader_sees_model=sees_model, catalogue=self.catalogue)
+
     def DownloadVersion(self, request: rpb.DownloadVersionRequest, context) -> Iterator[rpb.DownloadVersionResponse]:
         user = self._caller(context)
         version = self._visible_version(user, request.name)
@@ -672,10 +709,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             ) from None
         yield rpb.DownloadVersionResponse(version=self._version_message(version))
         try:
-            for chunk in read_ahead(chunks):
-                if not context.is_active():
-                    return
-                yield rpb.DownloadVersionResponse(chunk=chunk)
+            # The store reads ahead itself (S3: concurrent ranged GETs); closing stops it when the caller goes.
+            with contextlib.closing(iter(chunks)) as pieces:
+                for chunk in pieces:
+                    if not context.is_active():
+                        return
+                    yield rpb.DownloadVersionResponse(chunk=chunk)
         except StorageUnavailable as e:
             raise errors.Unavailable(
                 f"blob storage failed during the download: {e}; resume from the offset you reached"

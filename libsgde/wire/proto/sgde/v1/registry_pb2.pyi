@@ -117,7 +117,7 @@ class UpdateModelRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.Model, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class MergeModelMetricsRequest(_message.Message):
-    __slots__ = ("name", "metrics", "remove")
+    __slots__ = ("name", "metrics", "remove", "version")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -128,10 +128,12 @@ class MergeModelMetricsRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     REMOVE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     metrics: _containers.ScalarMap[str, float]
     remove: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+    version: int
+    def __init__(self, name: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., remove: _Optional[_Iterable[str]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class DeleteModelRequest(_message.Message):
     __slots__ = ("name",)
@@ -197,6 +199,70 @@ class DownloadVersionResponse(_message.Message):
     version: _common_pb2.ModelVersion
     chunk: bytes
     def __init__(self, version: _Optional[_Union[_common_pb2.ModelVersion, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class GetModelCardRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class MetricRecord(_message.Message):
+    __slots__ = ("key", "value", "author", "update_time", "version")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    value: float
+    author: str
+    update_time: _timestamp_pb2.Timestamp
+    version: int
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ..., author: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ModelCard(_message.Message):
+    __slots__ = ("name", "version", "model", "owner", "description", "tags", "data_kind", "data_schema", "architecture", "architecture_config_json", "training_json", "privacy", "metrics", "audit_verdict", "signing_key_fingerprint", "signature_verified", "sha256", "size_bytes", "create_time", "markdown")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    DATA_KIND_FIELD_NUMBER: _ClassVar[int]
+    DATA_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MARKDOWN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    model: str
+    owner: str
+    description: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    data_kind: _common_pb2.DataKind
+    data_schema: _common_pb2.DataSchema
+    architecture: str
+    architecture_config_json: str
+    training_json: str
+    privacy: _common_pb2.PrivacyReport
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricRecord]
+    audit_verdict: str
+    signing_key_fingerprint: str
+    signature_verified: bool
+    sha256: str
+    size_bytes: int
+    create_time: _timestamp_pb2.Timestamp
+    markdown: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model: _Optional[str] = ..., owner: _Optional[str] = ..., description: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., data_kind: _Optional[_Union[_common_pb2.DataKind, str]] = ..., data_schema: _Optional[_Union[_common_pb2.DataSchema, _Mapping]] = ..., architecture: _Optional[str] = ..., architecture_config_json: _Optional[str] = ..., training_json: _Optional[str] = ..., privacy: _Optional[_Union[_common_pb2.PrivacyReport, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[MetricRecord, _Mapping]]] = ..., audit_verdict: _Optional[str] = ..., signing_key_fingerprint: _Optional[str] = ..., signature_verified: _Optional[bool] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., markdown: _Optional[str] = ...) -> None: ...
 
 class PrivacyPolicy(_message.Message):
     __slots__ = ("max_epsilon", "max_delta", "architectures", "min_dataset_size")

@@ -107,6 +107,11 @@ class RegistryServiceStub:
                 request_serializer=sgde_dot_v1_dot_registry__pb2.DownloadVersionRequest.SerializeToString,
                 response_deserializer=sgde_dot_v1_dot_registry__pb2.DownloadVersionResponse.FromString,
                 _registered_method=True)
+        self.GetModelCard = channel.unary_unary(
+                '/sgde.v1.RegistryService/GetModelCard',
+                request_serializer=sgde_dot_v1_dot_registry__pb2.GetModelCardRequest.SerializeToString,
+                response_deserializer=sgde_dot_v1_dot_registry__pb2.ModelCard.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -205,6 +210,16 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelCard(self, request, context):
+        """A version's model card: what a consumer reads first (data and schema, architecture, privacy report, evaluation
+        metrics with who stored them, audit verdict, the owner's signing key), all from the registry's own records, with
+        a markdown rendering for people. `name` is a version's name ("models/{owner}/{model}/versions/{n|latest}"),
+        optionally followed by "/card" (the card's own name).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +292,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.DownloadVersion,
                     request_deserializer=sgde_dot_v1_dot_registry__pb2.DownloadVersionRequest.FromString,
                     response_serializer=sgde_dot_v1_dot_registry__pb2.DownloadVersionResponse.SerializeToString,
+            ),
+            'GetModelCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelCard,
+                    request_deserializer=sgde_dot_v1_dot_registry__pb2.GetModelCardRequest.FromString,
+                    response_serializer=sgde_dot_v1_dot_registry__pb2.ModelCard.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -658,6 +678,33 @@ class RegistryService:
             '/sgde.v1.RegistryService/DownloadVersion',
             sgde_dot_v1_dot_registry__pb2.DownloadVersionRequest.SerializeToString,
             sgde_dot_v1_dot_registry__pb2.DownloadVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sgde.v1.RegistryService/GetModelCard',
+            sgde_dot_v1_dot_registry__pb2.GetModelCardRequest.SerializeToString,
+            sgde_dot_v1_dot_registry__pb2.ModelCard.FromString,
             options,
             channel_credentials,
             insecure,
