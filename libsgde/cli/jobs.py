@@ -138,7 +138,10 @@ def _published(job) -> str:
     help="The data schema (JSON; see `sgde schema infer`).",
 )
 @click.option(
-    "--arch", required=True, help="Architecture: cvae, dp-merf, scatter-merf (images), mst, aim or aim-label (tables)."
+    "--arch",
+    required=True,
+    help="Architecture: cvae, dp-merf, scatter-merf, translator (images: class disguise), mst, aim or aim-label "
+    "(tables).",
 )
 @click.option("--epsilon", type=float, required=True, help="Target epsilon of the (epsilon, delta) guarantee.")
 @click.option("--delta", type=float, default=0.0, help="Default: min(1e-5, 0.1/N), for N training examples.")

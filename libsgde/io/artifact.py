@@ -144,7 +144,7 @@ def _too_deep(obj: Any, limit: int = 32) -> bool:
     return False
 
 
-def _strict_json(data: bytes | str, what: str) -> Any:
+def strict_json(data: bytes | str, what: str) -> Any:
     def no_duplicates(pairs):
         obj = {}
         for k, v in pairs:
@@ -191,7 +191,7 @@ def parse_header(prefix: bytes, total_size: int, check_tensors: TensorCheck | No
         raise ArtifactError(f"file is truncated: the header declares {n} bytes but the file has only {total_size}")
     if len(prefix) < data_offset:
         raise ArtifactError(f"header is truncated: {len(prefix)} bytes given, {data_offset} needed")
-    header = _strict_json(bytes(prefix[8:data_offset]), "safetensors header")
+    header = strict_json(bytes(prefix[8:data_offset]), "safetensors header")
     if not isinstance(header, dict):
         raise ArtifactError(f"safetensors header must be a JSON object, not {type(header).__name__}")
     meta = header.pop("__metadata__", None)
@@ -202,14 +202,14 @@ def parse_header(prefix: bytes, total_size: int, check_tensors: TensorCheck | No
         )
     if MANIFEST_KEY not in meta:
         raise ArtifactError(f"__metadata__ has no {MANIFEST_KEY!r}: this safetensors file is not an SGDE artifact")
-    tensors = _parse_tensors(header, total_size - data_offset)
-    manifest = _manifest_from_dict(_strict_json(meta[MANIFEST_KEY], "manifest"))
+    tensors = parse_tensors(header, total_size - data_offset)
+    manifest = _manifest_from_dict(strict_json(meta[MANIFEST_KEY], "manifest"))
     if check_tensors is not None:
         check_tensors(manifest, tensors)
     return ArtifactHeader(manifest, tensors, data_offset, total_size)
 
 
-def _parse_tensors(entries: dict, buffer_len: int) -> dict[str, TensorInfo]:
+def parse_tensors(entries: dict, buffer_len: int) -> dict[str, TensorInfo]:
     if len(entries) > MAX_TENSORS:
         raise ArtifactError(f"artifact has {len(entries)} tensors, over the limit of {MAX_TENSORS}")
     tensors = {}
@@ -414,7 +414,7 @@ def load_artifact(
 def parse_manifest(text: str) -> Manifest:
     """A manifest from its JSON (as `Manifest.to_json` wrote it, e.g. stored by the registry), checked as the strict
     reader checks one; raises ArtifactError."""
-    return _manifest_from_dict(_strict_json(text, "manifest"))
+    return _manifest_from_dict(strict_json(text, "manifest"))
 
 
 def build_manifest(
@@ -425,7 +425,7 @@ def build_manifest(
         text = _manifest_json(FORMAT_VERSION, architecture, config, data_schema, privacy, training)
     except (TypeError, ValueError) as e:
         raise ArtifactError(f"config and training must be plain JSON (no NaN/Infinity, str keys): {e}") from None
-    return _manifest_from_dict(_strict_json(text, "manifest"))
+    return _manifest_from_dict(strict_json(text, "manifest"))
 
 
 def write_artifact(path: Path, tensors: dict[str, np.ndarray], manifest: Manifest) -> str:

@@ -9,10 +9,11 @@ from libsgde.ml.architectures.cvae import CVAE
 from libsgde.ml.architectures.dpmerf import DPMERF
 from libsgde.ml.architectures.marginals import AIM, MST, AIMLabel
 from libsgde.ml.architectures.scatter import ScatterMerf
+from libsgde.ml.architectures.translator import Translator
 from libsgde.ml.space import ModelSpace
 
 ARCHITECTURES: dict[str, Architecture] = {
-    a.name: a for a in (CVAE(), DPMERF(), ScatterMerf(), MST(), AIM(), AIMLabel())
+    a.name: a for a in (CVAE(), DPMERF(), ScatterMerf(), MST(), AIM(), AIMLabel(), Translator())
 }
 CLASS_PRIOR = "class_prior"  # float32 [max(K, 1)]: label proportions used when a caller asks for no labels
 
