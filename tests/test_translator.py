@@ -31,6 +31,7 @@ from libsgde.ml.architectures.base import flatten
 from libsgde.ml.privacy import dpsgd, ghost
 from libsgde.ml.space import Block, ModelSpace
 from libsgde.wire.proto.sgde.v1 import common_pb2 as pb
+from tests.test_models import PRIVACY  # a DP-SGD report the strict reader accepts
 
 SCHEMA = pb.DataSchema(
     image=pb.ImageSchema(height=8, width=8, channels=1, pixel_max=255, class_names=["a", "b", "c", "d"])
@@ -196,20 +197,6 @@ def test_the_cli_refuses_a_class_map_outside_the_schema_naming_the_key(tmp_path)
         ok=False,
     )
     assert "hidden_classes" in output and not (tmp_path / "t.safetensors").exists()
-
-
-PRIVACY = pb.PrivacyReport(
-    mechanism="dp-sgd",
-    epsilon=1.0,
-    delta=1e-5,
-    accountant="pld",
-    noise_multiplier=1.0,
-    sampling_rate=0.01,
-    steps=10,
-    clip_norm=1.0,
-    dataset_size=1000,
-    rdp_epsilon=1.1,
-)
 
 
 def write_translator(path: Path, config=None, mutate=None, architecture="translator", manifest_config=None) -> Path:
